@@ -1,0 +1,243 @@
+"""The command line: a thin ``main(argv) -> int`` mapping errors to exit codes in one place."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from . import __version__
+from .apply import ActionResult
+from .config import Config, load as load_config
+from .errors import ConfigError, GitsyncError, ManifestError
+from .manifest import load_files, read_folder
+from .plan import Plan
+from .reconcile import Outcome, Syncer
+from .units import format_duration
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    CHANGES = 2  # `plan`: changes pending
+    USAGE = 64
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gitsync", description="GitOps for plain Docker hosts.")
+    p.add_argument("--version", action="version", version=f"gitsync {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens, step by step")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    v = sub.add_parser("validate", help="load and validate manifests")
+    v.add_argument("path", nargs="?", help="a folder of manifests (default: the configured source)")
+    v.add_argument("-c", "--config", help="agent configuration (default: ./gitsync.yaml if present)")
+
+    pl = sub.add_parser("plan", help="show what apply would do, per host")
+    pl.add_argument("-c", "--config")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("path", nargs="?", help="use this folder or repository instead of source.url")
+
+    a = sub.add_parser("apply", help="one sync now; wait until converged or failed")
+    a.add_argument("-c", "--config")
+    a.add_argument("path", nargs="?", help="use this folder or repository instead of source.url")
+    a.add_argument("--timeout", default="120s", help="how long to wait for convergence (default 120s)")
+    a.add_argument("--json", action="store_true")
+
+    h = sub.add_parser("hosts", help="hosts, reachability, managed containers")
+    h.add_argument("-c", "--config")
+    h.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse prints its own message
+        return int(exc.code or 0) and int(Exit.USAGE)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=err,
+    )
+    try:
+        handler = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "hosts": cmd_hosts}[args.command]
+        return int(handler(args, out, err))
+    except ManifestError as exc:
+        for p in exc.problems:
+            print(p, file=err)
+        print(f"invalid: {len(exc.problems)} problem(s); nothing was applied", file=err)
+        return Exit.ERROR
+    except GitsyncError as exc:
+        print(f"gitsync: {exc}", file=err)
+        return Exit.ERROR
+    except KeyboardInterrupt:
+        print("gitsync: interrupted", file=err)
+        return 130
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+# -- validate ---------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.path is not None:
+        if not os.path.isdir(args.path):
+            raise ConfigError(f"{args.path}: not a folder")
+        files = read_folder(args.path)
+        where = args.path
+    else:
+        cfg = _config(args)
+        syncer = Syncer(cfg)
+        if os.path.isdir(cfg.source.url):
+            # The working copy, uncommitted edits included: what you are about to commit.
+            root = os.path.join(cfg.source.url, cfg.source.path) if cfg.source.path else cfg.source.url
+            files = read_folder(root)
+            where = root
+        else:
+            snap = syncer.fetch()
+            files, where = snap.files, f"{snap.location} at {snap.revision}"
+    desired = load_files(files)
+    nd, ns = len(desired.deployments), len(desired.services)
+    print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s))", file=out)
+    return Exit.OK
+
+
+# -- plan -------------------------------------------------------------------
+def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
+    print(f"revision {revision}", file=out)
+    for host in plan.hosts:
+        actions = plan.for_host(host)
+        tag = f" ({hosts_labels[host]})" if hosts_labels.get(host) else ""
+        if host in plan.unreachable:
+            print(f"host {host}{tag}: UNREACHABLE, its replicas are placed elsewhere", file=out)
+            continue
+        if not actions:
+            print(f"host {host}{tag}: no changes", file=out)
+            continue
+        print(f"host {host}{tag}:", file=out)
+        for a in actions:
+            name = a.container_name or "?"
+            print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {a.reason}", file=out)
+    for noop in plan.noops:
+        print(f"  = {noop}", file=out)
+    for problem in plan.problems:
+        print(f"problem: {problem}", file=out)
+    c = plan.counts()
+    if plan.in_sync:
+        print("in sync: nothing to do", file=out)
+    else:
+        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove", file=out)
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args)
+    syncer = Syncer(cfg, args.path)
+    try:
+        seen = syncer.preview()
+    finally:
+        syncer.close()
+    plan = seen.plan
+    if args.json:
+        doc = plan.to_json()
+        doc["revision"] = seen.snapshot.revision
+        doc["unreachable"] = {n: o.error for n, o in seen.observed.items() if not o.reachable}
+        print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+    else:
+        labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in cfg.hosts}
+        render_plan(plan, seen.snapshot.revision, labels, out)
+        for name, o in seen.observed.items():
+            if not o.reachable:
+                print(f"gitsync: host {name} unreachable: {o.error}", file=err)
+    if plan.problems or plan.unreachable:
+        return Exit.ERROR
+    return Exit.OK if plan.in_sync else Exit.CHANGES
+
+
+# -- apply ------------------------------------------------------------------
+def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .units import parse_duration
+
+    try:
+        timeout = parse_duration(args.timeout)
+    except ValueError as exc:
+        raise ConfigError(f"--timeout: {exc}") from None
+    cfg = _config(args)
+    syncer = Syncer(cfg, args.path)
+
+    def progress(r: ActionResult) -> None:
+        if args.json:
+            return
+        a = r.action
+        mark = "ok" if r.ok else ("skipped" if r.skipped else "FAILED")
+        print(f"  {a.kind.symbol} {a.host}/{a.container_name}: {a.kind} {mark} ({format_duration(r.seconds)}){'' if r.ok else ': ' + r.message}", file=out, flush=True)
+
+    try:
+        result = syncer.sync(trigger="cli", progress=progress, timeout=timeout)
+    finally:
+        syncer.close()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True), file=out)
+    else:
+        if result.plan is not None and result.plan.in_sync:
+            for noop in result.plan.noops:
+                print(f"  = {noop}", file=out)
+        for p in result.problems:
+            print(f"  ! {p}", file=err if result.outcome != Outcome.SUCCESS else out)
+        print(f"{result.outcome}: {result.message} (revision {result.revision or '-'})", file=out)
+    return Exit.OK if result.outcome == Outcome.SUCCESS else Exit.ERROR
+
+
+# -- hosts ------------------------------------------------------------------
+def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args)
+    syncer = Syncer(cfg)
+    try:
+        observed = syncer.observe()
+    finally:
+        syncer.close()
+    rows = []
+    for h in cfg.hosts:
+        o = observed[h.name]
+        by_dep: dict[str, int] = {}
+        for c in o.containers:
+            by_dep[c.deployment] = by_dep.get(c.deployment, 0) + 1
+        rows.append(
+            {
+                "name": h.name,
+                "url": h.url,
+                "labels": dict(h.labels),
+                "reachable": o.reachable,
+                "error": o.error,
+                "containers": len(o.containers),
+                "running": sum(1 for c in o.containers if c.running),
+                "deployments": by_dep,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True), file=out)
+    else:
+        for r in rows:
+            state = "up" if r["reachable"] else f"UNREACHABLE ({r['error']})"
+            labels = ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"
+            deps = ", ".join(f"{k} {v}" for k, v in sorted(r["deployments"].items())) or "no managed containers"
+            print(f"{r['name']:<12} {state:<12} {r['url']:<40} labels {labels:<20} {r['running']}/{r['containers']} running: {deps}", file=out)
+    return Exit.OK if all(r["reachable"] for r in rows) else Exit.ERROR
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,309 @@
+"""The agent configuration (``gitsync.yaml``): typed, documented, strict.
+
+Unknown keys are errors naming the key's path and line. Secrets are never
+inline: the config names the environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import yamlsrc
+from .errors import ConfigError
+from .units import parse_duration
+
+AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STATUS_TYPES = ("github", "gitea", "forgejo", "gitlab")
+DEFAULT_STATUS_URLS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """One Docker host."""
+
+    name: str
+    url: str
+    labels: tuple[tuple[str, str], ...] = ()
+    tls: TLSSettings | None = None
+    insecure: bool = False
+    grace: float = 10.0
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """Where the desired state comes from."""
+
+    url: str = "."
+    branch: str = "main"
+    path: str = ""
+    interval: float = 60.0
+    token_env: str | None = None
+    username: str = "x-access-token"
+    ssh_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    type: str
+    url: str
+    repo: str
+    token_env: str
+    per_deployment: bool = False
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    listen: str = "127.0.0.1:9100"
+    webhook_secret_env: str | None = "GITSYNC_WEBHOOK_SECRET"
+    api_token_env: str | None = "GITSYNC_API_TOKEN"
+    public_url: str | None = None
+    max_body_bytes: int = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    source: SourceSettings = field(default_factory=SourceSettings)
+    hosts: tuple[HostSettings, ...] = ()
+    status: tuple[StatusSettings, ...] = ()
+    server: ServerSettings = field(default_factory=ServerSettings)
+    state_dir: str = ".gitsync"
+    path: str | None = None  # the file it came from
+
+    def host(self, name: str) -> HostSettings | None:
+        return next((h for h in self.hosts if h.name == name), None)
+
+
+def default_agent_name() -> str:
+    raw = socket.gethostname().lower()
+    cleaned = re.sub(r"[^a-z0-9.-]+", "-", raw).strip("-.")
+    return cleaned or "gitsync"
+
+
+def default_host() -> HostSettings:
+    url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return HostSettings(name="local", url=url)
+
+
+class _Reader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, node: Any, key: Any, path: str, message: str) -> ConfigError:
+        line = node.line_of(key) if isinstance(node, (yamlsrc.Node, yamlsrc.NodeList)) and key is not None else getattr(node, "line", 0)
+        where = f"{self.file}:{line}" if line else self.file
+        return ConfigError(f"{where}: {path}: {message}")
+
+    def mapping(self, node: Any, path: str, allowed: tuple[str, ...], parent: Any = None, key: Any = None) -> dict[str, Any]:
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            raise self.fail(parent if parent is not None else node, key, path, "must be a mapping")
+        for k in node:
+            if k not in allowed:
+                raise self.fail(node, k, f"{path}.{k}" if path else str(k), f"unknown key (allowed: {', '.join(allowed)})")
+        return dict(node)
+
+    def string(self, node: Any, key: str, path: str, default: str | None = None, pattern: re.Pattern[str] | None = None) -> str | None:
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.fail(node, key, path, "must be a non-empty string")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(node, key, path, f"{value!r} has characters that are not allowed here")
+        return value
+
+    def duration(self, node: Any, key: str, path: str, default: float) -> float:
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return default
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise self.fail(node, key, path, str(exc)) from None
+
+    def boolean(self, node: Any, key: str, path: str, default: bool) -> bool:
+        value = node.get(key) if isinstance(node, dict) else None
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(node, key, path, "must be true or false")
+        return value
+
+
+def _resolve(base: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _is_path_like(url: str) -> bool:
+    return not re.match(r"^[a-z][a-z0-9+.-]*://", url) and not re.match(r"^[\w.-]+@[\w.-]+:", url)
+
+
+def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Config:
+    base = base or Path(".")
+    r = _Reader(file)
+    try:
+        root = yamlsrc.load_one(text)
+    except yamlsrc.YamlSyntaxError as exc:
+        where = f"{file}:{exc.line}" if exc.line else file
+        raise ConfigError(f"{where}: {exc.message}") from None
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "state_dir"))
+    name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
+    assert name is not None
+
+    src_node = top.get("source")
+    src = r.mapping(src_node, "source", ("url", "branch", "path", "interval", "token_env", "username", "ssh_key"), root, "source")
+    url = r.string(src_node, "url", "source.url", ".") or "."
+    if _is_path_like(url):
+        url = _resolve(base, url) or url
+    token_env = r.string(src_node, "token_env", "source.token_env", None, ENV_NAME_RE)
+    path = (r.string(src_node, "path", "source.path", "") or "").strip("/")
+    if ".." in path.split("/"):
+        raise r.fail(src_node, "path", "source.path", "must stay inside the repository (no '..')")
+    source = SourceSettings(
+        url=url,
+        branch=r.string(src_node, "branch", "source.branch", "main") or "main",
+        path=path,
+        interval=max(1.0, r.duration(src_node, "interval", "source.interval", 60.0)),
+        token_env=token_env,
+        username=r.string(src_node, "username", "source.username", "x-access-token") or "x-access-token",
+        ssh_key=_resolve(base, r.string(src_node, "ssh_key", "source.ssh_key")),
+    )
+    del src
+
+    hosts: list[HostSettings] = []
+    hosts_node = top.get("hosts")
+    if hosts_node is not None:
+        if not isinstance(hosts_node, list):
+            raise r.fail(root, "hosts", "hosts", "must be a list of hosts")
+        for i, h in enumerate(hosts_node):
+            p = f"hosts[{i}]"
+            r.mapping(h, p, ("name", "url", "tls", "labels", "grace", "insecure"), hosts_node, i)
+            hname = r.string(h, "name", f"{p}.name", None, HOST_NAME_RE)
+            hurl = r.string(h, "url", f"{p}.url")
+            if hname is None or hurl is None:
+                raise r.fail(hosts_node, i, p, "needs a name and a url")
+            if any(x.name == hname for x in hosts):
+                raise r.fail(h, "name", f"{p}.name", f"host {hname!r} is listed twice")
+            scheme = hurl.split("://", 1)[0] if "://" in hurl else ""
+            if scheme not in ("unix", "tcp", "ssh", "npipe"):
+                raise r.fail(h, "url", f"{p}.url", f"{hurl!r}: use unix://PATH, tcp://HOST:PORT or ssh://USER@HOST")
+            tls_node = h.get("tls")
+            tls = None
+            if tls_node is not None:
+                r.mapping(tls_node, f"{p}.tls", ("ca", "cert", "key"), h, "tls")
+                tls = TLSSettings(
+                    ca=_resolve(base, r.string(tls_node, "ca", f"{p}.tls.ca")),
+                    cert=_resolve(base, r.string(tls_node, "cert", f"{p}.tls.cert")),
+                    key=_resolve(base, r.string(tls_node, "key", f"{p}.tls.key")),
+                )
+                if (tls.cert is None) != (tls.key is None):
+                    raise r.fail(h, "tls", f"{p}.tls", "cert and key go together")
+                if scheme != "tcp":
+                    raise r.fail(h, "tls", f"{p}.tls", "TLS applies to tcp:// hosts only")
+            labels_node = h.get("labels")
+            labels: list[tuple[str, str]] = []
+            if labels_node is not None:
+                if not isinstance(labels_node, dict):
+                    raise r.fail(h, "labels", f"{p}.labels", "must be a mapping of label: value")
+                for k, v in labels_node.items():
+                    if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                        raise r.fail(labels_node, k, f"{p}.labels.{k}", "labels are strings (quote true/false)")
+                    labels.append((k, str(v)))
+            hosts.append(
+                HostSettings(
+                    name=hname,
+                    url=hurl,
+                    labels=tuple(sorted(labels)),
+                    tls=tls,
+                    insecure=r.boolean(h, "insecure", f"{p}.insecure", False),
+                    grace=r.duration(h, "grace", f"{p}.grace", 10.0),
+                )
+            )
+    if not hosts:
+        hosts.append(default_host())
+
+    statuses: list[StatusSettings] = []
+    status_node = top.get("status")
+    if status_node is not None:
+        if not isinstance(status_node, list):
+            raise r.fail(root, "status", "status", "must be a list of commit-status providers")
+        for i, s in enumerate(status_node):
+            p = f"status[{i}]"
+            r.mapping(s, p, ("type", "url", "repo", "token_env", "per_deployment"), status_node, i)
+            stype = r.string(s, "type", f"{p}.type")
+            if stype not in STATUS_TYPES:
+                raise r.fail(s, "type", f"{p}.type", f"must be one of {', '.join(STATUS_TYPES)}")
+            surl = r.string(s, "url", f"{p}.url", DEFAULT_STATUS_URLS.get(stype))
+            if surl is None:
+                raise r.fail(s, "type", f"{p}.url", f"is required for {stype} (the forge's base URL)")
+            repo = r.string(s, "repo", f"{p}.repo")
+            if repo is None:
+                raise r.fail(status_node, i, f"{p}.repo", "is required (owner/name; GitLab: numeric id or group/project)")
+            tenv = r.string(s, "token_env", f"{p}.token_env", None, ENV_NAME_RE)
+            if tenv is None:
+                raise r.fail(status_node, i, f"{p}.token_env", "is required: the environment variable holding the token")
+            statuses.append(StatusSettings(stype, surl.rstrip("/"), repo, tenv, r.boolean(s, "per_deployment", f"{p}.per_deployment", False)))
+
+    srv_node = top.get("server")
+    r.mapping(srv_node, "server", ("listen", "webhook_secret_env", "api_token_env", "public_url", "max_body_bytes"), root, "server")
+    listen = r.string(srv_node, "listen", "server.listen", "127.0.0.1:9100") or "127.0.0.1:9100"
+    if ":" not in listen:
+        raise r.fail(srv_node, "listen", "server.listen", "must be HOST:PORT")
+    max_body = srv_node.get("max_body_bytes") if isinstance(srv_node, dict) else None
+    if max_body is not None and (isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024):
+        raise r.fail(srv_node, "max_body_bytes", "server.max_body_bytes", "must be a number of bytes >= 1024")
+    server = ServerSettings(
+        listen=listen,
+        webhook_secret_env=r.string(srv_node, "webhook_secret_env", "server.webhook_secret_env", "GITSYNC_WEBHOOK_SECRET", ENV_NAME_RE),
+        api_token_env=r.string(srv_node, "api_token_env", "server.api_token_env", "GITSYNC_API_TOKEN", ENV_NAME_RE),
+        public_url=(r.string(srv_node, "public_url", "server.public_url") or "").rstrip("/") or None,
+        max_body_bytes=max_body or 5 * 1024 * 1024,
+    )
+    state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
+    return Config(name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server, state_dir=state_dir, path=file)
+
+
+def load(path: str | None) -> Config:
+    """Load ``path``; without one, ``./gitsync.yaml`` if present, else the defaults."""
+    if path is None:
+        if Path("gitsync.yaml").is_file():
+            path = "gitsync.yaml"
+        else:
+            return parse("{}", file="(defaults)", base=Path.cwd())
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass -c with the path of your gitsync.yaml") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(data) > 1024 * 1024:
+        raise ConfigError(f"{path}: larger than 1 MiB; is this the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse(text, file=str(path), base=p.resolve().parent)

@@ -1,0 +1,101 @@
+"""The exception tree and the reasons shared by logs, statuses and metrics.
+
+Every error carries a :class:`Reason`. A *stalled* error needs a person (an
+invalid manifest will stay invalid until someone pushes a fix); a *transient*
+one is worth retrying after a delay (a host that did not answer).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+
+class Reason(enum.StrEnum):
+    CONFIG_INVALID = "ConfigInvalid"
+    MANIFEST_INVALID = "ManifestInvalid"
+    FETCH_FAILED = "FetchFailed"
+    HOST_UNREACHABLE = "HostUnreachable"
+    PLACEMENT_FAILED = "PlacementFailed"
+    APPLY_FAILED = "ApplyFailed"
+    HEALTH_CHECK_FAILED = "HealthCheckFailed"
+
+
+class GitsyncError(Exception):
+    """Base of every error gitsync reports to a person."""
+
+    reason: Reason = Reason.APPLY_FAILED
+    transient: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(GitsyncError):
+    """The agent configuration (gitsync.yaml) is invalid."""
+
+    reason = Reason.CONFIG_INVALID
+
+
+class Problem:
+    """One located problem in a file: ``file:line: message``."""
+
+    __slots__ = ("file", "line", "message")
+
+    def __init__(self, file: str, line: int | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"Problem({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Problem) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+class ManifestError(GitsyncError):
+    """The desired state is invalid; carries every problem found, not just the first."""
+
+    reason = Reason.MANIFEST_INVALID
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        first = str(self.problems[0]) if self.problems else "invalid manifests"
+        more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        super().__init__(first + more)
+
+
+class FetchError(GitsyncError):
+    """The source could not be fetched (remote unreachable, branch missing, auth failed)."""
+
+    reason = Reason.FETCH_FAILED
+    transient = True
+
+
+class HostError(GitsyncError):
+    """A Docker host could not be reached or answered with an error."""
+
+    reason = Reason.HOST_UNREACHABLE
+    transient = True
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(f"host {host}: {message}")
+        self.host = host
+
+
+class ApplyError(GitsyncError):
+    """A change could not be applied on a host."""
+
+    reason = Reason.APPLY_FAILED

@@ -1,0 +1,170 @@
+"""Docker hosts: connections, and the observe step (one label-filtered list per host, in parallel)."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import docker
+import docker.errors
+import docker.tls
+import requests.exceptions
+
+from . import labels as L
+from .config import HostSettings
+from .errors import HostError
+from .live import HostObservation, from_list_entry
+
+DEFAULT_TIMEOUT = 30
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(h: HostSettings) -> None:
+    """Plain TCP is unauthenticated root access to the engine: only to loopback or when asked for."""
+    if not h.url.startswith("tcp://") or h.tls is not None or h.insecure:
+        return
+    host = urlparse(h.url).hostname or ""
+    if not _is_loopback(host):
+        raise HostError(
+            h.name,
+            f"plain {h.url} is unencrypted and unauthenticated; configure hosts[].tls (ca, cert, key) "
+            "or set insecure: true if this network is trusted",
+        )
+
+
+def explain(exc: BaseException) -> str:
+    """A short, human reason for a Docker SDK or transport failure."""
+    if isinstance(exc, HostError):
+        return exc.message
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "the engine did not answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        for needle, say in (
+            ("Connection refused", "connection refused"),
+            ("No such file", "socket not found"),
+            ("No route to host", "no route to host"),
+            ("Name or service not known", "host name not found"),
+            ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (check hosts[].tls.ca)"),
+            ("timed out", "connection timed out"),
+        ):
+            if needle in text:
+                return say
+        return "cannot connect"
+    if isinstance(exc, docker.errors.DockerException):
+        text = str(exc)
+        if "Connection refused" in text:
+            return "connection refused"
+        if "No such file" in text or "FileNotFoundError" in text:
+            return "socket not found"
+        return text.split("\n")[0][:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+class Hosts:
+    """A client per host, made on first use and kept (one API version negotiation per host)."""
+
+    def __init__(self, settings: tuple[HostSettings, ...], agent: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.settings = settings
+        self.agent = agent
+        self.timeout = timeout
+        self._clients: dict[str, docker.DockerClient] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(4, min(32, len(settings) * 2)), thread_name_prefix="gitsync-host")
+
+    def names(self) -> list[str]:
+        return [h.name for h in self.settings]
+
+    def setting(self, name: str) -> HostSettings:
+        for h in self.settings:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def client(self, name: str) -> docker.DockerClient:
+        with self._lock:
+            c = self._clients.get(name)
+        if c is not None:
+            return c
+        h = self.setting(name)
+        check_transport(h)
+        tls: docker.tls.TLSConfig | bool = False
+        if h.tls is not None:
+            tls = docker.tls.TLSConfig(
+                client_cert=(h.tls.cert, h.tls.key) if h.tls.cert and h.tls.key else None,
+                ca_cert=h.tls.ca,
+                verify=h.tls.ca or True,
+            )
+        try:
+            c = docker.DockerClient(
+                base_url=h.url,
+                tls=tls,
+                version="auto",
+                timeout=int(self.timeout),
+                use_ssh_client=h.url.startswith("ssh://"),
+                max_pool_size=16,
+            )
+        except Exception as exc:  # the SDK raises several kinds while negotiating
+            raise HostError(name, explain(exc)) from None
+        with self._lock:
+            self._clients.setdefault(name, c)
+            return self._clients[name]
+
+    def forget(self, name: str) -> None:
+        """Drop a client after a failure, so that the next use reconnects."""
+        with self._lock:
+            c = self._clients.pop(name, None)
+        if c is not None:
+            try:
+                c.close()
+            except Exception:
+                pass
+
+    def observe_one(self, name: str) -> HostObservation:
+        start = time.monotonic()
+        try:
+            api = self.client(name).api
+            entries = api.containers(all=True, filters={"label": [f"{L.MANAGED_BY}={self.agent}"]})
+        except Exception as exc:
+            self.forget(name)
+            return HostObservation(name, False, (), explain(exc), time.monotonic() - start)
+        containers = tuple(
+            sorted((from_list_entry(name, e) for e in entries), key=lambda c: (c.deployment, c.replica or 0, c.name))
+        )
+        return HostObservation(name, True, containers, None, time.monotonic() - start)
+
+    def observe(self) -> dict[str, HostObservation]:
+        """Every host in parallel; an unreachable host is reported, never raised."""
+        futures = {name: self._pool.submit(self.observe_one, name) for name in self.names()}
+        return {name: f.result() for name, f in futures.items()}
+
+    def map(self, fn, names):  # type: ignore[no-untyped-def]
+        """Run fn(name) for each host in parallel; returns name -> result (exceptions returned, not raised)."""
+        futures = {n: self._pool.submit(fn, n) for n in names}
+        out = {}
+        for n, f in futures.items():
+            try:
+                out[n] = f.result()
+            except Exception as exc:  # isolated per host
+                out[n] = exc
+        return out
+
+    def close(self) -> None:
+        for name in list(self._clients):
+            self.forget(name)
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,78 @@
+"""The labels that make a container ours, and the hash that says whether it is up to date.
+
+Live state is read back from these labels alone: the agent keeps no inventory
+of its own, so a restarted agent (or a second CLI) sees exactly what runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .models import Deployment
+
+PREFIX = "io.gitsync."
+MANAGED_BY = "io.gitsync.managed-by"
+DEPLOYMENT = "io.gitsync.deployment"
+REPLICA = "io.gitsync.replica"
+SPEC_HASH = "io.gitsync.spec-hash"
+# The normalised spec itself (JSON), so that a plan can say which fields changed without an inspect.
+SPEC = "io.gitsync.spec"
+REVISION = "io.gitsync.revision"
+# Set on the new container of a start-first replace until it takes the replica's name.
+SUCCESSOR = "io.gitsync.successor-of"
+
+
+def spec_document(d: Deployment) -> dict[str, Any]:
+    """The normalised container spec: everything that shapes a replica, replicas and placement excluded.
+
+    Scaling or moving a deployment must never recreate the replicas that stay,
+    so the count, the placement and the update policy are left out.
+    """
+    return {
+        "image": d.image,
+        "command": list(d.command) if d.command is not None else None,
+        "env": sorted([k, v] for k, v in d.env),
+        "ports": sorted([p.container_port, p.host_port or 0, p.protocol] for p in d.ports),
+        "volumes": sorted([v.name, v.mount_path, v.read_only] for v in d.volumes),
+        "labels": sorted([k, v] for k, v in d.labels),
+        "healthcheck": None
+        if d.healthcheck is None
+        else {
+            "test": list(d.healthcheck.test),
+            "interval": d.healthcheck.interval,
+            "timeout": d.healthcheck.timeout,
+            "retries": d.healthcheck.retries,
+            "start_period": d.healthcheck.start_period,
+        },
+        "restart": str(d.restart),
+        "stop_grace_period": d.stop_grace_period,
+    }
+
+
+def canonical_spec(d: Deployment) -> str:
+    return json.dumps(spec_document(d), sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(d: Deployment) -> str:
+    return hashlib.sha256(canonical_spec(d).encode()).hexdigest()
+
+
+def container_labels(agent: str, d: Deployment, replica: int, revision: str) -> dict[str, str]:
+    labels = dict(d.labels)
+    labels.update(
+        {
+            MANAGED_BY: agent,
+            DEPLOYMENT: d.name,
+            REPLICA: str(replica),
+            SPEC_HASH: spec_hash(d),
+            SPEC: canonical_spec(d),
+            REVISION: revision,
+        }
+    )
+    return labels
+
+
+def container_name(agent: str, deployment: str, replica: int) -> str:
+    return f"{agent}-{deployment}-{replica}"

@@ -1,0 +1,129 @@
+"""The desired state as frozen data: what the manifests say, normalised."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+HostName = NewType("HostName", str)
+DeploymentName = NewType("DeploymentName", str)
+
+
+class UpdateOrder(enum.StrEnum):
+    START_FIRST = "start-first"
+    STOP_FIRST = "stop-first"
+
+
+class RestartPolicy(enum.StrEnum):
+    NO = "no"
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    UNLESS_STOPPED = "unless-stopped"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an object was declared: ``apps/web.yaml:12``."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Port:
+    container_port: int
+    host_port: int | None = None
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    name: str
+    mount_path: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    host_selector: tuple[tuple[str, str], ...] = ()
+    max_per_host: int | None = None
+
+    def matches(self, host_labels: dict[str, str]) -> bool:
+        return all(host_labels.get(k) == v for k, v in self.host_selector)
+
+    def describe_selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.host_selector) or "any host"
+
+
+@dataclass(frozen=True)
+class Healthcheck:
+    test: tuple[str, ...]
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    order: UpdateOrder = UpdateOrder.START_FIRST
+    parallelism: int = 1
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    image: str
+    replicas: int = 1
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[Port, ...] = ()
+    volumes: tuple[VolumeMount, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    placement: Placement = field(default_factory=Placement)
+    healthcheck: Healthcheck | None = None
+    update: UpdatePolicy = field(default_factory=UpdatePolicy)
+    restart: RestartPolicy = RestartPolicy.UNLESS_STOPPED
+    stop_grace_period: float = 10.0
+    origin: Origin | None = field(default=None, compare=False)
+
+    @property
+    def one_per_host(self) -> bool:
+        """A fixed hostPort can be bound once per host."""
+        return any(p.host_port is not None for p in self.ports)
+
+    def capacity_per_host(self) -> int | None:
+        limits = [n for n in (self.placement.max_per_host, 1 if self.one_per_host else None) if n is not None]
+        return min(limits) if limits else None
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int
+
+
+@dataclass(frozen=True)
+class Service:
+    """A stable name over replicas selected by labels (validated; see README for what is realised)."""
+
+    name: str
+    selector: tuple[tuple[str, str], ...]
+    ports: tuple[ServicePort, ...] = ()
+    origin: Origin | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    deployments: tuple[Deployment, ...] = ()
+    services: tuple[Service, ...] = ()
+
+    def deployment(self, name: str) -> Deployment | None:
+        for d in self.deployments:
+            if d.name == name:
+                return d
+        return None

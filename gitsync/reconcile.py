@@ -1,0 +1,198 @@
+"""One sync, as an ordered list of named steps that stop at the first error.
+
+fetch -> load -> observe -> plan -> apply -> assess. The outcome is summarised
+once, at the end, from what the steps returned or raised; no step sets it.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .apply import ActionResult, ApplyResult, apply_plan
+from .config import Config
+from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
+from .health import DeploymentStatus, assess
+from .hosts import Hosts
+from .live import Health, HostObservation
+from .manifest import load_files
+from .models import DesiredState
+from .plan import Plan, make_plan
+from .source import Snapshot, Source
+from .units import format_duration
+
+log = logging.getLogger("gitsync.sync")
+
+
+class Outcome(enum.StrEnum):
+    SUCCESS = "success"  # converged
+    FAILURE = "failure"  # invalid repository, apply or health failed: a person must act
+    ERROR = "error"  # the agent could not finish: git or hosts unreachable
+    INTERRUPTED = "interrupted"  # cut off (agent stopped or crashed mid-sync)
+
+
+@dataclass
+class SyncResult:
+    trigger: str
+    started: float
+    finished: float = 0.0
+    revision: str | None = None
+    commit: str | None = None
+    outcome: Outcome = Outcome.ERROR
+    reason: Reason | None = None
+    message: str = ""
+    problems: list[str] = field(default_factory=list)
+    plan: Plan | None = None
+    applied: ApplyResult | None = None
+    deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trigger": self.trigger,
+            "revision": self.revision,
+            "commit": self.commit,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.seconds, 3),
+            "outcome": str(self.outcome),
+            "reason": str(self.reason) if self.reason else None,
+            "message": self.message,
+            "problems": self.problems,
+            "unreachable": self.unreachable,
+            "deployments": {k: v.to_json() for k, v in self.deployments.items()},
+            "actions": [
+                {**r.action.to_json(), "ok": r.ok, "message": r.message, "seconds": round(r.seconds, 3)}
+                for r in (self.applied.results if self.applied else [])
+            ],
+        }
+
+
+@dataclass
+class Observed:
+    snapshot: Snapshot
+    desired: DesiredState
+    observed: dict[str, HostObservation]
+    plan: Plan
+
+
+class Syncer:
+    """Holds the long-lived parts of a sync (git mirror, host clients) between syncs."""
+
+    def __init__(self, config: Config, source_override: str | None = None) -> None:
+        self.config = config
+        settings = config.source
+        if source_override is not None:
+            from dataclasses import replace
+
+            settings = replace(settings, url=source_override, path="")
+        self.source = Source(settings, config.state_dir)
+        self.hosts = Hosts(config.hosts, config.name)
+
+    def close(self) -> None:
+        self.hosts.close()
+
+    # -- steps -----------------------------------------------------------
+    def fetch(self) -> Snapshot:
+        return self.source.fetch()
+
+    @staticmethod
+    def load(snapshot: Snapshot) -> DesiredState:
+        return load_files(snapshot.files)
+
+    def observe(self) -> dict[str, HostObservation]:
+        return self.hosts.observe()
+
+    def plan(self, desired: DesiredState, observed: dict[str, HostObservation]) -> Plan:
+        return make_plan(desired, observed, self.config.hosts, self.config.name)
+
+    def preview(self) -> Observed:
+        """fetch, load, observe, plan: what `gitsync plan` shows."""
+        snapshot = self.fetch()
+        desired = self.load(snapshot)
+        observed = self.observe()
+        return Observed(snapshot, desired, observed, self.plan(desired, observed))
+
+    def wait_converged(self, desired: DesiredState, deadline: float, poll: float = 0.25) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
+        """Assess until every deployment is healthy or nothing is progressing any more, or the deadline."""
+        while True:
+            observed = self.observe()
+            status = assess(desired, observed)
+            settled = all(s.health == Health.HEALTHY for s in status.values())
+            if settled or time.monotonic() >= deadline:
+                return status, observed
+            time.sleep(poll)
+
+    # -- the sync --------------------------------------------------------
+    def sync(self, trigger: str = "cli", progress: Callable[[ActionResult], None] | None = None, timeout: float = 120.0, on_start: Callable[[SyncResult], None] | None = None) -> SyncResult:
+        result = SyncResult(trigger=trigger, started=time.time())
+        t0 = time.monotonic()
+        try:
+            snapshot = self.fetch()
+            result.revision, result.commit = snapshot.revision, snapshot.commit
+            if on_start is not None:
+                on_start(result)
+            desired = self.load(snapshot)
+            observed = self.observe()
+            plan = self.plan(desired, observed)
+            result.plan = plan
+            result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
+            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress)
+            result.applied = applied
+            status, observed = self.wait_converged(desired, t0 + timeout) if desired.deployments else ({}, observed)
+            result.deployments = status
+            result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
+            self._summarise(result, desired, plan, applied, time.monotonic() - t0)
+        except ManifestError as exc:
+            result.outcome, result.reason = Outcome.FAILURE, exc.reason
+            result.problems = [str(p) for p in exc.problems]
+            result.message = str(exc)
+        except FetchError as exc:
+            result.outcome, result.reason, result.message = Outcome.ERROR, exc.reason, exc.message
+        except HostError as exc:
+            result.outcome, result.reason, result.message = Outcome.ERROR, exc.reason, exc.message
+        except GitsyncError as exc:
+            result.outcome, result.reason, result.message = Outcome.FAILURE, exc.reason, exc.message
+        result.finished = time.time()
+        log.info("sync %s: %s (%s)", result.revision or "-", result.outcome, result.message)
+        return result
+
+    @staticmethod
+    def _summarise(result: SyncResult, desired: DesiredState, plan: Plan, applied: ApplyResult, seconds: float) -> None:
+        n = len(desired.deployments)
+        good = [s for s in result.deployments.values() if s.health == Health.HEALTHY]
+        failed = [r for r in applied.failed if not r.skipped]
+        if failed:
+            first = failed[0]
+            a = first.action
+            who = f"{a.deployment}: replica {a.replica}" if a.replica is not None else a.deployment
+            result.outcome, result.reason = Outcome.FAILURE, Reason.APPLY_FAILED
+            result.message = f"{who} {a.kind} failed on {a.host}: {first.message}"
+            result.problems = [
+                f"{r.action.deployment}: {r.action.kind} on {r.action.host}: {r.message}" for r in failed
+            ]
+        elif plan.problems:
+            result.outcome, result.reason = Outcome.FAILURE, Reason.PLACEMENT_FAILED
+            result.message = str(plan.problems[0])
+            result.problems = [str(p) for p in plan.problems]
+        elif result.unreachable:
+            names = ", ".join(sorted(result.unreachable))
+            result.outcome, result.reason = Outcome.ERROR, Reason.HOST_UNREACHABLE
+            result.message = f"host {names} unreachable ({next(iter(result.unreachable.values()))}); {len(good)}/{n} deployments converged elsewhere"
+            result.problems = [f"host {h}: {e}" for h, e in sorted(result.unreachable.items())]
+        elif len(good) < n:
+            bad = [s for s in result.deployments.values() if s.health != Health.HEALTHY]
+            result.outcome, result.reason = Outcome.FAILURE, Reason.HEALTH_CHECK_FAILED
+            result.message = "; ".join(f"{s.name}: {s.message}" for s in bad)
+            result.problems = [f"{s.name}: {s.message}" for s in bad]
+        else:
+            result.outcome, result.reason = Outcome.SUCCESS, None
+            result.message = f"{n}/{n} deployments converged in {format_duration(seconds)}"

@@ -1,0 +1,219 @@
+"""Fetch the desired state: one exact commit, read straight from git objects.
+
+A remote is cloned once (bare) into ``state_dir/source.git`` and then only
+fetched, so an unchanged remote costs one negotiation. Manifests are read from
+the commit's tree, never from a checkout, so what is applied is exactly the
+commit named in the revision. A local path may also be a git work tree (its
+HEAD commit) or a plain folder (the revision is a hash of the content).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from .config import SourceSettings
+from .errors import FetchError
+from .manifest import MAX_FILE_BYTES, MAX_FILES, is_manifest_file, read_folder
+
+_GIT_TIMEOUT = 120
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The desired state's files at one revision."""
+
+    revision: str  # "main@sha1:<hex>" for git, "sha256:<hex>" for a plain folder
+    commit: str | None  # the commit sha, when there is one (commit statuses go there)
+    files: dict[str, bytes] = field(repr=False)
+    location: str = ""  # where the files were read from, for messages
+
+    @property
+    def short(self) -> str:
+        return (self.commit or self.revision.split(":")[-1])[:12]
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or (":" in url and "@" in url.split(":", 1)[0]) or url.startswith("file:")
+
+
+def _classify(stderr: str, settings: SourceSettings) -> str:
+    text = stderr.lower()
+    if "couldn't find remote ref" in text or "could not find remote branch" in text:
+        return f"branch {settings.branch!r} does not exist on {settings.url}; check source.branch"
+    if (
+        "authentication failed" in text
+        or "could not read username" in text
+        or "could not read password" in text
+        or "permission denied (publickey" in text
+        or "http basic: access denied" in text
+        or "403" in text
+    ):
+        hint = (
+            f"check the token in ${settings.token_env}" if settings.token_env
+            else "set source.token_env (https) or source.ssh_key (ssh)"
+        )
+        return f"authentication to {settings.url} failed; {hint}"
+    if "does not appear to be a git repository" in text or "repository not found" in text or "not found" in text:
+        return f"{settings.url} is not a git repository (or not visible with these credentials)"
+    for line in stderr.strip().splitlines():
+        line = line.strip()
+        if line.startswith("fatal:"):
+            return f"cannot fetch {settings.url}: {line[6:].strip()}"
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else "git failed"
+    return f"cannot fetch {settings.url}: {last}"
+
+
+class Source:
+    """The desired state's source, per :class:`SourceSettings`."""
+
+    def __init__(self, settings: SourceSettings, state_dir: str) -> None:
+        self.settings = settings
+        self.state_dir = Path(state_dir)
+        self._repo: git.Repo | None = None
+
+    # -- the environment git runs with: no prompts, credentials from the environment only
+    def _env(self) -> dict[str, str]:
+        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false"}
+        s = self.settings
+        if s.token_env:
+            token = os.environ.get(s.token_env, "")
+            if not token:
+                raise FetchError(f"source.token_env names ${s.token_env}, which is not set or empty")
+            env.update(
+                {
+                    "GITSYNC_GIT_USERNAME": s.username,
+                    "GITSYNC_GIT_TOKEN": token,
+                    "GIT_CONFIG_COUNT": "1",
+                    "GIT_CONFIG_KEY_0": "credential.helper",
+                    # A shell function reading the token from the child's environment: never in argv or on disk.
+                    "GIT_CONFIG_VALUE_0": '!f() { test "$1" = get && echo "username=$GITSYNC_GIT_USERNAME" && echo "password=$GITSYNC_GIT_TOKEN"; }; f',
+                }
+            )
+        ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
+        if s.ssh_key:
+            if not os.path.isfile(s.ssh_key):
+                raise FetchError(f"source.ssh_key: {s.ssh_key} does not exist")
+            ssh += ["-i", s.ssh_key, "-o", "IdentitiesOnly=yes"]
+        env["GIT_SSH_COMMAND"] = " ".join(shlex.quote(a) for a in ssh)
+        return env
+
+    def fetch(self) -> Snapshot:
+        url = self.settings.url
+        if not _is_remote(url):
+            p = Path(url)
+            if not p.exists():
+                raise FetchError(f"source {url} does not exist")
+            if p.is_file():
+                raise FetchError(f"source {url} is a file; point source.url at a folder or repository")
+            work_tree = self._work_tree(p)
+            if work_tree is not None:
+                return self._read_head(work_tree, p)
+            if (p / "HEAD").is_file() and (p / "objects").is_dir():
+                return self._fetch_remote(str(p.resolve()))
+            return self._read_folder(p)
+        return self._fetch_remote(url)
+
+    # -- a local work tree: its HEAD commit
+    @staticmethod
+    def _work_tree(p: Path) -> git.Repo | None:
+        try:
+            repo = git.Repo(p, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            return None
+        if repo.bare:
+            return None
+        return repo
+
+    def _read_head(self, repo: git.Repo, p: Path) -> Snapshot:
+        try:
+            commit = repo.head.commit
+        except ValueError:
+            raise FetchError(f"{repo.working_tree_dir} has no commits yet; commit your manifests first") from None
+        assert repo.working_tree_dir is not None
+        rel = os.path.relpath(p.resolve(), Path(repo.working_tree_dir).resolve()).replace(os.sep, "/")
+        prefix = "/".join(x for x in (rel if rel != "." else "", self.settings.path) if x)
+        try:
+            branch = repo.active_branch.name
+        except TypeError:
+            branch = "HEAD"
+        files = self._read_tree(commit, prefix, str(repo.working_tree_dir))
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"))
+
+    # -- a plain folder: revision = content hash
+    def _read_folder(self, p: Path) -> Snapshot:
+        root = p / self.settings.path if self.settings.path else p
+        if not root.is_dir():
+            raise FetchError(f"source.path {self.settings.path!r} is not a folder in {p}")
+        files = read_folder(str(root))
+        h = hashlib.sha256()
+        for name in sorted(files):
+            h.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+        return Snapshot(f"sha256:{h.hexdigest()}", None, files, str(root))
+
+    # -- a remote: clone once, then fetch the branch
+    def _open_mirror(self, url: str) -> git.Repo:
+        if self._repo is not None:
+            return self._repo
+        path = self.state_dir / "source.git"
+        try:
+            if (path / "HEAD").is_file():
+                repo = git.Repo(path)
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                repo = git.Repo.init(path, bare=True)
+            if "origin" in [r.name for r in repo.remotes]:
+                if repo.remotes.origin.url != url:
+                    repo.remotes.origin.set_url(url)
+            else:
+                repo.create_remote("origin", url)
+        except (OSError, git.GitError) as exc:
+            raise FetchError(f"cannot prepare {path}: {exc}") from None
+        self._repo = repo
+        return repo
+
+    def _fetch_remote(self, url: str) -> Snapshot:
+        repo = self._open_mirror(url)
+        branch = self.settings.branch
+        ref = f"refs/remotes/origin/{branch}"
+        try:
+            with repo.git.custom_environment(**self._env()):
+                repo.git.fetch("--no-tags", "--prune", "origin", f"+refs/heads/{branch}:{ref}", kill_after_timeout=_GIT_TIMEOUT)
+        except git.GitCommandError as exc:
+            raise FetchError(_classify(str(exc.stderr or exc), self.settings)) from None
+        try:
+            commit = repo.commit(ref)
+        except (git.BadName, ValueError):
+            raise FetchError(f"branch {branch!r} does not exist on {url}; check source.branch") from None
+        files = self._read_tree(commit, self.settings.path, url)
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url)
+
+    def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> dict[str, bytes]:
+        tree = commit.tree
+        if prefix:
+            try:
+                tree = tree / prefix
+            except KeyError:
+                raise FetchError(f"source.path {prefix!r} does not exist in {where} at {commit.hexsha[:12]}") from None
+            if tree.type != "tree":
+                raise FetchError(f"source.path {prefix!r} is not a folder in {where}")
+        files: dict[str, bytes] = {}
+        base = len(prefix) + 1 if prefix else 0
+        for item in tree.traverse(prune=lambda i, d: i.name.startswith(".")):  # type: ignore[arg-type,union-attr]
+            if item.type != "blob":  # type: ignore[union-attr]
+                continue
+            rel = item.path[base:]  # type: ignore[union-attr]
+            if not is_manifest_file(rel):
+                continue
+            if item.size > MAX_FILE_BYTES:  # type: ignore[union-attr]
+                files[rel] = b"\0" * (MAX_FILE_BYTES + 1)
+                continue
+            files[rel] = item.data_stream.read()  # type: ignore[union-attr]
+            if len(files) > MAX_FILES:
+                break
+        return files

@@ -1,0 +1,129 @@
+"""Safe YAML that remembers where each value came from.
+
+Mappings load as :class:`Node` dicts and sequences as :class:`NodeList`, each
+knowing the line of every key or item, so that validation can report
+``file:line`` with the key path. Duplicate keys, which plain PyYAML silently
+collapses, are errors here. Only the safe tags are understood.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import yaml
+
+
+class Node(dict[Any, Any]):
+    """A mapping with the line of each key (1-based)."""
+
+    line: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: dict[Any, int] = {}
+
+    def line_of(self, key: Any) -> int:
+        return self.lines.get(key, self.line)
+
+
+class NodeList(list[Any]):
+    """A sequence with the line of each item (1-based)."""
+
+    line: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[int] = []
+
+    def line_of(self, index: int) -> int:
+        return self.lines[index] if 0 <= index < len(self.lines) else self.line
+
+
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[Node]:
+    data = Node()
+    data.line = node.start_mark.line + 1
+    yield data
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, "found an unhashable key", key_node.start_mark
+            ) from None
+        if key in data:
+            raise DuplicateKeyError(
+                "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+            )
+        data[key] = loader.construct_object(value_node, deep=True)
+        data.lines[key] = key_node.start_mark.line + 1
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Iterator[NodeList]:
+    data = NodeList()
+    data.line = node.start_mark.line + 1
+    yield data
+    for child in node.value:
+        data.append(loader.construct_object(child, deep=True))
+        data.lines.append(child.start_mark.line + 1)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)  # type: ignore[arg-type]
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)  # type: ignore[arg-type]
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _syntax_error(exc: yaml.YAMLError) -> YamlSyntaxError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    message = f"invalid YAML: {problem}"
+    if context and "duplicate key" not in problem:
+        message += f" ({context})"
+    if "found character '\\t'" in problem:
+        message += "; indent with spaces, not tabs"
+    return YamlSyntaxError(line, message)
+
+
+def load_all(text: str) -> list[tuple[int, Any]]:
+    """Every document of a YAML stream with the line it starts on.
+
+    Raises :class:`YamlSyntaxError` with the line of the first problem.
+    """
+    loader = _Loader(text)
+    docs: list[tuple[int, Any]] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            docs.append((node.start_mark.line + 1, loader.construct_document(node)))
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc) from None
+    finally:
+        loader.dispose()
+    return docs
+
+
+def load_one(text: str) -> Any:
+    docs = load_all(text)
+    if len(docs) > 1:
+        raise YamlSyntaxError(docs[1][0], "expected a single YAML document, found several")
+    return docs[0][1] if docs else None

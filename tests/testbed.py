@@ -1,0 +1,312 @@
+"""A bed of real Docker engines on one machine, one per network namespace.
+
+Each "host" is a dockerd started inside its own network namespace (``gs-hN``),
+joined to the root namespace by a veth pair on the bridge ``gsbr0``. The root
+namespace reaches engine N at ``tcp://10.231.0.N:2375``; each engine also
+listens on a unix socket under ``/run/gitsync-testbed/hN``.
+
+Everything here is idempotent: namespaces, links, iptables rules and mounts
+under an exec-root outlive the processes that made them (an earlier run, a
+killed session), so :func:`up` reuses or removes them first. Needs root and
+Debian's ``docker.io`` (``.ci/run`` installs it).
+
+Used by the test suite (``tests/integration/conftest.py``) and the benchmarks
+(``bench/``); also a command: ``python -m tests.testbed up|down|status``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+BRIDGE = "gsbr0"
+SUBNET = "10.231.0"
+BRIDGE_ADDR = f"{SUBNET}.254"
+ROOT = Path(os.environ.get("GITSYNC_TESTBED_ROOT", "/run/gitsync-testbed"))
+DATA = Path(os.environ.get("GITSYNC_TESTBED_DATA", "/var/lib/gitsync-testbed"))
+TEST_IMAGE = "gitsync-test/busybox"
+BUSYBOX = Path("/bin/busybox")
+APPLETS = (
+    "sh", "sleep", "echo", "cat", "true", "false", "ls", "wget", "httpd", "env",
+    "kill", "ps", "date", "touch", "test", "mkdir", "rm", "hostname", "nc", "seq",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"h{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return f"gs-h{self.index}"
+
+    @property
+    def addr(self) -> str:
+        return f"{SUBNET}.{self.index}"
+
+    @property
+    def tcp_url(self) -> str:
+        return f"tcp://{self.addr}:2375"
+
+    @property
+    def exec_root(self) -> Path:
+        return ROOT / self.name
+
+    @property
+    def sock(self) -> Path:
+        return self.exec_root / "docker.sock"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.sock}"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.exec_root / "dockerd.pid"
+
+    @property
+    def data_root(self) -> Path:
+        return DATA / self.name
+
+    @property
+    def log(self) -> Path:
+        return DATA / f"{self.name}.log"
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def _ok(*args: str) -> bool:
+    return _run(*args, check=False).returncode == 0
+
+
+class TestbedUnavailable(RuntimeError):
+    """The machine cannot host the test bed (not root, no dockerd)."""
+
+
+def check_prerequisites() -> None:
+    if os.geteuid() != 0:
+        raise TestbedUnavailable("the Docker test bed needs root (network namespaces, dockerd)")
+    for tool in ("dockerd", "ip", "iptables", "nsenter"):
+        if shutil.which(tool) is None:
+            raise TestbedUnavailable(
+                f"{tool} not found: run `bash .ci/run` once, or `apt-get install docker.io busybox-static iproute2 iptables`"
+            )
+    if not BUSYBOX.exists():
+        raise TestbedUnavailable("/bin/busybox not found: apt-get install busybox-static")
+
+
+def _pid_alive(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _ensure_network(engine: Engine) -> None:
+    if not _ok("ip", "link", "show", BRIDGE):
+        _run("ip", "link", "add", BRIDGE, "type", "bridge")
+    _run("ip", "addr", "replace", f"{BRIDGE_ADDR}/24", "dev", BRIDGE)
+    _run("ip", "link", "set", BRIDGE, "up")
+    ns = engine.netns
+    if not Path(f"/var/run/netns/{ns}").exists():
+        _run("ip", "netns", "add", ns)
+    host_if = f"gsv{engine.index}"
+    if not _ok("ip", "link", "show", host_if):
+        _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    _run("ip", "link", "set", host_if, "master", BRIDGE)
+    _run("ip", "link", "set", host_if, "up")
+    _run("ip", "netns", "exec", ns, "ip", "addr", "replace", f"{engine.addr}/24", "dev", "eth0")
+    _run("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
+    _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    _run("ip", "netns", "exec", ns, "ip", "route", "replace", "default", "via", BRIDGE_ADDR)
+    rule = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+    if not _ok("iptables", "-C", *rule):
+        _run("iptables", "-I", *rule)
+
+
+def set_link(engine: Engine, up: bool) -> None:
+    """Cut or restore an engine's network (its veth on the bridge)."""
+    _run("ip", "link", "set", f"gsv{engine.index}", "up" if up else "down")
+
+
+def _umount_under(path: Path) -> None:
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    targets = [m.split()[1] for m in mounts if len(m.split()) > 1]
+    for target in sorted((t for t in targets if t.startswith(str(path) + "/") or t == str(path)), reverse=True):
+        _run("umount", "-l", target, check=False)
+
+
+def start(engine: Engine, timeout: float = 30.0) -> None:
+    """Start the engine's dockerd if it is not running; wait until it answers."""
+    _ensure_network(engine)
+    if _pid_alive(engine.pidfile) and _answers(engine):
+        return
+    stop(engine)
+    _umount_under(engine.exec_root)
+    shutil.rmtree(engine.exec_root, ignore_errors=True)
+    engine.exec_root.mkdir(parents=True, exist_ok=True)
+    engine.data_root.mkdir(parents=True, exist_ok=True)
+    bip = f"172.{40 + engine.index}.0.1/16"
+    args = [
+        "nsenter", f"--net=/var/run/netns/{engine.netns}",
+        "dockerd", "--tls=false",
+        "-H", engine.unix_url, "-H", engine.tcp_url,
+        "--data-root", str(engine.data_root),
+        "--exec-root", str(engine.exec_root / "exec"),
+        "--pidfile", str(engine.pidfile),
+        "--bip", bip,
+        "--cgroup-parent", f"/gitsync-testbed-{engine.name}",
+        "--userland-proxy=false",
+    ]
+    with open(engine.log, "ab") as log:
+        subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers(engine):
+            return
+        time.sleep(0.1)
+    tail = engine.log.read_text(errors="replace")[-2000:] if engine.log.exists() else ""
+    raise RuntimeError(f"dockerd {engine.name} did not answer within {timeout}s; log tail:\n{tail}")
+
+
+def _answers(engine: Engine) -> bool:
+    import docker  # local import: `python -m tests.testbed down` works without the SDK
+
+    try:
+        client = docker.DockerClient(base_url=engine.unix_url, version="auto", timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def stop(engine: Engine, timeout: float = 20.0) -> None:
+    pid = _pid_alive(engine.pidfile)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(engine.pidfile):
+        time.sleep(0.1)
+    if _pid_alive(engine.pidfile):
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+
+
+def kill(engine: Engine) -> None:
+    """SIGKILL the engine's dockerd (a host dying); containers may survive as orphans of containerd."""
+    pid = _pid_alive(engine.pidfile)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+
+
+def image_context(tag_note: str = "") -> bytes:
+    """A build context: FROM scratch + Debian's static busybox and applet links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dockerfile = (
+            "FROM scratch\n"
+            "COPY rootfs/ /\n"
+            f'LABEL io.gitsync.test="{tag_note or "busybox"}"\n'
+            'CMD ["sh"]\n'
+        ).encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+        tar.add(str(BUSYBOX), arcname="rootfs/bin/busybox")
+        for applet in APPLETS:
+            link = tarfile.TarInfo(f"rootfs/bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        for d in ("rootfs/tmp", "rootfs/data", "rootfs/www"):
+            dinfo = tarfile.TarInfo(d)
+            dinfo.type = tarfile.DIRTYPE
+            dinfo.mode = 0o1777
+            tar.addfile(dinfo)
+    return buf.getvalue()
+
+
+def build_images(base_url: str, repo: str = TEST_IMAGE, tags: tuple[str, ...] = ("1", "2", "3")) -> None:
+    """Build the busybox test image on one engine and tag it several times."""
+    import docker
+
+    client = docker.DockerClient(base_url=base_url, version="auto", timeout=120)
+    try:
+        have = {t for img in client.images.list(name=repo) for t in img.tags}
+        if all(f"{repo}:{t}" in have for t in tags):
+            return
+        image, _ = client.images.build(fileobj=io.BytesIO(image_context()), custom_context=True, tag=f"{repo}:{tags[0]}", rm=True)
+        for t in tags[1:]:
+            image.tag(repo, t)
+    finally:
+        client.close()
+
+
+def engines(n: int = 3) -> list[Engine]:
+    return [Engine(i) for i in range(1, n + 1)]
+
+
+def up(n: int = 3) -> list[Engine]:
+    check_prerequisites()
+    result = engines(n)
+    for engine in result:
+        start(engine)
+    for engine in result:
+        build_images(engine.unix_url)
+    return result
+
+
+def down(n: int = 3) -> None:
+    for engine in engines(n):
+        stop(engine)
+        _umount_under(engine.exec_root)
+        _run("ip", "link", "del", f"gsv{engine.index}", check=False)
+        _run("ip", "netns", "del", engine.netns, check=False)
+        shutil.rmtree(engine.exec_root, ignore_errors=True)
+    _run("ip", "link", "del", BRIDGE, check=False)
+    rule = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+    while _ok("iptables", "-C", *rule):
+        _run("iptables", "-D", *rule, check=False)
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[0] if argv else "status"
+    n = int(argv[1]) if len(argv) > 1 else 3
+    if cmd == "up":
+        for e in up(n):
+            print(f"{e.name} {e.tcp_url} {e.unix_url}")
+    elif cmd == "down":
+        down(n)
+    elif cmd == "status":
+        for e in engines(n):
+            print(f"{e.name} {'up' if _answers(e) else 'down'} {e.tcp_url}")
+    else:
+        print("usage: python -m tests.testbed up|down|status [N]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
