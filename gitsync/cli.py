@@ -129,8 +129,10 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         for a in actions:
             name = a.container_name or "?"
             print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {a.reason}", file=out)
-    for noop in plan.noops:
-        print(f"  = {noop}", file=out)
+    if plan.noops:
+        print("up to date:", file=out)
+        for noop in plan.noops:
+            print(f"  = {noop}", file=out)
     for problem in plan.problems:
         print(f"problem: {problem}", file=out)
     c = plan.counts()

@@ -77,7 +77,7 @@ class _Obj:
         self.path = path
         self.ok = isinstance(node, dict)
         self.node: dict[Any, Any] = node if self.ok else {}
-        self.line = getattr(node, "line", line) or line
+        self.line = line or getattr(node, "line", 0)
         self.seen: set[Any] = set()
         if not self.ok and node is not None:
             ctx.add(line, path, f"must be a mapping, not {_type_name(node)}")

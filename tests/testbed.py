@@ -228,7 +228,7 @@ def image_context(tag_note: str = "") -> bytes:
         dockerfile = (
             "FROM scratch\n"
             "COPY rootfs/ /\n"
-            f'LABEL io.gitsync.test="{tag_note or "busybox"}"\n'
+            f'LABEL org.gitsync-testbed.image="{tag_note or "busybox"}"\n'
             'CMD ["sh"]\n'
         ).encode()
         info = tarfile.TarInfo("Dockerfile")

@@ -1,0 +1,63 @@
+"""Agent configuration: strict keys with their path and line, sensible defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitsync.config import parse
+from gitsync.errors import ConfigError, HostError
+from gitsync.hosts import check_transport
+
+
+def error(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "gitsync.yaml")
+    return str(info.value)
+
+
+def test_defaults() -> None:
+    cfg = parse("{}", "gitsync.yaml")
+    assert cfg.source.branch == "main" and cfg.source.interval == 60.0
+    assert [h.name for h in cfg.hosts] == ["local"]
+    assert cfg.server.listen == "127.0.0.1:9100"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("name: prod\nsoruce: {url: x}\n", "gitsync.yaml:2: soruce: unknown key"),
+        ("source:\n  url: x\n  brnch: main\n", "gitsync.yaml:3: source.brnch: unknown key"),
+        ("hosts:\n  - name: a\n    url: tcp://1.2.3.4:2376\n    tsl: {}\n", "gitsync.yaml:4: hosts[0].tsl: unknown key"),
+        ("hosts:\n  - name: a\n    url: http://x\n", "gitsync.yaml:3: hosts[0].url: 'http://x': use unix://PATH"),
+        ("source: {interval: often}\n", "gitsync.yaml:1: source.interval: 'often' is not a duration"),
+        ("status:\n  - type: bitbucket\n    repo: a/b\n    token_env: T\n", "gitsync.yaml:2: status[0].type: must be one of github, gitea, forgejo, gitlab"),
+        ("status:\n  - type: github\n    repo: a/b\n", "status[0].token_env: is required"),
+        ("name: Prod_1\n", "gitsync.yaml:1: name: 'Prod_1' has characters that are not allowed here"),
+        ("hosts:\n  - {name: a, url: 'unix:///x'}\n  - {name: a, url: 'unix:///y'}\n", "hosts[1].name: host 'a' is listed twice"),
+        ("source: {path: ../etc}\n", "source.path: must stay inside the repository"),
+        ("name: [\n", "gitsync.yaml:2: invalid YAML"),
+    ],
+)
+def test_config_errors_name_the_key(text: str, expected: str) -> None:
+    assert expected in error(text)
+
+
+def test_plain_tcp_needs_loopback_tls_or_insecure() -> None:
+    cfg = parse(
+        "hosts:\n"
+        "  - {name: far, url: 'tcp://10.0.0.5:2375'}\n"
+        "  - {name: near, url: 'tcp://127.0.0.1:2375'}\n"
+        "  - {name: trusted, url: 'tcp://10.0.0.6:2375', insecure: true}\n"
+        "  - {name: tls, url: 'tcp://10.0.0.7:2376', tls: {ca: ca.pem, cert: c.pem, key: k.pem}}\n",
+        "gitsync.yaml",
+    )
+    with pytest.raises(HostError, match="far: plain tcp://10.0.0.5:2375 is unencrypted"):
+        check_transport(cfg.hosts[0])
+    for h in cfg.hosts[1:]:
+        check_transport(h)
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = parse("source: {url: repo}\nstate_dir: st\n", "gitsync.yaml", base=tmp_path)
+    assert cfg.source.url == str(tmp_path / "repo")
+    assert cfg.state_dir == str(tmp_path / "st")

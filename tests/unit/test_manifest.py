@@ -1,0 +1,121 @@
+"""Manifest loading: every problem located as file:line: key: message; all or nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gitsync import labels
+from gitsync.errors import ManifestError
+from gitsync.manifest import MAX_FILE_BYTES, load_files, read_folder
+from gitsync.models import UpdateOrder
+
+HEAD = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo"
+
+
+def problems(text: str, name: str = "apps/web.yaml") -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        load_files({name: text.encode()})
+    return [str(p) for p in info.value.problems]
+
+
+INVALID = [
+    ("negative replicas", HEAD + "  image: a:1\n  replicas: -1\n", "apps/web.yaml:7: spec.replicas: must be >= 0"),
+    ("replicas not a number", HEAD + "  image: a:1\n  replicas: three\n", "apps/web.yaml:7: spec.replicas: must be a whole number, not a string"),
+    ("unknown key", HEAD + "  image: a:1\n  replica: 3\n", "apps/web.yaml:7: spec.replica: unknown key"),
+    ("missing image", HEAD + "  replicas: 1\n", "apps/web.yaml:5: spec.image: is required"),
+    ("bad image", HEAD + "  image: 'Web App:latest'\n", "apps/web.yaml:6: spec.image: 'Web App:latest' is not a valid image reference"),
+    ("bad image tag", HEAD + "  image: 'web:'\n", "apps/web.yaml:6: spec.image: 'web:' is not a valid image reference"),
+    ("bad name", HEAD.replace("name: web", "name: Web_App") + "  image: a:1\n", "apps/web.yaml:4: metadata.name: 'Web_App' is not a valid name"),
+    ("unknown kind", HEAD.replace("Deployment", "StatefulSet") + "  image: a:1\n", "apps/web.yaml:2: kind: 'StatefulSet' is not one of Deployment, Service"),
+    ("wrong apiVersion", HEAD.replace("gitsync.io/v1", "apps/v1") + "  image: a:1\n", "apps/web.yaml:1: apiVersion: 'apps/v1' is not supported; use gitsync.io/v1"),
+    ("command as string", HEAD + "  image: a:1\n  command: httpd -f\n", "apps/web.yaml:7: spec.command: must be a list of strings"),
+    ("env boolean", HEAD + "  image: a:1\n  env:\n    DEBUG: true\n", "apps/web.yaml:8: spec.env.DEBUG: must be a string; quote it (\"true\")"),
+    ("port out of range", HEAD + "  image: a:1\n  ports:\n    - containerPort: 70000\n", "apps/web.yaml:8: spec.ports[0].containerPort: must be <= 65535"),
+    ("port missing", HEAD + "  image: a:1\n  ports:\n    - hostPort: 80\n", "apps/web.yaml:8: spec.ports[0].containerPort: is required"),
+    ("host path volume", HEAD + "  image: a:1\n  volumes:\n    - {name: /srv/data, mountPath: /data}\n", "apps/web.yaml:8: spec.volumes[0].name: '/srv/data' is not a valid volume name"),
+    ("relative mount", HEAD + "  image: a:1\n  volumes:\n    - {name: data, mountPath: data}\n", "apps/web.yaml:8: spec.volumes[0].mountPath: must be an absolute path"),
+    ("update order", HEAD + "  image: a:1\n  update: {order: random}\n", "apps/web.yaml:7: spec.update.order: 'random' is not one of start-first, stop-first"),
+    ("duration", HEAD + "  image: a:1\n  healthcheck: {test: [CMD, 'true'], interval: soon}\n", "apps/web.yaml:7: spec.healthcheck.interval: 'soon' is not a duration"),
+    ("maxPerHost zero", HEAD + "  image: a:1\n  placement: {maxPerHost: 0}\n", "apps/web.yaml:7: spec.placement.maxPerHost: must be >= 1"),
+    ("reserved label", HEAD.replace("name: web", "name: web\n  labels: {io.gitsync.replica: '1'}") + "  image: a:1\n", "apps/web.yaml:5: metadata.labels.io.gitsync.replica: the io.gitsync. prefix is reserved"),
+    ("duplicate key", HEAD + "  image: a:1\n  image: b:1\n", "apps/web.yaml:7: invalid YAML: duplicate key 'image'"),
+    ("tab indentation", HEAD + "\timage: a:1\n", "apps/web.yaml:6: invalid YAML: found character '\\t'"),
+    ("not a mapping", "- just\n- a list\n", "apps/web.yaml:1: must be a mapping, not a list"),
+    ("restart", HEAD + "  image: a:1\n  restart: sometimes\n", "apps/web.yaml:7: spec.restart: 'sometimes' is not one of no, always, on-failure, unless-stopped"),
+    ("service without selector", "apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n", "apps/web.yaml:4: spec.selector: is required"),
+]
+
+
+@pytest.mark.parametrize("text,expected", [(t, e) for _, t, e in INVALID], ids=[i for i, _, _ in INVALID])
+def test_invalid_manifest_is_located(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    text = HEAD + "  image: 'BAD'\n  replicas: -2\n  colour: red\n"
+    found = problems(text)
+    assert len(found) == 3, found
+
+
+def test_duplicate_names_across_files_name_both_places() -> None:
+    doc = HEAD + "  image: a:1\n"
+    with pytest.raises(ManifestError) as info:
+        load_files({"a.yaml": doc.encode(), "b/c.yml": doc.encode()})
+    assert [str(p) for p in info.value.problems] == ["b/c.yml:1: Deployment 'web' is declared twice (first at a.yaml:1)"]
+
+
+def test_one_bad_file_refuses_the_whole_repository() -> None:
+    good = HEAD + "  image: a:1\n"
+    with pytest.raises(ManifestError):
+        load_files({"good.yaml": good.encode(), "bad.yaml": b"kind: [\n"})
+
+
+def test_several_documents_hidden_folders_and_other_files() -> None:
+    two = HEAD + "  image: a:1\n---\n" + HEAD.replace("name: web", "name: api") + "  image: a:1\n  replicas: 2\n"
+    state = load_files({"apps/all.yaml": two.encode(), ".github/x.yaml": b"not: [valid", "README.md": b"# hi", "empty.yaml": b"---\n"})
+    assert [d.name for d in state.deployments] == ["api", "web"]
+    assert state.deployment("api").replicas == 2  # type: ignore[union-attr]
+
+
+def test_oversized_file_is_refused_without_parsing() -> None:
+    found = problems("a" * (MAX_FILE_BYTES + 10))
+    assert found == [f"apps/web.yaml: file is {MAX_FILE_BYTES + 10} bytes; manifests may be at most {MAX_FILE_BYTES} bytes"]
+
+
+def test_full_deployment_round_trip() -> None:
+    text = HEAD + (
+        "  replicas: 3\n  image: registry.example.com:5000/team/web:1.4.2\n  command: [httpd, -f, -p, 80]\n"
+        "  env: {LOG_LEVEL: info, WORKERS: 4}\n  ports: [{containerPort: 80, hostPort: 8080}]\n"
+        "  volumes: [{name: data, mountPath: /data, readOnly: true}]\n"
+        "  placement: {hostSelector: {role: web}, maxPerHost: 2}\n"
+        "  healthcheck: {test: [CMD, wget, -q, localhost], interval: 5s, retries: 3, startPeriod: 1m30s}\n"
+        "  update: {order: stop-first, parallelism: 2}\n"
+    )
+    d = load_files({"web.yaml": text.encode()}).deployments[0]
+    assert d.replicas == 3 and d.image == "registry.example.com:5000/team/web:1.4.2"
+    assert d.env == (("LOG_LEVEL", "info"), ("WORKERS", "4"))
+    assert d.capacity_per_host() == 1  # the hostPort wins over maxPerHost 2
+    assert d.healthcheck is not None and d.healthcheck.start_period == 90.0
+    assert d.update.order == UpdateOrder.STOP_FIRST and d.update.parallelism == 2
+    assert d.origin is not None and str(d.origin) == "web.yaml:1"
+
+
+def test_spec_hash_ignores_replicas_placement_and_update_policy() -> None:
+    base = HEAD + "  image: a:1\n"
+    a = load_files({"a.yaml": (base + "  replicas: 1\n").encode()}).deployments[0]
+    b = load_files({"a.yaml": (base + "  replicas: 9\n  placement: {maxPerHost: 1}\n  update: {order: stop-first}\n").encode()}).deployments[0]
+    c = load_files({"a.yaml": (base + "  env: {A: b}\n").encode()}).deployments[0]
+    assert labels.spec_hash(a) == labels.spec_hash(b)
+    assert labels.spec_hash(a) != labels.spec_hash(c)
+
+
+def test_examples_repo_is_valid() -> None:
+    state = load_files(read_folder(str(EXAMPLES)))
+    assert {d.name for d in state.deployments} == {"web", "worker"}
+    web = state.deployment("web")
+    assert web is not None and web.replicas >= 2 and web.placement.host_selector
+    assert any(v.name for d in state.deployments for v in d.volumes)
