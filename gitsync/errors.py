@@ -93,6 +93,7 @@ class HostError(GitsyncError):
     def __init__(self, host: str, message: str) -> None:
         super().__init__(f"host {host}: {message}")
         self.host = host
+        self.detail = message
 
 
 class ApplyError(GitsyncError):

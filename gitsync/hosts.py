@@ -46,7 +46,7 @@ def check_transport(h: HostSettings) -> None:
 def explain(exc: BaseException) -> str:
     """A short, human reason for a Docker SDK or transport failure."""
     if isinstance(exc, HostError):
-        return exc.message
+        return exc.detail
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):

@@ -121,12 +121,18 @@ class Syncer:
         observed = self.observe()
         return Observed(snapshot, desired, observed, self.plan(desired, observed))
 
-    def wait_converged(self, desired: DesiredState, deadline: float, poll: float = 0.25) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
-        """Assess until every deployment is healthy or nothing is progressing any more, or the deadline."""
+    def wait_converged(
+        self, desired: DesiredState, deadline: float, skip: set[str] | frozenset[str] = frozenset(), poll: float = 0.25
+    ) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
+        """Assess until every deployment is healthy, or the deadline.
+
+        Deployments in `skip` (their apply failed, or they cannot be placed) are
+        assessed but not waited for: they cannot converge in this sync.
+        """
         while True:
             observed = self.observe()
             status = assess(desired, observed)
-            settled = all(s.health == Health.HEALTHY for s in status.values())
+            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip)
             if settled or time.monotonic() >= deadline:
                 return status, observed
             time.sleep(poll)
@@ -147,7 +153,8 @@ class Syncer:
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress)
             result.applied = applied
-            status, observed = self.wait_converged(desired, t0 + timeout) if desired.deployments else ({}, observed)
+            hopeless = {r.action.deployment for r in applied.failed} | {p.deployment for p in plan.problems}
+            status, observed = self.wait_converged(desired, t0 + timeout, hopeless) if desired.deployments else ({}, observed)
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             self._summarise(result, desired, plan, applied, time.monotonic() - t0)

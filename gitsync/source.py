@@ -42,7 +42,18 @@ def _is_remote(url: str) -> bool:
     return "://" in url or (":" in url and "@" in url.split(":", 1)[0]) or url.startswith("file:")
 
 
+def _clean(stderr: str) -> str:
+    """GitPython quotes git's stderr as "stderr: '...'"; take git's own words back out."""
+    text = stderr.strip()
+    if text.startswith("stderr: '"):
+        text = text[len("stderr: '") :]
+        if text.endswith("'"):
+            text = text[:-1]
+    return text.strip()
+
+
 def _classify(stderr: str, settings: SourceSettings) -> str:
+    stderr = _clean(stderr)
     text = stderr.lower()
     if "couldn't find remote ref" in text or "could not find remote branch" in text:
         return f"branch {settings.branch!r} does not exist on {settings.url}; check source.branch"
@@ -61,6 +72,9 @@ def _classify(stderr: str, settings: SourceSettings) -> str:
         return f"authentication to {settings.url} failed; {hint}"
     if "does not appear to be a git repository" in text or "repository not found" in text or "not found" in text:
         return f"{settings.url} is not a git repository (or not visible with these credentials)"
+    if "unable to connect" in text or "could not resolve host" in text or "connection refused" in text:
+        why = "connection refused" if "refused" in text else ("host not found" if "resolve" in text else "no answer")
+        return f"cannot fetch {settings.url}: unable to connect ({why})"
     for line in stderr.strip().splitlines():
         line = line.strip()
         if line.startswith("fatal:"):

@@ -33,6 +33,8 @@ BRIDGE_ADDR = f"{SUBNET}.254"
 ROOT = Path(os.environ.get("GITSYNC_TESTBED_ROOT", "/run/gitsync-testbed"))
 DATA = Path(os.environ.get("GITSYNC_TESTBED_DATA", "/var/lib/gitsync-testbed"))
 TEST_IMAGE = "gitsync-test/busybox"
+REGISTRY = f"{BRIDGE_ADDR}:5000"  # Debian's docker-registry, on the bridge, for pull tests
+REGISTRY_IMAGE = f"{REGISTRY}/gitsync-test/pulled:1"
 BUSYBOX = Path("/bin/busybox")
 APPLETS = (
     "sh", "sleep", "echo", "cat", "true", "false", "ls", "wget", "httpd", "env",
@@ -100,10 +102,10 @@ class TestbedUnavailable(RuntimeError):
 def check_prerequisites() -> None:
     if os.geteuid() != 0:
         raise TestbedUnavailable("the Docker test bed needs root (network namespaces, dockerd)")
-    for tool in ("dockerd", "ip", "iptables", "nsenter"):
+    for tool in ("dockerd", "ip", "iptables", "nsenter", "docker-registry"):
         if shutil.which(tool) is None:
             raise TestbedUnavailable(
-                f"{tool} not found: run `bash .ci/run` once, or `apt-get install docker.io busybox-static iproute2 iptables`"
+                f"{tool} not found: run `bash .ci/run` once, or `apt-get install docker.io docker-registry busybox-static iproute2 iptables`"
             )
     if not BUSYBOX.exists():
         raise TestbedUnavailable("/bin/busybox not found: apt-get install busybox-static")
@@ -158,25 +160,17 @@ def _umount_under(path: Path) -> None:
 def start(engine: Engine, timeout: float = 30.0) -> None:
     """Start the engine's dockerd if it is not running; wait until it answers."""
     _ensure_network(engine)
-    if _pid_alive(engine.pidfile) and _answers(engine):
+    args = _dockerd_args(engine)
+    fingerprint = engine.exec_root / "args"
+    same_args = fingerprint.exists() and fingerprint.read_text() == " ".join(args)
+    if _pid_alive(engine.pidfile) and same_args and _answers(engine):
         return
     stop(engine)
     _umount_under(engine.exec_root)
     shutil.rmtree(engine.exec_root, ignore_errors=True)
     engine.exec_root.mkdir(parents=True, exist_ok=True)
     engine.data_root.mkdir(parents=True, exist_ok=True)
-    bip = f"172.{40 + engine.index}.0.1/16"
-    args = [
-        "nsenter", f"--net=/var/run/netns/{engine.netns}",
-        "dockerd", "--tls=false",
-        "-H", engine.unix_url, "-H", engine.tcp_url,
-        "--data-root", str(engine.data_root),
-        "--exec-root", str(engine.exec_root / "exec"),
-        "--pidfile", str(engine.pidfile),
-        "--bip", bip,
-        "--cgroup-parent", f"/gitsync-testbed-{engine.name}",
-        "--userland-proxy=false",
-    ]
+    fingerprint.write_text(" ".join(args))
     with open(engine.log, "ab") as log:
         subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
@@ -186,6 +180,73 @@ def start(engine: Engine, timeout: float = 30.0) -> None:
         time.sleep(0.1)
     tail = engine.log.read_text(errors="replace")[-2000:] if engine.log.exists() else ""
     raise RuntimeError(f"dockerd {engine.name} did not answer within {timeout}s; log tail:\n{tail}")
+
+
+def _dockerd_args(engine: Engine) -> list[str]:
+    bip = f"172.{40 + engine.index}.0.1/16"
+    return [
+        "nsenter", f"--net=/var/run/netns/{engine.netns}",
+        "dockerd", "--tls=false",
+        "-H", engine.unix_url, "-H", engine.tcp_url,
+        "--data-root", str(engine.data_root),
+        "--exec-root", str(engine.exec_root / "exec"),
+        "--pidfile", str(engine.pidfile),
+        "--bip", bip,
+        "--cgroup-parent", f"/gitsync-testbed-{engine.name}",
+        "--userland-proxy=false",
+        "--insecure-registry", REGISTRY,
+    ]
+
+
+def start_registry(timeout: float = 15.0) -> None:
+    """Debian's docker-registry on the bridge address, with the pull-test image pushed to it."""
+    import urllib.request
+
+    pidfile = ROOT / "registry.pid"
+    url = f"http://{REGISTRY}/v2/"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    if not (_pid_alive(pidfile) and answers()):
+        if shutil.which("docker-registry") is None:
+            raise TestbedUnavailable("docker-registry not found: apt-get install docker-registry")
+        ROOT.mkdir(parents=True, exist_ok=True)
+        storage = DATA / "registry"
+        storage.mkdir(parents=True, exist_ok=True)
+        conf = ROOT / "registry.yml"
+        conf.write_text(
+            "version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\n"
+            "http: {addr: '%s'}\n" % (storage, REGISTRY)
+        )
+        with open(DATA / "registry.log", "ab") as log:
+            proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        pidfile.write_text(str(proc.pid))
+        deadline = time.monotonic() + timeout
+        while not answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not answer on {url}")
+            time.sleep(0.1)
+
+
+def push_pull_image(engine: Engine) -> None:
+    """Put REGISTRY_IMAGE in the registry (pushed from one engine) and nowhere else."""
+    import docker
+
+    client = docker.APIClient(base_url=engine.unix_url, version="auto", timeout=120)
+    try:
+        repo, tag = REGISTRY_IMAGE.rsplit(":", 1)
+        client.tag(f"{TEST_IMAGE}:1", repo, tag)
+        for line in client.push(repo, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push to the test registry failed: {line['error']}")
+        client.remove_image(REGISTRY_IMAGE)
+    finally:
+        client.close()
 
 
 def _answers(engine: Engine) -> bool:
@@ -275,6 +336,8 @@ def up(n: int = 3) -> list[Engine]:
         start(engine)
     for engine in result:
         build_images(engine.unix_url)
+    start_registry()
+    push_pull_image(result[0])
     return result
 
 
@@ -285,6 +348,9 @@ def down(n: int = 3) -> None:
         _run("ip", "link", "del", f"gsv{engine.index}", check=False)
         _run("ip", "netns", "del", engine.netns, check=False)
         shutil.rmtree(engine.exec_root, ignore_errors=True)
+    pid = _pid_alive(ROOT / "registry.pid")
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
     _run("ip", "link", "del", BRIDGE, check=False)
     rule = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
     while _ok("iptables", "-C", *rule):

@@ -1,0 +1,33 @@
+# The gitsync agent in a container. It talks to Docker through a mounted socket
+# or over TCP+TLS (certificates mounted read-only), and keeps its git mirror and
+# history in /var/lib/gitsync.
+#
+#   docker build -t gitsync .
+#   docker run -d --name gitsync \
+#     -v /var/run/docker.sock:/var/run/docker.sock \
+#     --group-add "$(stat -c %g /var/run/docker.sock)" \
+#     -v "$PWD/gitsync.yaml:/etc/gitsync/gitsync.yaml:ro" \
+#     -v gitsync-state:/var/lib/gitsync \
+#     -e GITSYNC_WEBHOOK_SECRET -e GITHUB_TOKEN \
+#     -p 9100:9100 gitsync
+#
+# Access to the Docker socket is root on that host whatever the user inside; the
+# agent still runs unprivileged here so a bug cannot write outside its state.
+FROM python:3.11-slim
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/gitsync --create-home gitsync
+
+WORKDIR /opt/gitsync
+COPY pyproject.toml README.md ./
+COPY gitsync ./gitsync
+RUN pip install --no-cache-dir .
+
+USER gitsync
+WORKDIR /var/lib/gitsync
+VOLUME ["/var/lib/gitsync"]
+EXPOSE 9100
+ENTRYPOINT ["gitsync"]
+CMD ["apply", "-c", "/etc/gitsync/gitsync.yaml"]
