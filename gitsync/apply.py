@@ -58,7 +58,17 @@ def _ns(seconds: float) -> int:
 
 
 class _HostApplier:
-    def __init__(self, hosts: Hosts, host: str, desired: DesiredState, agent: str, revision: str, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        hosts: Hosts,
+        host: str,
+        desired: DesiredState,
+        agent: str,
+        revision: str,
+        progress: Progress | None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.stop = stop
         self.host = host
         self.hosts = hosts
         self.api = hosts.client(host).api
@@ -173,7 +183,9 @@ class _HostApplier:
 
     def run(self, action: Action) -> ActionResult:
         start = time.monotonic()
-        if action.deployment in self.failed_deployments:
+        if self.stop is not None and self.stop.is_set():
+            result = ActionResult(action, False, "skipped: the agent is stopping", 0.0, skipped=True)
+        elif action.deployment in self.failed_deployments:
             result = ActionResult(action, False, "skipped: an earlier change of this deployment failed", 0.0, skipped=True)
         else:
             try:
@@ -291,14 +303,19 @@ def apply_plan(
     agent: str,
     revision: str,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> ApplyResult:
-    """Run the plan's actions, every host in parallel."""
+    """Run the plan's actions, every host in parallel.
+
+    When `stop` is set, actions in flight finish (a replace is never cut in
+    half) and the remaining ones are skipped.
+    """
     names = [h for h in plan.hosts if plan.for_host(h)]
 
     def one(host: str) -> list[ActionResult]:
         actions = plan.for_host(host)
         try:
-            applier = _HostApplier(hosts, host, desired, agent, revision, progress)
+            applier = _HostApplier(hosts, host, desired, agent, revision, progress, stop)
         except Exception as exc:
             hosts.forget(host)
             results = [ActionResult(a, False, explain(exc)) for a in actions]

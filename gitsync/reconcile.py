@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,17 +98,38 @@ class Syncer:
             settings = replace(settings, url=source_override, path="")
         self.source = Source(settings, config.state_dir)
         self.hosts = Hosts(config.hosts, config.name)
+        self._loaded: tuple[str, DesiredState] | None = None  # the last revision loaded: commits are immutable
+        self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitsync-observe")
 
     def close(self) -> None:
+        self._observer.shutdown(wait=False, cancel_futures=True)
         self.hosts.close()
 
     # -- steps -----------------------------------------------------------
     def fetch(self) -> Snapshot:
         return self.source.fetch()
 
-    @staticmethod
-    def load(snapshot: Snapshot) -> DesiredState:
-        return load_files(snapshot.files)
+    def load(self, snapshot: Snapshot) -> DesiredState:
+        if self._loaded is not None and self._loaded[0] == snapshot.revision:
+            return self._loaded[1]
+        desired = load_files(snapshot.files)
+        self._loaded = (snapshot.revision, desired)
+        return desired
+
+    def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None) -> tuple[Snapshot, DesiredState, dict[str, HostObservation]]:
+        """fetch and load, with observe running alongside: live state does not depend on the desired.
+
+        If fetch or load fails, the observation is simply dropped.
+        """
+        observing = self._observer.submit(self.observe)
+        try:
+            snapshot = self.fetch()
+            if on_fetched is not None:
+                on_fetched(snapshot)
+            desired = self.load(snapshot)
+        finally:
+            observed = observing.result()
+        return snapshot, desired, observed
 
     def observe(self) -> dict[str, HostObservation]:
         return self.hosts.observe()
@@ -116,21 +139,26 @@ class Syncer:
 
     def preview(self) -> Observed:
         """fetch, load, observe, plan: what `gitsync plan` shows."""
-        snapshot = self.fetch()
-        desired = self.load(snapshot)
-        observed = self.observe()
+        snapshot, desired, observed = self._fetch_load_observe()
         return Observed(snapshot, desired, observed, self.plan(desired, observed))
 
     def wait_converged(
-        self, desired: DesiredState, deadline: float, skip: set[str] | frozenset[str] = frozenset(), poll: float = 0.25
+        self,
+        desired: DesiredState,
+        deadline: float,
+        skip: set[str] | frozenset[str] = frozenset(),
+        poll: float = 0.25,
+        first: dict[str, HostObservation] | None = None,
     ) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
         """Assess until every deployment is healthy, or the deadline.
 
         Deployments in `skip` (their apply failed, or they cannot be placed) are
-        assessed but not waited for: they cannot converge in this sync.
+        assessed but not waited for: they cannot converge in this sync. `first`
+        is an observation still current (nothing was applied since), reused
+        instead of listing the hosts again.
         """
         while True:
-            observed = self.observe()
+            observed, first = (first, None) if first is not None else (self.observe(), None)
             status = assess(desired, observed)
             settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip)
             if settled or time.monotonic() >= deadline:
@@ -138,23 +166,44 @@ class Syncer:
             time.sleep(poll)
 
     # -- the sync --------------------------------------------------------
-    def sync(self, trigger: str = "cli", progress: Callable[[ActionResult], None] | None = None, timeout: float = 120.0, on_start: Callable[[SyncResult], None] | None = None) -> SyncResult:
+    def sync(
+        self,
+        trigger: str = "cli",
+        progress: Callable[[ActionResult], None] | None = None,
+        timeout: float = 120.0,
+        on_start: Callable[[SyncResult], None] | None = None,
+        on_planned: Callable[[SyncResult], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> SyncResult:
+        """One sync. `on_start` runs once the revision is known, `on_planned` once the plan is;
+        `stop` makes apply finish the changes in flight and skip the rest."""
         result = SyncResult(trigger=trigger, started=time.time())
         t0 = time.monotonic()
         try:
-            snapshot = self.fetch()
-            result.revision, result.commit = snapshot.revision, snapshot.commit
-            if on_start is not None:
-                on_start(result)
-            desired = self.load(snapshot)
-            observed = self.observe()
+            def fetched(snapshot: Snapshot) -> None:
+                result.revision, result.commit = snapshot.revision, snapshot.commit
+                if on_start is not None:
+                    on_start(result)
+
+            snapshot, desired, observed = self._fetch_load_observe(fetched)
             plan = self.plan(desired, observed)
             result.plan = plan
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
-            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress)
+            if on_planned is not None:
+                on_planned(result)
+            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress, stop)
             result.applied = applied
+            if stop is not None and stop.is_set() and any(r.skipped for r in applied.results):
+                done = sum(1 for r in applied.results if r.ok)
+                result.outcome, result.reason = Outcome.INTERRUPTED, None
+                result.message = f"stopped: {done} of {len(applied.results)} changes made before the agent stopped"
+                result.finished = time.time()
+                return result
             hopeless = {r.action.deployment for r in applied.failed} | {p.deployment for p in plan.problems}
-            status, observed = self.wait_converged(desired, t0 + timeout, hopeless) if desired.deployments else ({}, observed)
+            current = observed if not applied.results else None  # nothing changed: the observation still holds
+            status, observed = (
+                self.wait_converged(desired, t0 + timeout, hopeless, first=current) if desired.deployments else ({}, observed)
+            )
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             self._summarise(result, desired, plan, applied, time.monotonic() - t0)

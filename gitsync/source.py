@@ -90,6 +90,8 @@ class Source:
         self.settings = settings
         self.state_dir = Path(state_dir)
         self._repo: git.Repo | None = None
+        self._work_trees: dict[str, git.Repo] = {}
+        self._files: tuple[str, str, dict[str, bytes]] | None = None  # (commit, prefix, files): commits are immutable
 
     # -- the environment git runs with: no prompts, credentials from the environment only
     def _env(self) -> dict[str, str]:
@@ -125,7 +127,9 @@ class Source:
                 raise FetchError(f"source {url} does not exist")
             if p.is_file():
                 raise FetchError(f"source {url} is a file; point source.url at a folder or repository")
-            work_tree = self._work_tree(p)
+            work_tree = self._work_trees.get(url) or self._work_tree(p)
+            if work_tree is not None:
+                self._work_trees[url] = work_tree
             if work_tree is not None:
                 return self._read_head(work_tree, p)
             if (p / "HEAD").is_file() and (p / "objects").is_dir():
@@ -208,6 +212,13 @@ class Source:
         return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url)
 
     def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> dict[str, bytes]:
+        if self._files is not None and self._files[:2] == (commit.hexsha, prefix):
+            return self._files[2]
+        files = self._read_tree_uncached(commit, prefix, where)
+        self._files = (commit.hexsha, prefix, files)
+        return files
+
+    def _read_tree_uncached(self, commit: git.Commit, prefix: str, where: str) -> dict[str, bytes]:
         tree = commit.tree
         if prefix:
             try:
