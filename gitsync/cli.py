@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hosts", help="hosts, reachability, managed containers")
     h.add_argument("-c", "--config")
     h.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("run", help="the agent: poll, webhooks, HTTP server; until SIGTERM")
+    r.add_argument("-c", "--config")
+
+    st = sub.add_parser("status", help="sync history, per commit")
+    st.add_argument("rev", nargs="?", help="a commit (prefix) or revision to show")
+    st.add_argument("-c", "--config")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("-n", "--limit", type=int, default=20)
     return p
 
 
@@ -65,12 +74,19 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except SystemExit as exc:  # argparse prints its own message
         return int(exc.code or 0) and int(Exit.USAGE)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose or args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=err,
     )
     try:
-        handler = {"validate": cmd_validate, "plan": cmd_plan, "apply": cmd_apply, "hosts": cmd_hosts}[args.command]
+        handler = {
+            "validate": cmd_validate,
+            "plan": cmd_plan,
+            "apply": cmd_apply,
+            "hosts": cmd_hosts,
+            "run": cmd_run,
+            "status": cmd_status,
+        }[args.command]
         return int(handler(args, out, err))
     except ManifestError as exc:
         for p in exc.problems:
@@ -235,6 +251,79 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             deps = ", ".join(f"{k} {v}" for k, v in sorted(r["deployments"].items())) or "no managed containers"
             print(f"{r['name']:<12} {state:<12} {r['url']:<40} labels {labels:<20} {r['running']}/{r['containers']} running: {deps}", file=out)
     return Exit.OK if all(r["reachable"] for r in rows) else Exit.ERROR
+
+
+# -- run --------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import threading
+
+    from .agent import Agent
+    from .server import HTTPServer
+
+    path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
+    cfg = load_config(path)
+    log = logging.getLogger("gitsync")
+    agent = Agent(cfg, path)
+    try:
+        server = HTTPServer(agent)
+    except OSError as exc:
+        agent.stop(5)
+        raise ConfigError(f"server.listen {cfg.server.listen}: {exc.strerror}") from None
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        log.info("received %s: finishing the change in hand, then stopping", signal.Signals(signum).name)
+        agent.stopping.set()  # apply skips what it has not started
+        stop.set()
+
+    def on_hup(signum: int, frame: object) -> None:
+        threading.Thread(target=lambda: log.info("SIGHUP: %s", agent.reload()), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    server.start()
+    secret_env = cfg.server.webhook_secret_env
+    if not secret_env or not os.environ.get(secret_env):
+        log.warning("webhooks are refused: set $%s to the webhook secret to accept pushes", secret_env or "GITSYNC_WEBHOOK_SECRET")
+    log.info("gitsync %s agent %s: %s every %s; dashboard %s/", __version__, cfg.name, cfg.source.url, format_duration(cfg.source.interval), server.address)
+    agent.start()
+    while not stop.wait(1.0):
+        pass
+    agent.stop()
+    server.stop()
+    log.info("stopped")
+    return Exit.OK
+
+
+# -- status -------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .history import History
+
+    cfg = _config(args)
+    history = History(cfg.state_dir, cfg.name)
+    try:
+        records = history.recent(args.limit, args.rev)
+    finally:
+        history.close()
+    if args.json:
+        print(json.dumps([r.to_json(with_detail=args.rev is not None) for r in records], indent=2, sort_keys=True), file=out)
+        return Exit.OK
+    if not records:
+        print("no syncs recorded" + (f" for {args.rev}" if args.rev else "") + f" in {cfg.state_dir}", file=out)
+        return Exit.OK
+    import time as _time
+
+    for r in records:
+        when = _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(r.started))
+        rev = (r.commit or r.revision or "-")[:12]
+        took = format_duration(r.seconds) if r.seconds is not None else "running"
+        print(f"#{r.id:<5} {when}  {rev:<12}  {r.outcome:<11} {took:>7}  {r.trigger:<14} {r.message}", file=out)
+        if args.rev is not None:
+            for p in r.detail.get("problems") or []:
+                print(f"         ! {p}", file=out)
+    return Exit.OK
 
 
 def entrypoint() -> None:

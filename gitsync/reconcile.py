@@ -249,6 +249,9 @@ class Syncer:
             result.outcome, result.reason = Outcome.FAILURE, Reason.HEALTH_CHECK_FAILED
             result.message = "; ".join(f"{s.name}: {s.message}" for s in bad)
             result.problems = [f"{s.name}: {s.message}" for s in bad]
+        elif plan.in_sync:
+            result.outcome, result.reason = Outcome.SUCCESS, None
+            result.message = f"{n}/{n} deployments in sync, nothing to change"
         else:
             result.outcome, result.reason = Outcome.SUCCESS, None
             result.message = f"{n}/{n} deployments converged in {format_duration(seconds)}"

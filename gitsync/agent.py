@@ -1,0 +1,312 @@
+"""The agent: one sync queue fed by the poller, webhooks, the API and (later) Docker events.
+
+Syncs never overlap. A trigger that arrives while a sync runs marks the queue
+dirty; however many arrive, exactly one more sync follows. The poller uses the
+``schedule`` package with a random jitter so a fleet of agents does not fetch
+in lockstep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import schedule
+
+from . import config as config_mod
+from .config import Config
+from .errors import ConfigError, GitsyncError
+from .health import DeploymentStatus
+from .history import History
+from .live import HostObservation
+from .metrics import Metrics
+from .reconcile import Outcome, SyncResult, Syncer
+from .status import REGISTRY, CommitStatus, Notifier, Provider, State
+
+log = logging.getLogger("gitsync.agent")
+
+OUTCOME_STATE = {
+    Outcome.SUCCESS: State.SUCCESS,
+    Outcome.FAILURE: State.FAILURE,
+    Outcome.ERROR: State.ERROR,
+    Outcome.INTERRUPTED: State.ERROR,
+}
+
+
+@dataclass
+class LiveView:
+    """What the dashboard and /api/status show: the newest sync's view of the fleet."""
+
+    revision: str | None = None
+    commit: str | None = None
+    observed: dict[str, HostObservation] = field(default_factory=dict)
+    deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
+    updated: float = 0.0
+
+
+def build_providers(cfg: Config) -> list[Provider]:
+    providers: list[Provider] = []
+    for s in cfg.status:
+        token = os.environ.get(s.token_env, "")
+        if not token:
+            raise ConfigError(f"status: {s.type} for {s.repo}: ${s.token_env} is not set (it holds the API token)")
+        providers.append(REGISTRY[s.type](s, token))
+    return providers
+
+
+class SyncQueue:
+    """At most one sync at a time; triggers during a sync coalesce into exactly one more."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[str] = []
+        self.running = False
+        self.closed = False
+
+    def nudge(self, trigger: str) -> bool:
+        """Ask for a sync. Returns False when one is already waiting (this trigger joins it)."""
+        with self._cond:
+            if self.closed:
+                return False
+            joined = bool(self._pending)
+            self._pending.append(trigger)
+            self._cond.notify_all()
+            return not joined
+
+    def take(self, timeout: float | None = None) -> str | None:
+        """Block until a sync is wanted; returns its trigger(s), or None when closed."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._pending and not self.closed:
+                remaining = None if end is None else end - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            if self.closed:
+                return None
+            triggers = sorted(set(self._pending), key=self._pending.index)
+            self._pending.clear()
+            self.running = True
+            return ",".join(triggers)
+
+    def done(self) -> None:
+        with self._cond:
+            self.running = False
+            self._cond.notify_all()
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self.running and not self._pending
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class Agent:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.stopping = threading.Event()
+        self.queue = SyncQueue()
+        self.metrics = Metrics(config.name)
+        self.history = History(config.state_dir, config.name)
+        interrupted = self.history.mark_interrupted()
+        if interrupted:
+            log.warning("%d sync(s) were cut off by an earlier stop or crash; marked interrupted", interrupted)
+        self.syncer = Syncer(config)
+        self.notifier = Notifier(build_providers(config))
+        self.view = LiveView()
+        self.ready = threading.Event()
+        self.last_result: SyncResult | None = None
+        self._final_posted: dict[tuple[str, str], State] = {}
+        self._scheduler = schedule.Scheduler()
+        self._schedule_poll()
+        self._threads: list[threading.Thread] = []
+        self.listeners: list[Callable[[SyncResult], None]] = []
+
+    # -- configuration ---------------------------------------------------
+    def _schedule_poll(self) -> None:
+        self._scheduler.clear()
+        interval = self.config.source.interval
+        jitter = max(1.0, interval * 0.1)
+        self._scheduler.every(int(interval)).to(int(interval + jitter)).seconds.do(self.nudge, "poll")
+
+    def reload(self) -> str:
+        """Re-read the config file (SIGHUP). A bad file keeps the running config; says why either way."""
+        if self.config_path is None:
+            return "no config file to reload (running on defaults)"
+        try:
+            new = config_mod.load(self.config_path)
+            providers = build_providers(new)
+        except GitsyncError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return f"reload refused: {exc}"
+        if new.name != self.config.name or new.state_dir != self.config.state_dir:
+            log.error("config reload refused: name and state_dir cannot change while running (restart instead)")
+            return "reload refused: name and state_dir cannot change while running"
+        # Swap between syncs: wait for the one in flight.
+        while not self.queue.idle() and not self.stopping.is_set():
+            time.sleep(0.05)
+        old_syncer, old_notifier = self.syncer, self.notifier
+        self.config = new
+        self.syncer = Syncer(new)
+        self.notifier = Notifier(providers)
+        old_notifier.flush(5)
+        old_notifier.close()
+        old_syncer.close()
+        self._schedule_poll()
+        log.info("configuration reloaded from %s", self.config_path)
+        self.nudge("reload")
+        return "reloaded"
+
+    # -- triggers --------------------------------------------------------
+    def nudge(self, trigger: str) -> bool:
+        return self.queue.nudge(trigger)
+
+    # -- the sync worker ---------------------------------------------------
+    def target_url(self, sync_id: int) -> str | None:
+        base = self.config.server.public_url
+        return f"{base}/syncs/{sync_id}" if base else None
+
+    def context(self, deployment: str | None = None) -> str:
+        return f"gitsync/{self.config.name}" + (f"/{deployment}" if deployment else "")
+
+    def run_one(self, trigger: str) -> SyncResult:
+        sync_id = self.history.start(trigger)
+        target = self.target_url(sync_id)
+
+        def started(result: SyncResult) -> None:
+            self.history.update(sync_id, revision=result.revision, commit_sha=result.commit)
+
+        def planned(result: SyncResult) -> None:
+            # pending only when something is about to change, or for a commit not yet reported
+            assert result.plan is not None
+            if result.commit and (not result.plan.in_sync or (result.commit, self.context()) not in self._final_posted):
+                self._post(result.commit, State.PENDING, f"syncing {result.commit[:7]}: {_plan_summary(result)}", target)
+
+        syncer = self.syncer
+        with self.metrics.duration.time():
+            result = syncer.sync(trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping)
+        self.history.update(
+            sync_id,
+            revision=result.revision,
+            commit_sha=result.commit,
+            finished=result.finished,
+            outcome=str(result.outcome),
+            reason=str(result.reason) if result.reason else None,
+            message=result.message,
+            detail=result.to_json(),
+        )
+        self.metrics.syncs.labels(str(result.outcome)).inc()
+        if result.outcome == Outcome.SUCCESS:
+            self.metrics.last_success.set(result.finished)
+        self.metrics.set_revision(result.revision)
+        if result.deployments:
+            self.metrics.deployments(result.deployments)
+        try:
+            observed = syncer.observe()
+            self.metrics.observed(observed)
+            # An invalid commit is not assessed: what runs is still the last good state, show that.
+            deployments = dict(result.deployments) if result.deployments else dict(self.view.deployments)
+            self.view = LiveView(result.revision, result.commit, observed, deployments, time.time())
+        except Exception:  # the view is best-effort; the sync result stands
+            log.exception("refreshing the live view failed")
+        if result.commit:
+            state = OUTCOME_STATE[result.outcome]
+            self._post(result.commit, state, result.message, target)
+            self._final_posted[(result.commit, self.context())] = state
+            for s in self.config.status:
+                if s.per_deployment:
+                    for name, ds in result.deployments.items():
+                        dstate = State.SUCCESS if str(ds.health) == "Healthy" else state if state != State.SUCCESS else State.FAILURE
+                        self._post(result.commit, dstate, f"{name}: {ds.message}", target, self.context(name))
+                    break
+        self.last_result = result
+        for listener in list(self.listeners):
+            listener(result)
+        return result
+
+    def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
+        ref = self.config.source.branch
+        self.notifier.send(CommitStatus(sha, state, context or self.context(), description, target, ref))
+
+    def _worker(self) -> None:
+        while not self.stopping.is_set():
+            trigger = self.queue.take(timeout=0.5)
+            if trigger is None:
+                continue
+            try:
+                result = self.run_one(trigger)
+                log.info("sync (%s) %s: %s", trigger, result.outcome, result.message)
+            except Exception:
+                log.exception("sync crashed; the next trigger will try again")
+            finally:
+                self.queue.done()
+                self.ready.set()
+
+    def _poller(self) -> None:
+        while not self.stopping.is_set():
+            self._scheduler.run_pending()
+            idle = self._scheduler.idle_seconds
+            self.stopping.wait(min(0.5, max(0.05, idle if idle is not None else 0.5)))
+
+    def start(self) -> None:
+        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.nudge("startup")
+
+    def stop(self, timeout: float = 300.0) -> None:
+        """Finish the change in hand, record the sync, then stop."""
+        self.stopping.set()
+        self.queue.close()
+        for t in self._threads:
+            t.join(timeout)
+        self.notifier.flush(10)
+        self.notifier.close()
+        self.syncer.close()
+        self.history.close()
+
+    def status_json(self) -> dict[str, Any]:
+        v = self.view
+        hosts = {}
+        for h in self.config.hosts:
+            o = v.observed.get(h.name)
+            hosts[h.name] = {
+                "url": h.url,
+                "labels": dict(h.labels),
+                "reachable": bool(o and o.reachable),
+                "error": o.error if o else None,
+                "containers": [
+                    {"name": c.name, "deployment": c.deployment, "replica": c.replica, "state": c.state, "health": c.health, "revision": c.revision}
+                    for c in (o.containers if o else ())
+                ],
+            }
+        last = self.last_result
+        return {
+            "agent": self.config.name,
+            "revision": v.revision,
+            "commit": v.commit,
+            "updated": v.updated,
+            "syncing": not self.queue.idle(),
+            "last_sync": None if last is None else {"outcome": str(last.outcome), "message": last.message, "finished": last.finished},
+            "deployments": {k: s.to_json() for k, s in v.deployments.items()},
+            "hosts": hosts,
+        }
+
+
+def _plan_summary(result: SyncResult) -> str:
+    plan = result.plan
+    if plan is None or plan.in_sync:
+        return "in sync"
+    c = plan.counts()
+    parts = [f"{n} to {k}" for k, n in c.items() if n]
+    return ", ".join(parts)

@@ -1,0 +1,60 @@
+"""Prometheus metrics, on the agent's own registry (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .health import DeploymentStatus
+from .live import HostObservation
+
+
+class Metrics:
+    def __init__(self, agent: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.syncs = Counter("gitsync_syncs", "Syncs by result", ["result"], registry=r)
+        self.duration = Histogram(
+            "gitsync_sync_duration_seconds", "Duration of a sync", registry=r, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+        )
+        self.webhooks = Counter("gitsync_webhook_requests", "Webhook requests by provider and HTTP code", ["provider", "code"], registry=r)
+        self.containers = Gauge("gitsync_managed_containers", "Managed containers per host and deployment", ["host", "deployment", "state"], registry=r)
+        self.host_up = Gauge("gitsync_host_up", "1 when the host answered the last observation", ["host"], registry=r)
+        self.last_success = Gauge("gitsync_last_successful_sync_timestamp_seconds", "Unix time of the last converged sync", registry=r)
+        self.revision = Gauge("gitsync_revision_info", "The revision of the last sync (value 1)", ["agent", "revision"], registry=r)
+        self.replicas = Gauge("gitsync_deployment_replicas", "Replicas per deployment: desired, running, healthy", ["deployment", "kind"], registry=r)
+        self.degraded = Gauge("gitsync_deployment_degraded", "1 when a deployment is not healthy", ["deployment"], registry=r)
+        self.agent = agent
+        self._revision: str | None = None
+
+    def observed(self, observed: Mapping[str, HostObservation]) -> None:
+        self.containers.clear()
+        for host, o in observed.items():
+            self.host_up.labels(host).set(1 if o.reachable else 0)
+            counts: dict[tuple[str, str], int] = {}
+            for c in o.containers:
+                key = (c.deployment, "running" if c.running else c.state)
+                counts[key] = counts.get(key, 0) + 1
+            for (dep, state), n in counts.items():
+                self.containers.labels(host, dep, state).set(n)
+
+    def deployments(self, status: Mapping[str, DeploymentStatus]) -> None:
+        self.replicas.clear()
+        self.degraded.clear()
+        for name, s in status.items():
+            self.replicas.labels(name, "desired").set(s.desired)
+            self.replicas.labels(name, "running").set(s.running)
+            self.replicas.labels(name, "healthy").set(s.healthy)
+            self.degraded.labels(name).set(0 if str(s.health) == "Healthy" else 1)
+
+    def set_revision(self, revision: str | None) -> None:
+        if revision is None or revision == self._revision:
+            return
+        if self._revision is not None:
+            self.revision.remove(self.agent, self._revision)
+        self.revision.labels(self.agent, revision).set(1)
+        self._revision = revision
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,332 @@
+"""HTTP: webhooks, the API, the dashboard, health and metrics (``gitsync run``).
+
+The webhook handler only authenticates, filters and nudges the sync queue; it
+never syncs in the request. Bodies are bounded: the declared length is checked
+before a byte is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import __version__, webhooks
+from .agent import Agent
+from .history import SyncRecord
+from .units import format_duration
+
+log = logging.getLogger("gitsync.server")
+
+HOOK = re.compile(r"^/hooks/([a-z]+)/?$")
+SYNC_API = re.compile(r"^/api/syncs/(\d+)$")
+SYNC_PAGE = re.compile(r"^/syncs/(\d+)$")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    agent: Agent
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    server_version = f"gitsync/{__version__}"
+    sys_version = ""
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    # -- plumbing ------------------------------------------------------------
+    @property
+    def agent(self) -> Agent:
+        return self.server.agent
+
+    def _send(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, code: int, doc: Any, extra: dict[str, str] | None = None) -> None:
+        self._send(code, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), "application/json", extra)
+
+    def _html(self, code: int, page: str) -> None:
+        self._send(code, page.encode(), "text/html; charset=utf-8")
+
+    def _read_body(self) -> bytes | None:
+        """The body, or None after answering 411/413/400 (and closing the connection)."""
+        limit = self.agent.config.server.max_body_bytes
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            self.close_connection = True
+            self._json(411, {"error": "a Content-Length is required"})
+            return None
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            self.close_connection = True
+            self._json(400, {"error": "bad Content-Length"})
+            return None
+        if length > limit:
+            self.close_connection = True
+            self._json(413, {"error": f"body of {length} bytes is over the limit of {limit}"})
+            return None
+        return self.rfile.read(length) if length > 0 else b""
+
+    # -- routes ----------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if HOOK.match(path) or path == "/api/sync":
+            self._json(405, {"error": "use POST"}, {"Allow": "POST"})
+        elif path == "/healthz":
+            self._json(200, {"ok": True})
+        elif path == "/readyz":
+            ready = self.agent.ready.is_set()
+            self._json(200 if ready else 503, {"ready": ready, "reason": None if ready else "the first sync has not finished"})
+        elif path == "/metrics":
+            self._send(200, self.agent.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/api/status":
+            self._json(200, self.agent.status_json())
+        elif path == "/api/syncs":
+            self._json(200, [r.to_json(with_detail=False) for r in self.agent.history.recent(100)])
+        elif m := SYNC_API.match(path):
+            rec = self.agent.history.get(int(m.group(1)))
+            self._json(200, rec.to_json()) if rec else self._json(404, {"error": "no such sync"})
+        elif path in ("/", "/index.html"):
+            self._html(200, render_dashboard(self.agent))
+        elif m := SYNC_PAGE.match(path):
+            rec = self.agent.history.get(int(m.group(1)))
+            if rec is None:
+                self._html(404, _page("Not found", "<p>No such sync. It may be older than the history keeps.</p>"))
+            else:
+                self._html(200, render_sync(self.agent, rec))
+        else:
+            self._json(404, {"error": "not found"})
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if m := HOOK.match(path):
+            self._hook(m.group(1))
+        elif path == "/api/sync":
+            self._api_sync()
+        else:
+            body = self._read_body()
+            if body is not None:
+                self._json(404 if not SYNC_API.match(path) else 405, {"error": "not found"})
+
+    def _other(self) -> None:
+        self._json(405, {"error": "method not allowed"}, {"Allow": "GET, POST"})
+
+    do_PUT = do_DELETE = do_PATCH = _other
+
+    def _hook(self, provider: str) -> None:
+        if provider not in webhooks.PROVIDERS:
+            self._json(404, {"error": f"unknown provider {provider!r}"})
+            return
+        body = self._read_body()
+        if body is None:
+            self.agent.metrics.webhooks.labels(provider, "413").inc()
+            return
+        env = self.agent.config.server.webhook_secret_env
+        secret = os.environ.get(env) if env else None
+        d = webhooks.decide(provider, {k: v for k, v in self.headers.items()}, body, secret, self.agent.config.source.branch)
+        if d.queue:
+            self.agent.nudge(f"webhook:{provider}")
+        self.agent.metrics.webhooks.labels(provider, str(d.code)).inc()
+        if d.code >= 400:
+            log.warning("webhook %s from %s: %d %s", provider, self.client_address[0], d.code, d.reason)
+        self._json(d.code, {"status": "queued" if d.queue else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
+
+    def _api_sync(self) -> None:
+        body = self._read_body()
+        if body is None:
+            return
+        env = self.agent.config.server.api_token_env
+        token = os.environ.get(env) if env else None
+        if not token:
+            self._json(403, {"error": f"the sync API is disabled: set ${env or 'server.api_token_env'}"})
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            self._json(401, {"error": "bad or missing bearer token"}, {"WWW-Authenticate": "Bearer"})
+            return
+        fresh = self.agent.nudge("api")
+        self._json(202, {"status": "queued", "reason": "queued" if fresh else "joined a sync already waiting"})
+
+
+class HTTPServer:
+    def __init__(self, agent: Agent) -> None:
+        host, _, port = agent.config.server.listen.rpartition(":")
+        self.httpd = _Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self.httpd.agent = agent
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="gitsync-http", daemon=True)
+
+    @property
+    def address(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# -- HTML ------------------------------------------------------------------------
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:14px 28px;display:flex;gap:24px;align-items:baseline;flex-wrap:wrap}
+header h1{font-size:20px;margin:0}header a{color:#fff;text-decoration:none}header .meta{color:#c9d1dc;font-size:14px}
+main{padding:20px 28px;max-width:1200px}
+section{background:#fff;border:1px solid #e1e5eb;border-radius:8px;padding:14px 18px;margin-bottom:18px}
+h2{font-size:16px;margin:0 0 10px}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eef0f3;vertical-align:top}
+th{font-weight:600;color:#546070;font-size:13px}
+code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f3f6;padding:1px 4px;border-radius:4px}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+.success,.Healthy,.up{background:#dcf5e3;color:#17663a}.failure,.Degraded,.Missing,.down{background:#fde2e1;color:#a1261e}
+.error,.interrupted{background:#fff0d6;color:#8a5300}.pending,.running,.Progressing{background:#e1ecff;color:#1f4fa3}
+.muted{color:#6b7686}.problems li{margin:2px 0}
+"""
+
+
+def _page(title: str, body: str, agent_name: str = "", revision: str | None = None) -> str:
+    meta = f'<span class="meta">agent <b>{html.escape(agent_name)}</b></span>' if agent_name else ""
+    if revision:
+        meta += f'<span class="meta">revision <code style="color:#1d2430">{html.escape(revision)}</code></span>'
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)} · gitsync</title><style>{CSS}</style></head><body>"
+        f'<header><h1><a href="/">gitsync</a></h1>{meta}</header><main>{body}</main></body></html>'
+    )
+
+
+def _badge(text: str) -> str:
+    return f'<span class="badge {html.escape(text)}">{html.escape(text)}</span>'
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "–"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def render_dashboard(agent: Agent) -> str:
+    s = agent.status_json()
+    parts: list[str] = []
+    last = s["last_sync"]
+    if last:
+        parts.append(
+            f"<section><h2>Last sync</h2><p>{_badge(last['outcome'])} {html.escape(last['message'])} "
+            f'<span class="muted">at {_when(last["finished"])}</span></p></section>'
+        )
+    else:
+        parts.append("<section><h2>Last sync</h2><p>No sync has finished yet.</p></section>")
+
+    hosts = list(s["hosts"])
+    rows = []
+    for name, d in sorted(s["deployments"].items()):
+        per_host = "".join(f"<td>{d['hosts'].get(h, 0) or ''}</td>" for h in hosts)
+        rows.append(
+            f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(d['health'])}</td>"
+            f"<td>{d['running']}/{d['desired']}</td><td>{html.escape(d['message'])}</td>{per_host}</tr>"
+        )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in hosts)
+    parts.append(
+        "<section><h2>Deployments</h2>"
+        + (
+            f"<table><tr><th>deployment</th><th>health</th><th>replicas</th><th>detail</th>{head}</tr>{''.join(rows)}</table>"
+            if rows
+            else "<p>No deployments yet.</p>"
+        )
+        + "</section>"
+    )
+    hrows = []
+    for name, h in s["hosts"].items():
+        state = "up" if h["reachable"] else "down"
+        running = sum(1 for c in h["containers"] if c["state"] == "running")
+        labels = ", ".join(f"{k}={v}" for k, v in h["labels"].items()) or "–"
+        err = f" {html.escape(h['error'])}" if h["error"] else ""
+        hrows.append(
+            f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(state)}{err}</td><td><code>{html.escape(h['url'])}</code></td>"
+            f"<td>{html.escape(labels)}</td><td>{running}/{len(h['containers'])} running</td></tr>"
+        )
+    parts.append(
+        "<section><h2>Hosts</h2><table><tr><th>host</th><th>state</th><th>url</th><th>labels</th><th>containers</th></tr>"
+        + "".join(hrows)
+        + "</table></section>"
+    )
+    srows = []
+    for r in agent.history.recent(20):
+        rev = (r.commit or r.revision or "–")[:12]
+        secs = format_duration(r.seconds) if r.seconds is not None else "…"
+        srows.append(
+            f'<tr><td><a href="/syncs/{r.id}">#{r.id}</a></td><td>{_when(r.started)}</td><td>{html.escape(r.trigger)}</td>'
+            f"<td><code>{html.escape(rev)}</code></td><td>{_badge(r.outcome)}</td><td>{secs}</td><td>{html.escape(r.message)}</td></tr>"
+        )
+    parts.append(
+        "<section><h2>Recent syncs</h2>"
+        + (
+            "<table><tr><th>sync</th><th>started</th><th>trigger</th><th>commit</th><th>result</th><th>took</th><th>message</th></tr>"
+            + "".join(srows)
+            + "</table>"
+            if srows
+            else "<p>No syncs recorded yet.</p>"
+        )
+        + "</section>"
+    )
+    return _page("Dashboard", "".join(parts), agent.config.name, s["revision"])
+
+
+def render_sync(agent: Agent, r: SyncRecord) -> str:
+    d = r.detail
+    parts = [
+        f"<section><h2>Sync #{r.id} {_badge(r.outcome)}</h2><table>"
+        f"<tr><th>message</th><td>{html.escape(r.message)}</td></tr>"
+        f"<tr><th>revision</th><td><code>{html.escape(r.revision or '–')}</code></td></tr>"
+        f"<tr><th>trigger</th><td>{html.escape(r.trigger)}</td></tr>"
+        f"<tr><th>started</th><td>{_when(r.started)}</td></tr>"
+        f"<tr><th>took</th><td>{format_duration(r.seconds) if r.seconds is not None else 'still running'}</td></tr>"
+        "</table></section>"
+    ]
+    problems = d.get("problems") or []
+    if problems:
+        parts.append("<section><h2>Problems</h2><ul class=problems>" + "".join(f"<li><code>{html.escape(p)}</code></li>" for p in problems) + "</ul></section>")
+    deps = d.get("deployments") or {}
+    if deps:
+        rows = "".join(
+            f"<tr><td><b>{html.escape(n)}</b></td><td>{_badge(x['health'])}</td><td>{x['running']}/{x['desired']}</td><td>{html.escape(x['message'])}</td>"
+            f"<td>{html.escape(', '.join(f'{h}: {c}' for h, c in x['hosts'].items()))}</td></tr>"
+            for n, x in sorted(deps.items())
+        )
+        parts.append(f"<section><h2>Deployments</h2><table><tr><th>deployment</th><th>health</th><th>replicas</th><th>detail</th><th>hosts</th></tr>{rows}</table></section>")
+    actions = d.get("actions") or []
+    if actions:
+        rows = "".join(
+            f"<tr><td>{html.escape(a['host'])}</td><td><code>{html.escape(a['container'] or '')}</code></td><td>{html.escape(a['action'])}</td>"
+            f"<td>{html.escape(a['reason'])}</td><td>{_badge('success' if a['ok'] else 'failure')} {html.escape(a['message'])}</td></tr>"
+            for a in actions
+        )
+        parts.append(f"<section><h2>Changes</h2><table><tr><th>host</th><th>container</th><th>action</th><th>why</th><th>result</th></tr>{rows}</table></section>")
+    elif r.outcome == "success":
+        parts.append("<section><h2>Changes</h2><p>None: everything was already as Git says.</p></section>")
+    return _page(f"Sync #{r.id}", "".join(parts), agent.config.name, r.revision)

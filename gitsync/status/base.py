@@ -1,0 +1,162 @@
+"""The commit-status interface, and the notifier that posts off the sync's path.
+
+A provider knows one forge's API: ``post(status)`` and ``latest(sha, context)``.
+The :class:`Notifier` owns everything around it, the same for every forge:
+posting in a background thread (a forge never blocks or fails a sync), skipping
+a duplicate of the newest status for the context, timeouts and up to 4 tries
+with backoff, and never logging the token.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import requests
+
+from ..config import StatusSettings
+
+log = logging.getLogger("gitsync.status")
+
+MAX_DESCRIPTION = 140
+TRIES = 4
+TIMEOUT = 10.0
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    sha: str
+    state: State
+    context: str
+    description: str
+    target_url: str | None = None
+    ref: str | None = None
+
+    def shortened(self) -> CommitStatus:
+        d = " ".join(self.description.split())
+        if len(d) > MAX_DESCRIPTION:
+            d = d[: MAX_DESCRIPTION - 1].rstrip() + "…"
+        return CommitStatus(self.sha, self.state, self.context, d, self.target_url, self.ref)
+
+
+class StatusError(Exception):
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class Provider:
+    """One forge's commit-status API."""
+
+    kind = "forge"
+
+    def __init__(self, settings: StatusSettings, token: str, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self._token = token
+        self.session = session or requests.Session()
+
+    def __repr__(self) -> str:  # never the token
+        return f"{type(self).__name__}({self.settings.url}, {self.settings.repo})"
+
+    def post(self, status: CommitStatus) -> None:
+        raise NotImplementedError
+
+    def latest(self, sha: str, context: str) -> tuple[State, str] | None:
+        """The newest status for this context on the commit, as (state, description), if any."""
+        raise NotImplementedError
+
+    def _check(self, response: requests.Response, what: str) -> None:
+        if response.status_code < 300:
+            return
+        retry = response.status_code >= 500 or response.status_code in (408, 409, 429)
+        body = response.text[:200].replace(self._token, "***") if self._token else response.text[:200]
+        raise StatusError(f"{self.kind} {what}: HTTP {response.status_code}: {body}", retry)
+
+
+class Notifier:
+    """Posts statuses through providers from a background thread."""
+
+    def __init__(self, providers: list[Provider], backoff: float = 0.5) -> None:
+        self.providers = providers
+        self.backoff = backoff
+        self._queue: queue.Queue[CommitStatus | None] = queue.Queue(maxsize=1000)
+        self._last: dict[tuple[int, str, str], tuple[State, str]] = {}
+        self.posted = 0
+        self.skipped = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="gitsync-status", daemon=True)
+        self._thread.start()
+
+    def send(self, status: CommitStatus) -> None:
+        if not self.providers or not status.sha:
+            return
+        try:
+            self._queue.put_nowait(status.shortened())
+        except queue.Full:
+            log.warning("status queue full; dropping %s for %s", status.state, status.sha[:12])
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued so far was posted (or given up on)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not self._queue.unfinished_tasks
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            status = self._queue.get()
+            try:
+                if status is None:
+                    return
+                for i, provider in enumerate(self.providers):
+                    self._deliver(i, provider, status)
+            except Exception:  # a notifier bug must not kill the thread
+                log.exception("posting a commit status failed")
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, index: int, provider: Provider, status: CommitStatus) -> None:
+        key = (index, status.sha, status.context)
+        want = (status.state, status.description)
+        if self._last.get(key) == want:
+            self.skipped += 1
+            return
+        delay = self.backoff
+        for attempt in range(1, TRIES + 1):
+            try:
+                if key not in self._last and provider.latest(status.sha, status.context) == want:
+                    self._last[key] = want
+                    self.skipped += 1
+                    return
+                provider.post(status)
+                self._last[key] = want
+                self.posted += 1
+                log.info("%r: %s %s on %s", provider, status.context, status.state, status.sha[:12])
+                return
+            except StatusError as exc:
+                if not exc.retry or attempt == TRIES:
+                    self.failed += 1
+                    log.warning("%r: %s not posted on %s: %s", provider, status.state, status.sha[:12], exc)
+                    return
+            except requests.RequestException as exc:
+                if attempt == TRIES:
+                    self.failed += 1
+                    log.warning("%r: %s not posted on %s after %d tries: %s", provider, status.state, status.sha[:12], TRIES, type(exc).__name__)
+                    return
+            time.sleep(delay)
+            delay *= 2

@@ -1,0 +1,222 @@
+"""A loopback fake forge for commit statuses, checking every request against the forge's official API description.
+
+- GitHub: the OpenAPI description from npm ``@octokit/openapi`` (fetched by scripts/test into
+  .cache/octokit-openapi/; GITSYNC_OCTOKIT_OPENAPI may point elsewhere).
+- Gitea/Forgejo: the swagger extract in ../shared/corpora/gitea/swagger-extract.
+- GitLab: the request schema in ../shared/corpora/gitlab/commit-status-api.
+
+It answers as the forge would where that matters to a client: GitHub's 422 for a
+description over 140 characters, GitLab's 400 for re-posting the current state,
+Gitea's ``status`` key in responses. Requests that break the description are
+answered 400 and recorded in ``violations`` so a test can fail on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import jsonschema
+
+ROOT = Path(__file__).resolve().parents[1]
+OCTOKIT = Path(os.environ.get("GITSYNC_OCTOKIT_OPENAPI", ROOT / ".cache" / "octokit-openapi" / "api.github.com.json"))
+CORPORA = ROOT.parent / "shared" / "corpora"
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    code: int
+
+
+@dataclass
+class ForgeState:
+    kind: str
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sha -> newest first
+    requests: list[Recorded] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    fail_next: int = 0  # answer 500 to this many POSTs
+    delay: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def posted(self, sha: str | None = None) -> list[dict[str, Any]]:
+        """Statuses created, oldest first."""
+        with self.lock:
+            items = [x for s, v in self.statuses.items() if sha is None or s == sha for x in v]
+        return sorted(items, key=lambda x: x["id"])
+
+
+def _github_spec() -> tuple[dict[str, Any], dict[str, Any]]:
+    if not OCTOKIT.is_file():
+        raise FileNotFoundError(f"{OCTOKIT} missing: scripts/test fetches it (npm pack @octokit/openapi)")
+    spec = json.loads(OCTOKIT.read_text())
+    post = spec["paths"]["/repos/{owner}/{repo}/statuses/{sha}"]["post"]
+    get = spec["paths"]["/repos/{owner}/{repo}/commits/{ref}/statuses"]["get"]
+    return post["requestBody"]["content"]["application/json"]["schema"], get
+
+
+def _gitea_schema() -> dict[str, Any]:
+    doc = json.loads((CORPORA / "gitea" / "swagger-extract" / "gitea-swagger-status-extract.json").read_text())
+    assert "/repos/{owner}/{repo}/statuses/{sha}" in doc["paths"] and doc["basePath"] == "/api/v1"
+    schema = dict(doc["definitions"]["CreateStatusOption"])
+    schema["definitions"] = doc["definitions"]
+    return schema
+
+
+def _gitlab_schema() -> dict[str, Any]:
+    return json.loads((CORPORA / "gitlab" / "commit-status-api" / "create-commit-status.request.schema.json").read_text())
+
+
+GITEA_STATES = ("pending", "success", "error", "failure", "warning")  # swagger: CommitStatusState (+ Gitea's handler check)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: ForgeState
+    schema: dict[str, Any]
+    list_op: dict[str, Any] | None
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _answer(self, code: int, doc: Any, body: Any = None) -> None:
+        raw = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+        with self.state.lock:
+            self.state.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body, code))
+
+    def _violation(self, why: str, body: Any = None) -> None:
+        with self.state.lock:
+            self.state.violations.append(f"{self.command} {self.path}: {why}")
+        self._answer(400, {"message": f"fake forge: {why}"}, body)
+
+    def _auth_ok(self) -> bool:
+        h = self.headers
+        if self.state.kind == "github":
+            return bool(re.match(r"^(Bearer|token) \S+$", h.get("Authorization", "")))
+        if self.state.kind == "gitea":
+            return bool(re.match(r"^(token|Bearer) \S+$", h.get("Authorization", "")))
+        return bool(h.get("PRIVATE-TOKEN") or re.match(r"^Bearer \S+$", h.get("Authorization", "")))
+
+    def _route(self) -> tuple[str, dict[str, str]] | None:
+        path = urlsplit(self.path).path
+        kind = self.state.kind
+        pats = {
+            "github": [("create", r"^/repos/([^/]+)/([^/]+)/statuses/([0-9a-f]{40})$"), ("list", r"^/repos/([^/]+)/([^/]+)/commits/([^/]+)/statuses$")],
+            "gitea": [("create", r"^/api/v1/repos/([^/]+)/([^/]+)/statuses/([0-9a-f]{40})$"), ("list", r"^/api/v1/repos/([^/]+)/([^/]+)/statuses/([0-9a-f]{40})$")],
+            "gitlab": [("create", r"^/api/v4/projects/([^/]+)/statuses/([0-9a-f]{40})$"), ("list", r"^/api/v4/projects/([^/]+)/repository/commits/([0-9a-f]{40})/statuses$")],
+        }[kind]
+        for name, pat in pats:
+            m = re.match(pat, path)
+            if m and ((name == "create") == (self.command == "POST")):
+                groups = m.groups()
+                return name, {"sha": groups[-1], "project": unquote(groups[0])}
+        return None
+
+    def do_GET(self) -> None:  # noqa: N802
+        route = self._route()
+        if route is None or route[0] != "list":
+            return self._violation("no such endpoint in the API description")
+        if not self._auth_ok():
+            return self._answer(401, {"message": "Bad credentials"})
+        sha = route[1]["sha"]
+        query = parse_qs(urlsplit(self.path).query)
+        if self.state.kind == "github" and self.list_op is not None:
+            allowed = {"per_page", "page"}
+            if set(query) - allowed:
+                return self._violation(f"unknown query parameters {sorted(set(query) - allowed)}")
+        with self.state.lock:
+            items = list(self.state.statuses.get(sha, []))
+        if self.state.kind == "gitlab" and "name" in query:
+            items = [x for x in items if x["name"] == query["name"][0]]
+        self._answer(200, items)
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length)
+        if self.state.delay:
+            time.sleep(self.state.delay)
+        route = self._route()
+        if route is None or route[0] != "create":
+            return self._violation("no such endpoint in the API description")
+        if not self._auth_ok():
+            return self._answer(401, {"message": "Bad credentials"})
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return self._violation("body is not JSON")
+        try:
+            jsonschema.validate(body, self.schema)
+        except jsonschema.ValidationError as exc:
+            return self._violation(f"body does not match the API description: {exc.message}", body)
+        if self.state.fail_next > 0:
+            self.state.fail_next -= 1
+            return self._answer(500, {"message": "injected failure"}, body)
+        sha = route[1]["sha"]
+        kind = self.state.kind
+        if kind == "github":
+            if len(body.get("description") or "") > 140:
+                return self._answer(422, {"message": "Validation Failed", "errors": [{"field": "description", "code": "custom", "message": "description is too long (maximum is 140 characters)"}]}, body)
+        elif kind == "gitea":
+            if body.get("state") not in GITEA_STATES:
+                return self._answer(400, {"message": "invalid state"}, body)
+        elif kind == "gitlab":
+            name = body.get("name") or body.get("context") or "default"
+            with self.state.lock:
+                current = next((x for x in self.state.statuses.get(sha, []) if x["name"] == name), None)
+            if current is not None and current["status"] == body["state"]:
+                return self._answer(400, {"message": f"Cannot transition status via :{body['state']} from :{current['status']}"}, body)
+        with self.state.lock:
+            ident = sum(len(v) for v in self.state.statuses.values()) + 1
+            if kind == "github":
+                item = {"id": ident, "state": body["state"], "description": body.get("description"), "target_url": body.get("target_url"), "context": body.get("context", "default")}
+            elif kind == "gitea":
+                item = {"id": ident, "status": body["state"], "description": body.get("description", ""), "target_url": body.get("target_url", ""), "context": body.get("context", "")}
+            else:
+                item = {"id": ident, "status": body["state"], "description": body.get("description"), "target_url": body.get("target_url"), "name": body.get("name") or body.get("context") or "default", "ref": body.get("ref")}
+            self.state.statuses.setdefault(sha, []).insert(0, item)
+        self._answer(201, item, body)
+
+
+class FakeForge:
+    def __init__(self, kind: str) -> None:
+        self.kind = "gitea" if kind == "forgejo" else kind
+        self.state = ForgeState(self.kind)
+        list_op = None
+        if self.kind == "github":
+            schema, list_op = _github_spec()
+        elif self.kind == "gitea":
+            schema = _gitea_schema()
+        else:
+            schema = _gitlab_schema()
+        handler = type("H", (_Handler,), {"state": self.state, "schema": schema, "list_op": list_op})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FakeForge:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,254 @@
+"""`gitsync run` end to end: a real agent process, a git daemon remote, real engines, signed webhooks,
+commit statuses on a fake GitHub checked against GitHub's API description, history, dashboard, metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import IN_CI, GitRepo, cli, git
+from tests.fakeforge import OCTOKIT, FakeForge
+from tests.integration.conftest import Fleet
+from tests.integration.test_source import _free_port
+from tests.integration.test_sync import WEB, deployment
+
+pytestmark = pytest.mark.docker
+
+SECRET = "webhook-secret-for-tests"
+API_TOKEN = "api-token-for-tests"
+GH_TOKEN = "gh-token-for-tests"
+
+
+def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+
+
+class AgentProc:
+    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        daemon_port = _free_port()
+        self.daemon = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1", f"--port={daemon_port}", str(upstream.path.parent)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        hosts = "".join(
+            f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, labels: {{role: {r}}}}}\n"
+            for e, r in zip(fleet.engines, ("web", "web", "db"))
+        )
+        self.config = tmp / "agent.yaml"
+        self.config.write_text(
+            f"name: {fleet.agent}\n"
+            f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s}}\n"
+            f"hosts:\n{hosts}"
+            f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN}}\n"
+            f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'}}\n"
+            f"state_dir: {tmp / 'state'}\n"
+        )
+        env = {**os.environ, "GITSYNC_WEBHOOK_SECRET": SECRET, "GITSYNC_API_TOKEN": API_TOKEN, "GH_TOKEN": GH_TOKEN}
+        self.log = tmp / "agent.log"
+        self._log = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "gitsync", "run", "-c", str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for(self._ready, 60)
+        except AssertionError:
+            self.stop()
+            raise AssertionError("agent never became ready:\n" + self.log.read_text()[-3000:]) from None
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def hook(self, body: bytes, signature_secret: str = SECRET, event: str = "push") -> requests.Response:
+        sig = "sha256=" + hmac.new(signature_secret.encode(), body, hashlib.sha256).hexdigest()
+        return requests.post(
+            f"{self.url}/hooks/github", data=body, headers={"X-GitHub-Event": event, "X-Hub-Signature-256": sig, "Content-Type": "application/json"}, timeout=5
+        )
+
+    def syncs(self) -> list[dict]:
+        return requests.get(f"{self.url}/api/syncs", timeout=5).json()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.daemon.terminate()
+        self.daemon.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def github_forge() -> Iterator[FakeForge]:
+    if not OCTOKIT.is_file():
+        if IN_CI:
+            pytest.fail(f"{OCTOKIT} missing; scripts/test fetches it")
+        pytest.skip(f"{OCTOKIT} missing: run scripts/test once")
+    with FakeForge("github") as forge:
+        yield forge
+
+
+def push_body(sha: str, ref: str = "refs/heads/main") -> bytes:
+    return json.dumps({"ref": ref, "before": "0" * 39 + "1", "after": sha, "repository": {"full_name": "acme/deploy"}}).encode()
+
+
+def statuses(forge: FakeForge, sha: str) -> list[tuple[str, str]]:
+    return [(p["state"], p["description"]) for p in forge.state.posted(sha)]
+
+
+def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 2, extra=WEB, labels="{app: web}"))
+    c1 = upstream.commit("web v1")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path)
+    try:
+        # the startup sync: pending, then success, on the exact commit
+        wait_for(lambda: ("success", "1/1 deployments converged") in [(s, d[:25]) for s, d in statuses(github_forge, c1)])
+        assert [s for s, _ in statuses(github_forge, c1)] == ["pending", "success"]
+        assert github_forge.state.violations == []
+        first = github_forge.state.posted(c1)[-1]
+        assert first["context"] == f"gitsync/{fleet.agent}" and first["target_url"].startswith(f"{agent.url}/syncs/")
+
+        # a push: the webhook only queues; the agent fetches the commit itself
+        upstream.write("apps/web.yaml", deployment("web", 2, image="gitsync-test/busybox:2", extra=WEB, labels="{app: web}"))
+        c2 = upstream.commit("web v2")
+        t0 = time.monotonic()
+        r = agent.hook(push_body(c2))
+        assert r.status_code == 202 and r.json()["status"] == "queued"
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, c2)), 30)
+        took = time.monotonic() - t0
+        assert took < 15, f"push to success took {took:.1f}s"
+        images = {c["Image"] for h in ("h1", "h2") for c in fleet.containers(h)}
+        assert images == {"gitsync-test/busybox:2"}
+        before = fleet.ids()
+
+        # an invalid commit: failure naming file and line; what runs stays as it was
+        upstream.write("apps/web.yaml", deployment("web", 2, image="gitsync-test/busybox:3", extra=WEB + "  replicas: -1\n"))
+        c3 = upstream.commit("broken")
+        assert agent.hook(push_body(c3)).status_code == 202
+        wait_for(lambda: any(s == "failure" for s, _ in statuses(github_forge, c3)), 30)
+        (desc,) = [d for s, d in statuses(github_forge, c3) if s == "failure"]
+        assert desc.startswith("apps/web.yaml:") and "duplicate key 'replicas'" in desc
+        assert fleet.ids() == before
+
+        # forged, other-branch, ping and malformed webhooks: refused or ignored, no sync
+        count = len(agent.syncs())
+        assert agent.hook(push_body(c3), signature_secret="guess").status_code == 401
+        assert requests.post(f"{agent.url}/hooks/github", data=push_body(c3), headers={"X-GitHub-Event": "push"}, timeout=5).status_code == 401
+        other = agent.hook(push_body(c3, "refs/heads/feature"))
+        assert other.status_code == 200 and "feature" in other.json()["reason"]
+        assert agent.hook(b'{"zen": "hi"}', event="ping").status_code == 200
+        assert agent.hook(b"{not json").status_code == 400
+        big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
+        assert requests.post(f"{agent.url}/hooks/github", data=big, headers={"X-GitHub-Event": "push"}, timeout=30).status_code == 413
+        assert requests.get(f"{agent.url}/hooks/github", timeout=5).status_code == 405
+        time.sleep(1.0)
+        assert len(agent.syncs()) == count
+
+        # the API trigger needs the bearer token
+        assert requests.post(f"{agent.url}/api/sync", timeout=5).status_code == 401
+        assert requests.post(f"{agent.url}/api/sync", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5).status_code == 202
+        wait_for(lambda: len(agent.syncs()) > count and agent.syncs()[0]["outcome"] != "running", 30)
+
+        # history: the API, the CLI and the metrics agree
+        api = agent.syncs()
+        r = cli("status", "-c", str(agent.config), "--json")
+        assert r.code == 0
+        assert [(x["id"], x["outcome"], x["commit"]) for x in json.loads(r.out)] == [(x["id"], x["outcome"], x["commit"]) for x in api]
+        r = cli("status", c3[:8], "-c", str(agent.config))
+        assert r.code == 0 and "failure" in r.out and "apps/web.yaml:" in r.out
+        metrics = requests.get(f"{agent.url}/metrics", timeout=5).text
+        outcomes = [x["outcome"] for x in api]
+        assert f'gitsync_syncs_total{{result="failure"}} {float(outcomes.count("failure"))}' in metrics
+        assert f'gitsync_syncs_total{{result="success"}} {float(outcomes.count("success"))}' in metrics
+        assert 'gitsync_webhook_requests_total{code="401",provider="github"} 2.0' in metrics
+        assert f'gitsync_managed_containers{{deployment="web",host="h1",state="running"}} 1.0' in metrics
+        assert 'gitsync_host_up{host="h3"} 1.0' in metrics
+        assert f'gitsync_revision_info{{agent="{fleet.agent}",revision="main@sha1:{c3}"}} 1.0' in metrics
+
+        # the dashboard, as a person sees it in a browser
+        text = dashboard_text(agent.url + "/", tmp_path)
+        assert "Recent syncs" in text and "Deployments" in text and "Hosts" in text
+        assert c3[:12] in text and "failure" in text and "web" in text and "2/2" in text, text
+        failed_id = next(x["id"] for x in api if x["commit"] == c3 and x["outcome"] == "failure")
+        page = dashboard_text(f"{agent.url}/syncs/{failed_id}", tmp_path)
+        assert f"Sync #{failed_id}" in page and "apps/web.yaml:" in page and "duplicate key" in page
+        assert github_forge.state.violations == []
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.log.read_text()[-2000:]
+    assert "stopped" in agent.log.read_text()
+
+
+def dashboard_text(url: str, tmp: Path) -> str:
+    exe = shutil.which("chromium")
+    if exe is None:
+        if IN_CI:
+            pytest.fail("chromium missing; scripts/test installs it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    out = subprocess.run(
+        [
+            exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp / 'chromium'}", "--virtual-time-budget=3000", "--dump-dom", url,
+        ],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    # what a person reads: the rendered DOM without tags
+    import re
+
+    text = re.sub(r"<style.*?</style>", " ", out.stdout, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def test_sigterm_during_a_rollout_finishes_the_change_in_hand(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    slow = deployment("web", 4, extra=WEB + "  update: {order: stop-first}\n  stopGracePeriod: 2s\n", labels="{app: web}").replace(
+        "trap 'exit 0' TERM; ", ""  # ignores SIGTERM: each replace waits out the grace period
+    )
+    upstream.write("apps/web.yaml", slow)
+    upstream.commit("web")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path)
+    try:
+        upstream.write("apps/web.yaml", slow.replace("busybox:1", "busybox:2"))
+        c2 = upstream.commit("roll")
+        assert agent.hook(push_body(c2)).status_code == 202
+        wait_for(lambda: any(s == "pending" for s, _ in statuses(github_forge, c2)), 30)
+        time.sleep(0.5)  # the rollout is under way
+    finally:
+        code = agent.stop()
+    assert code == 0
+    names = fleet.by_host()
+    assert sum(len(v) for v in names.values()) == 4  # no replica lost, none half-replaced
+    assert all("-next" not in n for v in names.values() for n in v)
+    r = cli("status", "-c", str(agent.config), "--json")
+    newest = json.loads(r.out)[0]
+    assert newest["outcome"] in ("interrupted", "success")
+    if newest["outcome"] == "interrupted":
+        assert newest["message"].startswith("stopped:")

@@ -1,0 +1,94 @@
+"""The sync queue's coalescing and the history's crash handling, without Docker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from gitsync.agent import SyncQueue
+from gitsync.history import History
+
+
+def test_triggers_during_a_sync_coalesce_into_exactly_one_more() -> None:
+    q = SyncQueue()
+    runs: list[str] = []
+    release = threading.Event()
+
+    def worker() -> None:
+        while True:
+            t = q.take(timeout=2)
+            if t is None:
+                return
+            runs.append(t)
+            if len(runs) == 1:
+                release.wait(5)  # the first sync is slow
+            q.done()
+
+    th = threading.Thread(target=worker)
+    q.nudge("poll")
+    th.start()
+    deadline = time.monotonic() + 5
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(50):  # a burst of webhooks while the first sync runs
+        q.nudge(f"webhook:{i % 2}")
+    release.set()
+    th.join(10)
+    q.close()
+    assert runs == ["poll", "webhook:0,webhook:1"]
+
+
+def test_no_overlap_under_concurrent_nudges() -> None:
+    q = SyncQueue()
+    active = 0
+    worst = 0
+    lock = threading.Lock()
+    done = 0
+
+    def worker() -> None:
+        nonlocal active, worst, done
+        while (t := q.take(timeout=0.5)) is not None:
+            with lock:
+                active += 1
+                worst = max(worst, active)
+            time.sleep(0.005)
+            with lock:
+                active -= 1
+                done += 1
+            q.done()
+
+    workers = [threading.Thread(target=worker) for _ in range(1)]
+    for w in workers:
+        w.start()
+    nudgers = [threading.Thread(target=lambda: [q.nudge("x") or time.sleep(0.001) for _ in range(100)]) for _ in range(4)]
+    for n in nudgers:
+        n.start()
+    for n in nudgers:
+        n.join()
+    time.sleep(0.1)
+    q.close()
+    for w in workers:
+        w.join()
+    assert worst == 1 and 1 <= done < 400
+
+
+def test_a_sync_cut_off_by_a_crash_shows_as_interrupted(tmp_path: Path) -> None:
+    h = History(str(tmp_path), "prod")
+    first = h.start("poll")
+    h.update(first, revision="main@sha1:" + "a" * 40, commit_sha="a" * 40)
+    h.close()  # the agent dies here: no finish recorded
+    again = History(str(tmp_path), "prod")
+    assert again.mark_interrupted() == 1
+    rec = again.get(first)
+    assert rec is not None and rec.outcome == "interrupted" and "cut off" in rec.message
+    assert again.recent(revision="aaaaaaa")[0].id == first
+
+
+def test_history_retention_is_bounded(tmp_path: Path) -> None:
+    h = History(str(tmp_path), "prod", keep=5)
+    for _ in range(12):
+        i = h.start("poll")
+        h.update(i, outcome="success", finished=time.time(), message="ok")
+    ids = [r.id for r in h.recent(100)]
+    assert len(ids) == 5 and ids == sorted(ids, reverse=True) and ids[0] == 12
