@@ -76,3 +76,29 @@ def container_labels(agent: str, d: Deployment, replica: int, revision: str) -> 
 
 def container_name(agent: str, deployment: str, replica: int) -> str:
     return f"{agent}-{deployment}-{replica}"
+
+
+def deployment_from_spec(base: Deployment, doc: dict[str, Any]) -> Deployment:
+    """The deployment a container was created from, rebuilt from its io.gitsync.spec label (for rollback).
+
+    Only the container spec is rebuilt; replicas, placement and rollout policy come from `base`.
+    """
+    from dataclasses import replace
+
+    from .models import Healthcheck, Port, RestartPolicy, VolumeMount
+
+    hc = doc.get("healthcheck")
+    return replace(
+        base,
+        image=doc["image"],
+        command=tuple(doc["command"]) if doc.get("command") is not None else None,
+        env=tuple((k, v) for k, v in doc.get("env", [])),
+        ports=tuple(Port(c, h or None, p) for c, h, p in doc.get("ports", [])),
+        volumes=tuple(VolumeMount(n, m, ro) for n, m, ro in doc.get("volumes", [])),
+        labels=tuple((k, v) for k, v in doc.get("labels", [])),
+        healthcheck=None
+        if hc is None
+        else Healthcheck(tuple(hc["test"]), hc["interval"], hc["timeout"], hc["retries"], hc["start_period"]),
+        restart=RestartPolicy(doc.get("restart", "unless-stopped")),
+        stop_grace_period=float(doc.get("stop_grace_period", 10.0)),
+    )

@@ -64,6 +64,7 @@ class HostObservation:
     containers: tuple[LiveContainer, ...] = ()
     error: str | None = None
     seconds: float = 0.0
+    stale: bool = False  # unreachable now: these are the last containers seen, within the host's grace
 
 
 def _health(status: str) -> str | None:

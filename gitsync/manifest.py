@@ -349,6 +349,17 @@ def _deployment(ctx: _Ctx, meta: _Obj, name: str, labels: tuple[tuple[str, str],
         except ValueError:
             ctx.add(spec.line_of("restart"), "spec.restart", f"{restart_value!r} is not one of no, always, on-failure, unless-stopped")
     grace = _duration(ctx, spec, "stopGracePeriod", 10.0)
+    min_ready = _duration(ctx, spec, "minReadySeconds", 0.0)
+    depends: list[str] = []
+    for dline, dpath, item in _list(ctx, spec, "dependsOn"):
+        if not isinstance(item, str) or not NAME_RE.match(item):
+            ctx.add(dline, dpath, "must be the name of another deployment")
+        elif item == name:
+            ctx.add(dline, dpath, f"{name} cannot depend on itself")
+        elif item in depends:
+            ctx.add(dline, dpath, f"{item} is listed twice")
+        else:
+            depends.append(item)
     spec.finish()
     if len(ctx.problems) != before or image is None:
         return None
@@ -366,6 +377,8 @@ def _deployment(ctx: _Ctx, meta: _Obj, name: str, labels: tuple[tuple[str, str],
         update=update,
         restart=restart,
         stop_grace_period=grace,
+        min_ready_seconds=min_ready,
+        depends_on=tuple(depends),
         origin=origin,
     )
 
@@ -465,6 +478,7 @@ def load_files(files: Mapping[str, bytes]) -> DesiredState:
             if obj is not None:
                 objects.append(obj)
     _check_unique(objects, problems)
+    _check_dependencies([o for o in objects if isinstance(o, Deployment)], problems)
     if problems:
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
     deployments = tuple(sorted((o for o in objects if isinstance(o, Deployment)), key=lambda d: d.name))
@@ -484,6 +498,38 @@ def _check_unique(objects: list[Deployment | Service], problems: list[Problem]) 
             )
         else:
             seen[key] = obj.origin
+
+
+def _check_dependencies(deployments: list[Deployment], problems: list[Problem]) -> None:
+    by_name = {d.name: d for d in deployments}
+    for d in deployments:
+        for dep in d.depends_on:
+            if dep not in by_name:
+                o = d.origin
+                problems.append(Problem(o.file if o else "?", o.line if o else None, f"{d.name}: spec.dependsOn: no deployment named {dep!r}"))
+    # cycles: depth-first search, reporting each cycle once, as a -> b -> a
+    state: dict[str, int] = {}
+    reported: set[frozenset[str]] = set()
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for m in by_name[n].depends_on:
+            if m not in by_name:
+                continue
+            if state.get(m) == 1:
+                cycle = path[path.index(m) :] + [m]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    o = by_name[m].origin
+                    problems.append(Problem(o.file if o else "?", o.line if o else None, f"dependsOn cycle: {' -> '.join(cycle)}"))
+            elif state.get(m) is None:
+                visit(m, [*path, m])
+        state[n] = 2
+
+    for name in sorted(by_name):
+        if state.get(name) is None:
+            visit(name, [name])
 
 
 def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict[str, bytes]:

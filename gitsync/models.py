@@ -89,12 +89,21 @@ class Deployment:
     update: UpdatePolicy = field(default_factory=UpdatePolicy)
     restart: RestartPolicy = RestartPolicy.UNLESS_STOPPED
     stop_grace_period: float = 10.0
+    min_ready_seconds: float = 0.0
+    depends_on: tuple[str, ...] = ()
     origin: Origin | None = field(default=None, compare=False)
 
     @property
     def one_per_host(self) -> bool:
         """A fixed hostPort can be bound once per host."""
         return any(p.host_port is not None for p in self.ports)
+
+    def gate_timeout(self) -> float:
+        """How long a new replica may take to count as ready before the rollout fails."""
+        if self.healthcheck is not None:
+            hc = self.healthcheck
+            return max(10.0, hc.start_period + (hc.interval + hc.timeout) * (hc.retries + 1) + 5.0)
+        return self.min_ready_seconds + 10.0
 
     def capacity_per_host(self) -> int | None:
         limits = [n for n in (self.placement.max_per_host, 1 if self.one_per_host else None) if n is not None]
@@ -127,3 +136,27 @@ class DesiredState:
             if d.name == name:
                 return d
         return None
+
+    def levels(self) -> list[list[str]]:
+        """Deployments grouped so that each one comes after everything it depends on (validated acyclic)."""
+        names = {d.name for d in self.deployments}
+        deps = {d.name: [x for x in d.depends_on if x in names] for d in self.deployments}
+        level: dict[str, int] = {}
+
+        def depth(n: str, trail: tuple[str, ...] = ()) -> int:
+            if n in level:
+                return level[n]
+            if n in trail:  # cannot happen after validation; never loop
+                return 0
+            level[n] = 1 + max((depth(x, (*trail, n)) for x in deps[n]), default=-1)
+            return level[n]
+
+        for n in sorted(names):
+            depth(n)
+        out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for n in sorted(names):
+            out[level[n]].append(n)
+        return out
+
+    def dependents(self, name: str) -> list[str]:
+        return sorted(d.name for d in self.deployments if name in d.depends_on)

@@ -30,14 +30,16 @@ class ActionKind(enum.StrEnum):
     CREATE = "create"
     REPLACE = "replace"
     START = "start"
+    RENAME = "rename"
     REMOVE = "remove"
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "replace": "~", "start": ">", "remove": "-"}[self.value]
+        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-"}[self.value]
 
 
-# Order within a host: free what is surplus, then bring replicas up, then retire what moved away.
+# Order: free what is surplus, then bring replicas up, then retire what moved away.
+PHASE_SURPLUS, PHASE_START, PHASE_CREATE, PHASE_REPLACE, PHASE_MOVED = range(5)
 _PHASE_SURPLUS, _PHASE_START, _PHASE_CREATE, _PHASE_REPLACE, _PHASE_MOVED = range(5)
 
 
@@ -127,8 +129,9 @@ def describe_change(live: LiveContainer, d: Deployment) -> str:
 
 
 def _keeper_rank(c: LiveContainer, want_hash: str) -> tuple[int, int, int, str]:
-    # Lower sorts first: up to date, running, newest, then a stable tie-break.
-    return (0 if c.spec_hash == want_hash else 1, 0 if c.running else 1, -c.created, c.id)
+    # Lower sorts first: running (never trade a serving replica for one that never started),
+    # up to date, newest, then a stable tie-break.
+    return (0 if c.running else 1, 0 if c.spec_hash == want_hash else 1, -c.created, c.id)
 
 
 def make_plan(
@@ -139,7 +142,11 @@ def make_plan(
 ) -> Plan:
     order = {h.name: i for i, h in enumerate(hosts)}
     up = [h for h in hosts if observed.get(h.name) is not None and observed[h.name].reachable]
-    unreachable = tuple(h.name for h in hosts if h not in up)
+    # Stale: unreachable, but within its grace period. Its last known replicas still count
+    # (nothing is rescheduled yet), it gets no new replicas, and no change is planned on it.
+    stale = {h.name for h in up if observed[h.name].stale}
+    fresh = [h for h in up if h.name not in stale]
+    unreachable = tuple(h.name for h in hosts if h not in up or h.name in stale)
     actions: list[Action] = []
     noops: list[str] = []
     problems: list[PlacementProblem] = []
@@ -154,8 +161,9 @@ def make_plan(
 
     for d in desired.deployments:
         want = L.spec_hash(d)
-        eligible = [h for h in up if d.placement.matches(h.label_map)]
-        eligible_names = {h.name for h in eligible}
+        eligible_all = [h for h in up if d.placement.matches(h.label_map)]
+        eligible_names = {h.name for h in eligible_all}
+        eligible = [h for h in eligible_all if h.name not in stale]
         cap = d.capacity_per_host()
         containers = live_by_dep.pop(d.name, [])
         per_host: Counter[str] = Counter()
@@ -191,6 +199,10 @@ def make_plan(
                 load[chosen.host] += 1
 
         for idx, c in sorted(kept.items()):
+            canonical = L.container_name(agent, d.name, idx)
+            if c.name != canonical:
+                # e.g. the new container of a replace cut off before it took the replica's name
+                actions.append(Action(ActionKind.RENAME, c.host, d.name, idx, f"take the replica's name (was {c.name})", c.id, canonical, _PHASE_START))
             if c.spec_hash != want:
                 actions.append(
                     Action(ActionKind.REPLACE, c.host, d.name, idx, describe_change(c, d), c.id, c.name, _PHASE_REPLACE)
@@ -216,7 +228,7 @@ def make_plan(
                 Action(ActionKind.CREATE, target.name, d.name, idx, reason, None, L.container_name(agent, d.name, idx), _PHASE_CREATE)
             )
         if unplaced:
-            problems.append(PlacementProblem(d.name, _why_unplaced(d, len(unplaced), eligible, up, unreachable)))
+            problems.append(PlacementProblem(d.name, _why_unplaced(d, len(unplaced), eligible, fresh, unreachable)))
 
         for c, why in surplus:
             actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, _PHASE_SURPLUS))
@@ -232,6 +244,7 @@ def make_plan(
             why = f"deployment {dep} is no longer in Git (prune)" if dep else "carries our label but names no deployment"
             actions.append(Action(ActionKind.REMOVE, c.host, dep, c.replica, why, c.id, c.name, _PHASE_SURPLUS))
 
+    actions = [a for a in actions if a.host not in stale]
     actions.sort(key=lambda a: (order.get(a.host, len(order)), a.host, *a.sort_key()))
     return Plan(tuple(actions), tuple(noops), tuple(problems), unreachable, tuple(h.name for h in hosts), placement)
 

@@ -36,9 +36,44 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     agent: Agent
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address[0], exc)
+            return
+        log.exception("error while handling a request from %s", client_address[0])
+
+
+class _RateLimitedLog:
+    """Logs the first refusal, then at most one summary line per interval: an attack must not flood the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._suppressed = 0
+
+    def warn(self, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed = self._suppressed, 0
+            self._next = now + self.interval
+        log.warning(fmt + (f" (and {suppressed} more refused since the last report)" if suppressed else ""), *args)
+
+
+_refusals = _RateLimitedLog()
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle and delayed ACKs
+    # stall every keep-alive response by ~40 ms (measured: 91 -> thousands of requests/s).
+    disable_nagle_algorithm = True
     server: _Server
     server_version = f"gitsync/{__version__}"
     sys_version = ""
@@ -150,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
             self.agent.nudge(f"webhook:{provider}")
         self.agent.metrics.webhooks.labels(provider, str(d.code)).inc()
         if d.code >= 400:
-            log.warning("webhook %s from %s: %d %s", provider, self.client_address[0], d.code, d.reason)
+            _refusals.warn("webhook %s from %s: %d %s", provider, self.client_address[0], d.code, d.reason)
         self._json(d.code, {"status": "queued" if d.queue else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
 
     def _api_sync(self) -> None:

@@ -119,3 +119,36 @@ def test_examples_repo_is_valid() -> None:
     web = state.deployment("web")
     assert web is not None and web.replicas >= 2 and web.placement.host_selector
     assert any(v.name for d in state.deployments for v in d.volumes)
+
+
+def test_depends_on_cycle_is_named() -> None:
+    def dep(name: str, on: str) -> str:
+        return HEAD.replace("name: web", f"name: {name}") + f"  image: a:1\n  dependsOn: [{on}]\n"
+
+    found = problems(dep("a", "b") + "---\n" + dep("b", "c") + "---\n" + dep("c", "a"))
+    assert any("dependsOn cycle: a -> b -> c -> a" in p for p in found), found
+    found = problems(dep("a", "nothing"))
+    assert any("a: spec.dependsOn: no deployment named 'nothing'" in p for p in found), found
+    found = problems(dep("a", "a"))
+    assert any("a cannot depend on itself" in p for p in found), found
+
+
+def test_depends_on_orders_levels() -> None:
+    def dep(name: str, on: str = "") -> str:
+        return HEAD.replace("name: web", f"name: {name}") + "  image: a:1\n" + (f"  dependsOn: [{on}]\n" if on else "")
+
+    state = load_files({"a.yaml": (dep("web", "api") + "---\n" + dep("api", "db") + "---\n" + dep("db") + "---\n" + dep("cron")).encode()})
+    assert state.levels() == [["cron", "db"], ["api"], ["web"]]
+
+
+def test_spec_label_round_trips_for_rollback() -> None:
+    text = HEAD + (
+        "  image: r.example.com/web:2\n  command: [httpd, -f]\n  env: {A: b}\n  ports: [{containerPort: 80, hostPort: 8080}, {containerPort: 53, protocol: udp}]\n"
+        "  volumes: [{name: data, mountPath: /data, readOnly: true}]\n  healthcheck: {test: [CMD, 'true'], interval: 2s}\n  restart: always\n  stopGracePeriod: 3s\n"
+    )
+    d = load_files({"w.yaml": text.encode()}).deployments[0]
+    import json
+
+    rebuilt = labels.deployment_from_spec(d, json.loads(labels.canonical_spec(d)))
+    assert labels.spec_hash(rebuilt) == labels.spec_hash(d)
+    assert labels.spec_document(rebuilt) == labels.spec_document(d) and rebuilt.image == d.image
