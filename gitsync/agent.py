@@ -25,6 +25,8 @@ from .health import DeploymentStatus
 from .history import History
 from .live import HostObservation
 from .metrics import Metrics
+from .models import DesiredState
+from .plan import ActionKind, Plan
 from .reconcile import Outcome, SyncResult, Syncer
 from .status import REGISTRY, CommitStatus, Notifier, Provider, State
 
@@ -109,6 +111,122 @@ class SyncQueue:
             self._cond.notify_all()
 
 
+class Debouncer:
+    """Coalesces bursts of Docker events into one nudge, at most `delay` after the first."""
+
+    def __init__(self, delay: float, fire: Callable[[str], object]) -> None:
+        self.delay = delay
+        self.fire = fire
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._reasons: list[str] = []
+
+    def poke(self, reason: str) -> None:
+        with self._lock:
+            if reason not in self._reasons:
+                self._reasons.append(reason)
+            if self._timer is None:
+                self._timer = threading.Timer(self.delay, self._go)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _go(self) -> None:
+        with self._lock:
+            reasons, self._reasons, self._timer = self._reasons, [], None
+        self.fire("event:" + ",".join(reasons[:5]) + ("…" if len(reasons) > 5 else ""))
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+@dataclass
+class HostHealth:
+    last_ok: float
+    last_seen: HostObservation | None = None
+    failing_since: float | None = None
+    error: str | None = None
+    down: bool = False
+
+
+class HostTracker:
+    """Reachability per host: the probe's verdicts and the last containers seen.
+
+    A host that stops answering keeps its last known replicas for `grace`
+    (a blip moves nothing); past the grace it is down and its replicas are
+    placed elsewhere. Observations are rewritten accordingly before planning.
+    """
+
+    def __init__(self, cfg: Config, hosts_ref: Callable[[], Any]) -> None:
+        now = time.monotonic()
+        self.grace = {h.name: h.grace for h in cfg.hosts}
+        self.state = {h.name: HostHealth(last_ok=now) for h in cfg.hosts}
+        self._hosts_ref = hosts_ref
+        self._lock = threading.Lock()
+
+    def probed(self, name: str, error: str | None) -> str | None:
+        """Record a probe; returns a reason to sync when the host's standing changed."""
+        now = time.monotonic()
+        with self._lock:
+            h = self.state.setdefault(name, HostHealth(last_ok=now))
+            if error is None:
+                was_failing = h.failing_since is not None
+                h.last_ok, h.failing_since, h.error = now, None, None
+                self._hosts_ref().known_down.pop(name, None)
+                if h.down or was_failing:
+                    h.down = False
+                    return f"host:{name}:back"
+                return None
+            h.error = error
+            self._hosts_ref().known_down[name] = error
+            if h.failing_since is None:
+                h.failing_since = now
+                return f"host:{name}:unreachable"
+            if not h.down and now - h.last_ok >= self.grace.get(name, 10.0):  # unreachable since its last answer
+                h.down = True
+                return f"host:{name}:down"
+            return None
+
+    def rewrite(self, observed: dict[str, HostObservation]) -> dict[str, HostObservation]:
+        now = time.monotonic()
+        out = dict(observed)
+        with self._lock:
+            for name, o in observed.items():
+                h = self.state.setdefault(name, HostHealth(last_ok=now))
+                if o.reachable:
+                    h.last_seen, h.last_ok = o, now
+                    if h.failing_since is None:
+                        h.down = False
+                    continue
+                since = h.last_ok
+                if not h.down and h.last_seen is not None and now - since < self.grace.get(name, 10.0):
+                    left = self.grace.get(name, 10.0) - (now - since)
+                    out[name] = HostObservation(
+                        name, True, h.last_seen.containers, f"{o.error}; its replicas move if it is still down in {left:.0f}s", o.seconds, stale=True
+                    )
+        return out
+
+
+class Backoff:
+    """Exponential backoff for the restarts the agent itself makes (a crash loop is never a hot loop)."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0, reset_after: float = 30.0) -> None:
+        self.base, self.cap, self.reset_after = base, cap, reset_after
+        self._tries: dict[tuple[str, str, int], tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
+
+    def allow(self, key: tuple[str, str, int], now: float) -> tuple[bool, int, float]:
+        restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
+        if restarts and now - last > self.reset_after:
+            restarts, next_at = 0, 0.0  # it stayed up long enough: forgive
+        if now < next_at:
+            return False, restarts, next_at - now
+        delay = min(self.cap, self.base * (2**restarts))
+        self._tries[key] = (restarts + 1, now, now + delay)
+        return True, restarts + 1, delay
+
+
 class Agent:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config_path = config_path
@@ -130,6 +248,21 @@ class Agent:
         self._schedule_poll()
         self._threads: list[threading.Thread] = []
         self.listeners: list[Callable[[SyncResult], None]] = []
+        self.tracker = HostTracker(config, lambda: self.syncer.hosts)
+        self._install_tracker(self.syncer)
+        self.debouncer = Debouncer(0.1, self.nudge)
+        self.backoff = Backoff()
+        self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
+        self.probe_interval = 0.5
+        self.events_seen = 0
+
+    def _install_tracker(self, syncer: Syncer) -> None:
+        plain = syncer.observe
+
+        def observe() -> dict[str, HostObservation]:
+            return self.tracker.rewrite(plain())
+
+        syncer.observe = observe  # type: ignore[method-assign]
 
     # -- configuration ---------------------------------------------------
     def _schedule_poll(self) -> None:
@@ -157,6 +290,8 @@ class Agent:
         old_syncer, old_notifier = self.syncer, self.notifier
         self.config = new
         self.syncer = Syncer(new)
+        self.tracker = HostTracker(new, lambda: self.syncer.hosts)
+        self._install_tracker(self.syncer)
         self.notifier = Notifier(providers)
         old_notifier.flush(5)
         old_notifier.close()
@@ -193,7 +328,8 @@ class Agent:
 
         syncer = self.syncer
         with self.metrics.duration.time():
-            result = syncer.sync(trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping)
+            result = syncer.sync(trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back)
+        self._remember_rollouts(result)
         self.history.update(
             sync_id,
             revision=result.revision,
@@ -233,6 +369,108 @@ class Agent:
             listener(result)
         return result
 
+    def _hold_back(self, plan: Plan, desired: DesiredState) -> tuple[Plan, list[str]]:
+        """Hold back what must wait: restarts inside their backoff, a rollout that already failed for this spec."""
+        from dataclasses import replace as dc_replace
+
+        from . import labels as L
+
+        now = time.monotonic()
+        keep = []
+        held: list[str] = []
+        retry_in: float | None = None
+        for a in plan.actions:
+            if a.kind == ActionKind.REPLACE:
+                d = desired.deployment(a.deployment)
+                failed = self.failed_rollouts.get(a.deployment)
+                if d is not None and failed is not None and failed[0] == L.spec_hash(d):
+                    note = f"{a.deployment}: rollout held back, it failed before: {failed[1]}"
+                    if note not in held:
+                        held.append(note)
+                    continue
+            if a.kind == ActionKind.START and a.replica is not None:
+                ok, restarts, wait = self.backoff.allow((a.host, a.deployment, a.replica), now)
+                if not ok:
+                    held.append(f"{a.deployment}: replica {a.replica} on {a.host} is crash-looping ({restarts} restarts); next restart in {wait:.0f}s")
+                    retry_in = wait if retry_in is None else min(retry_in, wait)
+                    continue
+            keep.append(a)
+        if retry_in is not None:
+            t = threading.Timer(retry_in + 0.05, self.nudge, args=("backoff",))
+            t.daemon = True
+            t.start()
+        return (dc_replace(plan, actions=tuple(keep)) if len(keep) != len(plan.actions) else plan), held
+
+    def _remember_rollouts(self, result: SyncResult) -> None:
+        from . import labels as L
+
+        if result.applied is None:
+            return
+        for r in result.applied.failed:
+            if r.action.kind == ActionKind.REPLACE and not r.skipped and r.message.startswith(f"{r.action.deployment}: replica "):
+                desired_hash = next((L.spec_hash(d) for d in (self.syncer._loaded[1].deployments if self.syncer._loaded else ()) if d.name == r.action.deployment), None)
+                if desired_hash:
+                    self.failed_rollouts[r.action.deployment] = (desired_hash, r.message)
+        # a new spec (a new commit) gets a fresh chance
+        if self.syncer._loaded is not None:
+            current = {d.name: L.spec_hash(d) for d in self.syncer._loaded[1].deployments}
+            for name, (h, _) in list(self.failed_rollouts.items()):
+                if current.get(name) != h:
+                    del self.failed_rollouts[name]
+
+    # -- watching hosts ----------------------------------------------------
+    def _prober(self) -> None:
+        while not self.stopping.is_set():
+            hosts = self.syncer.hosts
+            verdicts = hosts.map(lambda n: hosts.probe(n, timeout=1.0), hosts.names())
+            for name, err in verdicts.items():
+                why = self.tracker.probed(name, err if isinstance(err, str) or err is None else str(err))
+                if why is not None:
+                    log.warning("%s", why.replace(":", " ", 2)) if not why.endswith("back") else log.info("%s", why.replace(":", " ", 2))
+                    self.nudge(why)
+            self.stopping.wait(self.probe_interval)
+
+    def _watch(self, name: str) -> None:
+        """Follow one host's Docker events for our containers; reconnect when the stream drops."""
+        from . import labels as L
+
+        since = int(time.time())
+        delay = 0.5
+        first = True
+        while not self.stopping.is_set():
+            if name in self.syncer.hosts.known_down:
+                self.stopping.wait(0.5)
+                continue
+            stream = None
+            try:
+                api = self.syncer.hosts.client(name).api
+                stream = api.events(since=since, filters={"type": ["container"], "label": [f"{L.MANAGED_BY}={self.config.name}"]}, decode=True)
+                if not first:
+                    self.nudge(f"events:{name}:reconnected")  # something may have happened while we were away
+                first = False
+                delay = 0.5
+                for ev in stream:
+                    if self.stopping.is_set():
+                        break
+                    since = max(since, int(ev.get("time", since)))
+                    action = str(ev.get("Action") or ev.get("status") or "")
+                    if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
+                        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+                        self.events_seen += 1
+                        self.debouncer.poke(f"{name}/{attrs.get(L.DEPLOYMENT, '?')}")
+            except Exception as exc:  # timeouts while idle, a dropped connection, a dead host: reconnect
+                if "Read timed out" not in str(exc):
+                    log.debug("event stream of %s dropped: %s", name, exc)
+                    first = False
+                    self.stopping.wait(delay)
+                    delay = min(5.0, delay * 2)
+            finally:
+                if stream is not None:
+                    try:
+                        stream.close()
+                    except Exception:
+                        pass
+
     def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
         ref = self.config.source.branch
         self.notifier.send(CommitStatus(sha, state, context or self.context(), description, target, ref))
@@ -258,15 +496,19 @@ class Agent:
             self.stopping.wait(min(0.5, max(0.05, idle if idle is not None else 0.5)))
 
     def start(self) -> None:
-        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll")):
+        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll"), (self._prober, "gitsync-probe")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        for host in self.config.hosts:
+            t = threading.Thread(target=self._watch, args=(host.name,), name=f"gitsync-events-{host.name}", daemon=True)
+            t.start()  # not joined on stop: a stream blocks until its read times out
         self.nudge("startup")
 
     def stop(self, timeout: float = 300.0) -> None:
         """Finish the change in hand, record the sync, then stop."""
         self.stopping.set()
+        self.debouncer.cancel()
         self.queue.close()
         for t in self._threads:
             t.join(timeout)

@@ -215,8 +215,10 @@ class HostApplier:
             info = self.api.inspect_container(container_id)
             state = info.get("State", {})
             waited = time.monotonic() - start
-            if not state.get("Running") or state.get("Restarting"):
-                raise GateFailed(f"{d.name}: replica {replica} exited with code {state.get('ExitCode')} after {waited:.0f}s on {self.host}")
+            restarts = int(info.get("RestartCount") or 0)
+            if not state.get("Running") or state.get("Restarting") or restarts:
+                again = f" (restarted {restarts} times)" if restarts else ""
+                raise GateFailed(f"{d.name}: replica {replica} exited with code {state.get('ExitCode')}{again} after {waited:.0f}s on {self.host}")
             if d.healthcheck is None:
                 return
             health = state.get("Health") or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,10 @@ def explain(exc: BaseException) -> str:
         text = str(exc)
         if "Connection refused" in text:
             return "connection refused"
+        if "timed out" in text.lower() or "ConnectTimeout" in text:
+            return "connection timed out"
+        if "No route to host" in text:
+            return "no route to host"
         if "No such file" in text or "FileNotFoundError" in text:
             return "socket not found"
         return text.split("\n")[0][:200]
@@ -86,6 +91,9 @@ class Hosts:
         self._clients: dict[str, docker.DockerClient] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(4, min(32, len(settings) * 2)), thread_name_prefix="gitsync-host")
+        self.observe_timeout = 5.0
+        self.known_down: dict[str, str] = {}
+        self._probe_clients: dict[str, docker.APIClient] = {}  # set by the agent's probe: skip these hosts without waiting
 
     def names(self) -> list[str]:
         return [h.name for h in self.settings]
@@ -103,27 +111,33 @@ class Hosts:
             return c
         h = self.setting(name)
         check_transport(h)
-        tls: docker.tls.TLSConfig | bool = False
-        if h.tls is not None:
-            tls = docker.tls.TLSConfig(
-                client_cert=(h.tls.cert, h.tls.key) if h.tls.cert and h.tls.key else None,
-                ca_cert=h.tls.ca,
-                verify=h.tls.ca or True,
-            )
+        tls = self._tls(h)
         try:
+            # Negotiate the API version with a short timeout: a dead host must not hold a sync for long.
             c = docker.DockerClient(
                 base_url=h.url,
                 tls=tls,
                 version="auto",
-                timeout=int(self.timeout),
+                timeout=int(min(self.timeout, self.observe_timeout)),
                 use_ssh_client=h.url.startswith("ssh://"),
                 max_pool_size=16,
             )
+            c.api.timeout = int(self.timeout)
         except Exception as exc:  # the SDK raises several kinds while negotiating
             raise HostError(name, explain(exc)) from None
         with self._lock:
             self._clients.setdefault(name, c)
             return self._clients[name]
+
+    @staticmethod
+    def _tls(h: HostSettings) -> docker.tls.TLSConfig | bool:
+        if h.tls is None:
+            return False
+        return docker.tls.TLSConfig(
+            client_cert=(h.tls.cert, h.tls.key) if h.tls.cert and h.tls.key else None,
+            ca_cert=h.tls.ca,
+            verify=h.tls.ca or True,
+        )
 
     def forget(self, name: str) -> None:
         """Drop a client after a failure, so that the next use reconnects."""
@@ -135,11 +149,38 @@ class Hosts:
             except Exception:
                 pass
 
+    def _probe_client(self, name: str) -> docker.APIClient:
+        with self._lock:
+            c = self._probe_clients.get(name)
+        if c is None:
+            h = self.setting(name)
+            check_transport(h)
+            # A pinned version: no negotiation round trip (/_ping is not versioned anyway).
+            c = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
+            with self._lock:
+                self._probe_clients[name] = c
+        return c
+
+    def probe(self, name: str, timeout: float = 1.0) -> str | None:
+        """None when the engine answers /_ping in time, else why not. Never waits longer than `timeout`."""
+        try:
+            api = self._probe_client(name)
+            r = api._get(api._url("/_ping", versioned_api=False), timeout=timeout)
+            r.raise_for_status()
+            return None
+        except Exception as exc:
+            self.forget(name)  # the next real use reconnects
+            return explain(exc)
+
     def observe_one(self, name: str) -> HostObservation:
         start = time.monotonic()
+        down = self.known_down.get(name)
+        if down is not None:
+            return HostObservation(name, False, (), down, 0.0)
         try:
             api = self.client(name).api
-            entries = api.containers(all=True, filters={"label": [f"{L.MANAGED_BY}={self.agent}"]})
+            params = {"all": 1, "filters": json.dumps({"label": [f"{L.MANAGED_BY}={self.agent}"]})}
+            entries = api._result(api._get(api._url("/containers/json"), params=params, timeout=self.observe_timeout), True)
         except Exception as exc:
             self.forget(name)
             return HostObservation(name, False, (), explain(exc), time.monotonic() - start)
@@ -167,4 +208,9 @@ class Hosts:
     def close(self) -> None:
         for name in list(self._clients):
             self.forget(name)
+        for c in self._probe_clients.values():
+            try:
+                c.close()
+            except Exception:
+                pass
         self._pool.shutdown(wait=False, cancel_futures=True)

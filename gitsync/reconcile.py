@@ -160,7 +160,10 @@ class Syncer:
         while True:
             observed, first = (first, None) if first is not None else (self.observe(), None)
             status = assess(desired, observed)
-            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip)
+            crashed = {
+                c.deployment for o in observed.values() for c in o.containers if c.state in ("exited", "restarting", "dead")
+            }  # a replica that already died will not converge by waiting
+            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip and name not in crashed)
             if settled or time.monotonic() >= deadline:
                 return status, observed
             time.sleep(poll)
@@ -174,6 +177,7 @@ class Syncer:
         on_start: Callable[[SyncResult], None] | None = None,
         on_planned: Callable[[SyncResult], None] | None = None,
         stop: threading.Event | None = None,
+        plan_filter: Callable[[Plan, DesiredState], tuple[Plan, list[str]]] | None = None,
     ) -> SyncResult:
         """One sync. `on_start` runs once the revision is known, `on_planned` once the plan is;
         `stop` makes apply finish the changes in flight and skip the rest."""
@@ -187,6 +191,9 @@ class Syncer:
 
             snapshot, desired, observed = self._fetch_load_observe(fetched)
             plan = self.plan(desired, observed)
+            held: list[str] = []
+            if plan_filter is not None:
+                plan, held = plan_filter(plan, desired)
             result.plan = plan
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             if on_planned is not None:
@@ -200,13 +207,16 @@ class Syncer:
                 result.finished = time.time()
                 return result
             hopeless = {r.action.deployment for r in applied.failed} | {p.deployment for p in plan.problems}
+            hopeless |= {h.split(":", 1)[0] for h in held}
+            touched = {r.action.deployment for r in applied.results if r.ok}
+            waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
             current = observed if not applied.results else None  # nothing changed: the observation still holds
             status, observed = (
-                self.wait_converged(desired, t0 + timeout, hopeless, first=current) if desired.deployments else ({}, observed)
+                self.wait_converged(desired, t0 + timeout, hopeless | waiting, first=current) if desired.deployments else ({}, observed)
             )
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
-            self._summarise(result, desired, plan, applied, time.monotonic() - t0)
+            self._summarise(result, desired, plan, applied, time.monotonic() - t0, held)
         except ManifestError as exc:
             result.outcome, result.reason = Outcome.FAILURE, exc.reason
             result.problems = [str(p) for p in exc.problems]
@@ -222,19 +232,28 @@ class Syncer:
         return result
 
     @staticmethod
-    def _summarise(result: SyncResult, desired: DesiredState, plan: Plan, applied: ApplyResult, seconds: float) -> None:
+    def _summarise(result: SyncResult, desired: DesiredState, plan: Plan, applied: ApplyResult, seconds: float, held: list[str] | None = None) -> None:
         n = len(desired.deployments)
         good = [s for s in result.deployments.values() if s.health == Health.HEALTHY]
         failed = [r for r in applied.failed if not r.skipped]
         if failed:
             first = failed[0]
             a = first.action
+            gate = first.message.startswith(f"{a.deployment}: replica ")
             who = f"{a.deployment}: replica {a.replica}" if a.replica is not None else a.deployment
-            result.outcome, result.reason = Outcome.FAILURE, Reason.APPLY_FAILED
-            result.message = f"{who} {a.kind} failed on {a.host}: {first.message}"
+            result.outcome = Outcome.FAILURE
+            result.reason = Reason.HEALTH_CHECK_FAILED if gate else Reason.APPLY_FAILED
+            result.message = first.message if gate else f"{who} {a.kind} failed on {a.host}: {first.message}"
+            if applied.rollbacks:
+                result.message += f"; rolled back {len(applied.rollbacks)} replica(s)"
             result.problems = [
-                f"{r.action.deployment}: {r.action.kind} on {r.action.host}: {r.message}" for r in failed
-            ]
+                r.message if r.message.startswith(f"{r.action.deployment}: ") else f"{r.action.deployment}: {r.action.kind} on {r.action.host}: {r.message}"
+                for r in failed
+            ] + applied.rollbacks
+        elif held:
+            result.outcome, result.reason = Outcome.FAILURE, Reason.HEALTH_CHECK_FAILED
+            result.message = held[0]
+            result.problems = list(held)
         elif plan.problems:
             result.outcome, result.reason = Outcome.FAILURE, Reason.PLACEMENT_FAILED
             result.message = str(plan.problems[0])

@@ -87,6 +87,16 @@ class Engine:
         return DATA / f"{self.name}.log"
 
 
+def _detach(args: list[str], log_path: Path, pidfile: Path | None = None) -> None:
+    """Start a daemon in its own session that outlives us (setsid -f forks and returns at once)."""
+    with open(log_path, "ab") as log:
+        if pidfile is None:
+            subprocess.run(["setsid", "-f", *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
+            return
+        # the registry writes no pidfile of its own: ask the shell-free wrapper for the child's pid
+        subprocess.run(["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *args], stdout=log, stderr=log, stdin=subprocess.DEVNULL, check=True)
+
+
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=check, capture_output=True, text=True)
 
@@ -171,8 +181,7 @@ def start(engine: Engine, timeout: float = 30.0) -> None:
     engine.exec_root.mkdir(parents=True, exist_ok=True)
     engine.data_root.mkdir(parents=True, exist_ok=True)
     fingerprint.write_text(" ".join(args))
-    with open(engine.log, "ab") as log:
-        subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    _detach(args, engine.log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _answers(engine):
@@ -223,9 +232,7 @@ def start_registry(timeout: float = 15.0) -> None:
             "version: 0.1\nlog: {level: warn}\nstorage: {filesystem: {rootdirectory: %s}, delete: {enabled: true}}\n"
             "http: {addr: '%s'}\n" % (storage, REGISTRY)
         )
-        with open(DATA / "registry.log", "ab") as log:
-            proc = subprocess.Popen(["docker-registry", "serve", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        pidfile.write_text(str(proc.pid))
+        _detach(["docker-registry", "serve", str(conf)], DATA / "registry.log", pidfile)
         deadline = time.monotonic() + timeout
         while not answers():
             if time.monotonic() > deadline:
@@ -250,16 +257,30 @@ def push_pull_image(engine: Engine) -> None:
 
 
 def _answers(engine: Engine) -> bool:
-    import docker  # local import: `python -m tests.testbed down` works without the SDK
+    """GET /_ping over the engine's unix socket."""
+    import socket
 
     try:
-        client = docker.DockerClient(base_url=engine.unix_url, version="auto", timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(str(engine.sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return _ok_response(s)
+    except OSError:
         return False
+
+
+def _ok_response(s: object) -> bool:
+    import socket
+
+    assert isinstance(s, socket.socket)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    return data.startswith(b"HTTP/1.") and data.split(b" ", 2)[1:2] == [b"200"]
 
 
 def stop(engine: Engine, timeout: float = 20.0) -> None:

@@ -42,7 +42,7 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 
 
 class AgentProc:
-    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path) -> None:
+    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         daemon_port = _free_port()
@@ -52,7 +52,7 @@ class AgentProc:
             stderr=subprocess.DEVNULL,
         )
         hosts = "".join(
-            f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, labels: {{role: {r}}}}}\n"
+            f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, grace: {grace}, labels: {{role: {r}}}}}\n"
             for e, r in zip(fleet.engines, ("web", "web", "db"))
         )
         self.config = tmp / "agent.yaml"

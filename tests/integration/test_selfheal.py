@@ -1,0 +1,253 @@
+"""Desired state that holds (issue 4), on the real engines: healing, crash loops, host loss and
+return, health-gated rollouts with rollback, SIGKILL during apply, dependsOn."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests import testbed
+from tests.conftest import GitRepo, cli
+from tests.fakeforge import FakeForge
+from tests.integration.conftest import Fleet
+from tests.integration.test_agent import AgentProc, github_forge, push_body, statuses, wait_for  # noqa: F401 - fixture
+from tests.integration.test_sync import deployment
+
+pytestmark = pytest.mark.docker
+
+QUICK = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
+
+
+def spec(name: str, replicas: int, image: str = "gitsync-test/busybox:1", role: str = "web", extra: str = "", command: list[str] | None = None) -> str:
+    return (
+        f"apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\n"
+        f"spec:\n  replicas: {replicas}\n  image: {image}\n  command: {json.dumps(command or QUICK)}\n"
+        f"  placement: {{hostSelector: {{role: {role}}}}}\n{extra}"
+    )
+
+
+def running(fleet: Fleet, deployment: str, hosts: tuple[str, ...] = ("h1", "h2", "h3")) -> list[dict]:
+    out = []
+    for h in hosts:
+        try:
+            out += [c for c in fleet.containers(h, all=False) if c["Labels"].get("io.gitsync.deployment") == deployment]
+        except Exception:
+            pass
+    return out
+
+
+def test_drift_is_healed_within_seconds(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 3, extra="  restart: \"no\"\n"))
+    up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+    try:
+        wait_for(lambda: len(running(fleet, "web")) == 3, 30)
+        api = {h: fleet.clients[h] for h in ("h1", "h2")}
+        victims = {c["Names"][0].lstrip("/"): h for h in api for c in fleet.containers(h)}
+        names = sorted(victims)
+        # killed
+        t = time.monotonic()
+        api[victims[names[0]]].kill(names[0])
+        wait_for(lambda: len(running(fleet, "web")) == 3 and api[victims[names[0]]].inspect_container(names[0])["State"]["Running"], 10, 0.05)
+        assert time.monotonic() - t < 5
+        # removed
+        t = time.monotonic()
+        api[victims[names[1]]].remove_container(names[1], force=True)
+        wait_for(lambda: len(running(fleet, "web")) == 3, 10, 0.05)
+        assert time.monotonic() - t < 5
+        # stopped by hand
+        api[victims[names[2]]].stop(names[2], timeout=1)
+        wait_for(lambda: len(running(fleet, "web")) == 3, 10, 0.05)
+        # an extra container carrying our labels, and a replica changed by hand (other spec hash)
+        extra = fleet.clients["h1"].create_container(
+            "gitsync-test/busybox:1", command=QUICK, name=f"{fleet.agent}-intruder",
+            labels={"io.gitsync.managed-by": fleet.agent, "io.gitsync.deployment": "web", "io.gitsync.replica": "7", "io.gitsync.spec-hash": "x"},
+        )
+        fleet.clients["h1"].start(extra["Id"])
+        wait_for(lambda: not any(c["Id"] == extra["Id"] for c in fleet.containers("h1")), 10, 0.05)
+        assert len(running(fleet, "web")) == 3
+        assert all(c["Names"][0].lstrip("/").startswith(f"{fleet.agent}-web-") for c in running(fleet, "web"))
+    finally:
+        assert agent.stop() == 0
+
+
+def test_crash_loop_backs_off_and_reports_degraded(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/crash.yaml", spec("crash", 1, role="db", command=["sh", "-c", "sleep 0.2; exit 3"], extra="  restart: \"no\"\n"))
+    sha = up.commit("crash")
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+    try:
+        events = fleet.clients["h3"].events(since=int(time.time()), filters={"type": ["container"], "event": ["start"], "label": [f"io.gitsync.managed-by={fleet.agent}"]}, decode=True)
+        starts: list[float] = []
+
+        def count() -> None:
+            for _ev in events:
+                starts.append(time.monotonic())
+
+        th = threading.Thread(target=count, daemon=True)
+        th.start()
+        time.sleep(10)
+        events.close()
+        # the first restart at once, then 1 s, 2 s, 4 s ... apart: never a hot loop
+        assert 3 <= len(starts) <= 6, starts
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert all(b > a * 1.5 for a, b in zip(gaps, gaps[1:])), gaps
+        assert gaps[-1] >= 2.0, gaps
+        status = json.loads(__import__("requests").get(f"{agent.url}/api/status", timeout=5).text)
+        assert status["deployments"]["crash"]["health"] != "Healthy"
+        wait_for(lambda: any(s == "failure" and ("crash" in d) for s, d in statuses(github_forge, sha)), 20)
+        text = __import__("requests").get(f"{agent.url}/metrics", timeout=5).text
+        assert 'gitsync_deployment_degraded{deployment="crash"} 1.0' in text
+    finally:
+        assert agent.stop() == 0
+
+
+def test_host_loss_moves_replicas_and_return_removes_extras(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 4))
+    up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, grace="3s")
+    h2 = fleet.engines[1]
+    try:
+        wait_for(lambda: len(running(fleet, "web")) == 4, 30)
+        on_h2 = [c for c in running(fleet, "web") if c in fleet.containers("h2", all=False)]
+        assert on_h2, "expected replicas on h2"
+        t = time.monotonic()
+        testbed.set_link(h2, False)  # the network to h2 is cut
+        wait_for(lambda: len(running(fleet, "web", ("h1",))) == 4, 20, 0.1)
+        moved = time.monotonic() - t
+        assert moved < 3 + 3 + 2, f"replicas ran elsewhere only after {moved:.1f}s"
+        testbed.set_link(h2, True)  # it comes back, with its old replicas still running
+        wait_for(lambda: len(running(fleet, "web", ("h2",))) == 0 and len(running(fleet, "web", ("h1",))) == 4, 30, 0.2)
+        time.sleep(1.5)
+        assert len(running(fleet, "web")) == 4  # exactly the desired number: no more, no less
+    finally:
+        testbed.set_link(h2, True)
+        assert agent.stop() == 0
+
+
+def test_engine_death_and_restart(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 2))
+    up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, grace="2s")
+    h1 = fleet.engines[0]
+    try:
+        wait_for(lambda: len(running(fleet, "web")) == 2, 30)
+        testbed.kill(h1)  # the engine dies
+        wait_for(lambda: len(running(fleet, "web", ("h2",))) == 2, 20, 0.2)
+        testbed.start(h1)  # it restarts; Docker restarts its old replicas (unless-stopped)
+        fleet.clients["h1"].close()
+        fleet.clients["h1"] = docker.APIClient(base_url=h1.tcp_url, version="auto", timeout=60)
+        wait_for(lambda: len(running(fleet, "web", ("h1", "h2"))) == 2 and not running(fleet, "web", ("h1",)), 40, 0.3)
+    finally:
+        testbed.start(h1)
+        assert agent.stop() == 0
+
+
+def test_failing_healthcheck_stops_the_rollout_and_rolls_back(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    good = "  healthcheck: {test: [CMD, 'true'], interval: 1s, timeout: 1s, retries: 1}\n  update: {order: start-first, parallelism: 1}\n"
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 3, extra=good))
+    up.commit("web healthy")
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+    try:
+        wait_for(lambda: sum(1 for c in running(fleet, "web") if "(healthy)" in c["Status"]) == 3, 30)
+        before = {c["Names"][0]: c["Id"] for c in running(fleet, "web")}
+        low = [3]
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                n = sum(1 for c in running(fleet, "web") if "(healthy)" in c["Status"] and "-next" not in c["Names"][0])
+                low[0] = min(low[0], n)
+                time.sleep(0.05)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        bad = good.replace("[CMD, 'true']", "[CMD, sh, -c, 'echo db not reachable; exit 1']")
+        up.write("apps/web.yaml", spec("web", 3, image="gitsync-test/busybox:2", extra=bad))
+        sha = up.commit("web broken")
+        assert agent.hook(push_body(sha)).status_code == 202
+        wait_for(lambda: any(s == "failure" for s, _ in statuses(github_forge, sha)), 60)
+        sampling.set()
+        th.join(5)
+        (desc,) = [d for s, d in statuses(github_forge, sha) if s == "failure"][:1]
+        assert desc.startswith("web: replica ") and "unhealthy after" in desc and "db not reachable" in desc, desc
+        after = running(fleet, "web")
+        assert len(after) == 3 and {c["Image"] for c in after} == {"gitsync-test/busybox:1"}
+        assert {c["Names"][0]: c["Id"] for c in after} == before  # start-first: the old replicas never stopped
+        assert low[0] >= 3, "start-first ran fewer healthy replicas than desired"
+        assert not any("-next" in c["Names"][0] for h in ("h1", "h2") for c in fleet.containers(h))
+        # the next syncs do not retry the same broken spec in a loop
+        r = __import__("requests").post(f"{agent.url}/api/sync", headers={"Authorization": "Bearer api-token-for-tests"}, timeout=5)
+        assert r.status_code == 202
+        time.sleep(2)
+        assert {c["Names"][0]: c["Id"] for c in running(fleet, "web")} == before
+    finally:
+        assert agent.stop() == 0
+
+
+def test_stop_first_rollback_restores_the_previous_spec(fleet: Fleet) -> None:
+    good = "  update: {order: stop-first, parallelism: 2}\n  minReadySeconds: 1s\n"
+    fleet.repo.write("apps/w.yaml", spec("w", 2, role="db", extra=good))
+    fleet.repo.commit("w")
+    assert cli("apply", "-c", str(fleet.config)).code == 0
+    fleet.repo.write("apps/w.yaml", spec("w", 2, image="gitsync-test/busybox:2", role="db", extra=good, command=["sh", "-c", "exit 1"]))
+    fleet.repo.commit("w crashes")
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "20s")
+    assert r.code == 1
+    assert "w: replica" in r.out and "exited with code" in r.out and "rolled back" in r.out, r.out + r.err
+    after = running(fleet, "w")
+    assert len(after) == 2 and {c["Image"] for c in after} == {"gitsync-test/busybox:1"}
+
+
+def test_sigkill_during_apply_always_converges(fleet: Fleet) -> None:
+    rng = random.Random(4)
+    env = {**os.environ}
+    kills = 0
+    for round_ in range(8):
+        image = f"gitsync-test/busybox:{1 + round_ % 2}"
+        replicas = 4 + 2 * (round_ % 2)
+        fleet.repo.write("apps/web.yaml", spec("web", replicas, image=image, extra="  update: {parallelism: 1}\n  minReadySeconds: 0.3s\n"))
+        fleet.repo.commit(f"round {round_}")
+        p = subprocess.Popen([sys.executable, "-m", "gitsync", "apply", "-c", str(fleet.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(0.3, 2.0))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
+        assert r.code == 0, r.out + r.err
+        names = sorted(c["Names"][0].lstrip("/") for h in ("h1", "h2", "h3") for c in fleet.containers(h))
+        assert names == sorted(f"{fleet.agent}-web-{i}" for i in range(replicas)), names  # no duplicates, orphans or temporaries
+        assert {c["Image"] for c in running(fleet, "web")} == {image}
+        assert len(running(fleet, "web")) == replicas
+    assert kills >= 4
+
+
+def test_depends_on_brings_the_dependency_up_healthy_first(fleet: Fleet) -> None:
+    db = spec("db", 1, role="db", command=["sh", "-c", "trap 'exit 0' TERM; sleep 2; touch /tmp/ready; while :; do sleep 1 & wait $!; done"],
+              extra="  healthcheck: {test: [CMD, test, -f, /tmp/ready], interval: 0.5s, timeout: 1s, retries: 10}\n")
+    api = spec("api", 2, extra="  dependsOn: [db]\n")
+    fleet.repo.write("apps/all.yaml", api + "---\n" + db)
+    fleet.repo.commit("api on db")
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
+    assert r.code == 0, r.out + r.err
+    dbc = fleet.clients["h3"].inspect_container(f"{fleet.agent}-db-0")
+    healthy_at = min(e["End"] for e in dbc["State"]["Health"]["Log"] if e["ExitCode"] == 0)
+    for c in running(fleet, "api"):
+        host = next(h for h in ("h1", "h2") if any(x["Id"] == c["Id"] for x in fleet.containers(h)))
+        started = fleet.clients[host].inspect_container(c["Id"])["State"]["StartedAt"]
+        assert started[:23] >= healthy_at[:23], (started, healthy_at)
