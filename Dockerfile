@@ -11,6 +11,7 @@
 #     -e GITSYNC_WEBHOOK_SECRET -e GITHUB_TOKEN \
 #     -p 9100:9100 gitsync
 #
+# In the container, set server.listen: 0.0.0.0:9100 so that the published port reaches the agent.
 # Access to the Docker socket is root on that host whatever the user inside; the
 # agent still runs unprivileged here so a bug cannot write outside its state.
 FROM python:3.11-slim
@@ -30,4 +31,4 @@ WORKDIR /var/lib/gitsync
 VOLUME ["/var/lib/gitsync"]
 EXPOSE 9100
 ENTRYPOINT ["gitsync"]
-CMD ["apply", "-c", "/etc/gitsync/gitsync.yaml"]
+CMD ["run", "-c", "/etc/gitsync/gitsync.yaml"]

@@ -17,7 +17,6 @@ are the point: every figure is measured in the same run on the same engines.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

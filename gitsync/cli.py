@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from .apply import ActionResult
@@ -224,7 +224,7 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         observed = syncer.observe()
     finally:
         syncer.close()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for h in cfg.hosts:
         o = observed[h.name]
         by_dep: dict[str, int] = {}

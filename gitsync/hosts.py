@@ -31,6 +31,13 @@ def _is_loopback(hostname: str) -> bool:
         return False
 
 
+def _apiclient(**kwargs: object) -> docker.APIClient:
+    """A low-level client. For TLS hosts the caller sets trust_env = False before the first request:
+    requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's own `verify`, which would
+    silently replace hosts[].tls.ca with the system bundle (and fail, or trust the wrong CAs)."""
+    return docker.APIClient(**kwargs)  # type: ignore[arg-type]
+
+
 def check_transport(h: HostSettings) -> None:
     """Plain TCP is unauthenticated root access to the engine: only to loopback or when asked for."""
     if not h.url.startswith("tcp://") or h.tls is not None or h.insecure:
@@ -54,6 +61,11 @@ def explain(exc: BaseException) -> str:
         return "connection timed out"
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return "the engine did not answer in time"
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "TLS certificate not trusted (check hosts[].tls.ca)"
+        return "TLS handshake refused (check hosts[].tls.cert and key: the engine wants a client certificate)"
     if isinstance(exc, requests.exceptions.ConnectionError):
         text = str(exc)
         for needle, say in (
@@ -69,6 +81,10 @@ def explain(exc: BaseException) -> str:
         return "cannot connect"
     if isinstance(exc, docker.errors.DockerException):
         text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "SSLCertVerificationError" in text:
+            return "TLS certificate not trusted (check hosts[].tls.ca)"
+        if "SSLError" in text or "TLSV13_ALERT_CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+            return "TLS handshake refused (check hosts[].tls.cert and key: the engine wants a client certificate)"
         if "Connection refused" in text:
             return "connection refused"
         if "timed out" in text.lower() or "ConnectTimeout" in text:
@@ -113,15 +129,21 @@ class Hosts:
         check_transport(h)
         tls = self._tls(h)
         try:
-            # Negotiate the API version with a short timeout: a dead host must not hold a sync for long.
-            c = docker.DockerClient(
+            # Pin the trust settings first (see _untrusting_env), then negotiate the API version
+            # with a short timeout: a dead host must not hold a sync for long.
+            api = _apiclient(
                 base_url=h.url,
                 tls=tls,
-                version="auto",
+                version=None if tls is False else "1.24",
                 timeout=int(min(self.timeout, self.observe_timeout)),
                 use_ssh_client=h.url.startswith("ssh://"),
                 max_pool_size=16,
             )
+            if tls is not False:
+                api.trust_env = False
+                api._version = api._retrieve_server_version()
+            c = docker.DockerClient.__new__(docker.DockerClient)
+            c.api = api
             c.api.timeout = int(self.timeout)
         except Exception as exc:  # the SDK raises several kinds while negotiating
             raise HostError(name, explain(exc)) from None
@@ -157,6 +179,8 @@ class Hosts:
             check_transport(h)
             # A pinned version: no negotiation round trip (/_ping is not versioned anyway).
             c = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
+            if h.tls is not None:
+                c.trust_env = False  # see _apiclient
             with self._lock:
                 self._probe_clients[name] = c
         return c

@@ -232,7 +232,7 @@ class Source:
         for item in tree.traverse(prune=lambda i, d: i.name.startswith(".")):  # type: ignore[arg-type,union-attr]
             if item.type != "blob":  # type: ignore[union-attr]
                 continue
-            rel = item.path[base:]  # type: ignore[union-attr]
+            rel = str(item.path)[base:]  # type: ignore[union-attr]
             if not is_manifest_file(rel):
                 continue
             if item.size > MAX_FILE_BYTES:  # type: ignore[union-attr]

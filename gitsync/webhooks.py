@@ -8,7 +8,6 @@ agent fetches the commit itself.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping

@@ -45,6 +45,7 @@ APPLETS = (
 @dataclasses.dataclass(frozen=True)
 class Engine:
     index: int
+    tls: bool = False  # TLS-only engine (client certificates required) on port 2376
 
     @property
     def name(self) -> str:
@@ -60,7 +61,7 @@ class Engine:
 
     @property
     def tcp_url(self) -> str:
-        return f"tcp://{self.addr}:2375"
+        return f"tcp://{self.addr}:{2376 if self.tls else 2375}"
 
     @property
     def exec_root(self) -> Path:
@@ -174,6 +175,9 @@ def start(engine: Engine, timeout: float = 30.0) -> None:
     fingerprint = engine.exec_root / "args"
     same_args = fingerprint.exists() and fingerprint.read_text() == " ".join(args)
     if _pid_alive(engine.pidfile) and same_args and _answers(engine):
+        deadline = time.monotonic() + timeout
+        while not _tcp_open(engine) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return
     stop(engine)
     _umount_under(engine.exec_root)
@@ -184,7 +188,7 @@ def start(engine: Engine, timeout: float = 30.0) -> None:
     _detach(args, engine.log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _answers(engine):
+        if _answers(engine) and _tcp_open(engine):
             return
         time.sleep(0.1)
     tail = engine.log.read_text(errors="replace")[-2000:] if engine.log.exists() else ""
@@ -193,9 +197,14 @@ def start(engine: Engine, timeout: float = 30.0) -> None:
 
 def _dockerd_args(engine: Engine) -> list[str]:
     bip = f"172.{40 + engine.index}.0.1/16"
+    if engine.tls:
+        d = tls_dir()
+        tls = ["--tlsverify", "--tlscacert", str(d / "ca.pem"), "--tlscert", str(d / "server-cert.pem"), "--tlskey", str(d / "server-key.pem")]
+    else:
+        tls = ["--tls=false"]
     return [
         "nsenter", f"--net=/var/run/netns/{engine.netns}",
-        "dockerd", "--tls=false",
+        "dockerd", *tls,
         "-H", engine.unix_url, "-H", engine.tcp_url,
         "--data-root", str(engine.data_root),
         "--exec-root", str(engine.exec_root / "exec"),
@@ -266,6 +275,17 @@ def _answers(engine: Engine) -> bool:
             s.connect(str(engine.sock))
             s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
             return _ok_response(s)
+    except OSError:
+        return False
+
+
+def _tcp_open(engine: Engine) -> bool:
+    """The engine's TCP address accepts connections (what the tests and gitsync use)."""
+    import socket
+
+    try:
+        with socket.create_connection((engine.addr, 2376 if engine.tls else 2375), timeout=0.5):
+            return True
     except OSError:
         return False
 
@@ -346,6 +366,51 @@ def build_images(base_url: str, repo: str = TEST_IMAGE, tags: tuple[str, ...] = 
         client.close()
 
 
+TLS_ENGINE = Engine(4, tls=True)
+
+
+def tls_dir() -> Path:
+    return ROOT / "tls"
+
+
+def make_certs(where: Path, ip: str, ca_name: str = "gitsync-test-ca") -> None:
+    """A CA, a server certificate for `ip`, and a client certificate (openssl, 2 days)."""
+    where.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca-key.pem", "-out", "ca.pem", "-days", "2", "-subj", f"/CN={ca_name}")
+    (where / "server.ext").write_text(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")
+    (where / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=engine")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", "server-cert.pem", "-days", "2", "-extfile", "server.ext")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "client.csr", "-subj", "/CN=gitsync")
+    ssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "client.ext")
+
+
+def up_tls() -> Engine:
+    """The TLS-only engine h4, with fresh certificates in tls_dir()."""
+    check_prerequisites()
+    if shutil.which("openssl") is None:
+        raise TestbedUnavailable("openssl not found: apt-get install openssl")
+    if not (tls_dir() / "cert.pem").exists() or not _pid_alive(TLS_ENGINE.pidfile):
+        stop(TLS_ENGINE)
+        shutil.rmtree(tls_dir(), ignore_errors=True)
+        make_certs(tls_dir(), TLS_ENGINE.addr)
+    start(TLS_ENGINE)
+    build_images(TLS_ENGINE.unix_url)
+    return TLS_ENGINE
+
+
+def down_tls() -> None:
+    stop(TLS_ENGINE)
+    _umount_under(TLS_ENGINE.exec_root)
+    _run("ip", "link", "del", f"gsv{TLS_ENGINE.index}", check=False)
+    _run("ip", "netns", "del", TLS_ENGINE.netns, check=False)
+    shutil.rmtree(TLS_ENGINE.exec_root, ignore_errors=True)
+
+
 def engines(n: int = 3) -> list[Engine]:
     return [Engine(i) for i in range(1, n + 1)]
 
@@ -363,6 +428,7 @@ def up(n: int = 3) -> list[Engine]:
 
 
 def down(n: int = 3) -> None:
+    down_tls()
     for engine in engines(n):
         stop(engine)
         _umount_under(engine.exec_root)

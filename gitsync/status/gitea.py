@@ -28,7 +28,7 @@ class GiteaProvider(Provider):
 
     def latest(self, sha: str, context: str) -> tuple[State, str] | None:
         r = self.session.get(
-            f"{self._base()}/statuses/{sha}", params={"sort": "recentupdate", "limit": 50}, headers=self._headers(), timeout=TIMEOUT
+            f"{self._base()}/statuses/{sha}", params={"sort": "recentupdate", "limit": "50"}, headers=self._headers(), timeout=TIMEOUT
         )
         self._check(r, "list statuses")
         for s in r.json():

@@ -17,6 +17,7 @@ import pytest
 
 from tests import testbed
 from tests.conftest import IN_CI, GitRepo
+from tests.fakeforge import OCTOKIT, FakeForge
 
 LABEL = "io.gitsync.managed-by"
 
@@ -81,3 +82,14 @@ def fleet(engines: list[testbed.Engine], tmp_path: Path, request: pytest.Fixture
     f.cleanup()
     for api in f.clients.values():
         api.close()
+
+
+@pytest.fixture
+def github_forge() -> Iterator[FakeForge]:
+    """A fake GitHub checking each request against npm @octokit/openapi (fetched by scripts/test)."""
+    if not OCTOKIT.is_file():
+        if IN_CI:
+            pytest.fail(f"{OCTOKIT} missing; scripts/test fetches it")
+        pytest.skip(f"{OCTOKIT} missing: run scripts/test once")
+    with FakeForge("github") as forge:
+        yield forge

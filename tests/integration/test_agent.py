@@ -12,14 +12,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import IN_CI, GitRepo, cli, git
-from tests.fakeforge import OCTOKIT, FakeForge
+from tests.conftest import IN_CI, GitRepo, cli
+from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
 from tests.integration.test_source import _free_port
 from tests.integration.test_sync import WEB, deployment
@@ -103,16 +102,6 @@ class AgentProc:
         return self.proc.returncode
 
 
-@pytest.fixture
-def github_forge() -> Iterator[FakeForge]:
-    if not OCTOKIT.is_file():
-        if IN_CI:
-            pytest.fail(f"{OCTOKIT} missing; scripts/test fetches it")
-        pytest.skip(f"{OCTOKIT} missing: run scripts/test once")
-    with FakeForge("github") as forge:
-        yield forge
-
-
 def push_body(sha: str, ref: str = "refs/heads/main") -> bytes:
     return json.dumps({"ref": ref, "before": "0" * 39 + "1", "after": sha, "repository": {"full_name": "acme/deploy"}}).encode()
 
@@ -187,7 +176,7 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         assert f'gitsync_syncs_total{{result="failure"}} {float(outcomes.count("failure"))}' in metrics
         assert f'gitsync_syncs_total{{result="success"}} {float(outcomes.count("success"))}' in metrics
         assert 'gitsync_webhook_requests_total{code="401",provider="github"} 2.0' in metrics
-        assert f'gitsync_managed_containers{{deployment="web",host="h1",state="running"}} 1.0' in metrics
+        assert 'gitsync_managed_containers{deployment="web",host="h1",state="running"} 1.0' in metrics
         assert 'gitsync_host_up{host="h3"} 1.0' in metrics
         assert f'gitsync_revision_info{{agent="{fleet.agent}",revision="main@sha1:{c3}"}} 1.0' in metrics
 

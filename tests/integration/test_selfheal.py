@@ -20,8 +20,7 @@ from tests import testbed
 from tests.conftest import GitRepo, cli
 from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
-from tests.integration.test_agent import AgentProc, github_forge, push_body, statuses, wait_for  # noqa: F401 - fixture
-from tests.integration.test_sync import deployment
+from tests.integration.test_agent import AgentProc, push_body, statuses, wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -48,7 +48,7 @@ def test_no_overlap_under_concurrent_nudges() -> None:
 
     def worker() -> None:
         nonlocal active, worst, done
-        while (t := q.take(timeout=0.5)) is not None:
+        while q.take(timeout=0.5) is not None:
             with lock:
                 active += 1
                 worst = max(worst, active)
