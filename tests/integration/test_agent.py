@@ -41,7 +41,7 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 
 
 class AgentProc:
-    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s") -> None:
+    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         daemon_port = _free_port()
@@ -59,7 +59,7 @@ class AgentProc:
             f"name: {fleet.agent}\n"
             f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s}}\n"
             f"hosts:\n{hosts}"
-            f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN}}\n"
+            f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN, per_deployment: {str(per_deployment).lower()}}}\n"
             f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'}}\n"
             f"state_dir: {tmp / 'state'}\n"
         )
@@ -241,3 +241,25 @@ def test_sigterm_during_a_rollout_finishes_the_change_in_hand(fleet: Fleet, gith
     assert newest["outcome"] in ("interrupted", "success")
     if newest["outcome"] == "interrupted":
         assert newest["message"].startswith("stopped:")
+
+
+def test_sighup_reload_and_per_deployment_contexts(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
+    c1 = upstream.commit("web")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path, per_deployment=True)
+    try:
+        wait_for(lambda: any(p["context"] == f"gitsync/{fleet.agent}/web" and p["state"] == "success" for p in github_forge.state.posted(c1)))
+        assert any(p["context"] == f"gitsync/{fleet.agent}" and p["state"] == "success" for p in github_forge.state.posted(c1))
+        good = agent.config.read_text()
+        agent.config.write_text(good + "surprise: true\n")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in agent.log.read_text(), 10)
+        assert "surprise: unknown key" in agent.log.read_text()
+        assert requests.get(f"{agent.url}/healthz", timeout=5).status_code == 200  # still running the old config
+        agent.config.write_text(good.replace("interval: 300s", "interval: 200s"))
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in agent.log.read_text(), 10)
+        wait_for(lambda: any(x["trigger"] == "reload" and x["outcome"] == "success" for x in agent.syncs()), 20)
+    finally:
+        assert agent.stop() == 0
