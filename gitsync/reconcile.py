@@ -149,13 +149,15 @@ class Syncer:
         skip: set[str] | frozenset[str] = frozenset(),
         poll: float = 0.25,
         first: dict[str, HostObservation] | None = None,
+        stop: threading.Event | None = None,
     ) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
-        """Assess until every deployment is healthy, or the deadline.
+        """Assess until every deployment is healthy, the deadline, or `stop`.
 
         Deployments in `skip` (their apply failed, or they cannot be placed) are
         assessed but not waited for: they cannot converge in this sync. `first`
         is an observation still current (nothing was applied since), reused
-        instead of listing the hosts again.
+        instead of listing the hosts again. Waiting is not a change in hand:
+        a stopping agent does not sit out the deadline.
         """
         while True:
             observed, first = (first, None) if first is not None else (self.observe(), None)
@@ -164,9 +166,12 @@ class Syncer:
                 c.deployment for o in observed.values() for c in o.containers if c.state in ("exited", "restarting", "dead")
             }  # a replica that already died will not converge by waiting
             settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip and name not in crashed)
-            if settled or time.monotonic() >= deadline:
+            if settled or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 return status, observed
-            time.sleep(poll)
+            if stop is not None:
+                stop.wait(poll)
+            else:
+                time.sleep(poll)
 
     # -- the sync --------------------------------------------------------
     def sync(
@@ -212,10 +217,21 @@ class Syncer:
             waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
             current = observed if not applied.results else None  # nothing changed: the observation still holds
             status, observed = (
-                self.wait_converged(desired, t0 + timeout, hopeless | waiting, first=current) if desired.deployments else ({}, observed)
+                self.wait_converged(desired, t0 + timeout, hopeless | waiting, first=current, stop=stop) if desired.deployments else ({}, observed)
             )
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
+            unsettled = sorted(n for n, s in status.items() if s.health != Health.HEALTHY and n not in hopeless)
+            if stop is not None and stop.is_set() and unsettled:
+                done = sum(1 for r in applied.results if r.ok)
+                result.outcome, result.reason = Outcome.INTERRUPTED, None
+                result.message = (
+                    f"stopped: {done} of {len(applied.results)} changes made; the agent stopped before "
+                    f"{', '.join(unsettled)} converged"
+                )
+                result.problems = [f"{n}: {status[n].message}" for n in unsettled]
+                result.finished = time.time()
+                return result
             self._summarise(result, desired, plan, applied, time.monotonic() - t0, held)
         except ManifestError as exc:
             result.outcome, result.reason = Outcome.FAILURE, exc.reason

@@ -243,6 +243,30 @@ def test_sigterm_during_a_rollout_finishes_the_change_in_hand(fleet: Fleet, gith
         assert newest["message"].startswith("stopped:")
 
 
+def test_sigterm_while_waiting_for_health_stops_at_once(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
+    upstream.commit("web")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path)
+    # Its first healthcheck runs a minute after start: the sync waits for health, it changes nothing more.
+    slow = "  healthcheck: {test: [CMD, 'true'], interval: 60s, startPeriod: 60s, retries: 1}\n"
+    upstream.write("apps/slow.yaml", deployment("slow", 1, extra=WEB + slow, labels="{app: slow}"))
+    c2 = upstream.commit("slow")
+    try:
+        assert agent.hook(push_body(c2)).status_code == 202
+        wait_for(lambda: any(c["Labels"].get("io.gitsync.deployment") == "slow" for h in ("h1", "h2") for c in fleet.containers(h, all=False)), 30)
+        time.sleep(1)  # the sync is now assessing, waiting for "slow" to turn healthy
+        t = time.monotonic()
+    finally:
+        code = agent.stop()
+    assert code == 0
+    assert time.monotonic() - t < 10, "a stopping agent sat out the wait for health"
+    newest = json.loads(cli("status", "-c", str(agent.config), "--json").out)[0]
+    assert newest["outcome"] == "interrupted" and newest["commit"] == c2, newest
+    assert "before slow converged" in newest["message"], newest
+    assert statuses(github_forge, c2)[-1][0] == "error"
+
+
 def test_sighup_reload_and_per_deployment_contexts(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
     upstream = GitRepo(tmp_path / "up" / "deploy")
     upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
