@@ -57,6 +57,11 @@ def _classify(stderr: str, settings: SourceSettings) -> str:
     text = stderr.lower()
     if "couldn't find remote ref" in text or "could not find remote branch" in text:
         return f"branch {settings.branch!r} does not exist on {settings.url}; check source.branch"
+    if "host key verification failed" in text or "remote host identification has changed" in text:
+        return (
+            f"the ssh host key of {settings.url} is not known or has changed; check it and add it to your "
+            "known_hosts (ssh-keyscan prints it), gitsync never accepts an unknown host key"
+        )
     if (
         "authentication failed" in text
         or "could not read username" in text
@@ -72,7 +77,7 @@ def _classify(stderr: str, settings: SourceSettings) -> str:
         return f"authentication to {settings.url} failed; {hint}"
     if "does not appear to be a git repository" in text or "repository not found" in text or "not found" in text:
         return f"{settings.url} is not a git repository (or not visible with these credentials)"
-    if "unable to connect" in text or "could not resolve host" in text or "connection refused" in text:
+    if "unable to connect" in text or "could not resolve host" in text or "connection refused" in text or "timed out" in text:
         why = "connection refused" if "refused" in text else ("host not found" if "resolve" in text else "no answer")
         return f"cannot fetch {settings.url}: unable to connect ({why})"
     for line in stderr.strip().splitlines():
