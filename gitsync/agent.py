@@ -32,6 +32,16 @@ from .status import REGISTRY, CommitStatus, Notifier, Provider, State
 
 log = logging.getLogger("gitsync.agent")
 
+# Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
+# timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
+REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook"})
+
+
+def is_heal(trigger: str) -> bool:
+    """True when none of the coalesced triggers ("event:h1/web,h2/web,webhook:github") was a request."""
+    return not any(part.split(":", 1)[0] in REQUESTS for part in trigger.split(","))
+
+
 OUTCOME_STATE = {
     Outcome.SUCCESS: State.SUCCESS,
     Outcome.FAILURE: State.FAILURE,
@@ -226,6 +236,14 @@ class Backoff:
         self._tries[key] = (restarts + 1, now, now + delay)
         return True, restarts + 1, delay
 
+    def looping(self, now: float) -> dict[tuple[str, str, int], tuple[int, float]]:
+        """Replicas restarted at least twice and not yet up for `reset_after`: key -> (restarts, seconds until forgiven).
+
+        One restart is a blip; a second within the window is a crash loop, even while the
+        replica happens to be running between two crashes.
+        """
+        return {k: (n, last + self.reset_after - now) for k, (n, last, _) in self._tries.items() if n >= 2 and now - last <= self.reset_after}
+
 
 class Agent:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
@@ -252,6 +270,7 @@ class Agent:
         self._install_tracker(self.syncer)
         self.debouncer = Debouncer(0.1, self.nudge)
         self.backoff = Backoff()
+        self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self.probe_interval = 0.5
         self.events_seen = 0
@@ -321,14 +340,17 @@ class Agent:
             self.history.update(sync_id, revision=result.revision, commit_sha=result.commit)
 
         def planned(result: SyncResult) -> None:
-            # pending only when something is about to change, or for a commit not yet reported
+            # pending once per commit: a heal sync of a commit already reported changes its status only
+            # if its outcome changes (a crash loop must not flip it through pending on every restart)
             assert result.plan is not None
-            if result.commit and (not result.plan.in_sync or (result.commit, self.context()) not in self._final_posted):
+            if result.commit and (result.commit, self.context()) not in self._final_posted:
                 self._post(result.commit, State.PENDING, f"syncing {result.commit[:7]}: {_plan_summary(result)}", target)
 
         syncer = self.syncer
         with self.metrics.duration.time():
-            result = syncer.sync(trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back)
+            result = syncer.sync(
+                trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back, degraded=self._crash_looping
+            )
         self._remember_rollouts(result)
         self.history.update(
             sync_id,
@@ -356,13 +378,17 @@ class Agent:
             log.exception("refreshing the live view failed")
         if result.commit:
             state = OUTCOME_STATE[result.outcome]
-            self._post(result.commit, state, result.message, target)
-            self._final_posted[(result.commit, self.context())] = state
+            healing = is_heal(trigger)
+            if not healing or self._final_posted.get((result.commit, self.context())) != state:
+                self._post(result.commit, state, result.message, target)
+                self._final_posted[(result.commit, self.context())] = state
             for s in self.config.status:
                 if s.per_deployment:
                     for name, ds in result.deployments.items():
                         dstate = State.SUCCESS if str(ds.health) == "Healthy" else state if state != State.SUCCESS else State.FAILURE
-                        self._post(result.commit, dstate, f"{name}: {ds.message}", target, self.context(name))
+                        if not healing or self._final_posted.get((result.commit, self.context(name))) != dstate:
+                            self._post(result.commit, dstate, f"{name}: {ds.message}", target, self.context(name))
+                            self._final_posted[(result.commit, self.context(name))] = dstate
                     break
         self.last_result = result
         for listener in list(self.listeners):
@@ -400,6 +426,26 @@ class Agent:
             t.daemon = True
             t.start()
         return (dc_replace(plan, actions=tuple(keep)) if len(keep) != len(plan.actions) else plan), held
+
+    def _crash_looping(self) -> dict[str, str]:
+        """Deployments with a crash-looping replica, with the reason; a sync is nudged for when they are forgiven."""
+        now = time.monotonic()
+        out: dict[str, str] = {}
+        due: float | None = None
+        for (host, deployment, replica), (restarts, left) in sorted(self.backoff.looping(now).items()):
+            out.setdefault(
+                deployment,
+                f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {self.backoff.reset_after:.0f}s",
+            )
+            due = left if due is None else min(due, left)
+        if due is not None:
+            at = now + due + 0.2
+            if self._forgive_at is None or self._forgive_at <= now or at < self._forgive_at:
+                self._forgive_at = at
+                t = threading.Timer(due + 0.2, self.nudge, args=("backoff",))
+                t.daemon = True
+                t.start()
+        return out
 
     def _remember_rollouts(self, result: SyncResult) -> None:
         from . import labels as L

@@ -10,9 +10,10 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any
 
 from .apply import ActionResult, ApplyResult, apply_plan
@@ -93,9 +94,7 @@ class Syncer:
         self.config = config
         settings = config.source
         if source_override is not None:
-            from dataclasses import replace
-
-            settings = replace(settings, url=source_override, path="")
+            settings = dc_replace(settings, url=source_override, path="")
         self.source = Source(settings, config.state_dir)
         self.hosts = Hosts(config.hosts, config.name)
         self._loaded: tuple[str, DesiredState] | None = None  # the last revision loaded: commits are immutable
@@ -183,9 +182,12 @@ class Syncer:
         on_planned: Callable[[SyncResult], None] | None = None,
         stop: threading.Event | None = None,
         plan_filter: Callable[[Plan, DesiredState], tuple[Plan, list[str]]] | None = None,
+        degraded: Callable[[], Mapping[str, str]] | None = None,
     ) -> SyncResult:
         """One sync. `on_start` runs once the revision is known, `on_planned` once the plan is;
-        `stop` makes apply finish the changes in flight and skip the rest."""
+        `stop` makes apply finish the changes in flight and skip the rest. `degraded` names
+        deployments the caller knows to be degraded whatever a single look shows (a replica
+        crash-looping between restarts), with the reason."""
         result = SyncResult(trigger=trigger, started=time.time())
         t0 = time.monotonic()
         try:
@@ -219,6 +221,10 @@ class Syncer:
             status, observed = (
                 self.wait_converged(desired, t0 + timeout, hopeless | waiting, first=current, stop=stop) if desired.deployments else ({}, observed)
             )
+            for name, why in (degraded() if degraded is not None else {}).items():
+                s = status.get(name)
+                if s is not None and s.health == Health.HEALTHY:
+                    status[name] = dc_replace(s, health=Health.DEGRADED, message=why)
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             unsettled = sorted(n for n, s in status.items() if s.health != Health.HEALTHY and n not in hopeless)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from tests import testbed
 from tests.conftest import GitRepo, cli
@@ -103,11 +104,49 @@ def test_crash_loop_backs_off_and_reports_degraded(fleet: Fleet, github_forge: F
         gaps = [b - a for a, b in zip(starts, starts[1:])]
         assert all(b > a * 1.5 for a, b in zip(gaps, gaps[1:])), gaps
         assert gaps[-1] >= 2.0, gaps
-        status = json.loads(__import__("requests").get(f"{agent.url}/api/status", timeout=5).text)
+        status = json.loads(requests.get(f"{agent.url}/api/status", timeout=5).text)
         assert status["deployments"]["crash"]["health"] != "Healthy"
         wait_for(lambda: any(s == "failure" and ("crash" in d) for s, d in statuses(github_forge, sha)), 20)
-        text = __import__("requests").get(f"{agent.url}/metrics", timeout=5).text
+        # the status says failure through the loop; it does not flip on every restart
+        assert [s for s, _ in statuses(github_forge, sha)][-1] == "failure" and len(statuses(github_forge, sha)) <= 4, statuses(github_forge, sha)
+        text = requests.get(f"{agent.url}/metrics", timeout=5).text
         assert 'gitsync_deployment_degraded{deployment="crash"} 1.0' in text
+    finally:
+        assert agent.stop() == 0
+
+
+def test_a_service_started_before_its_database_comes_up_once_the_database_does(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """No dependsOn: api needs db over the network and exits while db does not answer; the retries bring it up."""
+    h3 = fleet.engines[2].addr
+    db = spec("db", 1, role="db", command=["sh", "-c", "sleep 4; echo ok > /tmp/ok; exec httpd -f -p 8099 -h /tmp"],
+              extra="  ports: [{containerPort: 8099, hostPort: 8099}]\n")
+    api = spec("api", 1, command=["sh", "-c", f"wget -q -O- http://{h3}:8099/ok || exit 1; " + QUICK[2]], extra='  restart: "no"\n')
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/all.yaml", api + "---\n" + db)
+    sha = up.commit("api and its database")
+    t0 = int(time.time())
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+
+    def stays_up() -> str | None:
+        """The host of an api replica that runs, and is still the same run 3 s later."""
+        for h in ("h1", "h2"):
+            for c in fleet.containers(h, all=False):
+                if c["Labels"].get("io.gitsync.deployment") == "api":
+                    first = fleet.clients[h].inspect_container(c["Id"])["State"]
+                    time.sleep(3)
+                    again = fleet.clients[h].inspect_container(c["Id"])["State"]
+                    return h if again["Running"] and again["StartedAt"] == first["StartedAt"] else None
+        return None
+
+    try:
+        host = wait_for(stays_up, 60, 0.2)
+        assert len(running(fleet, "db")) == 1 and len(running(fleet, "api")) == 1
+        starts = list(fleet.clients[host].events(since=t0, until=int(time.time()) + 1, decode=True,
+                                                  filters={"type": ["container"], "event": ["start"], "label": ["io.gitsync.deployment=api"]}))
+        assert len(starts) >= 3, "api should have failed while db was not answering, and been restarted more than once"
+        # crash-looping until it has stayed up 30 s: failure, then success once, without flapping in between
+        wait_for(lambda: statuses(github_forge, sha)[-1][0] == "success" and any(s == "failure" and "crash-looping" in d for s, d in statuses(github_forge, sha)), 60, 0.5)
+        assert len(statuses(github_forge, sha)) <= 5, statuses(github_forge, sha)
     finally:
         assert agent.stop() == 0
 
@@ -190,7 +229,7 @@ def test_failing_healthcheck_stops_the_rollout_and_rolls_back(fleet: Fleet, gith
         assert low[0] >= 3, "start-first ran fewer healthy replicas than desired"
         assert not any("-next" in c["Names"][0] for h in ("h1", "h2") for c in fleet.containers(h))
         # the next syncs do not retry the same broken spec in a loop
-        r = __import__("requests").post(f"{agent.url}/api/sync", headers={"Authorization": "Bearer api-token-for-tests"}, timeout=5)
+        r = requests.post(f"{agent.url}/api/sync", headers={"Authorization": "Bearer api-token-for-tests"}, timeout=5)
         assert r.status_code == 202
         time.sleep(2)
         assert {c["Names"][0]: c["Id"] for c in running(fleet, "web")} == before

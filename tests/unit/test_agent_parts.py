@@ -1,4 +1,4 @@
-"""The sync queue's coalescing and the history's crash handling, without Docker."""
+"""The sync queue's coalescing, restart backoff, heal triggers and the history's crash handling, without Docker."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from gitsync.agent import SyncQueue
+from gitsync.agent import Backoff, SyncQueue, is_heal
 from gitsync.history import History
 
 
@@ -92,3 +92,32 @@ def test_history_retention_is_bounded(tmp_path: Path) -> None:
         h.update(i, outcome="success", finished=time.time(), message="ok")
     ids = [r.id for r in h.recent(100)]
     assert len(ids) == 5 and ids == sorted(ids, reverse=True) and ids[0] == 12
+
+
+def test_backoff_doubles_caps_and_forgives_a_replica_that_stays_up() -> None:
+    b = Backoff(base=1.0, cap=4.0, reset_after=30.0)
+    key = ("h1", "api", 0)
+    assert b.allow(key, 0.0) == (True, 1, 1.0)  # the first restart at once
+    assert b.allow(key, 0.5)[0] is False  # inside the backoff
+    assert b.allow(key, 1.0) == (True, 2, 2.0)
+    assert b.allow(key, 3.0) == (True, 3, 4.0)
+    assert b.allow(key, 7.0) == (True, 4, 4.0)  # capped
+    assert b.allow(key, 11.0 + 31.0) == (True, 1, 1.0)  # up for longer than reset_after: forgiven
+
+
+def test_a_second_restart_within_the_window_is_a_crash_loop() -> None:
+    b = Backoff(base=1.0, cap=60.0, reset_after=30.0)
+    key = ("h1", "api", 0)
+    b.allow(key, 0.0)
+    assert b.looping(0.5) == {}  # one restart is a blip
+    b.allow(key, 1.0)
+    assert b.looping(1.5) == {key: (2, 29.5)}  # looping, even while it runs between two crashes
+    assert b.looping(31.5) == {}  # stayed up 30 s since the last restart
+
+
+def test_only_syncs_nobody_asked_for_are_heal_syncs() -> None:
+    assert is_heal("event:h1/api,h2/web")
+    assert is_heal("backoff") and is_heal("host:h2:down") and is_heal("events:h1:reconnected")
+    assert is_heal("event:h1/api")  # a deployment named api is not the API trigger
+    assert not is_heal("event:h1/web,webhook:github")  # a push joined it
+    assert not is_heal("poll") and not is_heal("api") and not is_heal("startup") and not is_heal("reload")
