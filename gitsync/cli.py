@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except KeyboardInterrupt:
         print("gitsync: interrupted", file=err)
         return 130
+    except Exception as exc:  # a bug or a case not foreseen: still one line, the traceback only when asked for
+        if args.verbose:
+            traceback.print_exc(file=err)
+        print(f"gitsync: unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=err)
+        return Exit.ERROR
 
 
 def _config(args: argparse.Namespace) -> Config:
