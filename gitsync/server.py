@@ -75,6 +75,7 @@ class Handler(BaseHTTPRequestHandler):
     # stall every keep-alive response by ~40 ms (measured: 91 -> thousands of requests/s).
     disable_nagle_algorithm = True
     server: _Server
+    refused = 0  # the code _read_body answered with, when it refused a body
     server_version = f"gitsync/{__version__}"
     sys_version = ""
 
@@ -103,22 +104,27 @@ class Handler(BaseHTTPRequestHandler):
     def _html(self, code: int, page: str) -> None:
         self._send(code, page.encode(), "text/html; charset=utf-8")
 
+    def _refuse(self, code: int, error: str) -> None:
+        self.close_connection = True  # the unread body must not be taken for the next request
+        self.refused = code
+        self._json(code, {"error": error})
+
     def _read_body(self) -> bytes | None:
-        """The body, or None after answering 411/413/400 (and closing the connection)."""
+        """The body, or None after answering 411/400/413 (`self.refused` says which)."""
         limit = self.agent.config.server.max_body_bytes
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            self._json(411, {"error": "a Content-Length is required"})
+            self._refuse(411, "a Content-Length is required")
             return None
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
-            self.close_connection = True
-            self._json(400, {"error": "bad Content-Length"})
+            self._refuse(400, "bad Content-Length")
+            return None
+        if length < 0:
+            self._refuse(400, "bad Content-Length")
             return None
         if length > limit:
-            self.close_connection = True
-            self._json(413, {"error": f"body of {length} bytes is over the limit of {limit}"})
+            self._refuse(413, f"body of {length} bytes is over the limit of {limit}")
             return None
         return self.rfile.read(length) if length > 0 else b""
 
@@ -176,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         body = self._read_body()
         if body is None:
-            self.agent.metrics.webhooks.labels(provider, "413").inc()
+            self.agent.metrics.webhooks.labels(provider, str(self.refused)).inc()
             return
         env = self.agent.config.server.webhook_secret_env
         secret = os.environ.get(env) if env else None

@@ -155,6 +155,8 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         assert agent.hook(b"{not json").status_code == 400
         big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
         assert requests.post(f"{agent.url}/hooks/github", data=big, headers={"X-GitHub-Event": "push"}, timeout=30).status_code == 413
+        chunked = requests.post(f"{agent.url}/hooks/github", data=iter([push_body(c3)]), headers={"X-GitHub-Event": "push"}, timeout=5)
+        assert chunked.status_code == 411  # no Content-Length: the body cannot be bounded before it is read
         assert requests.get(f"{agent.url}/hooks/github", timeout=5).status_code == 405
         time.sleep(1.0)
         assert len(agent.syncs()) == count
@@ -176,6 +178,8 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         assert f'gitsync_syncs_total{{result="failure"}} {float(outcomes.count("failure"))}' in metrics
         assert f'gitsync_syncs_total{{result="success"}} {float(outcomes.count("success"))}' in metrics
         assert 'gitsync_webhook_requests_total{code="401",provider="github"} 2.0' in metrics
+        assert 'gitsync_webhook_requests_total{code="413",provider="github"} 1.0' in metrics
+        assert 'gitsync_webhook_requests_total{code="411",provider="github"} 1.0' in metrics
         assert 'gitsync_managed_containers{deployment="web",host="h1",state="running"} 1.0' in metrics
         assert 'gitsync_host_up{host="h3"} 1.0' in metrics
         assert f'gitsync_revision_info{{agent="{fleet.agent}",revision="main@sha1:{c3}"}} 1.0' in metrics
