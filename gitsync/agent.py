@@ -274,12 +274,19 @@ class Agent:
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self.probe_interval = 0.5
         self.events_seen = 0
+        # Containers whose newest lifecycle event is `die`. The Engine logs `die` before it has cleaned
+        # the container up and updated the state its list endpoint reads (Docker 20.10: daemon/monitor.go),
+        # so for a moment a dead replica is still listed as running; a sync that saw that must look again.
+        self._died: dict[str, float] = {}
+        self._died_lock = threading.Lock()
 
     def _install_tracker(self, syncer: Syncer) -> None:
         plain = syncer.observe
 
         def observe() -> dict[str, HostObservation]:
-            return self.tracker.rewrite(plain())
+            observed = plain()
+            self._settle_if_behind(observed)  # on every observation, the one a plan is made from included
+            return self.tracker.rewrite(observed)
 
         syncer.observe = observe  # type: ignore[method-assign]
 
@@ -464,6 +471,26 @@ class Agent:
                 if current.get(name) != h:
                     del self.failed_rollouts[name]
 
+    def _settle_if_behind(self, observed: dict[str, HostObservation]) -> None:
+        """Sync again shortly when a container the events say died is still listed as running."""
+        with self._died_lock:
+            cutoff = time.monotonic() - 60.0
+            for cid in [c for c, t in self._died.items() if t < cutoff]:
+                del self._died[cid]  # the list caught up long ago, or the container went without an event we saw
+            behind = [c.name for o in observed.values() for c in o.containers if c.running and c.id in self._died]
+        if behind:
+            log.debug("the engine still lists %s as running after it died; looking again", ", ".join(behind))
+            t = threading.Timer(0.2, self.nudge, args=("event:settle",))
+            t.daemon = True
+            t.start()
+
+    def _lifecycle(self, action: str, container_id: str) -> None:
+        with self._died_lock:
+            if action == "die":
+                self._died[container_id] = time.monotonic()
+            elif action in ("start", "destroy"):
+                self._died.pop(container_id, None)
+
     # -- watching hosts ----------------------------------------------------
     def _prober(self) -> None:
         while not self.stopping.is_set():
@@ -500,6 +527,9 @@ class Agent:
                         break
                     since = max(since, int(ev.get("time", since)))
                     action = str(ev.get("Action") or ev.get("status") or "")
+                    cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
+                    if cid:
+                        self._lifecycle(action, cid)
                     if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
                         attrs = (ev.get("Actor") or {}).get("Attributes") or {}
                         self.events_seen += 1
