@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,17 @@ REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook"})
 def is_heal(trigger: str) -> bool:
     """True when none of the coalesced triggers ("event:h1/web,h2/web,webhook:github") was a request."""
     return not any(part.split(":", 1)[0] in REQUESTS for part in trigger.split(","))
+
+
+def crash_loop_reason(host: str, replica: int, restarts: int, forgive_after: float) -> str:
+    return f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {forgive_after:.0f}s"
+
+
+def gist(state: State, description: str) -> tuple[State, str]:
+    """What a status says, for heal syncs to post again only when it changes: for success the state
+    alone; otherwise the reason without its numbers (counts and seconds change with every restart,
+    the words only when the situation does)."""
+    return state, "" if state == State.SUCCESS else re.sub(r"\d+(\.\d+)?", "#", description)
 
 
 OUTCOME_STATE = {
@@ -225,16 +237,27 @@ class Backoff:
     def __init__(self, base: float = 1.0, cap: float = 60.0, reset_after: float = 30.0) -> None:
         self.base, self.cap, self.reset_after = base, cap, reset_after
         self._tries: dict[tuple[str, str, int], tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
+        self._seen: dict[tuple[str, str, int], tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
+        self._lock = threading.Lock()  # the sync thread asks, the event watchers report
 
     def allow(self, key: tuple[str, str, int], now: float) -> tuple[bool, int, float]:
-        restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
-        if restarts and now - last > self.reset_after:
-            restarts, next_at = 0, 0.0  # it stayed up long enough: forgive
-        if now < next_at:
-            return False, restarts, next_at - now
-        delay = min(self.cap, self.base * (2**restarts))
-        self._tries[key] = (restarts + 1, now, now + delay)
-        return True, restarts + 1, delay
+        with self._lock:
+            restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
+            if restarts and now - last > self.reset_after:
+                restarts, next_at = 0, 0.0  # it stayed up long enough: forgive
+            if now < next_at:
+                return False, restarts, next_at - now
+            delay = min(self.cap, self.base * (2**restarts))
+            self._tries[key] = (restarts + 1, now, now + delay)
+            return True, restarts + 1, delay
+
+    def restarted(self, key: tuple[str, str, int], now: float) -> None:
+        """A replica started again after it died, by whoever: Docker's restart policy, the agent, a person."""
+        with self._lock:
+            n, last = self._seen.get(key, (0, 0.0))
+            if n and now - last > self.reset_after:
+                n = 0
+            self._seen[key] = (n + 1, now)
 
     def looping(self, now: float) -> dict[tuple[str, str, int], tuple[int, float]]:
         """Replicas restarted at least twice and not yet up for `reset_after`: key -> (restarts, seconds until forgiven).
@@ -242,7 +265,14 @@ class Backoff:
         One restart is a blip; a second within the window is a crash loop, even while the
         replica happens to be running between two crashes.
         """
-        return {k: (n, last + self.reset_after - now) for k, (n, last, _) in self._tries.items() if n >= 2 and now - last <= self.reset_after}
+        out: dict[tuple[str, str, int], tuple[int, float]] = {}
+        with self._lock:
+            counts = [(k, n, last) for k, (n, last, _) in self._tries.items()] + [(k, n, last) for k, (n, last) in self._seen.items()]
+        for k, n, last in counts:
+            if n >= 2 and now - last <= self.reset_after:
+                prev_n, prev_left = out.get(k, (0, 0.0))
+                out[k] = (max(n, prev_n), max(last + self.reset_after - now, prev_left))
+        return out
 
 
 class Agent:
@@ -261,7 +291,7 @@ class Agent:
         self.view = LiveView()
         self.ready = threading.Event()
         self.last_result: SyncResult | None = None
-        self._final_posted: dict[tuple[str, str], State] = {}
+        self._final_posted: dict[tuple[str, str], tuple[State, str]] = {}  # (commit, context) -> gist of the last final status
         self._scheduler = schedule.Scheduler()
         self._schedule_poll()
         self._threads: list[threading.Thread] = []
@@ -386,17 +416,16 @@ class Agent:
         if result.commit:
             state = OUTCOME_STATE[result.outcome]
             healing = is_heal(trigger)
-            if not healing or self._final_posted.get((result.commit, self.context())) != state:
-                self._post(result.commit, state, result.message, target)
-                self._final_posted[(result.commit, self.context())] = state
-            for s in self.config.status:
-                if s.per_deployment:
-                    for name, ds in result.deployments.items():
-                        dstate = State.SUCCESS if str(ds.health) == "Healthy" else state if state != State.SUCCESS else State.FAILURE
-                        if not healing or self._final_posted.get((result.commit, self.context(name))) != dstate:
-                            self._post(result.commit, dstate, f"{name}: {ds.message}", target, self.context(name))
-                            self._final_posted[(result.commit, self.context(name))] = dstate
-                    break
+            posts = [(self.context(), state, result.message)]
+            if any(s.per_deployment for s in self.config.status):
+                for name, ds in result.deployments.items():
+                    dstate = State.SUCCESS if str(ds.health) == "Healthy" else state if state != State.SUCCESS else State.FAILURE
+                    posts.append((self.context(name), dstate, f"{name}: {ds.message}"))
+            for context, pstate, description in posts:
+                said = gist(pstate, description)
+                if not healing or self._final_posted.get((result.commit, context)) != said:
+                    self._post(result.commit, pstate, description, target, context)
+                    self._final_posted[(result.commit, context)] = said
         self.last_result = result
         for listener in list(self.listeners):
             listener(result)
@@ -424,7 +453,8 @@ class Agent:
             if a.kind == ActionKind.START and a.replica is not None:
                 ok, restarts, wait = self.backoff.allow((a.host, a.deployment, a.replica), now)
                 if not ok:
-                    held.append(f"{a.deployment}: replica {a.replica} on {a.host} is crash-looping ({restarts} restarts); next restart in {wait:.0f}s")
+                    held.append(f"{a.deployment}: {crash_loop_reason(a.host, a.replica, restarts, self.backoff.reset_after)}")
+                    log.info("%s: replica %d on %s crashed again; next restart in %.1fs", a.deployment, a.replica, a.host, wait)
                     retry_in = wait if retry_in is None else min(retry_in, wait)
                     continue
             keep.append(a)
@@ -440,10 +470,7 @@ class Agent:
         out: dict[str, str] = {}
         due: float | None = None
         for (host, deployment, replica), (restarts, left) in sorted(self.backoff.looping(now).items()):
-            out.setdefault(
-                deployment,
-                f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {self.backoff.reset_after:.0f}s",
-            )
+            out.setdefault(deployment, crash_loop_reason(host, replica, restarts, self.backoff.reset_after))
             due = left if due is None else min(due, left)
         if due is not None:
             at = now + due + 0.2
@@ -484,12 +511,21 @@ class Agent:
             t.daemon = True
             t.start()
 
-    def _lifecycle(self, action: str, container_id: str) -> None:
+    def _lifecycle(self, host: str, action: str, container_id: str, attrs: dict[str, str]) -> None:
+        from . import labels as L
+
+        now = time.monotonic()
         with self._died_lock:
             if action == "die":
-                self._died[container_id] = time.monotonic()
-            elif action in ("start", "destroy"):
-                self._died.pop(container_id, None)
+                self._died[container_id] = now
+                return
+            if action not in ("start", "destroy"):
+                return
+            died = self._died.pop(container_id, None)
+        replica = attrs.get(L.REPLICA, "")
+        if action == "start" and died is not None and replica.isdigit():
+            # the same container started again after it died: a restart (a replace or removal ends in destroy)
+            self.backoff.restarted((host, attrs.get(L.DEPLOYMENT, ""), int(replica)), now)
 
     # -- watching hosts ----------------------------------------------------
     def _prober(self) -> None:
@@ -527,11 +563,11 @@ class Agent:
                         break
                     since = max(since, int(ev.get("time", since)))
                     action = str(ev.get("Action") or ev.get("status") or "")
+                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
                     cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
                     if cid:
-                        self._lifecycle(action, cid)
+                        self._lifecycle(name, action, cid, attrs)
                     if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
-                        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
                         self.events_seen += 1
                         self.debouncer.poke(f"{name}/{attrs.get(L.DEPLOYMENT, '?')}")
             except Exception as exc:  # timeouts while idle, a dropped connection, a dead host: reconnect

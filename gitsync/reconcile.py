@@ -223,8 +223,8 @@ class Syncer:
             )
             for name, why in (degraded() if degraded is not None else {}).items():
                 s = status.get(name)
-                if s is not None and s.health == Health.HEALTHY:
-                    status[name] = dc_replace(s, health=Health.DEGRADED, message=why)
+                if s is not None and s.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):
+                    status[name] = dc_replace(s, health=Health.DEGRADED, message=why)  # the reason, not a snapshot of it
             result.deployments = status
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             unsettled = sorted(n for n, s in status.items() if s.health != Health.HEALTHY and n not in hopeless)

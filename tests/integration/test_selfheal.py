@@ -115,6 +115,27 @@ def test_crash_loop_backs_off_and_reports_degraded(fleet: Fleet, github_forge: F
         assert agent.stop() == 0
 
 
+def test_a_crash_loop_under_dockers_restart_policy_reads_as_degraded(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """The default restart policy: Docker restarts the replica itself; the agent counts the restarts from the events."""
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/crash.yaml", spec("crash", 1, role="db", command=["sh", "-c", "sleep 0.3; exit 3"]))  # restart: unless-stopped
+    sha = up.commit("crash")
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+    try:
+        wait_for(lambda: any(s == "failure" and "crash-looping" in d for s, d in statuses(github_forge, sha)), 20)
+        time.sleep(6)  # Docker goes on restarting it, 0.1 s, 0.2 s, 0.4 s ... apart
+        posted = statuses(github_forge, sha)
+        assert posted[-1][0] == "failure" and "crash-looping" in posted[-1][1], posted
+        assert len(posted) <= 6, posted  # degraded throughout, not one post for each of Docker's restarts
+        status = requests.get(f"{agent.url}/api/status", timeout=5).json()
+        assert status["deployments"]["crash"]["health"] == "Degraded", status["deployments"]
+        assert "crash-looping" in status["deployments"]["crash"]["message"]
+        (c,) = fleet.containers("h3")  # Docker restarts it in place; the agent neither starts nor replaces it
+        assert c["Names"] == [f"/{fleet.agent}-crash-0"]
+    finally:
+        assert agent.stop() == 0
+
+
 def test_a_service_started_before_its_database_comes_up_once_the_database_does(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
     """No dependsOn: api needs db over the network and exits while db does not answer; the retries bring it up."""
     h3 = fleet.engines[2].addr

@@ -6,7 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from gitsync.agent import Backoff, SyncQueue, is_heal
+from gitsync.agent import Backoff, SyncQueue, gist, is_heal
+from gitsync.status import State
 from gitsync.history import History
 
 
@@ -121,3 +122,23 @@ def test_only_syncs_nobody_asked_for_are_heal_syncs() -> None:
     assert is_heal("event:h1/api")  # a deployment named api is not the API trigger
     assert not is_heal("event:h1/web,webhook:github")  # a push joined it
     assert not is_heal("poll") and not is_heal("api") and not is_heal("startup") and not is_heal("reload")
+
+
+def test_restarts_seen_in_events_count_as_a_crash_loop_too() -> None:
+    b = Backoff(base=1.0, cap=60.0, reset_after=30.0)
+    key = ("h3", "crash", 0)
+    b.restarted(key, 0.0)  # Docker's restart policy restarted it: the agent made no restart of its own
+    assert b.looping(0.1) == {}
+    b.restarted(key, 0.2)
+    assert b.looping(0.3) == {key: (2, 29.9)}
+    b.restarted(key, 40.0)  # long after: forgiven, it counts from one again
+    assert b.looping(40.1) == {}
+
+
+def test_a_heal_sync_reposts_only_what_changed_in_words() -> None:
+    a = gist(State.FAILURE, "crash: replica 0 on h3 is crash-looping (2 restarts); healthy again once it stays up 30s")
+    b = gist(State.FAILURE, "crash: replica 0 on h3 is crash-looping (7 restarts); healthy again once it stays up 30s")
+    assert a == b  # only the count moved
+    assert a != gist(State.FAILURE, "crash: 0/1 replicas running")  # the situation changed
+    assert gist(State.SUCCESS, "1/1 deployments converged in 418ms") == gist(State.SUCCESS, "1/1 deployments in sync, nothing to change")
+    assert gist(State.SUCCESS, "x") != gist(State.ERROR, "x")
