@@ -1,0 +1,53 @@
+"""examples/repo doubles as an end-to-end test: the README's walk-through, on the real engines.
+
+The image is built by scripts/example-image, the quick start's own step, on every engine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+from tests.integration.conftest import Fleet
+
+pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
+    for e in fleet.engines:
+        r = subprocess.run(["bash", "scripts/example-image"], cwd=ROOT, env={**os.environ, "DOCKER_HOST": e.unix_url}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    shutil.copytree(ROOT / "examples" / "repo", fleet.repo.path, dirs_exist_ok=True)
+    fleet.repo.commit("the examples")
+    assert cli("validate", str(fleet.repo.path)).code == 0
+
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "90s")
+    assert r.code == 0, r.out + r.err
+    placed = fleet.by_host()
+    web = {h: [n for n in names if "-web-" in n] for h, names in placed.items()}
+    assert sum(len(v) for v in web.values()) == 2 and not web["h3"], placed  # hostSelector role=web: h1 and h2 only
+    assert all(len(v) <= 2 for v in web.values())  # maxPerHost
+    worker = [(h, n) for h, names in placed.items() for n in names if "-worker-" in n]
+    assert len(worker) == 1, placed
+    worker_id = fleet.ids()[worker[0][1]]
+
+    # The README: "web: one replica of image 2", committed, then plan and apply.
+    web_yaml = fleet.repo.path / "apps" / "web.yaml"
+    web_yaml.write_text(web_yaml.read_text().replace("replicas: 2", "replicas: 1", 1).replace("busybox:1", "busybox:2", 1))
+    fleet.repo.commit("web: one replica of image 2")
+    r = cli("plan", "-c", str(fleet.config))
+    assert r.code == 2, r.out + r.err  # changes pending
+    assert "image gitsync-example/busybox:1 -> gitsync-example/busybox:2" in r.out and "scaled down to 1" in r.out, r.out
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "90s")
+    assert r.code == 0, r.out + r.err
+    running = [c for h in ("h1", "h2") for c in fleet.containers(h, all=False) if c["Labels"]["io.gitsync.deployment"] == "web"]
+    assert [c["Image"] for c in running] == ["gitsync-example/busybox:2"] and "(healthy)" in running[0]["Status"]
+    assert fleet.ids()[worker[0][1]] == worker_id  # the worker did not change, so it was not touched
+    assert cli("plan", "-c", str(fleet.config)).code == 0  # in sync
