@@ -296,6 +296,33 @@ def test_sigkill_during_apply_always_converges(fleet: Fleet) -> None:
     assert kills >= 4
 
 
+def test_the_agent_sigkilled_during_rollouts_converges_when_it_restarts(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    rng = random.Random(11)
+    up = GitRepo(tmp_path / "up" / "deploy")
+    rollout = "  update: {parallelism: 1}\n  minReadySeconds: 0.5s\n"
+    up.write("apps/web.yaml", spec("web", 4, extra=rollout))
+    up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path)
+    try:
+        for round_ in range(3):
+            image = f"gitsync-test/busybox:{2 + round_ % 2}"
+            up.write("apps/web.yaml", spec("web", 4, image=image, extra=rollout))
+            sha = up.commit(f"roll {round_}")
+            assert agent.hook(push_body(sha)).status_code == 202
+            time.sleep(rng.uniform(0.5, 2.5))  # somewhere in the rolling replace
+            agent.proc.send_signal(signal.SIGKILL)
+            agent.stop()
+            agent = AgentProc(fleet, up, github_forge, tmp_path)  # the same state_dir: its history goes on
+            wait_for(lambda: statuses(github_forge, sha) and statuses(github_forge, sha)[-1][0] == "success", 60)
+            names = sorted(c["Names"][0].lstrip("/") for h in ("h1", "h2", "h3") for c in fleet.containers(h))
+            assert names == sorted(f"{fleet.agent}-web-{i}" for i in range(4)), names  # no duplicates, orphans or -next
+            assert {c["Image"] for c in running(fleet, "web")} == {image} and len(running(fleet, "web")) == 4
+        history = json.loads(cli("status", "-c", str(agent.config), "--json", "-n", "100").out)
+        assert any(x["outcome"] == "interrupted" for x in history), [x["outcome"] for x in history]
+    finally:
+        assert agent.stop() == 0
+
+
 def test_depends_on_brings_the_dependency_up_healthy_first(fleet: Fleet) -> None:
     db = spec("db", 1, role="db", command=["sh", "-c", "trap 'exit 0' TERM; sleep 2; touch /tmp/ready; while :; do sleep 1 & wait $!; done"],
               extra="  healthcheck: {test: [CMD, test, -f, /tmp/ready], interval: 0.5s, timeout: 1s, retries: 10}\n")
