@@ -20,6 +20,7 @@ from typing import Any
 import schedule
 
 from . import config as config_mod
+from . import labels as L
 from .config import Config
 from .errors import ConfigError, GitsyncError
 from .health import DeploymentStatus
@@ -309,6 +310,7 @@ class Agent:
         # so for a moment a dead replica is still listed as running; a sync that saw that must look again.
         self._died: dict[str, float] = {}
         self._died_lock = threading.Lock()
+        self._event_nano: dict[str, int] = {}  # host -> timeNano of the newest event handled
 
     def _install_tracker(self, syncer: Syncer) -> None:
         plain = syncer.observe
@@ -435,8 +437,6 @@ class Agent:
         """Hold back what must wait: restarts inside their backoff, a rollout that already failed for this spec."""
         from dataclasses import replace as dc_replace
 
-        from . import labels as L
-
         now = time.monotonic()
         keep = []
         held: list[str] = []
@@ -482,8 +482,6 @@ class Agent:
         return out
 
     def _remember_rollouts(self, result: SyncResult) -> None:
-        from . import labels as L
-
         if result.applied is None:
             return
         for r in result.applied.failed:
@@ -512,8 +510,6 @@ class Agent:
             t.start()
 
     def _lifecycle(self, host: str, action: str, container_id: str, attrs: dict[str, str]) -> None:
-        from . import labels as L
-
         now = time.monotonic()
         with self._died_lock:
             if action == "die":
@@ -541,8 +537,6 @@ class Agent:
 
     def _watch(self, name: str) -> None:
         """Follow one host's Docker events for our containers; reconnect when the stream drops."""
-        from . import labels as L
-
         since = int(time.time())
         delay = 0.5
         first = True
@@ -562,14 +556,7 @@ class Agent:
                     if self.stopping.is_set():
                         break
                     since = max(since, int(ev.get("time", since)))
-                    action = str(ev.get("Action") or ev.get("status") or "")
-                    attrs = (ev.get("Actor") or {}).get("Attributes") or {}
-                    cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
-                    if cid:
-                        self._lifecycle(name, action, cid, attrs)
-                    if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
-                        self.events_seen += 1
-                        self.debouncer.poke(f"{name}/{attrs.get(L.DEPLOYMENT, '?')}")
+                    self.on_event(name, ev)
             except Exception as exc:  # timeouts while idle, a dropped connection, a dead host: reconnect
                 if "Read timed out" not in str(exc):
                     log.debug("event stream of %s dropped: %s", name, exc)
@@ -582,6 +569,23 @@ class Agent:
                         stream.close()
                     except Exception:
                         pass
+
+    def on_event(self, host: str, ev: dict[str, Any]) -> None:
+        """One Docker event of a host's stream. A reconnect asks for events since the last one's second,
+        so the newest are delivered again: those already handled are skipped (a replayed die and start
+        must not count as another restart)."""
+        nano = int(ev.get("timeNano") or 0)
+        if nano and nano <= self._event_nano.get(host, 0):
+            return
+        self._event_nano[host] = max(nano, self._event_nano.get(host, 0))
+        action = str(ev.get("Action") or ev.get("status") or "")
+        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
+        cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
+        if cid:
+            self._lifecycle(host, action, cid, attrs)
+        if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
+            self.events_seen += 1
+            self.debouncer.poke(f"{host}/{attrs.get(L.DEPLOYMENT, '?')}")
 
     def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
         ref = self.config.source.branch

@@ -6,7 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from gitsync.agent import Backoff, SyncQueue, gist, is_heal
+from gitsync import config as config_mod
+from gitsync.agent import Agent, Backoff, SyncQueue, gist, is_heal
 from gitsync.status import State
 from gitsync.history import History
 
@@ -142,3 +143,29 @@ def test_a_heal_sync_reposts_only_what_changed_in_words() -> None:
     assert a != gist(State.FAILURE, "crash: 0/1 replicas running")  # the situation changed
     assert gist(State.SUCCESS, "1/1 deployments converged in 418ms") == gist(State.SUCCESS, "1/1 deployments in sync, nothing to change")
     assert gist(State.SUCCESS, "x") != gist(State.ERROR, "x")
+
+
+def _event(action: str, nano: int, cid: str = "c0ffee") -> dict:
+    attrs = {"io.gitsync.deployment": "web", "io.gitsync.replica": "0", "name": "a-web-0"}
+    return {"Type": "container", "Action": action, "id": cid, "timeNano": nano, "time": nano // 10**9, "Actor": {"ID": cid, "Attributes": attrs}}
+
+
+def test_events_replayed_after_a_reconnect_are_not_counted_again(tmp_path: Path) -> None:
+    cfg = tmp_path / "gitsync.yaml"
+    cfg.write_text(f"name: a\nsource: {{url: {tmp_path}}}\nstate_dir: {tmp_path / 'state'}\nhosts: [{{name: h1, url: 'unix:///nowhere.sock'}}]\n")
+    agent = Agent(config_mod.load(str(cfg)), str(cfg))  # connects to nothing until started
+    try:
+        t = 1_700_000_000 * 10**9
+        for ev in (_event("die", t), _event("start", t + 10**8)):  # one restart
+            agent.on_event("h1", ev)
+        for ev in (_event("die", t), _event("start", t + 10**8)):  # the same two again, as a reconnect replays them
+            agent.on_event("h1", ev)
+        assert agent.backoff.looping(time.monotonic()) == {}
+        for ev in (_event("die", t + 10**9), _event("start", t + 2 * 10**9)):  # a second restart: a crash loop
+            agent.on_event("h1", ev)
+        assert list(agent.backoff.looping(time.monotonic())) == [("h1", "web", 0)]
+        agent.on_event("h1", _event("destroy", t + 3 * 10**9, "other"))  # removed by a replace: not a restart
+        assert agent.backoff.looping(time.monotonic())[("h1", "web", 0)][0] == 2
+    finally:
+        agent.debouncer.cancel()
+        agent.stop(timeout=5)
