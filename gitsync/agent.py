@@ -363,6 +363,11 @@ class Agent:
     def nudge(self, trigger: str) -> bool:
         return self.queue.nudge(trigger)
 
+    def _nudge_later(self, delay: float, trigger: str) -> None:
+        t = threading.Timer(delay, self.nudge, args=(trigger,))
+        t.daemon = True
+        t.start()
+
     # -- the sync worker ---------------------------------------------------
     def target_url(self, sync_id: int) -> str | None:
         base = self.config.server.public_url
@@ -459,9 +464,7 @@ class Agent:
                     continue
             keep.append(a)
         if retry_in is not None:
-            t = threading.Timer(retry_in + 0.05, self.nudge, args=("backoff",))
-            t.daemon = True
-            t.start()
+            self._nudge_later(retry_in + 0.05, "backoff")
         return (dc_replace(plan, actions=tuple(keep)) if len(keep) != len(plan.actions) else plan), held
 
     def _crash_looping(self) -> dict[str, str]:
@@ -476,9 +479,7 @@ class Agent:
             at = now + due + 0.2
             if self._forgive_at is None or self._forgive_at <= now or at < self._forgive_at:
                 self._forgive_at = at
-                t = threading.Timer(due + 0.2, self.nudge, args=("backoff",))
-                t.daemon = True
-                t.start()
+                self._nudge_later(due + 0.2, "backoff")
         return out
 
     def _remember_rollouts(self, result: SyncResult) -> None:
@@ -505,9 +506,7 @@ class Agent:
             behind = [c.name for o in observed.values() for c in o.containers if c.running and c.id in self._died]
         if behind:
             log.debug("the engine still lists %s as running after it died; looking again", ", ".join(behind))
-            t = threading.Timer(0.2, self.nudge, args=("event:settle",))
-            t.daemon = True
-            t.start()
+            self._nudge_later(0.2, "event:settle")
 
     def _lifecycle(self, host: str, action: str, container_id: str, attrs: dict[str, str]) -> None:
         now = time.monotonic()

@@ -208,11 +208,7 @@ class Syncer:
             applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress, stop)
             result.applied = applied
             if stop is not None and stop.is_set() and any(r.skipped for r in applied.results):
-                done = sum(1 for r in applied.results if r.ok)
-                result.outcome, result.reason = Outcome.INTERRUPTED, None
-                result.message = f"stopped: {done} of {len(applied.results)} changes made before the agent stopped"
-                result.finished = time.time()
-                return result
+                return self._interrupted(result, applied, " before the agent stopped")
             hopeless = {r.action.deployment for r in applied.failed} | {p.deployment for p in plan.problems}
             hopeless |= {h.split(":", 1)[0] for h in held}
             touched = {r.action.deployment for r in applied.results if r.ok}
@@ -229,15 +225,8 @@ class Syncer:
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             unsettled = sorted(n for n, s in status.items() if s.health != Health.HEALTHY and n not in hopeless)
             if stop is not None and stop.is_set() and unsettled:
-                done = sum(1 for r in applied.results if r.ok)
-                result.outcome, result.reason = Outcome.INTERRUPTED, None
-                result.message = (
-                    f"stopped: {done} of {len(applied.results)} changes made; the agent stopped before "
-                    f"{', '.join(unsettled)} converged"
-                )
                 result.problems = [f"{n}: {status[n].message}" for n in unsettled]
-                result.finished = time.time()
-                return result
+                return self._interrupted(result, applied, f"; the agent stopped before {', '.join(unsettled)} converged")
             self._summarise(result, desired, plan, applied, time.monotonic() - t0, held)
         except ManifestError as exc:
             result.outcome, result.reason = Outcome.FAILURE, exc.reason
@@ -251,6 +240,15 @@ class Syncer:
             result.outcome, result.reason, result.message = Outcome.FAILURE, exc.reason, exc.message
         result.finished = time.time()
         log.info("sync %s: %s (%s)", result.revision or "-", result.outcome, result.message)
+        return result
+
+    @staticmethod
+    def _interrupted(result: SyncResult, applied: ApplyResult, tail: str) -> SyncResult:
+        """A sync cut off by the agent stopping: how far it got, then `tail`."""
+        done = sum(1 for r in applied.results if r.ok)
+        result.outcome, result.reason = Outcome.INTERRUPTED, None
+        result.message = f"stopped: {done} of {len(applied.results)} changes made{tail}"
+        result.finished = time.time()
         return result
 
     @staticmethod
