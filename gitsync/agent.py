@@ -36,7 +36,7 @@ log = logging.getLogger("gitsync.agent")
 
 # Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
 # timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
-REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook"})
+REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply"})
 
 
 def is_heal(trigger: str) -> bool:

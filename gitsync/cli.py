@@ -15,7 +15,8 @@ from typing import Any, TextIO
 from . import __version__
 from .apply import ActionResult
 from .config import Config, load as load_config
-from .errors import ConfigError, GitsyncError, ManifestError
+from .errors import ConfigError, GitsyncError, LockedError, ManifestError
+from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .plan import Plan
 from .reconcile import Outcome, Syncer
@@ -197,6 +198,28 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ValueError as exc:
         raise ConfigError(f"--timeout: {exc}") from None
     cfg = _config(args)
+    lock = AgentLock(cfg.state_dir)
+    try:
+        lock.acquire("apply")
+    except Busy as busy:
+        if busy.holder is not None and busy.holder.command == "run":
+            return _apply_through_agent(cfg, busy.holder, args.path, timeout, out)
+
+        def waiting(holder: Holder | None) -> None:
+            who = f"gitsync {holder.command} (pid {holder.pid})" if holder else "another gitsync process"
+            print(f"waiting for {who} to finish acting for {cfg.name}", file=out, flush=True)
+
+        try:
+            lock.wait("apply", timeout, waiting)
+        except Busy:
+            raise LockedError(f"another gitsync process still acts for {cfg.name} after {args.timeout} ({lock.path}); try again later") from None
+    try:
+        return _apply_here(cfg, args, timeout, out, err)
+    finally:
+        lock.release()
+
+
+def _apply_here(cfg: Config, args: argparse.Namespace, timeout: float, out: TextIO, err: TextIO) -> int:
     syncer = Syncer(cfg, args.path)
 
     def progress(r: ActionResult) -> None:
@@ -220,6 +243,45 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"  ! {p}", file=err if result.outcome != Outcome.SUCCESS else out)
         print(f"{result.outcome}: {result.message} (revision {result.revision or '-'})", file=out)
     return Exit.OK if result.outcome == Outcome.SUCCESS else Exit.ERROR
+
+
+def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: float, out: TextIO) -> int:
+    """An agent acts for this name: ask it for a sync (SIGUSR1) and report that sync, as `flux reconcile` does."""
+    import signal
+    import time
+
+    from .history import History
+
+    running = f"an agent is running for {cfg.name} (pid {agent.pid})"
+    if path is not None:
+        raise LockedError(f"{running}; it applies {cfg.source.url}, not {path}: stop it to apply something else")
+    history = History(cfg.state_dir, cfg.name)
+    try:
+        newest = history.recent(1)
+        before = newest[0].id if newest else 0
+        try:
+            if not is_gitsync(agent.pid):
+                raise PermissionError
+            os.kill(agent.pid, signal.SIGUSR1)
+        except (PermissionError, ProcessLookupError):
+            raise LockedError(
+                f"{running}: it will apply this commit within {format_duration(cfg.source.interval)} (or use POST /api/sync)"
+            ) from None
+        print(f"{running}: asked it to sync now; waiting for the result", file=out, flush=True)
+        deadline = time.monotonic() + timeout + 60  # the agent's own sync has its timeouts; allow for a sync already running
+        while time.monotonic() < deadline:
+            mine = [r for r in history.recent(10) if r.id > before and "apply" in r.trigger.split(",")]
+            done = [r for r in mine if r.outcome != "running"]
+            if done:
+                r = done[-1]
+                for p in r.detail.get("problems") or []:
+                    print(f"  ! {p}", file=out)
+                print(f"{r.outcome}: {r.message} (revision {r.revision or '-'}; sync #{r.id} of the agent)", file=out)
+                return Exit.OK if r.outcome == Outcome.SUCCESS else Exit.ERROR
+            time.sleep(0.2)
+    finally:
+        history.close()
+    raise LockedError(f"{running}: its sync has not finished yet; `gitsync status` shows it when it has")
 
 
 # -- hosts ------------------------------------------------------------------
@@ -262,14 +324,33 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # -- run --------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import signal
+
+    path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
+    cfg = load_config(path)
+    log = logging.getLogger("gitsync")
+    # A `gitsync apply` that finds the lock held sends SIGUSR1: held back until the agent can take it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    lock = AgentLock(cfg.state_dir)
+    try:
+        lock.acquire("run")
+    except Busy as busy:
+        if busy.holder is not None and busy.holder.command == "run":
+            raise LockedError(f"an agent is already running for {cfg.name} (pid {busy.holder.pid}, state_dir {cfg.state_dir})") from None
+        log.info("waiting for gitsync apply (pid %s) to finish", busy.holder.pid if busy.holder else "?")
+        lock.wait("run", float("inf"))
+    try:
+        return _run_agent(cfg, path, log, out, err)
+    finally:
+        lock.release()
+
+
+def _run_agent(cfg: Config, path: str | None, log: logging.Logger, out: TextIO, err: TextIO) -> int:
+    import signal
     import threading
 
     from .agent import Agent
     from .server import HTTPServer
 
-    path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
-    cfg = load_config(path)
-    log = logging.getLogger("gitsync")
     agent = Agent(cfg, path)
     try:
         server = HTTPServer(agent)
@@ -289,6 +370,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
+    # `gitsync apply` while the agent runs asks it for a sync instead of racing it
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=agent.nudge, args=("apply",), daemon=True).start())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     server.start()
     secret_env = cfg.server.webhook_secret_env
     if not secret_env or not os.environ.get(secret_env):

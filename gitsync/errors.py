@@ -19,6 +19,7 @@ class Reason(enum.StrEnum):
     PLACEMENT_FAILED = "PlacementFailed"
     APPLY_FAILED = "ApplyFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
+    LOCKED = "Locked"
 
 
 class GitsyncError(Exception):
@@ -39,6 +40,13 @@ class ConfigError(GitsyncError):
     """The agent configuration (gitsync.yaml) is invalid."""
 
     reason = Reason.CONFIG_INVALID
+
+
+class LockedError(GitsyncError):
+    """Another gitsync process acts for this agent (state_dir/agent.lock is held)."""
+
+    reason = Reason.LOCKED
+    transient = True
 
 
 class Problem:

@@ -405,7 +405,9 @@ def up_tls() -> Engine:
 
 def down_tls() -> None:
     stop(TLS_ENGINE)
+    _reap_cgroups(TLS_ENGINE)
     _umount_under(TLS_ENGINE.exec_root)
+    _umount_under(TLS_ENGINE.data_root)
     _run("ip", "link", "del", f"gsv{TLS_ENGINE.index}", check=False)
     _run("ip", "netns", "del", TLS_ENGINE.netns, check=False)
     shutil.rmtree(TLS_ENGINE.exec_root, ignore_errors=True)
@@ -427,11 +429,35 @@ def up(n: int = 3) -> list[Engine]:
     return result
 
 
+def _reap_cgroups(engine: Engine) -> None:
+    """Kill what is left in the engine's cgroups (a container whose shim died with a SIGKILLed engine
+    lives on as an orphan of PID 1), then remove the cgroups themselves."""
+    trees = [t for t in Path("/sys/fs/cgroup").glob(f"*/gitsync-testbed-{engine.name}") if t.is_dir()]
+    for _ in range(50):
+        pids = {int(p) for t in trees for f in t.rglob("cgroup.procs") for p in f.read_text().split()}
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    for t in trees:
+        for d in sorted((d for d in t.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True) + [t]:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 def down(n: int = 3) -> None:
     down_tls()
     for engine in engines(n):
         stop(engine)
+        _reap_cgroups(engine)
         _umount_under(engine.exec_root)
+        _umount_under(engine.data_root)
         _run("ip", "link", "del", f"gsv{engine.index}", check=False)
         _run("ip", "netns", "del", engine.netns, check=False)
         shutil.rmtree(engine.exec_root, ignore_errors=True)
@@ -442,6 +468,24 @@ def down(n: int = 3) -> None:
     rule = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
     while _ok("iptables", "-C", *rule):
         _run("iptables", "-D", *rule, check=False)
+
+
+def leftovers() -> list[str]:
+    """What a taken-down test bed still has on the machine: processes, cgroups, mounts, namespaces."""
+    found = [f"cgroup {t}" for t in Path("/sys/fs/cgroup").glob("*/gitsync-testbed-*")]
+    try:
+        mounts = [m.split()[1] for m in Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        mounts = []
+    found += [f"mount {m}" for m in mounts if m.startswith((str(ROOT), str(DATA)))]
+    found += [f"network namespace {ns.name}" for ns in Path("/var/run/netns").glob("gs-h*")]
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and "gitsync-testbed" in (proc / "cgroup").read_text() and (proc / "stat").read_text().split()[2] != "Z":
+                found.append(f"process {proc.name}: {(proc / 'cmdline').read_bytes().replace(bytes(1), b' ').decode(errors='replace')[:80]}")
+        except OSError:
+            pass
+    return found
 
 
 def main(argv: list[str]) -> int:

@@ -33,6 +33,8 @@ def engines() -> Iterator[list[testbed.Engine]]:
     yield result
     if os.environ.get("GITSYNC_KEEP_TESTBED") != "1":
         testbed.down(3)
+        left = testbed.leftovers()
+        assert not left, f"the test bed left these behind: {left}"
 
 
 class Fleet:

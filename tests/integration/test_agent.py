@@ -291,3 +291,27 @@ def test_sighup_reload_and_per_deployment_contexts(fleet: Fleet, github_forge: F
         wait_for(lambda: any(x["trigger"] == "reload" and x["outcome"] == "success" for x in agent.syncs()), 20)
     finally:
         assert agent.stop() == 0
+
+
+def test_apply_while_the_agent_runs_asks_the_agent_instead_of_racing_it(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 2, extra=WEB, labels="{app: web}"))
+    upstream.commit("web v1")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path)  # polls every 300s: only a request syncs soon
+    try:
+        upstream.write("apps/web.yaml", deployment("web", 3, image="gitsync-test/busybox:2", extra=WEB, labels="{app: web}"))
+        c2 = upstream.commit("web v2")
+        r = cli("apply", "-c", str(agent.config), "--timeout", "90s")
+        assert r.code == 0, r.out + r.err
+        assert f"an agent is running for {fleet.agent} (pid {agent.proc.pid}): asked it to sync now" in r.out, r.out
+        assert "success: 1/1 deployments converged" in r.out and c2 in r.out, r.out
+        mine = [s for s in agent.syncs() if "apply" in s["trigger"].split(",")]
+        assert mine and mine[0]["commit"] == c2 and mine[0]["outcome"] == "success", agent.syncs()
+        running = [c for h in fleet.clients for c in fleet.containers(h, all=False)]
+        assert len(running) == 3 and {c["Image"] for c in running} == {"gitsync-test/busybox:2"}
+        # a second agent for the same state is refused, and the first one keeps running
+        second = subprocess.run([sys.executable, "-m", "gitsync", "run", "-c", str(agent.config)], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and f"an agent is already running for {fleet.agent} (pid {agent.proc.pid}" in second.stderr, second.stderr
+        assert agent.proc.poll() is None
+    finally:
+        assert agent.stop() == 0

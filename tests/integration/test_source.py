@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -209,9 +210,11 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
 
 
 def test_console_script_never_shows_a_traceback(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "gitsync"  # the console script of the environment running the tests
+    assert exe.is_file(), f"{exe} missing: install the package (scripts/test does)"
     (tmp_path / "gitsync.yaml").write_text("source: {url: ./nowhere}\n")
-    p = subprocess.run(["gitsync", "plan"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([str(exe), "plan"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert p.returncode == 1
     assert "Traceback" not in p.stderr and "does not exist" in p.stderr
-    p = subprocess.run(["gitsync", "validate", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([str(exe), "validate", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.strip() == f"gitsync: {tmp_path / 'nope'}: not a folder"
