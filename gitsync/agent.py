@@ -22,7 +22,7 @@ import schedule
 from . import config as config_mod
 from . import labels as L
 from .config import Config
-from .errors import ConfigError, GitsyncError
+from .errors import ConfigError, GitsyncError, Reason
 from .health import DeploymentStatus
 from .history import History
 from .live import HostObservation
@@ -37,6 +37,9 @@ log = logging.getLogger("gitsync.agent")
 # Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
 # timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
 REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply"})
+
+
+FINAL_POSTED_KEPT = 1000  # (commit, context) pairs whose last status the agent remembers
 
 
 def is_heal(trigger: str) -> bool:
@@ -241,8 +244,17 @@ class Backoff:
         self._seen: dict[tuple[str, str, int], tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
         self._lock = threading.Lock()  # the sync thread asks, the event watchers report
 
+    def _forget(self, now: float) -> None:
+        """Drop replicas forgiven long ago (caller holds the lock): the memory stays as small as the trouble."""
+        old = now - max(self.reset_after, self.cap) * 2
+        for k in [k for k, v in self._tries.items() if v[1] < old]:
+            del self._tries[k]
+        for k in [k for k, v in self._seen.items() if v[1] < old]:
+            del self._seen[k]
+
     def allow(self, key: tuple[str, str, int], now: float) -> tuple[bool, int, float]:
         with self._lock:
+            self._forget(now)
             restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
             if restarts and now - last > self.reset_after:
                 restarts, next_at = 0, 0.0  # it stayed up long enough: forgive
@@ -255,6 +267,7 @@ class Backoff:
     def restarted(self, key: tuple[str, str, int], now: float) -> None:
         """A replica started again after it died, by whoever: Docker's restart policy, the agent, a person."""
         with self._lock:
+            self._forget(now)
             n, last = self._seen.get(key, (0, 0.0))
             if n and now - last > self.reset_after:
                 n = 0
@@ -311,6 +324,9 @@ class Agent:
         self._died: dict[str, float] = {}
         self._died_lock = threading.Lock()
         self._event_nano: dict[str, int] = {}  # host -> timeNano of the newest event handled
+        self._events_lock = threading.Lock()
+        self._sync_lock = threading.Lock()  # held by a sync, and by a reload swapping what syncs use
+        self._watchers: dict[tuple[str, str], threading.Event] = {}  # (host, url) -> set to stop its watcher
 
     def _install_tracker(self, syncer: Syncer) -> None:
         plain = syncer.observe
@@ -342,19 +358,19 @@ class Agent:
         if new.name != self.config.name or new.state_dir != self.config.state_dir:
             log.error("config reload refused: name and state_dir cannot change while running (restart instead)")
             return "reload refused: name and state_dir cannot change while running"
-        # Swap between syncs: wait for the one in flight.
-        while not self.queue.idle() and not self.stopping.is_set():
-            time.sleep(0.05)
-        old_syncer, old_notifier = self.syncer, self.notifier
-        self.config = new
-        self.syncer = Syncer(new)
-        self.tracker = HostTracker(new, lambda: self.syncer.hosts)
-        self._install_tracker(self.syncer)
-        self.notifier = Notifier(providers)
-        old_notifier.flush(5)
-        old_notifier.close()
-        old_syncer.close()
-        self._schedule_poll()
+        # Swap between syncs: the worker holds this lock for a whole sync, so none runs on a closed Syncer.
+        with self._sync_lock:
+            old_syncer, old_notifier = self.syncer, self.notifier
+            self.config = new
+            self.syncer = Syncer(new)
+            self.tracker = HostTracker(new, lambda: self.syncer.hosts)
+            self._install_tracker(self.syncer)
+            self.notifier = Notifier(providers)
+            old_notifier.flush(5)
+            old_notifier.close()
+            old_syncer.close()
+            self._schedule_poll()
+            self._follow_hosts()
         log.info("configuration reloaded from %s", self.config_path)
         self.nudge("reload")
         return "reloaded"
@@ -377,10 +393,27 @@ class Agent:
         return f"gitsync/{self.config.name}" + (f"/{deployment}" if deployment else "")
 
     def run_one(self, trigger: str) -> SyncResult:
+        """One sync, recorded and reported however it ends: an unforeseen error too ends the history
+        row and the commit's status as `error`, with its cause."""
         sync_id = self.history.start(trigger)
+        commit: list[str] = []  # the commit, once the sync knows it
+        try:
+            return self._run_one(sync_id, trigger, commit)
+        except Exception as exc:
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("sync %d: %s", sync_id, message)
+            self.history.update(sync_id, finished=time.time(), outcome=str(Outcome.ERROR), reason=str(Reason.INTERNAL), message=message)
+            self.metrics.syncs.labels(str(Outcome.ERROR)).inc()
+            if commit:
+                self._post(commit[0], State.ERROR, message, self.target_url(sync_id))
+            raise
+
+    def _run_one(self, sync_id: int, trigger: str, commit: list[str]) -> SyncResult:
         target = self.target_url(sync_id)
 
         def started(result: SyncResult) -> None:
+            if result.commit:
+                commit.append(result.commit)
             self.history.update(sync_id, revision=result.revision, commit_sha=result.commit)
 
         def planned(result: SyncResult) -> None:
@@ -432,7 +465,10 @@ class Agent:
                 said = gist(pstate, description)
                 if not healing or self._final_posted.get((result.commit, context)) != said:
                     self._post(result.commit, pstate, description, target, context)
-                    self._final_posted[(result.commit, context)] = said
+                    self._final_posted.pop((result.commit, context), None)
+                    self._final_posted[(result.commit, context)] = said  # newest last
+            while len(self._final_posted) > FINAL_POSTED_KEPT:  # a long-running agent remembers recent commits only
+                del self._final_posted[next(iter(self._final_posted))]
         self.last_result = result
         for listener in list(self.listeners):
             listener(result)
@@ -534,12 +570,13 @@ class Agent:
                     self.nudge(why)
             self.stopping.wait(self.probe_interval)
 
-    def _watch(self, name: str) -> None:
-        """Follow one host's Docker events for our containers; reconnect when the stream drops."""
+    def _watch(self, name: str, done: threading.Event) -> None:
+        """Follow one host's Docker events for our containers; reconnect when the stream drops, until
+        the agent stops or `done` (the host left the configuration)."""
         since = int(time.time())
         delay = 0.5
         first = True
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not done.is_set():
             if name in self.syncer.hosts.known_down:
                 self.stopping.wait(0.5)
                 continue
@@ -552,7 +589,7 @@ class Agent:
                 first = False
                 delay = 0.5
                 for ev in stream:
-                    if self.stopping.is_set():
+                    if self.stopping.is_set() or done.is_set():
                         break
                     since = max(since, int(ev.get("time", since)))
                     self.on_event(name, ev)
@@ -574,16 +611,18 @@ class Agent:
         so the newest are delivered again: those already handled are skipped (a replayed die and start
         must not count as another restart)."""
         nano = int(ev.get("timeNano") or 0)
-        if nano and nano <= self._event_nano.get(host, 0):
-            return
-        self._event_nano[host] = max(nano, self._event_nano.get(host, 0))
+        with self._events_lock:  # one watcher thread per host, two for a moment after a reload
+            if nano and nano <= self._event_nano.get(host, 0):
+                return
+            self._event_nano[host] = max(nano, self._event_nano.get(host, 0))
         action = str(ev.get("Action") or ev.get("status") or "")
         attrs = (ev.get("Actor") or {}).get("Attributes") or {}
         cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
         if cid:
             self._lifecycle(host, action, cid, attrs)
         if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
-            self.events_seen += 1
+            with self._events_lock:
+                self.events_seen += 1
             self.debouncer.poke(f"{host}/{attrs.get(L.DEPLOYMENT, '?')}")
 
     def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
@@ -596,7 +635,8 @@ class Agent:
             if trigger is None:
                 continue
             try:
-                result = self.run_one(trigger)
+                with self._sync_lock:
+                    result = self.run_one(trigger)
                 log.info("sync (%s) %s: %s", trigger, result.outcome, result.message)
             except Exception:
                 log.exception("sync crashed; the next trigger will try again")
@@ -615,10 +655,20 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        for host in self.config.hosts:
-            t = threading.Thread(target=self._watch, args=(host.name,), name=f"gitsync-events-{host.name}", daemon=True)
-            t.start()  # not joined on stop: a stream blocks until its read times out
+        self._follow_hosts()
         self.nudge("startup")
+
+    def _follow_hosts(self) -> None:
+        """One event watcher per configured host: started for a host added (at start or by SIGHUP),
+        stopped for one removed or whose address changed."""
+        want = {(h.name, h.url) for h in self.config.hosts}
+        for key in [k for k in self._watchers if k not in want]:
+            self._watchers.pop(key).set()
+        for key in sorted(want - set(self._watchers)):
+            done = threading.Event()
+            self._watchers[key] = done
+            t = threading.Thread(target=self._watch, args=(key[0], done), name=f"gitsync-events-{key[0]}", daemon=True)
+            t.start()  # not joined on stop: a stream blocks until its read times out
 
     def stop(self, timeout: float = 300.0) -> None:
         """Finish the change in hand, record the sync, then stop."""

@@ -30,6 +30,7 @@ import docker.errors
 from . import labels as L
 from .errors import ApplyError, HostError
 from .hosts import Hosts, explain
+from .live import HostObservation
 from .models import Deployment, DesiredState, RestartPolicy, UpdateOrder
 from .plan import PHASE_MOVED, PHASE_SURPLUS, Action, ActionKind, Plan
 
@@ -330,8 +331,12 @@ class HostApplier:
 class _Run:
     """One apply: the appliers per host, the results, progress reporting."""
 
-    def __init__(self, plan: Plan, desired: DesiredState, hosts: Hosts, agent: str, revision: str, progress: Progress | None, stop: threading.Event | None) -> None:
+    def __init__(
+        self, plan: Plan, desired: DesiredState, hosts: Hosts, agent: str, revision: str, progress: Progress | None, stop: threading.Event | None,
+        observe: Callable[[], dict[str, HostObservation]],
+    ) -> None:
         self.plan = plan
+        self.observe = observe
         self.desired = desired
         self.hosts = hosts
         self.agent = agent
@@ -473,7 +478,7 @@ class _Run:
 
         missing: dict[str, str] = {}
         while True:
-            status = assess(self.desired, self.hosts.observe())
+            status = assess(self.desired, self.observe())
             missing = {n: status[n].message for n in names if n in status and status[n].health != Health.HEALTHY}
             if not missing or time.monotonic() >= deadline or self.stopping():
                 return missing
@@ -488,9 +493,11 @@ def apply_plan(
     revision: str,
     progress: Progress | None = None,
     stop: threading.Event | None = None,
+    observe: Callable[[], dict[str, HostObservation]] | None = None,
 ) -> ApplyResult:
-    """Run the plan. When `stop` is set, changes in flight finish and the rest are skipped."""
-    run = _Run(plan, desired, hosts, agent, revision, progress, stop)
+    """Run the plan. When `stop` is set, changes in flight finish and the rest are skipped. `observe`
+    is how waits for dependencies look at the hosts: the same view the plan was made from."""
+    run = _Run(plan, desired, hosts, agent, revision, progress, stop, observe or hosts.observe)
     actions = list(plan.actions)
     run.parallel(a for a in actions if a.phase == PHASE_SURPLUS)
     known = {d.name for d in desired.deployments}

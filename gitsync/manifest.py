@@ -437,12 +437,15 @@ def _document(ctx: _Ctx, doc: Any, line: int) -> Deployment | Service | None:
     meta.finish()
     spec_node = top.get("spec", None)
     top.finish()
-    if kind is None or name is None or api != API_VERSION:
-        return None
+    if kind is None:
+        return None  # the spec of an unknown kind has no rules to check
+    # the spec is checked even when the header is wrong: every problem of a document in one run
     origin = Origin(ctx.file, line)
     if kind == "Deployment":
-        return _deployment(ctx, meta, name, labels, spec_node, top.line_of("spec"), origin)
-    return _service(ctx, name, spec_node, top.line_of("spec"), origin)
+        obj: Deployment | Service | None = _deployment(ctx, meta, name or "", labels, spec_node, top.line_of("spec"), origin)
+    else:
+        obj = _service(ctx, name or "", spec_node, top.line_of("spec"), origin)
+    return obj if name is not None and api == API_VERSION else None
 
 
 def load_files(files: Mapping[str, bytes]) -> DesiredState:

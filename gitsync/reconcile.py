@@ -164,7 +164,10 @@ class Syncer:
             crashed = {
                 c.deployment for o in observed.values() for c in o.containers if c.state in ("exited", "restarting", "dead")
             }  # a replica that already died will not converge by waiting
-            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip and name not in crashed)
+            present = {(c.deployment, c.replica) for o in observed.values() for c in o.containers}
+            lost = {d.name for d in desired.deployments if any((d.name, r) not in present for r in range(d.replicas))}
+            # nor one removed since the plan (by hand, say): the next sync creates it, this one stops waiting
+            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip | crashed | lost)
             if settled or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 return status, observed
             if stop is not None:
@@ -205,7 +208,7 @@ class Syncer:
             result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
             if on_planned is not None:
                 on_planned(result)
-            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress, stop)
+            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress, stop, self.observe)
             result.applied = applied
             if stop is not None and stop.is_set() and any(r.skipped for r in applied.results):
                 return self._interrupted(result, applied, " before the agent stopped")
@@ -238,6 +241,10 @@ class Syncer:
             result.outcome, result.reason, result.message = Outcome.ERROR, exc.reason, exc.message
         except GitsyncError as exc:
             result.outcome, result.reason, result.message = Outcome.FAILURE, exc.reason, exc.message
+        except Exception as exc:  # a bug or a case not foreseen: the sync still ends, as an error with its cause
+            log.exception("sync %s: unexpected error", result.revision or "-")
+            result.outcome, result.reason = Outcome.ERROR, Reason.INTERNAL
+            result.message = f"internal error: {type(exc).__name__}: {exc}"
         result.finished = time.time()
         log.info("sync %s: %s (%s)", result.revision or "-", result.outcome, result.message)
         return result

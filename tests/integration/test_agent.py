@@ -41,7 +41,9 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 
 
 class AgentProc:
-    def __init__(self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False) -> None:
+    def __init__(
+        self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         daemon_port = _free_port()
@@ -51,6 +53,10 @@ class AgentProc:
             stderr=subprocess.DEVNULL,
         )
         hosts = "".join(
+            f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, grace: {grace}, labels: {{role: {r}}}}}\n"
+            for e, r in zip(fleet.engines[:engines], ("web", "web", "db"))
+        )
+        self.all_hosts = "".join(
             f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, grace: {grace}, labels: {{role: {r}}}}}\n"
             for e, r in zip(fleet.engines, ("web", "web", "db"))
         )
@@ -299,14 +305,16 @@ def test_apply_while_the_agent_runs_asks_the_agent_instead_of_racing_it(fleet: F
     upstream.commit("web v1")
     agent = AgentProc(fleet, upstream, github_forge, tmp_path)  # polls every 300s: only a request syncs soon
     try:
+        wait_for(lambda: len([c for h in fleet.clients for c in fleet.containers(h, all=False)]) == 2, 30)
+        time.sleep(1.5)  # the syncs the start-up's own container events ask for are done
         upstream.write("apps/web.yaml", deployment("web", 3, image="gitsync-test/busybox:2", extra=WEB, labels="{app: web}"))
         c2 = upstream.commit("web v2")
         r = cli("apply", "-c", str(agent.config), "--timeout", "90s")
         assert r.code == 0, r.out + r.err
         assert f"an agent is running for {fleet.agent} (pid {agent.proc.pid}): asked it to sync now" in r.out, r.out
         assert "success: 1/1 deployments converged" in r.out and c2 in r.out, r.out
-        mine = [s for s in agent.syncs() if "apply" in s["trigger"].split(",")]
-        assert mine and mine[0]["commit"] == c2 and mine[0]["outcome"] == "success", agent.syncs()
+        first_of_c2 = [s for s in agent.syncs() if s["commit"] == c2][-1]  # newest first: the oldest sync of c2
+        assert "apply" in first_of_c2["trigger"].split(",") and first_of_c2["outcome"] == "success", agent.syncs()
         running = [c for h in fleet.clients for c in fleet.containers(h, all=False)]
         assert len(running) == 3 and {c["Image"] for c in running} == {"gitsync-test/busybox:2"}
         # a second agent for the same state is refused, and the first one keeps running

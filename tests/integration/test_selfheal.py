@@ -82,6 +82,37 @@ def test_drift_is_healed_within_seconds(fleet: Fleet, github_forge: FakeForge, t
         assert agent.stop() == 0
 
 
+def test_hosts_added_and_removed_by_sighup_are_watched_and_healed(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 2, extra="  restart: \"no\"\n") + "---\n" + spec("db", 1, role="db", extra="  restart: \"no\"\n"))
+    up.commit("web and db")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, engines=2)  # h3 (role db) is not configured yet
+    try:
+        wait_for(lambda: len(running(fleet, "web")) == 2, 30)
+        two = agent.config.read_text()
+        three = two.replace(two[two.index("hosts:\n") : two.index("status:")], "hosts:\n" + agent.all_hosts)
+        agent.config.write_text(three)
+        agent.proc.send_signal(signal.SIGHUP)  # a host is added: db gets a place on it
+        wait_for(lambda: len(running(fleet, "db")) == 1, 30)
+        time.sleep(1)
+        # on the host added, and on the hosts that were there: replicas removed by hand come back in seconds
+        for deployment, hosts in (("db", ("h3",)), ("web", ("h1", "h2"))):
+            t = time.monotonic()
+            for c in running(fleet, deployment):
+                host = next(h for h in hosts if any(x["Id"] == c["Id"] for x in fleet.containers(h)))
+                fleet.clients[host].remove_container(c["Id"], force=True)
+            wait_for(lambda: len(running(fleet, "db")) == 1 and len(running(fleet, "web")) == 2, 15, 0.05)
+            assert time.monotonic() - t < 5, deployment
+        agent.config.write_text(two)
+        agent.proc.send_signal(signal.SIGHUP)  # and removed again: the agent goes on with the other two
+        wait_for(lambda: agent.log.read_text().count("configuration reloaded") == 2, 10)
+        victim = running(fleet, "web", ("h1",))[0]
+        fleet.clients["h1"].remove_container(victim["Id"], force=True)
+        wait_for(lambda: len(running(fleet, "web")) == 2, 15, 0.05)
+    finally:
+        assert agent.stop() == 0
+
+
 def test_crash_loop_backs_off_and_reports_degraded(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
     up = GitRepo(tmp_path / "up" / "deploy")
     up.write("apps/crash.yaml", spec("crash", 1, role="db", command=["sh", "-c", "sleep 0.2; exit 3"], extra="  restart: \"no\"\n"))
@@ -340,3 +371,29 @@ def test_depends_on_brings_the_dependency_up_healthy_first(fleet: Fleet) -> None
         host = next(h for h in ("h1", "h2") if any(x["Id"] == c["Id"] for x in fleet.containers(h)))
         started = fleet.clients[host].inspect_container(c["Id"])["State"]["StartedAt"]
         assert started[:23] >= healthy_at[:23], (started, healthy_at)
+
+
+def test_dependency_waits_see_the_agents_grace_view(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """A host inside its grace still holds its replicas for the plan; the wait for a dependency must
+    see them too, or a rollout that depends on them is skipped although nothing moved."""
+    up = GitRepo(tmp_path / "up" / "deploy")
+    db = spec("db", 1, role="db")
+    up.write("apps/all.yaml", spec("api", 2, extra="  dependsOn: [db]\n") + "---\n" + db)
+    up.commit("api on db")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, grace="60s")
+    h3 = fleet.engines[2]
+    try:
+        wait_for(lambda: len(running(fleet, "api")) == 2 and len(running(fleet, "db")) == 1, 30)
+        testbed.set_link(h3, False)  # db's host stops answering, well inside its grace
+        wait_for(lambda: "h3" in agent.log.read_text() and "unreachable" in agent.log.read_text(), 10)
+        up.write("apps/all.yaml", spec("api", 2, image="gitsync-test/busybox:2", extra="  dependsOn: [db]\n") + "---\n" + db)
+        c2 = up.commit("api v2")
+        assert agent.hook(push_body(c2)).status_code == 202
+        wait_for(lambda: any(x["commit"] == c2 and x["outcome"] != "running" for x in agent.syncs()), 90, 0.5)
+        sync = next(x for x in agent.syncs() if x["commit"] == c2 and x["outcome"] != "running")
+        detail = requests.get(f"{agent.url}/api/syncs/{sync['id']}", timeout=5).json()["detail"]
+        assert not any("waiting for db" in a["message"] for a in detail["actions"]), detail["actions"]
+        assert {c["Image"] for c in running(fleet, "api", ("h1", "h2"))} == {"gitsync-test/busybox:2"}, detail
+    finally:
+        testbed.set_link(h3, True)
+        assert agent.stop() == 0

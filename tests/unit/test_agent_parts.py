@@ -6,10 +6,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from gitsync import config as config_mod
 from gitsync.agent import Agent, Backoff, SyncQueue, gist, is_heal
 from gitsync.status import State
 from gitsync.history import History
+from tests.conftest import IN_CI, GitRepo
+from tests.fakeforge import OCTOKIT, FakeForge
 
 
 def test_triggers_during_a_sync_coalesce_into_exactly_one_more() -> None:
@@ -169,3 +173,47 @@ def test_events_replayed_after_a_reconnect_are_not_counted_again(tmp_path: Path)
     finally:
         agent.debouncer.cancel()
         agent.stop(timeout=5)
+
+
+def _agent_on_a_git_repo(tmp_path: Path, forge_url: str) -> Agent:
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("apps/web.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {image: x:1}\n")
+    repo.commit("web")
+    cfg = tmp_path / "gitsync.yaml"
+    cfg.write_text(
+        f"name: a\nsource: {{url: {repo.path}}}\nstate_dir: {tmp_path / 'state'}\nhosts: [{{name: h1, url: 'tcp://127.0.0.1:9'}}]\n"
+        f"status: [{{type: github, url: '{forge_url}', repo: acme/deploy, token_env: GH_TOKEN}}]\n"
+    )
+    return Agent(config_mod.load(str(cfg)), str(cfg))
+
+
+@pytest.mark.parametrize("where", ["inside the sync", "after the sync"])
+def test_an_unforeseen_error_still_ends_the_sync_recorded_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    if not OCTOKIT.is_file():
+        if IN_CI:
+            pytest.fail(f"{OCTOKIT} missing; scripts/test fetches it")
+        pytest.skip(f"{OCTOKIT} missing: run scripts/test once")
+    monkeypatch.setenv("GH_TOKEN", "t")
+    with FakeForge("github") as forge:
+        agent = _agent_on_a_git_repo(tmp_path, forge.url)
+        try:
+            def boom(*args: object, **kwargs: object) -> None:
+                raise KeyError("a case nobody foresaw")
+
+            if where == "inside the sync":
+                monkeypatch.setattr(agent.syncer, "plan", boom)
+                result = agent.run_one("api")
+                assert result.outcome == "error" and result.message == "internal error: KeyError: 'a case nobody foresaw'"
+            else:
+                monkeypatch.setattr(agent, "_remember_rollouts", boom)
+                with pytest.raises(KeyError):
+                    agent.run_one("api")
+            row = agent.history.recent(1)[0]
+            assert row.outcome == "error" and row.finished is not None and "KeyError" in row.message, row
+            assert row.reason == "InternalError"
+            agent.notifier.flush(10)
+            states = [s["state"] for s in forge.state.posted(row.commit)]
+            assert states[-1] == "error", states  # never left pending
+            assert forge.state.violations == []
+        finally:
+            agent.stop(timeout=5)

@@ -61,6 +61,26 @@ def test_every_problem_is_reported_not_just_the_first() -> None:
     assert len(found) == 3, found
 
 
+@pytest.mark.parametrize(
+    "header, header_problem",
+    [
+        (HEAD.replace("name: web", "name: Web_App"), "apps/web.yaml:4: metadata.name: 'Web_App' is not a valid name"),
+        (HEAD.replace("gitsync.io/v1", "apps/v1"), "apps/web.yaml:1: apiVersion: 'apps/v1' is not supported"),
+        (HEAD.replace("  name: web\n", "  labels: {app: web}\n"), "apps/web.yaml:3: metadata.name: is required"),
+    ],
+)
+def test_a_bad_header_does_not_hide_the_problems_of_the_spec(header: str, header_problem: str) -> None:
+    found = problems(header + "  image: a:1\n  replica: 3\n  restart: sometimes\n")
+    assert any(p.startswith(header_problem) for p in found), found
+    assert "apps/web.yaml:7: spec.replica: unknown key" in " ".join(found), found
+    assert any(p.startswith("apps/web.yaml:8: spec.restart: 'sometimes' is not one of") for p in found), found
+
+
+def test_a_bad_service_name_does_not_hide_its_spec() -> None:
+    found = problems("apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: Web}\nspec:\n  selector: {app: web}\n  portz: []\n")
+    assert any(p.startswith("apps/web.yaml:3: metadata.name: 'Web'") for p in found) and any("spec.portz: unknown key" in p for p in found), found
+
+
 def test_duplicate_names_across_files_name_both_places() -> None:
     doc = HEAD + "  image: a:1\n"
     with pytest.raises(ManifestError) as info:
