@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 import time
@@ -25,6 +26,8 @@ from .config import Config
 from .errors import ConfigError, GitsyncError, Reason
 from .health import DeploymentStatus
 from .history import History
+from .hosts import EventStream
+from .settings import DEFAULT, Tunables
 from .live import HostObservation
 from .metrics import Metrics
 from .models import DesiredState
@@ -37,9 +40,6 @@ log = logging.getLogger("gitsync.agent")
 # Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
 # timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
 REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply"})
-
-
-FINAL_POSTED_KEPT = 1000  # (commit, context) pairs whose last status the agent remembers
 
 
 def is_heal(trigger: str) -> bool:
@@ -191,6 +191,32 @@ class HostTracker:
         self.state = {h.name: HostHealth(last_ok=now) for h in cfg.hosts}
         self._hosts_ref = hosts_ref
         self._lock = threading.Lock()
+        self._streaming: set[str] = set()  # hosts whose event stream is open: alive without probing
+        self.holding = False  # many hosts unreachable at once: suspect our side, move nothing
+
+    def stream(self, name: str, up: bool) -> str | None:
+        """A host's event stream opened (the engine answered: as good as a probe, and a reason to sync
+        when the host was failing) or ended (it was alive until now, at least)."""
+        now = time.monotonic()
+        with self._lock:
+            h = self.state.setdefault(name, HostHealth(last_ok=now))
+            if not up:
+                self._streaming.discard(name)
+                if h.failing_since is None:
+                    h.last_ok = now
+                return None
+            self._streaming.add(name)
+        return self.probed(name, None)
+
+    def streaming(self, name: str) -> bool:
+        with self._lock:
+            return name in self._streaming
+
+    def _many_unreachable(self) -> bool:
+        """More than half of several hosts failing at once is more likely this agent's network or CPU
+        than their hosts (Kubernetes' node lifecycle controller stops evicting then, too)."""
+        failing = sum(1 for h in self.state.values() if h.failing_since is not None)
+        return len(self.state) >= 2 and failing * 2 > len(self.state)
 
     def probed(self, name: str, error: str | None) -> str | None:
         """Record a probe; returns a reason to sync when the host's standing changed."""
@@ -200,6 +226,9 @@ class HostTracker:
             if error is None:
                 was_failing = h.failing_since is not None
                 h.last_ok, h.failing_since, h.error = now, None, None
+                if self.holding and not self._many_unreachable():
+                    self.holding = False
+                    log.info("fewer than half of the hosts are unreachable now: hosts past their grace count as down again")
                 self._hosts_ref().known_down.pop(name, None)
                 if h.down or was_failing:
                     h.down = False
@@ -211,6 +240,13 @@ class HostTracker:
                 h.failing_since = now
                 return f"host:{name}:unreachable"
             if not h.down and now - h.last_ok >= self.grace.get(name, 10.0):  # unreachable since its last answer
+                if self._many_unreachable():
+                    if not self.holding:
+                        self.holding = True
+                        failing = sum(1 for x in self.state.values() if x.failing_since is not None)
+                        log.warning("%d of %d hosts unreachable at once: suspecting this agent's own network or CPU, "
+                                    "no replicas are moved until fewer are", failing, len(self.state))
+                    return None
                 h.down = True
                 return f"host:{name}:down"
             return None
@@ -290,7 +326,8 @@ class Backoff:
 
 
 class Agent:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None, tunables: Tunables = DEFAULT) -> None:
+        self.tune = tunables
         self.config_path = config_path
         self.config = config
         self.stopping = threading.Event()
@@ -312,11 +349,10 @@ class Agent:
         self.listeners: list[Callable[[SyncResult], None]] = []
         self.tracker = HostTracker(config, lambda: self.syncer.hosts)
         self._install_tracker(self.syncer)
-        self.debouncer = Debouncer(0.1, self.nudge)
-        self.backoff = Backoff()
+        self.debouncer = Debouncer(tunables.debounce, self.nudge)
+        self.backoff = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
-        self.probe_interval = 0.5
         self.events_seen = 0
         # Containers whose newest lifecycle event is `die`. The Engine logs `die` before it has cleaned
         # the container up and updated the state its list endpoint reads (Docker 20.10: daemon/monitor.go),
@@ -327,6 +363,7 @@ class Agent:
         self._events_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # held by a sync, and by a reload swapping what syncs use
         self._watchers: dict[tuple[str, str], threading.Event] = {}  # (host, url) -> set to stop its watcher
+        self._streams: dict[tuple[str, str], EventStream] = {}  # the open event stream of each watcher
 
     def _install_tracker(self, syncer: Syncer) -> None:
         plain = syncer.observe
@@ -467,7 +504,7 @@ class Agent:
                     self._post(result.commit, pstate, description, target, context)
                     self._final_posted.pop((result.commit, context), None)
                     self._final_posted[(result.commit, context)] = said  # newest last
-            while len(self._final_posted) > FINAL_POSTED_KEPT:  # a long-running agent remembers recent commits only
+            while len(self._final_posted) > self.tune.statuses_remembered:  # a long-running agent remembers recent commits only
                 del self._final_posted[next(iter(self._final_posted))]
         self.last_result = result
         for listener in list(self.listeners):
@@ -521,14 +558,15 @@ class Agent:
     def _remember_rollouts(self, result: SyncResult) -> None:
         if result.applied is None:
             return
+        loaded = self.syncer.loaded
         for r in result.applied.failed:
-            if r.action.kind == ActionKind.REPLACE and not r.skipped and r.message.startswith(f"{r.action.deployment}: replica "):
-                desired_hash = next((L.spec_hash(d) for d in (self.syncer._loaded[1].deployments if self.syncer._loaded else ()) if d.name == r.action.deployment), None)
+            if r.action.kind == ActionKind.REPLACE and r.reason == Reason.HEALTH_CHECK_FAILED:
+                desired_hash = next((L.spec_hash(d) for d in (loaded.deployments if loaded else ()) if d.name == r.action.deployment), None)
                 if desired_hash:
                     self.failed_rollouts[r.action.deployment] = (desired_hash, r.message)
         # a new spec (a new commit) gets a fresh chance
-        if self.syncer._loaded is not None:
-            current = {d.name: L.spec_hash(d) for d in self.syncer._loaded[1].deployments}
+        if loaded is not None:
+            current = {d.name: L.spec_hash(d) for d in loaded.deployments}
             for name, (h, _) in list(self.failed_rollouts.items()):
                 if current.get(name) != h:
                     del self.failed_rollouts[name]
@@ -536,7 +574,7 @@ class Agent:
     def _settle_if_behind(self, observed: dict[str, HostObservation]) -> None:
         """Sync again shortly when a container the events say died is still listed as running."""
         with self._died_lock:
-            cutoff = time.monotonic() - 60.0
+            cutoff = time.monotonic() - self.tune.died_memory
             for cid in [c for c, t in self._died.items() if t < cutoff]:
                 del self._died[cid]  # the list caught up long ago, or the container went without an event we saw
             behind = [c.name for o in observed.values() for c in o.containers if c.running and c.id in self._died]
@@ -560,19 +598,39 @@ class Agent:
 
     # -- watching hosts ----------------------------------------------------
     def _prober(self) -> None:
+        """Probe the hosts the event streams do not vouch for, twice a second; the others every
+        `probe_streaming_every` seconds (an engine frozen behind a live TCP connection). A round that
+        starts or ends late says more about this agent than about the hosts: its failures are not judged."""
+        t = self.tune
+        last: dict[str, float] = {}
+        expected = time.monotonic()
         while not self.stopping.is_set():
+            start = time.monotonic()
             hosts = self.syncer.hosts
-            verdicts = hosts.map(lambda n: hosts.probe(n, timeout=1.0), hosts.names())
+            for n in hosts.names():
+                last.setdefault(n, start - random.uniform(0, t.probe_streaming_every))  # spread the slow probes
+            due = [n for n in hosts.names() if not self.tracker.streaming(n) or start - last[n] >= t.probe_streaming_every]
+            verdicts = hosts.map(lambda n: hosts.probe(n, timeout=t.probe_timeout), due) if due else {}
+            took = time.monotonic() - start
+            late = start - expected > t.observer_late or took > t.probe_timeout + t.observer_late
+            if late and any(e is not None for e in verdicts.values()):
+                log.warning("this agent is late (%.1fs behind, a probe round took %.1fs): not judging hosts by this round; starved of CPU?",
+                            max(0.0, start - expected), took)
             for name, err in verdicts.items():
+                last[name] = start
+                if err is not None and late:
+                    continue
                 why = self.tracker.probed(name, err if isinstance(err, str) or err is None else str(err))
                 if why is not None:
                     log.warning("%s", why.replace(":", " ", 2)) if not why.endswith("back") else log.info("%s", why.replace(":", " ", 2))
                     self.nudge(why)
-            self.stopping.wait(self.probe_interval)
+            self.stopping.wait(t.probe_interval)
+            expected = start + took + t.probe_interval
 
-    def _watch(self, name: str, done: threading.Event) -> None:
+    def _watch(self, key: tuple[str, str], done: threading.Event) -> None:
         """Follow one host's Docker events for our containers; reconnect when the stream drops, until
-        the agent stops or `done` (the host left the configuration)."""
+        the agent stops or `done` (the host left the configuration). An open stream vouches for its host."""
+        name = key[0]
         since = int(time.time())
         delay = 0.5
         first = True
@@ -582,8 +640,15 @@ class Agent:
                 continue
             stream = None
             try:
-                api = self.syncer.hosts.client(name).api
-                stream = api.events(since=since, filters={"type": ["container"], "label": [f"{L.MANAGED_BY}={self.config.name}"]}, decode=True)
+                stream = self.syncer.hosts.events(name, since, {"type": ["container"], "label": [f"{L.MANAGED_BY}={self.config.name}"]}, self.tune)
+                with self._events_lock:
+                    self._streams[key] = stream
+                if done.is_set():
+                    break
+                back = self.tracker.stream(name, True)
+                if back is not None:
+                    log.info("%s", back.replace(":", " ", 2))
+                    self.nudge(back)
                 if not first:
                     self.nudge(f"events:{name}:reconnected")  # something may have happened while we were away
                 first = False
@@ -593,18 +658,18 @@ class Agent:
                         break
                     since = max(since, int(ev.get("time", since)))
                     self.on_event(name, ev)
-            except Exception as exc:  # timeouts while idle, a dropped connection, a dead host: reconnect
-                if "Read timed out" not in str(exc):
-                    log.debug("event stream of %s dropped: %s", name, exc)
-                    first = False
-                    self.stopping.wait(delay)
-                    delay = min(5.0, delay * 2)
+            except Exception as exc:  # a dropped connection, a dead host: reconnect
+                log.debug("event stream of %s dropped: %s", name, exc)
             finally:
                 if stream is not None:
-                    try:
-                        stream.close()
-                    except Exception:
-                        pass
+                    self.tracker.stream(name, False)
+                    with self._events_lock:
+                        if self._streams.get(key) is stream:
+                            del self._streams[key]
+                    stream.close()
+            first = False
+            self.stopping.wait(delay)
+            delay = min(self.tune.reconnect_max, delay * 2)
 
     def on_event(self, host: str, ev: dict[str, Any]) -> None:
         """One Docker event of a host's stream. A reconnect asks for events since the last one's second,
@@ -664,15 +729,24 @@ class Agent:
         want = {(h.name, h.url) for h in self.config.hosts}
         for key in [k for k in self._watchers if k not in want]:
             self._watchers.pop(key).set()
+            self._close_stream(key)
         for key in sorted(want - set(self._watchers)):
             done = threading.Event()
             self._watchers[key] = done
-            t = threading.Thread(target=self._watch, args=(key[0], done), name=f"gitsync-events-{key[0]}", daemon=True)
+            t = threading.Thread(target=self._watch, args=(key, done), name=f"gitsync-events-{key[0]}", daemon=True)
             t.start()  # not joined on stop: a stream blocks until its read times out
+
+    def _close_stream(self, key: tuple[str, str]) -> None:
+        with self._events_lock:
+            stream = self._streams.pop(key, None)
+        if stream is not None:
+            stream.close()  # its watcher, blocked reading, wakes up
 
     def stop(self, timeout: float = 300.0) -> None:
         """Finish the change in hand, record the sync, then stop."""
         self.stopping.set()
+        for key in list(self._watchers):
+            self._close_stream(key)
         self.debouncer.cancel()
         self.queue.close()
         for t in self._threads:

@@ -28,7 +28,7 @@ from typing import Any
 import docker.errors
 
 from . import labels as L
-from .errors import ApplyError, HostError
+from .errors import ApplyError, HostError, Reason
 from .hosts import Hosts, explain
 from .live import HostObservation
 from .models import Deployment, DesiredState, RestartPolicy, UpdateOrder
@@ -44,6 +44,7 @@ class ActionResult:
     message: str = ""
     seconds: float = 0.0
     skipped: bool = False
+    reason: Reason | None = None  # why it failed, when not ok: HealthCheckFailed for a replica that failed its gate
 
 
 @dataclass
@@ -64,7 +65,14 @@ Progress = Callable[[ActionResult], None]
 
 
 class GateFailed(ApplyError):
-    """A new replica did not become ready: the rollout stops."""
+    """A new replica did not become ready: the rollout stops. `previous` is the replica's former
+    spec when its old container is already gone (stop-first), for the caller to roll it back too."""
+
+    reason = Reason.HEALTH_CHECK_FAILED
+
+    def __init__(self, message: str, previous: Previous | None = None) -> None:
+        super().__init__(message)
+        self.previous = previous
 
 
 @dataclass(frozen=True)
@@ -263,8 +271,7 @@ class HostApplier:
                 try:
                     self.gate(new_id, d, replica)
                 except GateFailed as exc:
-                    exc._previous = previous  # type: ignore[attr-defined]  # the caller rolls this replica back too
-                    raise
+                    raise GateFailed(exc.message, previous) from None
             return previous
         temp = f"{name}-next"
         self.remove_stale_temp(temp)
@@ -430,7 +437,7 @@ class _Run:
                     prev = self.applier(a.host).replace(a.container_id, d, a.replica)
                     return a, prev, None, time.monotonic() - t
                 except Exception as exc:
-                    return a, getattr(exc, "_previous", None), exc, time.monotonic() - t
+                    return a, exc.previous if isinstance(exc, GateFailed) else None, exc, time.monotonic() - t
 
             with ThreadPoolExecutor(max(1, len(batch))) as pool:
                 outcomes = list(pool.map(one, batch))
@@ -440,7 +447,10 @@ class _Run:
                     done.append((a, prev))
                     self.record(ActionResult(a, True, f"replaced ({'stop-first' if d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host else 'start-first'})", secs))
                 else:
-                    self.record(ActionResult(a, False, explain(exc) if not isinstance(exc, GateFailed) else exc.message, secs))
+                    if isinstance(exc, GateFailed):
+                        self.record(ActionResult(a, False, exc.message, secs, reason=exc.reason))
+                    else:
+                        self.record(ActionResult(a, False, explain(exc), secs))
                     stop_first = d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host
                     if isinstance(exc, GateFailed) and stop_first:
                         done.append((a, prev))  # its old container is gone: roll it back as well

@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from urllib.parse import urlparse
 
 import docker
 import docker.errors
 import docker.tls
+import requests.adapters
 import requests.exceptions
+from urllib3.connection import HTTPConnection
 
 from . import labels as L
 from .config import HostSettings
 from .errors import HostError
 from .live import HostObservation, from_list_entry
+from .settings import DEFAULT, Tunables
 
 DEFAULT_TIMEOUT = 30
 
@@ -95,6 +101,45 @@ def explain(exc: BaseException) -> str:
             return "socket not found"
         return text.split("\n")[0][:200]
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+class _KeepaliveAdapter(requests.adapters.HTTPAdapter):
+    """TCP keepalive on an event stream: the kernel notices a peer gone silent (a cut network, a dead
+    machine) after idle + interval * count seconds, at no cost to us."""
+
+    def __init__(self, tune: Tunables) -> None:
+        self._options = [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, tune.keepalive_idle),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, tune.keepalive_interval),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tune.keepalive_count),
+        ]
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["socket_options"] = HTTPConnection.default_socket_options + self._options
+        super().init_poolmanager(*args, **kwargs)
+
+
+class EventStream:
+    """A host's Docker event stream (decoded events), on a connection of its own that is alive for as
+    long as the engine is: it ends when the engine closes it (it stopped), when the kernel's keepalive
+    finds the peer gone (tcp://), or when closed. Iterating raises on any of those."""
+
+    def __init__(self, api: docker.APIClient, events: Iterator[dict[str, Any]]) -> None:
+        self._api = api
+        self._events = events
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._events
+
+    def close(self) -> None:
+        for close in (getattr(self._events, "close", None), self._api.close):
+            try:
+                if close is not None:
+                    close()
+            except Exception:
+                pass
 
 
 class Hosts:
@@ -184,6 +229,23 @@ class Hosts:
             with self._lock:
                 self._probe_clients[name] = c
         return c
+
+    def events(self, name: str, since: int, filters: Mapping[str, list[str]], tune: Tunables = DEFAULT) -> EventStream:
+        """Follow a host's events from `since` (seconds), on a client of its own with no read timeout: an
+        idle stream is not a dead one, TCP keepalive tells them apart (unix sockets close with the engine)."""
+        h = self.setting(name)
+        check_transport(h)
+        try:
+            api = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
+            if h.tls is not None:
+                api.trust_env = False  # see _apiclient
+            if h.url.startswith("tcp://"):
+                api.mount("http://", _KeepaliveAdapter(tune))
+                api.mount("https://", _KeepaliveAdapter(tune))
+            api.timeout = (5, None)  # type: ignore[assignment]  # connect within 5 s, then read for as long as it lasts
+            return EventStream(api, api.events(since=since, filters=dict(filters), decode=True))
+        except Exception as exc:
+            raise HostError(name, explain(exc)) from None
 
     def probe(self, name: str, timeout: float = 1.0) -> str | None:
         """None when the engine answers /_ping in time, else why not. Never waits longer than `timeout`."""

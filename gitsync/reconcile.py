@@ -100,6 +100,11 @@ class Syncer:
         self._loaded: tuple[str, DesiredState] | None = None  # the last revision loaded: commits are immutable
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitsync-observe")
 
+    @property
+    def loaded(self) -> DesiredState | None:
+        """The desired state of the revision loaded last."""
+        return self._loaded[1] if self._loaded is not None else None
+
     def close(self) -> None:
         self._observer.shutdown(wait=False, cancel_futures=True)
         self.hosts.close()
@@ -266,7 +271,7 @@ class Syncer:
         if failed:
             first = failed[0]
             a = first.action
-            gate = first.message.startswith(f"{a.deployment}: replica ")
+            gate = first.reason == Reason.HEALTH_CHECK_FAILED
             who = f"{a.deployment}: replica {a.replica}" if a.replica is not None else a.deployment
             result.outcome = Outcome.FAILURE
             result.reason = Reason.HEALTH_CHECK_FAILED if gate else Reason.APPLY_FAILED

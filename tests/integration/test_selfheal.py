@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests import testbed
-from tests.conftest import GitRepo, cli
+from tests.conftest import IN_CI, GitRepo, cli
 from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
 from tests.integration.test_agent import AgentProc, push_body, statuses, wait_for
@@ -396,4 +396,39 @@ def test_dependency_waits_see_the_agents_grace_view(fleet: Fleet, github_forge: 
         assert {c["Image"] for c in running(fleet, "api", ("h1", "h2"))} == {"gitsync-test/busybox:2"}, detail
     finally:
         testbed.set_link(h3, True)
+        assert agent.stop() == 0
+
+
+def test_an_agent_starved_of_cpu_does_not_take_itself_for_dead_hosts(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """Held to 1 % of a core for 25 s (cgroup CPU quota), with hosts' grace 5 s: every probe it makes
+    is late, but the hosts are fine, so no replica may move."""
+    cpu = Path("/sys/fs/cgroup/cpu")
+    if not (cpu / "cpu.cfs_quota_us").is_file():
+        if IN_CI:
+            pytest.fail("the cgroup v1 cpu controller is needed to starve the agent")
+        pytest.skip("no cgroup v1 cpu controller here")
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 3))
+    up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, grace="5s")
+    group = cpu / f"gitsync-test-starved-{os.getpid()}"
+    home = next(line.split(":")[2] for line in Path(f"/proc/{agent.proc.pid}/cgroup").read_text().splitlines() if ":cpu," in line or line.split(":")[1] == "cpu")
+    try:
+        wait_for(lambda: len(running(fleet, "web")) == 3, 30)
+        time.sleep(2)
+        before = sorted(c["Id"] for c in running(fleet, "web"))
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text("1000")  # 1 % of one core
+        (group / "cgroup.procs").write_text(str(agent.proc.pid))
+        time.sleep(25)
+        (group / "cpu.cfs_quota_us").write_text("-1")
+        time.sleep(10)  # it catches up on what it saw (or thought it saw) meanwhile
+        assert sorted(c["Id"] for c in running(fleet, "web")) == before, agent.log.read_text()[-3000:]
+        assert " down" not in "".join(line for line in agent.log.read_text().splitlines() if "host h" in line), agent.log.read_text()[-3000:]
+    finally:
+        if agent.proc.poll() is None and group.exists():
+            (cpu / home.lstrip("/") / "cgroup.procs").write_text(str(agent.proc.pid))
+        if group.exists():
+            group.rmdir()
         assert agent.stop() == 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from gitsync import config as config_mod
-from gitsync.agent import Agent, Backoff, SyncQueue, gist, is_heal
+from gitsync.agent import Agent, Backoff, HostTracker, SyncQueue, gist, is_heal
 from gitsync.status import State
 from gitsync.history import History
 from tests.conftest import IN_CI, GitRepo
@@ -217,3 +218,42 @@ def test_an_unforeseen_error_still_ends_the_sync_recorded_and_reported(tmp_path:
             assert forge.state.violations == []
         finally:
             agent.stop(timeout=5)
+
+
+def _tracker(tmp_path: Path, hosts: int = 3, grace: str = "0.2s") -> HostTracker:
+    cfg = tmp_path / "gitsync.yaml"
+    entries = "".join(f"  - {{name: h{i}, url: 'tcp://127.0.0.1:{9000 + i}', grace: {grace}}}\n" for i in range(1, hosts + 1))
+    cfg.write_text(f"name: a\nsource: {{url: {tmp_path}}}\nhosts:\n{entries}")
+    live = SimpleNamespace(known_down={})
+    return HostTracker(config_mod.load(str(cfg)), lambda: live)
+
+
+def test_many_hosts_unreachable_at_once_move_nothing(tmp_path: Path) -> None:
+    t = _tracker(tmp_path)
+    assert t.probed("h1", "connection timed out") == "host:h1:unreachable"
+    assert t.probed("h2", "connection timed out") == "host:h2:unreachable"
+    time.sleep(0.25)  # both past their grace
+    assert t.probed("h1", "connection timed out") is None and t.holding  # 2 of 3: suspect ourselves
+    assert t.probed("h2", "connection timed out") is None
+    assert t.probed("h2", None) == "host:h2:back" and not t.holding  # 1 of 3 now: h1 is judged again
+    assert t.probed("h1", "connection timed out") == "host:h1:down"
+
+
+def test_one_host_of_two_down_still_moves_its_replicas(tmp_path: Path) -> None:
+    t = _tracker(tmp_path, hosts=2)
+    t.probed("h1", "connection refused")
+    time.sleep(0.25)
+    assert t.probed("h1", "connection refused") == "host:h1:down"
+
+
+def test_an_open_event_stream_vouches_for_its_host_until_it_ends(tmp_path: Path) -> None:
+    t = _tracker(tmp_path)
+    t.stream("h1", True)
+    assert t.streaming("h1")
+    time.sleep(0.25)  # longer than the grace with no probe at all: still fine, the stream is open
+    t.stream("h1", False)  # the kernel found the peer gone: alive until now, the grace starts here
+    assert not t.streaming("h1")
+    assert t.probed("h1", "connection timed out") == "host:h1:unreachable"
+    assert t.probed("h1", "connection timed out") is None  # within the grace
+    time.sleep(0.25)
+    assert t.probed("h1", "connection timed out") == "host:h1:down"
