@@ -1,17 +1,14 @@
-"""The agent: one sync queue fed by the poller, webhooks, the API and (later) Docker events.
+"""The agent: its sync worker, poller, prober and event watchers, put together.
 
-Syncs never overlap. A trigger that arrives while a sync runs marks the queue
-dirty; however many arrive, exactly one more sync follows. The poller uses the
-``schedule`` package with a random jitter so a fleet of agents does not fetch
-in lockstep.
+The parts live beside it: triggers (the queue and the debouncer), liveness (host tracking),
+backoff (restarts and crash loops), reporting (commit statuses). The poller uses the
+``schedule`` package with a random jitter so a fleet of agents does not fetch in lockstep.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,49 +19,24 @@ import schedule
 
 from . import config as config_mod
 from . import labels as L
+from .backoff import Backoff, crash_loop_reason
 from .config import Config
-from .errors import ConfigError, GitsyncError, Reason
+from .errors import GitsyncError, Reason
 from .health import DeploymentStatus
 from .history import History
 from .hosts import EventStream
-from .settings import DEFAULT, Tunables
 from .live import HostObservation
+from .liveness import HostTracker
 from .metrics import Metrics
 from .models import DesiredState
 from .plan import ActionKind, Plan
 from .reconcile import Outcome, SyncResult, Syncer
-from .status import REGISTRY, CommitStatus, Notifier, Provider, State
+from .reporting import OUTCOME_STATE, build_providers, gist
+from .settings import DEFAULT, Tunables
+from .status import CommitStatus, Notifier, State
+from .triggers import Debouncer, SyncQueue, is_heal
 
 log = logging.getLogger("gitsync.agent")
-
-# Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
-# timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
-REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply"})
-
-
-def is_heal(trigger: str) -> bool:
-    """True when none of the coalesced triggers ("event:h1/web,h2/web,webhook:github") was a request."""
-    return not any(part.split(":", 1)[0] in REQUESTS for part in trigger.split(","))
-
-
-def crash_loop_reason(host: str, replica: int, restarts: int, forgive_after: float) -> str:
-    return f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {forgive_after:.0f}s"
-
-
-def gist(state: State, description: str) -> tuple[State, str]:
-    """What a status says, for heal syncs to post again only when it changes: for success the state
-    alone; otherwise the reason without its numbers (counts and seconds change with every restart,
-    the words only when the situation does)."""
-    return state, "" if state == State.SUCCESS else re.sub(r"\d+(\.\d+)?", "#", description)
-
-
-OUTCOME_STATE = {
-    Outcome.SUCCESS: State.SUCCESS,
-    Outcome.FAILURE: State.FAILURE,
-    Outcome.ERROR: State.ERROR,
-    Outcome.INTERRUPTED: State.ERROR,
-}
-
 
 @dataclass
 class LiveView:
@@ -75,254 +47,6 @@ class LiveView:
     observed: dict[str, HostObservation] = field(default_factory=dict)
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
     updated: float = 0.0
-
-
-def build_providers(cfg: Config) -> list[Provider]:
-    providers: list[Provider] = []
-    for s in cfg.status:
-        token = os.environ.get(s.token_env, "")
-        if not token:
-            raise ConfigError(f"status: {s.type} for {s.repo}: ${s.token_env} is not set (it holds the API token)")
-        providers.append(REGISTRY[s.type](s, token))
-    return providers
-
-
-class SyncQueue:
-    """At most one sync at a time; triggers during a sync coalesce into exactly one more."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._pending: list[str] = []
-        self.running = False
-        self.closed = False
-
-    def nudge(self, trigger: str) -> bool:
-        """Ask for a sync. Returns False when one is already waiting (this trigger joins it)."""
-        with self._cond:
-            if self.closed:
-                return False
-            joined = bool(self._pending)
-            self._pending.append(trigger)
-            self._cond.notify_all()
-            return not joined
-
-    def take(self, timeout: float | None = None) -> str | None:
-        """Block until a sync is wanted; returns its trigger(s), or None when closed."""
-        with self._cond:
-            end = None if timeout is None else time.monotonic() + timeout
-            while not self._pending and not self.closed:
-                remaining = None if end is None else end - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-            if self.closed:
-                return None
-            triggers = sorted(set(self._pending), key=self._pending.index)
-            self._pending.clear()
-            self.running = True
-            return ",".join(triggers)
-
-    def done(self) -> None:
-        with self._cond:
-            self.running = False
-            self._cond.notify_all()
-
-    def idle(self) -> bool:
-        with self._cond:
-            return not self.running and not self._pending
-
-    def close(self) -> None:
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
-
-
-class Debouncer:
-    """Coalesces bursts of Docker events into one nudge, at most `delay` after the first."""
-
-    def __init__(self, delay: float, fire: Callable[[str], object]) -> None:
-        self.delay = delay
-        self.fire = fire
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        self._reasons: list[str] = []
-
-    def poke(self, reason: str) -> None:
-        with self._lock:
-            if reason not in self._reasons:
-                self._reasons.append(reason)
-            if self._timer is None:
-                self._timer = threading.Timer(self.delay, self._go)
-                self._timer.daemon = True
-                self._timer.start()
-
-    def _go(self) -> None:
-        with self._lock:
-            reasons, self._reasons, self._timer = self._reasons, [], None
-        self.fire("event:" + ",".join(reasons[:5]) + ("…" if len(reasons) > 5 else ""))
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-
-
-@dataclass
-class HostHealth:
-    last_ok: float
-    last_seen: HostObservation | None = None
-    failing_since: float | None = None
-    error: str | None = None
-    down: bool = False
-
-
-class HostTracker:
-    """Reachability per host: the probe's verdicts and the last containers seen.
-
-    A host that stops answering keeps its last known replicas for `grace`
-    (a blip moves nothing); past the grace it is down and its replicas are
-    placed elsewhere. Observations are rewritten accordingly before planning.
-    """
-
-    def __init__(self, cfg: Config, hosts_ref: Callable[[], Any]) -> None:
-        now = time.monotonic()
-        self.grace = {h.name: h.grace for h in cfg.hosts}
-        self.state = {h.name: HostHealth(last_ok=now) for h in cfg.hosts}
-        self._hosts_ref = hosts_ref
-        self._lock = threading.Lock()
-        self._streaming: set[str] = set()  # hosts whose event stream is open: alive without probing
-        self.holding = False  # many hosts unreachable at once: suspect our side, move nothing
-
-    def stream(self, name: str, up: bool) -> str | None:
-        """A host's event stream opened (the engine answered: as good as a probe, and a reason to sync
-        when the host was failing) or ended (it was alive until now, at least)."""
-        now = time.monotonic()
-        with self._lock:
-            h = self.state.setdefault(name, HostHealth(last_ok=now))
-            if not up:
-                self._streaming.discard(name)
-                if h.failing_since is None:
-                    h.last_ok = now
-                return None
-            self._streaming.add(name)
-        return self.probed(name, None)
-
-    def streaming(self, name: str) -> bool:
-        with self._lock:
-            return name in self._streaming
-
-    def _many_unreachable(self) -> bool:
-        """More than half of several hosts failing at once is more likely this agent's network or CPU
-        than their hosts (Kubernetes' node lifecycle controller stops evicting then, too)."""
-        failing = sum(1 for h in self.state.values() if h.failing_since is not None)
-        return len(self.state) >= 2 and failing * 2 > len(self.state)
-
-    def probed(self, name: str, error: str | None) -> str | None:
-        """Record a probe; returns a reason to sync when the host's standing changed."""
-        now = time.monotonic()
-        with self._lock:
-            h = self.state.setdefault(name, HostHealth(last_ok=now))
-            if error is None:
-                was_failing = h.failing_since is not None
-                h.last_ok, h.failing_since, h.error = now, None, None
-                if self.holding and not self._many_unreachable():
-                    self.holding = False
-                    log.info("fewer than half of the hosts are unreachable now: hosts past their grace count as down again")
-                self._hosts_ref().known_down.pop(name, None)
-                if h.down or was_failing:
-                    h.down = False
-                    return f"host:{name}:back"
-                return None
-            h.error = error
-            self._hosts_ref().known_down[name] = error
-            if h.failing_since is None:
-                h.failing_since = now
-                return f"host:{name}:unreachable"
-            if not h.down and now - h.last_ok >= self.grace.get(name, 10.0):  # unreachable since its last answer
-                if self._many_unreachable():
-                    if not self.holding:
-                        self.holding = True
-                        failing = sum(1 for x in self.state.values() if x.failing_since is not None)
-                        log.warning("%d of %d hosts unreachable at once: suspecting this agent's own network or CPU, "
-                                    "no replicas are moved until fewer are", failing, len(self.state))
-                    return None
-                h.down = True
-                return f"host:{name}:down"
-            return None
-
-    def rewrite(self, observed: dict[str, HostObservation]) -> dict[str, HostObservation]:
-        now = time.monotonic()
-        out = dict(observed)
-        with self._lock:
-            for name, o in observed.items():
-                h = self.state.setdefault(name, HostHealth(last_ok=now))
-                if o.reachable:
-                    h.last_seen, h.last_ok = o, now
-                    if h.failing_since is None:
-                        h.down = False
-                    continue
-                since = h.last_ok
-                if not h.down and h.last_seen is not None and now - since < self.grace.get(name, 10.0):
-                    left = self.grace.get(name, 10.0) - (now - since)
-                    out[name] = HostObservation(
-                        name, True, h.last_seen.containers, f"{o.error}; its replicas move if it is still down in {left:.0f}s", o.seconds, stale=True
-                    )
-        return out
-
-
-class Backoff:
-    """Exponential backoff for the restarts the agent itself makes (a crash loop is never a hot loop)."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0, reset_after: float = 30.0) -> None:
-        self.base, self.cap, self.reset_after = base, cap, reset_after
-        self._tries: dict[tuple[str, str, int], tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
-        self._seen: dict[tuple[str, str, int], tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
-        self._lock = threading.Lock()  # the sync thread asks, the event watchers report
-
-    def _forget(self, now: float) -> None:
-        """Drop replicas forgiven long ago (caller holds the lock): the memory stays as small as the trouble."""
-        old = now - max(self.reset_after, self.cap) * 2
-        for k in [k for k, v in self._tries.items() if v[1] < old]:
-            del self._tries[k]
-        for k in [k for k, v in self._seen.items() if v[1] < old]:
-            del self._seen[k]
-
-    def allow(self, key: tuple[str, str, int], now: float) -> tuple[bool, int, float]:
-        with self._lock:
-            self._forget(now)
-            restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
-            if restarts and now - last > self.reset_after:
-                restarts, next_at = 0, 0.0  # it stayed up long enough: forgive
-            if now < next_at:
-                return False, restarts, next_at - now
-            delay = min(self.cap, self.base * (2**restarts))
-            self._tries[key] = (restarts + 1, now, now + delay)
-            return True, restarts + 1, delay
-
-    def restarted(self, key: tuple[str, str, int], now: float) -> None:
-        """A replica started again after it died, by whoever: Docker's restart policy, the agent, a person."""
-        with self._lock:
-            self._forget(now)
-            n, last = self._seen.get(key, (0, 0.0))
-            if n and now - last > self.reset_after:
-                n = 0
-            self._seen[key] = (n + 1, now)
-
-    def looping(self, now: float) -> dict[tuple[str, str, int], tuple[int, float]]:
-        """Replicas restarted at least twice and not yet up for `reset_after`: key -> (restarts, seconds until forgiven).
-
-        One restart is a blip; a second within the window is a crash loop, even while the
-        replica happens to be running between two crashes.
-        """
-        out: dict[tuple[str, str, int], tuple[int, float]] = {}
-        with self._lock:
-            counts = [(k, n, last) for k, (n, last, _) in self._tries.items()] + [(k, n, last) for k, (n, last) in self._seen.items()]
-        for k, n, last in counts:
-            if n >= 2 and now - last <= self.reset_after:
-                prev_n, prev_left = out.get(k, (0, 0.0))
-                out[k] = (max(n, prev_n), max(last + self.reset_after - now, prev_left))
-        return out
 
 
 class Agent:

@@ -10,7 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from gitsync import config as config_mod
-from gitsync.agent import Agent, Backoff, HostTracker, SyncQueue, gist, is_heal
+from gitsync.agent import Agent
+from gitsync.backoff import Backoff
+from gitsync.liveness import HostTracker
+from gitsync.reporting import gist
+from gitsync.triggers import SyncQueue, is_heal
 from gitsync.status import State
 from gitsync.history import History
 from tests.conftest import IN_CI, GitRepo
