@@ -80,6 +80,40 @@ class SyncResult:
 
 
 @dataclass
+class _Sync:
+    """What the steps of one sync share: its inputs, what each step found, how it ended."""
+
+    result: SyncResult
+    t0: float
+    timeout: float
+    progress: Callable[[ActionResult], None] | None
+    on_start: Callable[[SyncResult], None] | None
+    on_planned: Callable[[SyncResult], None] | None
+    stop: threading.Event | None
+    plan_filter: Callable[[Plan, DesiredState], tuple[Plan, list[str]]] | None
+    degraded: Callable[[], Mapping[str, str]] | None
+    snapshot: Snapshot | None = None
+    desired: DesiredState | None = None
+    observed: dict[str, HostObservation] | None = None
+    plan: Plan | None = None
+    held: list[str] = field(default_factory=list)  # what the plan filter held back, and why
+    applied: ApplyResult | None = None
+    cut_off: str | None = None  # set when the agent stopped the sync midway: how the message ends
+    error: Exception | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    @property
+    def hopeless(self) -> set[str]:
+        """Deployments that cannot converge in this sync: their apply failed, they cannot be placed, or they were held back."""
+        out = {r.action.deployment for r in self.applied.failed} if self.applied else set()
+        out |= {p.deployment for p in self.plan.problems} if self.plan else set()
+        return out | {h.split(":", 1)[0] for h in self.held}
+
+
+@dataclass
 class Observed:
     snapshot: Snapshot
     desired: DesiredState
@@ -192,76 +226,102 @@ class Syncer:
         plan_filter: Callable[[Plan, DesiredState], tuple[Plan, list[str]]] | None = None,
         degraded: Callable[[], Mapping[str, str]] | None = None,
     ) -> SyncResult:
-        """One sync. `on_start` runs once the revision is known, `on_planned` once the plan is;
-        `stop` makes apply finish the changes in flight and skip the rest. `degraded` names
-        deployments the caller knows to be degraded whatever a single look shows (a replica
-        crash-looping between restarts), with the reason."""
-        result = SyncResult(trigger=trigger, started=time.time())
-        t0 = time.monotonic()
+        """One sync: the steps in order, until one raises or the sync is cut off; then the outcome,
+        summarised in one place. `on_start` runs once the revision is known, `on_planned` once the
+        plan is; `stop` makes apply finish the changes in flight and skip the rest; `plan_filter`
+        holds back what must wait (the caller's policies); `degraded` names deployments the caller
+        knows to be degraded whatever a single look shows (a replica crash-looping between restarts)."""
+        s = _Sync(SyncResult(trigger=trigger, started=time.time()), time.monotonic(), timeout, progress, on_start, on_planned, stop, plan_filter, degraded)
         try:
-            def fetched(snapshot: Snapshot) -> None:
-                result.revision, result.commit = snapshot.revision, snapshot.commit
-                if on_start is not None:
-                    on_start(result)
+            for _name, step in self.steps:
+                step(s)
+                if s.cut_off is not None:
+                    break
+        except Exception as exc:  # typed errors, and the unforeseen: both end the sync with their cause
+            s.error = exc
+            if not isinstance(exc, GitsyncError):
+                log.exception("sync %s: unexpected error", s.result.revision or "-")
+        self._finalize(s)
+        log.info("sync %s: %s (%s)", s.result.revision or "-", s.result.outcome, s.result.message)
+        return s.result
 
-            snapshot, desired, observed = self._fetch_load_observe(fetched)
-            plan = self.plan(desired, observed)
-            held: list[str] = []
-            if plan_filter is not None:
-                plan, held = plan_filter(plan, desired)
-            result.plan = plan
-            result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
-            if on_planned is not None:
-                on_planned(result)
-            applied = apply_plan(plan, desired, self.hosts, self.config.name, snapshot.revision, progress, stop, self.observe)
-            result.applied = applied
-            if stop is not None and stop.is_set() and any(r.skipped for r in applied.results):
-                return self._interrupted(result, applied, " before the agent stopped")
-            hopeless = {r.action.deployment for r in applied.failed} | {p.deployment for p in plan.problems}
-            hopeless |= {h.split(":", 1)[0] for h in held}
-            touched = {r.action.deployment for r in applied.results if r.ok}
-            waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
-            current = observed if not applied.results else None  # nothing changed: the observation still holds
-            status, observed = (
-                self.wait_converged(desired, t0 + timeout, hopeless | waiting, first=current, stop=stop) if desired.deployments else ({}, observed)
-            )
-            for name, why in (degraded() if degraded is not None else {}).items():
-                s = status.get(name)
-                if s is not None and s.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):
-                    status[name] = dc_replace(s, health=Health.DEGRADED, message=why)  # the reason, not a snapshot of it
-            result.deployments = status
-            result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
-            unsettled = sorted(n for n, s in status.items() if s.health != Health.HEALTHY and n not in hopeless)
-            if stop is not None and stop.is_set() and unsettled:
-                result.problems = [f"{n}: {status[n].message}" for n in unsettled]
-                return self._interrupted(result, applied, f"; the agent stopped before {', '.join(unsettled)} converged")
-            self._summarise(result, desired, plan, applied, time.monotonic() - t0, held)
-        except ManifestError as exc:
-            result.outcome, result.reason = Outcome.FAILURE, exc.reason
-            result.problems = [str(p) for p in exc.problems]
-            result.message = str(exc)
-        except FetchError as exc:
-            result.outcome, result.reason, result.message = Outcome.ERROR, exc.reason, exc.message
-        except HostError as exc:
-            result.outcome, result.reason, result.message = Outcome.ERROR, exc.reason, exc.message
-        except GitsyncError as exc:
-            result.outcome, result.reason, result.message = Outcome.FAILURE, exc.reason, exc.message
-        except Exception as exc:  # a bug or a case not foreseen: the sync still ends, as an error with its cause
-            log.exception("sync %s: unexpected error", result.revision or "-")
-            result.outcome, result.reason = Outcome.ERROR, Reason.INTERNAL
-            result.message = f"internal error: {type(exc).__name__}: {exc}"
-        result.finished = time.time()
-        log.info("sync %s: %s (%s)", result.revision or "-", result.outcome, result.message)
-        return result
+    @property
+    def steps(self) -> tuple[tuple[str, Callable[[_Sync], None]], ...]:
+        return (
+            ("fetch, load, observe", self._read),
+            ("plan", self._plan),
+            ("apply", self._apply),
+            ("assess", self._assess),
+        )
 
-    @staticmethod
-    def _interrupted(result: SyncResult, applied: ApplyResult, tail: str) -> SyncResult:
-        """A sync cut off by the agent stopping: how far it got, then `tail`."""
-        done = sum(1 for r in applied.results if r.ok)
-        result.outcome, result.reason = Outcome.INTERRUPTED, None
-        result.message = f"stopped: {done} of {len(applied.results)} changes made{tail}"
-        result.finished = time.time()
-        return result
+    def _read(self, s: _Sync) -> None:
+        def fetched(snapshot: Snapshot) -> None:
+            s.result.revision, s.result.commit = snapshot.revision, snapshot.commit
+            if s.on_start is not None:
+                s.on_start(s.result)
+
+        s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched)
+
+    def _plan(self, s: _Sync) -> None:
+        assert s.desired is not None and s.observed is not None
+        plan = self.plan(s.desired, s.observed)
+        if s.plan_filter is not None:
+            plan, s.held = s.plan_filter(plan, s.desired)
+        s.plan = s.result.plan = plan
+        s.result.unreachable = {n: o.error or "unreachable" for n, o in s.observed.items() if not o.reachable}
+        if s.on_planned is not None:
+            s.on_planned(s.result)
+
+    def _apply(self, s: _Sync) -> None:
+        assert s.plan is not None and s.desired is not None and s.snapshot is not None
+        s.applied = s.result.applied = apply_plan(
+            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe
+        )
+        if s.stopping and any(r.skipped for r in s.applied.results):
+            s.cut_off = " before the agent stopped"
+
+    def _assess(self, s: _Sync) -> None:
+        assert s.plan is not None and s.desired is not None and s.applied is not None and s.observed is not None
+        desired, applied = s.desired, s.applied
+        touched = {r.action.deployment for r in applied.results if r.ok}
+        waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
+        current = s.observed if not applied.results else None  # nothing changed: the observation still holds
+        status, observed = (
+            self.wait_converged(desired, s.t0 + s.timeout, s.hopeless | waiting, first=current, stop=s.stop)
+            if desired.deployments else ({}, s.observed)
+        )
+        for name, why in (s.degraded() if s.degraded is not None else {}).items():
+            st = status.get(name)
+            if st is not None and st.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):
+                status[name] = dc_replace(st, health=Health.DEGRADED, message=why)  # the reason, not a snapshot of it
+        s.result.deployments = status
+        s.result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
+        unsettled = sorted(n for n, st in status.items() if st.health != Health.HEALTHY and n not in s.hopeless)
+        if s.stopping and unsettled:
+            s.result.problems = [f"{n}: {status[n].message}" for n in unsettled]
+            s.cut_off = f"; the agent stopped before {', '.join(unsettled)} converged"
+
+    def _finalize(self, s: _Sync) -> None:
+        """The outcome, reason and message of a sync, from how its steps ended: the one place they are set."""
+        r, exc = s.result, s.error
+        if isinstance(exc, ManifestError):
+            r.outcome, r.reason, r.message = Outcome.FAILURE, exc.reason, str(exc)
+            r.problems = [str(p) for p in exc.problems]
+        elif isinstance(exc, (FetchError, HostError)):
+            r.outcome, r.reason, r.message = Outcome.ERROR, exc.reason, exc.message
+        elif isinstance(exc, GitsyncError):
+            r.outcome, r.reason, r.message = Outcome.FAILURE, exc.reason, exc.message
+        elif exc is not None:  # a bug or a case not foreseen: an error, with its cause
+            r.outcome, r.reason, r.message = Outcome.ERROR, Reason.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        elif s.cut_off is not None:
+            assert s.applied is not None
+            done = sum(1 for x in s.applied.results if x.ok)
+            r.outcome, r.reason = Outcome.INTERRUPTED, None
+            r.message = f"stopped: {done} of {len(s.applied.results)} changes made{s.cut_off}"
+        else:
+            assert s.desired is not None and s.plan is not None and s.applied is not None
+            self._summarise(r, s.desired, s.plan, s.applied, time.monotonic() - s.t0, s.held)
+        r.finished = time.time()
 
     @staticmethod
     def _summarise(result: SyncResult, desired: DesiredState, plan: Plan, applied: ApplyResult, seconds: float, held: list[str] | None = None) -> None:
