@@ -270,8 +270,9 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     srv_node = top.get("server")
     r.mapping(srv_node, "server", ("listen", "webhook_secret_env", "api_token_env", "public_url", "max_body_bytes"), root, "server")
     listen = r.string(srv_node, "listen", "server.listen", "127.0.0.1:9100") or "127.0.0.1:9100"
-    if ":" not in listen:
-        raise r.fail(srv_node, "listen", "server.listen", "must be HOST:PORT")
+    port = listen.rpartition(":")[2]
+    if ":" not in listen or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise r.fail(srv_node, "listen", "server.listen", f"{listen!r} must be HOST:PORT with a port from 1 to 65535")
     max_body = srv_node.get("max_body_bytes") if isinstance(srv_node, dict) else None
     if max_body is not None and (isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1024):
         raise r.fail(srv_node, "max_body_bytes", "server.max_body_bytes", "must be a number of bytes >= 1024")

@@ -448,6 +448,24 @@ def _document(ctx: _Ctx, doc: Any, line: int) -> Deployment | Service | None:
     return obj if name is not None and api == API_VERSION else None
 
 
+class Unreadable(bytes):
+    """A manifest file that was not read, and why (a link, too large): load_files reports it by name."""
+
+    why: str
+
+    def __new__(cls, why: str) -> "Unreadable":
+        obj = super().__new__(cls, b"")
+        obj.why = why
+        return obj
+
+
+def too_large(size: int) -> Unreadable:
+    return Unreadable(f"file is {size} bytes; manifests may be at most {MAX_FILE_BYTES} bytes")
+
+
+LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
+
+
 def load_files(files: Mapping[str, bytes]) -> DesiredState:
     """Validate every manifest; return the desired state or raise ManifestError with every problem."""
     problems: list[Problem] = []
@@ -458,6 +476,9 @@ def load_files(files: Mapping[str, bytes]) -> DesiredState:
     total = 0
     for path in manifest_files:
         data = files[path]
+        if isinstance(data, Unreadable):
+            problems.append(Problem(path, None, data.why))
+            continue
         total += len(data)
         if len(data) > MAX_FILE_BYTES:
             problems.append(Problem(path, None, f"file is {len(data)} bytes; manifests may be at most {MAX_FILE_BYTES} bytes"))
@@ -547,9 +568,12 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
             if not is_manifest_file(rel):
                 continue
             full = os.path.join(dirpath, fn)
+            if os.path.islink(full):  # never read outside the repository, nor follow a dangling link
+                out[rel] = Unreadable(LINK)
+                continue
             size = os.path.getsize(full)
             if size > MAX_FILE_BYTES:
-                out[rel] = b"\0" * (MAX_FILE_BYTES + 1)  # reported by load_files, never read whole
+                out[rel] = too_large(size)  # reported by load_files, never read whole
                 continue
             with open(full, "rb") as fh:
                 out[rel] = reader(full) if reader else fh.read()

@@ -26,8 +26,14 @@ from .units import format_duration
 log = logging.getLogger("gitsync.server")
 
 HOOK = re.compile(r"^/hooks/([a-z]+)/?$")
-SYNC_API = re.compile(r"^/api/syncs/(\d+)$")
-SYNC_PAGE = re.compile(r"^/syncs/(\d+)$")
+SYNC_API = re.compile(r"^/api/syncs/(\d{1,18})$")  # a longer number is no sync id (SQLite's are 64-bit): 404
+SYNC_PAGE = re.compile(r"^/syncs/(\d{1,18})$")
+# Sent with every answer: no sniffing, no framing, nothing loaded from elsewhere (the pages are self-contained).
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
 
 
 class _Server(ThreadingHTTPServer):
@@ -92,7 +98,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
-        for k, v in (extra or {}).items():
+        for k, v in {**SECURITY_HEADERS, **(extra or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -203,8 +209,8 @@ class Handler(BaseHTTPRequestHandler):
         if not token:
             self._json(403, {"error": f"the sync API is disabled: set ${env or 'server.api_token_env'}"})
             return
-        given = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):  # the scheme is case-insensitive
             self._json(401, {"error": "bad or missing bearer token"}, {"WWW-Authenticate": "Bearer"})
             return
         fresh = self.agent.nudge("api")

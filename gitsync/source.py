@@ -19,9 +19,10 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError
-from .manifest import MAX_FILE_BYTES, MAX_FILES, is_manifest_file, read_folder
+from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, Unreadable, is_manifest_file, read_folder, too_large
 
 _GIT_TIMEOUT = 120
+LINK_MODE = 0o120000  # a symbolic link in a git tree
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,11 @@ class Source:
             rel = str(item.path)[base:]  # type: ignore[union-attr]
             if not is_manifest_file(rel):
                 continue
+            if item.mode == LINK_MODE:  # type: ignore[union-attr]
+                files[rel] = Unreadable(LINK)
+                continue
             if item.size > MAX_FILE_BYTES:  # type: ignore[union-attr]
-                files[rel] = b"\0" * (MAX_FILE_BYTES + 1)
+                files[rel] = too_large(item.size)  # type: ignore[union-attr]
                 continue
             files[rel] = item.data_stream.read()  # type: ignore[union-attr]
             if len(files) > MAX_FILES:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DURATION = 365 * 24 * 3600.0  # a year: anything longer is a mistake, and overflows Docker's nanoseconds soon after
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -16,9 +18,11 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("must be a duration like 10s, 1m30s or 250ms, not a boolean")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite duration, not {value}")
         if value < 0:
             raise ValueError("must not be negative")
-        return float(value)
+        return _bounded(float(value), value)
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a duration like 10s, 1m30s or 250ms")
     text = value.strip()
@@ -31,7 +35,13 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if pos != len(text) or pos == 0:
         raise ValueError(f"{value!r} is not a duration; use forms like 10s, 1m30s or 250ms")
-    return total
+    return _bounded(total, value)
+
+
+def _bounded(seconds: float, value: object) -> float:
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than a year (8760h), the longest duration gitsync accepts")
+    return seconds
 
 
 def format_duration(seconds: float) -> str:

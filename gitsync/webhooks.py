@@ -111,8 +111,8 @@ def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str |
         return Decision(200, f"ignored: {event or 'unnamed'} event is not a push")
     try:
         payload = _payload(headers, body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Decision(400, f"malformed payload: {type(exc).__name__}")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: JSON nested too deep
+        return Decision(400, f"malformed payload: {'nested too deeply' if isinstance(exc, RecursionError) else type(exc).__name__}")
     if not isinstance(payload, dict):
         return Decision(400, "malformed payload: not a JSON object")
     ref = payload.get("ref")

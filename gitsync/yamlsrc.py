@@ -117,6 +117,8 @@ def load_all(text: str) -> list[tuple[int, Any]]:
             docs.append((node.start_mark.line + 1, loader.construct_document(node)))
     except yaml.YAMLError as exc:
         raise _syntax_error(exc) from None
+    except RecursionError:  # the parser and the constructor recurse per level of nesting
+        raise YamlSyntaxError(getattr(loader, "line", 0) + 1, "nested too deeply to read; flatten this document") from None
     finally:
         loader.dispose()
     return docs

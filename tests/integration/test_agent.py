@@ -323,3 +323,24 @@ def test_apply_while_the_agent_runs_asks_the_agent_instead_of_racing_it(fleet: F
         assert agent.proc.poll() is None
     finally:
         assert agent.stop() == 0
+
+
+def test_the_http_surface_refuses_cleanly_and_sends_security_headers(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
+    upstream.commit("web")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path)
+    try:
+        for path in ("/", "/api/status", "/healthz", "/syncs/1", "/nowhere"):
+            r = requests.get(agent.url + path, timeout=5)
+            assert r.headers.get("X-Content-Type-Options") == "nosniff" and r.headers.get("X-Frame-Options") == "DENY", (path, r.headers)
+            assert "default-src 'none'" in r.headers.get("Content-Security-Policy", ""), (path, r.headers)
+        for path in ("/api/syncs/" + "9" * 25, "/syncs/" + "9" * 25):  # no sync has such an id (and SQLite cannot hold it)
+            assert requests.get(agent.url + path, timeout=5).status_code == 404, path
+        lower = requests.post(agent.url + "/api/sync", headers={"Authorization": f"bearer {API_TOKEN}"}, timeout=5)
+        assert lower.status_code == 202, lower.text  # the scheme is case-insensitive (RFC 9110)
+        for wrong in (f"Basic {API_TOKEN}", f"Bearer {API_TOKEN}x", "Bearer", ""):
+            assert requests.post(agent.url + "/api/sync", headers={"Authorization": wrong}, timeout=5).status_code == 401, wrong
+        assert "Traceback" not in agent.log.read_text()
+    finally:
+        assert agent.stop() == 0

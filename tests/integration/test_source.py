@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from gitsync.config import SourceSettings
-from gitsync.errors import FetchError
+from gitsync.errors import FetchError, ManifestError
+from gitsync.manifest import load_files
 from gitsync.source import Source
 from tests.conftest import GitRepo, cli, git
 
@@ -46,6 +47,19 @@ def test_local_work_tree_applies_its_head_commit(upstream: GitRepo, tmp_path: Pa
     snap = Source(SourceSettings(url=str(upstream.path / "apps")), str(tmp_path / "st")).fetch()
     assert snap.revision == f"main@sha1:{head}" and snap.commit == head
     assert list(snap.files) == ["web.yaml"] and b"replicas: 2" in snap.files["web.yaml"]
+
+
+def test_a_committed_link_is_refused_by_name_not_followed(upstream: GitRepo, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.yaml"
+    outside.write_text("secret: the-secret-content\n")
+    (upstream.path / "apps" / "leak.yaml").symlink_to(outside)
+    upstream.commit("a link")
+    snap = Source(SourceSettings(url=str(upstream.path)), str(tmp_path / "st")).fetch()
+    with pytest.raises(ManifestError) as info:
+        load_files(snap.files)
+    assert [str(p) for p in info.value.problems] == [
+        "apps/leak.yaml: is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
+    ]
 
 
 def test_plain_folder_revision_is_a_content_hash(tmp_path: Path) -> None:

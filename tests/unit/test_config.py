@@ -36,6 +36,10 @@ def test_defaults() -> None:
         ("hosts:\n  - {name: a, url: 'unix:///x'}\n  - {name: a, url: 'unix:///y'}\n", "hosts[1].name: host 'a' is listed twice"),
         ("source: {path: ../etc}\n", "source.path: must stay inside the repository"),
         ("name: [\n", "gitsync.yaml:2: invalid YAML"),
+        ("source: {interval: .inf}\n", "gitsync.yaml:1: source.interval: must be a finite duration, not inf"),
+        ("hosts:\n  - {name: a, url: 'unix:///x', grace: .nan}\n", "gitsync.yaml:2: hosts[0].grace: must be a finite duration, not nan"),
+        ("server: {listen: '127.0.0.1:notaport'}\n", "gitsync.yaml:1: server.listen: '127.0.0.1:notaport' must be HOST:PORT with a port from 1 to 65535"),
+        ("server: {listen: '127.0.0.1:70000'}\n", "server.listen: '127.0.0.1:70000' must be HOST:PORT"),
     ],
 )
 def test_config_errors_name_the_key(text: str, expected: str) -> None:

@@ -172,3 +172,44 @@ def test_spec_label_round_trips_for_rollback() -> None:
     rebuilt = labels.deployment_from_spec(d, json.loads(labels.canonical_spec(d)))
     assert labels.spec_hash(rebuilt) == labels.spec_hash(d)
     assert labels.spec_document(rebuilt) == labels.spec_document(d) and rebuilt.image == d.image
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        (".inf", "must be a finite duration, not inf"),
+        (".nan", "must be a finite duration, not nan"),
+        ('"99999999999999999999h"', "is longer than a year (8760h)"),
+        ("40000000", "is longer than a year (8760h)"),
+    ],
+)
+def test_durations_out_of_range_are_refused_at_validation(value: str, says: str) -> None:
+    found = problems(HEAD + f"  image: a:1\n  stopGracePeriod: {value}\n")
+    assert len(found) == 1 and found[0].startswith("apps/web.yaml:7: spec.stopGracePeriod:") and says in found[0], found
+
+
+@pytest.mark.parametrize(
+    "text", [HEAD + "  image: " + "[" * 500 + "]" * 500 + "\n", HEAD + "  env: " + "{a: " * 3000 + "}" * 3000 + "\n"], ids=["lists", "mappings"]
+)
+def test_yaml_nested_too_deeply_is_a_located_problem_not_a_crash(text: str) -> None:
+    found = problems(text)
+    assert len(found) == 1 and "nested too deeply to read" in found[0] and found[0].startswith("apps/web.yaml:"), found
+
+
+def test_links_are_refused_by_name_and_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "outside.txt"
+    secret.write_text("root:the-secret-content\n")
+    repo = tmp_path / "repo" / "apps"
+    repo.mkdir(parents=True)
+    (repo / "web.yaml").write_text(HEAD + "  image: a:1\n")
+    (repo / "leak.yaml").symlink_to(secret)
+    (repo / "gone.yaml").symlink_to(tmp_path / "nowhere.yaml")  # dangling
+    big = repo / "big.yaml"
+    big.write_bytes(b"#" * (50 * 1024 * 1024))
+    with pytest.raises(ManifestError) as info:
+        load_files(read_folder(str(tmp_path / "repo")))
+    found = [str(p) for p in info.value.problems]
+    assert "apps/leak.yaml: is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)" in found
+    assert any(p.startswith("apps/gone.yaml: is a symbolic link") for p in found)
+    assert f"apps/big.yaml: file is {50 * 1024 * 1024} bytes; manifests may be at most {MAX_FILE_BYTES} bytes" in found
+    assert "the-secret-content" not in " ".join(found)

@@ -102,3 +102,9 @@ def test_decisions() -> None:
     gitea_hub = {"X-Gitea-Event": "push", "X-Hub-Signature-256": github_headers(body)["X-Hub-Signature-256"]}
     assert decide("gitea", gitea_hub, body, SECRET, "main").code == 202
     assert decide("gitlab", {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "nope"}, body, SECRET, "main").code == 401
+
+
+def test_a_signed_payload_nested_too_deeply_is_refused_not_crashed() -> None:
+    body = b"[" * 5000 + b"]" * 5000
+    d = decide("github", github_headers(body), body, SECRET, "main")
+    assert d.code == 400 and "nested too deeply" in d.reason
