@@ -156,6 +156,9 @@ def _duration(ctx: _Ctx, obj: _Obj, key: str, default: float) -> float:
         return default
 
 
+NUL = "contains a NUL character, which no process can be given (Docker would create the container and fail to start it)"
+
+
 def _str_map(ctx: _Ctx, obj: _Obj, key: str, key_re: re.Pattern[str], what: str) -> tuple[tuple[str, str], ...]:
     value = obj.get(key, None)
     if value is None:
@@ -177,6 +180,9 @@ def _str_map(ctx: _Ctx, obj: _Obj, key: str, key_re: re.Pattern[str], what: str)
             v = str(v)
         if not isinstance(v, str):
             ctx.add(line, path, f"must be a string, not {_type_name(v)}")
+            continue
+        if "\0" in v:
+            ctx.add(line, path, NUL)
             continue
         out.append((k, v))
     return tuple(sorted(out))
@@ -207,6 +213,9 @@ def _command(ctx: _Ctx, obj: _Obj, key: str) -> tuple[str, ...] | None:
     for line, path, item in items:
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
             ctx.add(line, path, f"must be a string, not {_type_name(item)}")
+            continue
+        if "\0" in str(item):
+            ctx.add(line, path, NUL)
             continue
         out.append(str(item))
     if not out and items == [] and isinstance(value, list) and not value:

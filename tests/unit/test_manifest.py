@@ -213,3 +213,9 @@ def test_links_are_refused_by_name_and_never_followed(tmp_path: Path) -> None:
     assert any(p.startswith("apps/gone.yaml: is a symbolic link") for p in found)
     assert f"apps/big.yaml: file is {50 * 1024 * 1024} bytes; manifests may be at most {MAX_FILE_BYTES} bytes" in found
     assert "the-secret-content" not in " ".join(found)
+
+
+def test_a_nul_character_is_refused_where_a_process_would_get_it() -> None:
+    found = problems(HEAD + '  image: a:1\n  env: {GREETING: "hi\\0there"}\n  command: ["sh", "-c", "echo\\0x"]\n')
+    assert any(p.startswith("apps/web.yaml:7: spec.env.GREETING: contains a NUL character") for p in found), found
+    assert any(p.startswith("apps/web.yaml:8: spec.command[2]: contains a NUL character") for p in found), found
