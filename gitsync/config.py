@@ -157,6 +157,27 @@ def _resolve(base: Path, value: str | None) -> str | None:
     return str(p if p.is_absolute() else (base / p))
 
 
+def _loopback_url(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _has_password(url: str) -> bool:
+    """user:password@ in a URL (a user name alone, as in ssh://git@host, is fine)."""
+    from urllib.parse import urlsplit
+
+    try:
+        return "://" in url and urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
 def _is_path_like(url: str) -> bool:
     return not re.match(r"^[a-z][a-z0-9+.-]*://", url) and not re.match(r"^[\w.-]+@[\w.-]+:", url)
 
@@ -179,6 +200,11 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     if _is_path_like(url):
         url = _resolve(base, url) or url
     token_env = r.string(src_node, "token_env", "source.token_env", None, ENV_NAME_RE)
+    if _has_password(url):
+        raise r.fail(src_node, "url", "source.url", "has a password in it, and the URL is logged, stored and shown: "
+                     "put the token in an environment variable and name that in source.token_env")
+    if token_env and url.lower().startswith("http://") and not _loopback_url(url):
+        raise r.fail(src_node, "token_env", "source.token_env", "a token is never sent over plain http:// (but to this machine): use an https:// source.url")
     path = (r.string(src_node, "path", "source.path", "") or "").strip("/")
     if ".." in path.split("/"):
         raise r.fail(src_node, "path", "source.path", "must stay inside the repository (no '..')")
@@ -207,6 +233,8 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
                 raise r.fail(hosts_node, i, p, "needs a name and a url")
             if any(x.name == hname for x in hosts):
                 raise r.fail(h, "name", f"{p}.name", f"host {hname!r} is listed twice")
+            if _has_password(hurl):
+                raise r.fail(h, "url", f"{p}.url", "has a password in it, and the URL is logged and shown: use tls (tcp://) or an ssh key (ssh://)")
             scheme = hurl.split("://", 1)[0] if "://" in hurl else ""
             if scheme not in ("unix", "tcp", "ssh", "npipe"):
                 raise r.fail(h, "url", f"{p}.url", f"{hurl!r}: use unix://PATH, tcp://HOST:PORT or ssh://USER@HOST")

@@ -40,10 +40,15 @@ def test_defaults() -> None:
         ("hosts:\n  - {name: a, url: 'unix:///x', grace: .nan}\n", "gitsync.yaml:2: hosts[0].grace: must be a finite duration, not nan"),
         ("server: {listen: '127.0.0.1:notaport'}\n", "gitsync.yaml:1: server.listen: '127.0.0.1:notaport' must be HOST:PORT with a port from 1 to 65535"),
         ("server: {listen: '127.0.0.1:70000'}\n", "server.listen: '127.0.0.1:70000' must be HOST:PORT"),
+        ("source: {url: 'https://bob:hunter2@git.example.com/d.git'}\n", "gitsync.yaml:1: source.url: has a password in it"),
+        ("source: {url: 'http://git.example.com/d.git', token_env: T}\n", "source.token_env: a token is never sent over plain http://"),
+        ("source: {url: 'http://[::2]/d.git', token_env: T}\n", "source.token_env: a token is never sent over plain http://"),
+        ("hosts:\n  - {name: a, url: 'ssh://bob:hunter2@h1'}\n", "gitsync.yaml:2: hosts[0].url: has a password in it"),
     ],
 )
 def test_config_errors_name_the_key(text: str, expected: str) -> None:
-    assert expected in error(text)
+    said = error(text)
+    assert expected in said and "hunter2" not in said, said
 
 
 def test_plain_tcp_needs_loopback_tls_or_insecure() -> None:
@@ -65,3 +70,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path) -> None:  # ty
     cfg = parse("source: {url: repo}\nstate_dir: st\n", "gitsync.yaml", base=tmp_path)
     assert cfg.source.url == str(tmp_path / "repo")
     assert cfg.state_dir == str(tmp_path / "st")
+
+
+def test_a_token_over_http_to_this_machine_is_allowed() -> None:
+    assert parse("source: {url: 'http://127.0.0.1:8080/d.git', token_env: T}\n").source.token_env == "T"
