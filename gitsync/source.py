@@ -14,6 +14,7 @@ import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import git
 
@@ -107,14 +108,20 @@ class Source:
             token = os.environ.get(s.token_env, "")
             if not token:
                 raise FetchError(f"source.token_env names ${s.token_env}, which is not set or empty")
+            origin = urlsplit(s.url)
             env.update(
                 {
                     "GITSYNC_GIT_USERNAME": s.username,
                     "GITSYNC_GIT_TOKEN": token,
+                    "GITSYNC_GIT_ORIGIN": f"{origin.scheme}://{origin.hostname or ''}{f':{origin.port}' if origin.port else ''}".lower(),
                     "GIT_CONFIG_COUNT": "1",
                     "GIT_CONFIG_KEY_0": "credential.helper",
-                    # A shell function reading the token from the child's environment: never in argv or on disk.
-                    "GIT_CONFIG_VALUE_0": '!f() { test "$1" = get && echo "username=$GITSYNC_GIT_USERNAME" && echo "password=$GITSYNC_GIT_TOKEN"; }; f',
+                    # A shell function reading the token from the child's environment (never in argv or on disk),
+                    # answering only for the configured scheme and host: a redirect elsewhere gets nothing.
+                    "GIT_CONFIG_VALUE_0": (
+                        '!f() { test "$1" = get || exit 0; p=; h=; while IFS="=" read -r k v; do case "$k" in protocol) p=$v;; host) h=$v;; esac; done; '
+                        'test "$p://$h" = "$GITSYNC_GIT_ORIGIN" || exit 0; echo "username=$GITSYNC_GIT_USERNAME"; echo "password=$GITSYNC_GIT_TOKEN"; }; f'
+                    ),
                 }
             )
         ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]

@@ -200,6 +200,35 @@ def test_https_token_from_the_environment(http_remote: tuple[str, list[str]], up
     assert "s3cret-token" not in (tmp_path / "st" / "source.git" / "config").read_text()  # never stored
 
 
+def test_the_token_is_never_given_to_a_host_a_redirect_points_to(upstream: GitRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    elsewhere = ThreadingHTTPServer(("127.0.0.2", 0), type("B", (_GitHttp,), {"root": upstream.path.parent, "expected": "x:never", "seen": seen}))
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{elsewhere.server_address[1]}{self.path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    first = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for srv in (elsewhere, first):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DEPLOY_TOKEN", "s3cret-token")
+        with pytest.raises(FetchError):
+            Source(SourceSettings(url=f"http://127.0.0.1:{first.server_address[1]}/{upstream.path.name}", token_env="DEPLOY_TOKEN"), str(tmp_path / "st")).fetch()
+        assert seen, "git did not follow the redirect: the test proves nothing"
+        assert not any("s3cret-token" in base64.b64decode(a.split()[1]).decode() for a in seen if a.startswith("Basic ")), seen
+    finally:
+        for srv in (elsewhere, first):
+            srv.shutdown()
+            srv.server_close()
+
+
 def test_failed_auth_says_so_without_the_token(http_remote: tuple[str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url, _ = http_remote
     monkeypatch.setenv("DEPLOY_TOKEN", "wrong-token")
