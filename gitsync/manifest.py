@@ -103,6 +103,16 @@ class _Obj:
                 self.ctx.add(self.line_of(key), self.sub(str(key)), f"unknown key (known keys here: {known})")
 
 
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: a string, shortened; anything else by its type only (a nested
+    value, a YAML alias bomb above all, is never expanded into a message)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 80 else value[:77] + "...")
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)
+    return _type_name(value)
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -262,7 +272,7 @@ def _volumes(ctx: _Ctx, obj: _Obj) -> tuple[VolumeMount, ...]:
             ro = False
         v.finish()
         if name is not None and not VOLUME_NAME_RE.match(name):
-            ctx.add(v.line_of("name"), f"{path}.name", f"{name!r} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); host paths are not allowed")
+            ctx.add(v.line_of("name"), f"{path}.name", f"{_shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); host paths are not allowed")
             continue
         if mount is not None and not mount.startswith("/"):
             ctx.add(v.line_of("mountPath"), f"{path}.mountPath", "must be an absolute path")
@@ -325,7 +335,7 @@ def _update(ctx: _Ctx, obj: _Obj) -> UpdatePolicy:
         try:
             order = UpdateOrder(order_value)
         except ValueError:
-            ctx.add(u.line_of("order"), u.sub("order"), f"{order_value!r} is not one of start-first, stop-first")
+            ctx.add(u.line_of("order"), u.sub("order"), f"{_shown(order_value)} is not one of start-first, stop-first")
     parallelism = _int(ctx, u, "parallelism", 1, 1, MAX_REPLICAS) or 1
     u.finish()
     return UpdatePolicy(order, parallelism)
@@ -342,7 +352,7 @@ def _deployment(ctx: _Ctx, meta: _Obj, name: str, labels: tuple[tuple[str, str],
     image = _str(ctx, spec, "image", required=True)
     if image is not None:
         if not IMAGE_RE.match(image) or len(image) > 512:
-            ctx.add(spec.line_of("image"), "spec.image", f"{image!r} is not a valid image reference (e.g. registry.example.com/team/web:1.4.2)")
+            ctx.add(spec.line_of("image"), "spec.image", f"{_shown(image)} is not a valid image reference (e.g. registry.example.com/team/web:1.4.2)")
     command = _command(ctx, spec, "command")
     env = _str_map(ctx, spec, "env", ENV_KEY_RE, "environment variable")
     ports = _ports(ctx, spec)
@@ -356,7 +366,7 @@ def _deployment(ctx: _Ctx, meta: _Obj, name: str, labels: tuple[tuple[str, str],
         try:
             restart = RestartPolicy(restart_value)
         except ValueError:
-            ctx.add(spec.line_of("restart"), "spec.restart", f"{restart_value!r} is not one of no, always, on-failure, unless-stopped")
+            ctx.add(spec.line_of("restart"), "spec.restart", f"{_shown(restart_value)} is not one of no, always, on-failure, unless-stopped")
     grace = _duration(ctx, spec, "stopGracePeriod", 10.0)
     min_ready = _duration(ctx, spec, "minReadySeconds", 0.0)
     depends: list[str] = []
@@ -429,19 +439,21 @@ def _document(ctx: _Ctx, doc: Any, line: int) -> Deployment | Service | None:
     api = top.get("apiVersion", None, required=True)
     kind = top.get("kind", None, required=True)
     if api is not None and api != API_VERSION:
-        ctx.add(top.line_of("apiVersion"), "apiVersion", f"{api!r} is not supported; use {API_VERSION}")
-    if kind is not None and kind not in KINDS:
-        ctx.add(top.line_of("kind"), "kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+        ctx.add(top.line_of("apiVersion"), "apiVersion", f"{_shown(api)} is not supported; use {API_VERSION}")
+    if kind is not None and (not isinstance(kind, str) or kind not in KINDS):
+        ctx.add(top.line_of("kind"), "kind", f"{_shown(kind)} is not one of {', '.join(KINDS)}")
         kind = None
     meta = _Obj(ctx, top.get("metadata", None, required=True), "metadata", top.line_of("metadata"))
     name = _str(ctx, meta, "name", required=meta.ok)
     if name is not None and (not NAME_RE.match(name) or len(name) > 63):
-        ctx.add(meta.line_of("name"), "metadata.name", f"{name!r} is not a valid name: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters")
+        ctx.add(meta.line_of("name"), "metadata.name", f"{_shown(name)} is not a valid name: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters")
         name = None
     labels = _str_map(ctx, meta, "labels", LABEL_KEY_RE, "label")
+    label_lines = meta.get("labels", None)
     for k, _ in labels:
         if k.startswith("io.gitsync."):
-            ctx.add(meta.line_of("labels"), f"metadata.labels.{k}", "the io.gitsync. prefix is reserved for gitsync's own labels")
+            at = label_lines.line_of(k) if isinstance(label_lines, yamlsrc.Node) else meta.line_of("labels")
+            ctx.add(at, f"metadata.labels.{k}", "the io.gitsync. prefix is reserved for gitsync's own labels")
     meta.get("annotations", None)
     meta.finish()
     spec_node = top.get("spec", None)
@@ -472,6 +484,7 @@ def too_large(size: int) -> Unreadable:
     return Unreadable(f"file is {size} bytes; manifests may be at most {MAX_FILE_BYTES} bytes")
 
 
+NOT_READ = Unreadable("not read: there are too many manifest files")
 LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
 
 
@@ -577,6 +590,9 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
             if not is_manifest_file(rel):
                 continue
             full = os.path.join(dirpath, fn)
+            if len(out) >= MAX_FILES:
+                out[rel] = NOT_READ  # counted, so that the refusal says how many there are
+                continue
             if os.path.islink(full):  # never read outside the repository, nor follow a dangling link
                 out[rel] = Unreadable(LINK)
                 continue
@@ -586,6 +602,4 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
                 continue
             with open(full, "rb") as fh:
                 out[rel] = reader(full) if reader else fh.read()
-            if len(out) > MAX_FILES:
-                return out
     return out

@@ -20,7 +20,7 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError
-from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, Unreadable, is_manifest_file, read_folder, too_large
+from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, Unreadable, is_manifest_file, read_folder, too_large
 
 _GIT_TIMEOUT = 120
 LINK_MODE = 0o120000  # a symbolic link in a git tree
@@ -248,6 +248,9 @@ class Source:
             rel = str(item.path)[base:]  # type: ignore[union-attr]
             if not is_manifest_file(rel):
                 continue
+            if len(files) >= MAX_FILES:
+                files[rel] = NOT_READ  # counted, so that the refusal says how many there are
+                continue
             if item.mode == LINK_MODE:  # type: ignore[union-attr]
                 files[rel] = Unreadable(LINK)
                 continue
@@ -255,6 +258,4 @@ class Source:
                 files[rel] = too_large(item.size)  # type: ignore[union-attr]
                 continue
             files[rel] = item.data_stream.read()  # type: ignore[union-attr]
-            if len(files) > MAX_FILES:
-                break
         return files

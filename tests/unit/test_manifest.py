@@ -219,3 +219,34 @@ def test_a_nul_character_is_refused_where_a_process_would_get_it() -> None:
     found = problems(HEAD + '  image: a:1\n  env: {GREETING: "hi\\0there"}\n  command: ["sh", "-c", "echo\\0x"]\n')
     assert any(p.startswith("apps/web.yaml:7: spec.env.GREETING: contains a NUL character") for p in found), found
     assert any(p.startswith("apps/web.yaml:8: spec.command[2]: contains a NUL character") for p in found), found
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_and_never_expanded_into_a_message() -> None:
+    import time
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    text = "\n".join(levels) + "\napiVersion: *a8\nkind: *a8\nmetadata: {name: web}\nspec: {image: a:1}\n"
+    assert len(text) < 1000
+    t = time.monotonic()
+    found = problems(text)
+    assert time.monotonic() - t < 2
+    assert sum(len(p) for p in found) < 2000, [p[:200] for p in found]
+    assert any(p.startswith("apps/web.yaml:10: apiVersion: a list is not supported") for p in found), found
+    assert any(p.startswith("apps/web.yaml:11: kind: a list is not one of") for p in found), found
+
+
+def test_a_reserved_label_is_located_at_its_key() -> None:
+    found = problems(HEAD.replace("  name: web\n", "  name: web\n  labels:\n    app: web\n    io.gitsync.deployment: x\n") + "  image: a:1\n")
+    assert found == ["apps/web.yaml:7: metadata.labels.io.gitsync.deployment: the io.gitsync. prefix is reserved for gitsync's own labels"]
+
+
+def test_too_many_files_are_counted_right(tmp_path: Path) -> None:
+    from gitsync.manifest import MAX_FILES
+
+    d = tmp_path / "repo"
+    d.mkdir()
+    for i in range(MAX_FILES + 500):
+        (d / f"m{i}.yaml").write_text("")
+    with pytest.raises(ManifestError) as info:
+        load_files(read_folder(str(d)))
+    assert [str(p) for p in info.value.problems] == [f".: {MAX_FILES + 500} manifest files; at most {MAX_FILES} are read"]
