@@ -76,6 +76,7 @@ class ServerSettings:
     api_token_env: str | None = "GITSYNC_API_TOKEN"
     public_url: str | None = None
     max_body_bytes: int = 5 * 1024 * 1024
+    require_token_to_read: bool = False  # the dashboard and the read API want the API token too
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
             statuses.append(StatusSettings(stype, surl.rstrip("/"), repo, tenv, r.boolean(s, "per_deployment", f"{p}.per_deployment", False)))
 
     srv_node = top.get("server")
-    r.mapping(srv_node, "server", ("listen", "webhook_secret_env", "api_token_env", "public_url", "max_body_bytes"), root, "server")
+    r.mapping(srv_node, "server", ("listen", "webhook_secret_env", "api_token_env", "public_url", "max_body_bytes", "require_token_to_read"), root, "server")
     listen = r.string(srv_node, "listen", "server.listen", "127.0.0.1:9100") or "127.0.0.1:9100"
     port = listen.rpartition(":")[2]
     if ":" not in listen or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -310,6 +311,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         api_token_env=r.string(srv_node, "api_token_env", "server.api_token_env", "GITSYNC_API_TOKEN", ENV_NAME_RE),
         public_url=(r.string(srv_node, "public_url", "server.public_url") or "").rstrip("/") or None,
         max_body_bytes=max_body or 5 * 1024 * 1024,
+        require_token_to_read=r.boolean(srv_node, "require_token_to_read", "server.require_token_to_read", False),
     )
     state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
     return Config(name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server, state_dir=state_dir, path=file)

@@ -7,6 +7,7 @@ before a byte is read.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import html
 import json
@@ -134,9 +135,42 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length > 0 else b""
 
+    def _api_token(self) -> str | None:
+        env = self.agent.config.server.api_token_env
+        return (os.environ.get(env) if env else None) or None
+
+    def _token_given(self, token: str) -> bool:
+        """`Authorization: Bearer <token>`, or Basic with the token as password (what a browser can send)."""
+        scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+        scheme, given = scheme.lower(), given.strip()
+        if scheme == "basic":
+            try:
+                given = base64.b64decode(given, validate=True).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                return False
+        elif scheme != "bearer":
+            return False
+        return hmac.compare_digest(given.encode(), token.encode())  # the scheme is case-insensitive, the token is not
+
+    def _may_read(self) -> bool:
+        """With server.require_token_to_read, the dashboard and the read API answer only to the API token."""
+        if not self.agent.config.server.require_token_to_read:
+            return True
+        token = self._api_token()
+        if token is None:
+            env = self.agent.config.server.api_token_env or "server.api_token_env"
+            self._json(403, {"error": f"server.require_token_to_read is set but ${env} is not: nothing can be read"})
+            return False
+        if self._token_given(token):
+            return True
+        self._json(401, {"error": "this agent wants its API token to show its state"}, {"WWW-Authenticate": 'Basic realm="gitsync"'})
+        return False
+
     # -- routes ----------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
+        if (path in ("/", "/index.html", "/api/status") or path.startswith(("/api/syncs", "/syncs/"))) and not self._may_read():
+            return
         if HOOK.match(path) or path == "/api/sync":
             self._json(405, {"error": "use POST"}, {"Allow": "POST"})
         elif path == "/healthz":
@@ -204,13 +238,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        env = self.agent.config.server.api_token_env
-        token = os.environ.get(env) if env else None
+        token = self._api_token()
         if not token:
-            self._json(403, {"error": f"the sync API is disabled: set ${env or 'server.api_token_env'}"})
+            self._json(403, {"error": f"the sync API is disabled: set ${self.agent.config.server.api_token_env or 'server.api_token_env'}"})
             return
-        scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):  # the scheme is case-insensitive
+        if not self._token_given(token):
             self._json(401, {"error": "bad or missing bearer token"}, {"WWW-Authenticate": "Bearer"})
             return
         fresh = self.agent.nudge("api")

@@ -42,7 +42,8 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 
 class AgentProc:
     def __init__(
-        self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3
+        self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
+        server_extra: str = "",
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,7 +67,7 @@ class AgentProc:
             f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s}}\n"
             f"hosts:\n{hosts}"
             f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN, per_deployment: {str(per_deployment).lower()}}}\n"
-            f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'}}\n"
+            f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'{server_extra}}}\n"
             f"state_dir: {tmp / 'state'}\n"
         )
         env = {**os.environ, "GITSYNC_WEBHOOK_SECRET": SECRET, "GITSYNC_API_TOKEN": API_TOKEN, "GH_TOKEN": GH_TOKEN}
@@ -342,5 +343,24 @@ def test_the_http_surface_refuses_cleanly_and_sends_security_headers(fleet: Flee
         for wrong in (f"Basic {API_TOKEN}", f"Bearer {API_TOKEN}x", "Bearer", ""):
             assert requests.post(agent.url + "/api/sync", headers={"Authorization": wrong}, timeout=5).status_code == 401, wrong
         assert "Traceback" not in agent.log.read_text()
+    finally:
+        assert agent.stop() == 0
+
+
+def test_the_dashboard_and_read_api_can_require_the_api_token(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
+    upstream.commit("web")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path, server_extra=", require_token_to_read: true")
+    try:
+        for path in ("/", "/api/status", "/api/syncs", "/api/syncs/1", "/syncs/1"):
+            r = requests.get(agent.url + path, timeout=5)
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Basic realm="gitsync"', (path, r.status_code)
+            assert "web" not in r.text
+            assert requests.get(agent.url + path, auth=("anyone", "wrong"), timeout=5).status_code == 401, path
+        assert requests.get(agent.url + "/", auth=("anyone", API_TOKEN), timeout=5).status_code == 200  # a browser's way
+        assert requests.get(agent.url + "/api/status", headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=5).status_code == 200
+        for path in ("/healthz", "/readyz", "/metrics"):  # probes and Prometheus need no token
+            assert requests.get(agent.url + path, timeout=5).status_code == 200, path
     finally:
         assert agent.stop() == 0
