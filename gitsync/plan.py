@@ -158,6 +158,15 @@ def make_plan(
             live_by_dep[c.deployment].append(c)
     # Overall load: every container we will keep or create, for the least-loaded tie-break.
     load: Counter[str] = Counter()
+    # Fixed host ports, (host, port, protocol) -> deployment: held by the replicas that run (and
+    # stay, for those of desired deployments), then by those placed; a host where another deployment
+    # holds one of a deployment's ports is no place for it.
+    held_ports: dict[tuple[str, int, str], str] = {}
+    for d in desired.deployments:
+        for c in live_by_dep.get(d.name, ()):
+            if c.replica is not None and c.replica < d.replicas and d.placement.matches(next((h.label_map for h in up if h.name == c.host), {})):
+                for port, proto in _host_ports(d):
+                    held_ports.setdefault((c.host, port, proto), d.name)
 
     for d in desired.deployments:
         want = L.spec_hash(d)
@@ -214,21 +223,33 @@ def make_plan(
 
         missing = [i for i in range(d.replicas) if i not in kept]
         unplaced: list[int] = []
+        taken = {  # eligible hosts where another deployment holds one of d's fixed host ports
+            h.name: held_ports[(h.name, port, proto)]
+            for h in eligible for port, proto in _host_ports(d)
+            if held_ports.get((h.name, port, proto), d.name) != d.name
+        }
         for idx in missing:
-            options = [h for h in eligible if cap is None or per_host[h.name] < cap]
+            options = [h for h in eligible if (cap is None or per_host[h.name] < cap) and h.name not in taken]
             if not options:
                 unplaced.append(idx)
                 continue
             target = min(options, key=lambda h: (per_host[h.name], load[h.name], order[h.name]))
             per_host[target.name] += 1
             load[target.name] += 1
+            for port, proto in _host_ports(d):
+                held_ports.setdefault((target.name, port, proto), d.name)
             was = next((c for c, _ in moved if c.replica == idx), None)
             reason = f"replica {idx} of {d.replicas}" + (f", moved from {was.host}" if was else "")
             actions.append(
                 Action(ActionKind.CREATE, target.name, d.name, idx, reason, None, L.container_name(agent, d.name, idx), _PHASE_CREATE)
             )
         if unplaced:
-            problems.append(PlacementProblem(d.name, _why_unplaced(d, len(unplaced), eligible, fresh, unreachable)))
+            why = _why_unplaced(d, len(unplaced), eligible, fresh, unreachable)
+            for other in sorted(set(taken.values())):
+                on = ", ".join(sorted(h for h, o in taken.items() if o == other))
+                ports = ", ".join(f"{p}/{proto}" for p, proto in _host_ports(d) if any(held_ports.get((h, p, proto)) == other for h in taken))
+                why += f"; hostPort {ports} is held by deployment {other} on {on}"
+            problems.append(PlacementProblem(d.name, why))
 
         for c, why in surplus:
             actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, _PHASE_SURPLUS))
@@ -247,6 +268,10 @@ def make_plan(
     actions = [a for a in actions if a.host not in stale]
     actions.sort(key=lambda a: (order.get(a.host, len(order)), a.host, *a.sort_key()))
     return Plan(tuple(actions), tuple(noops), tuple(problems), unreachable, tuple(h.name for h in hosts), placement)
+
+
+def _host_ports(d: Deployment) -> list[tuple[int, str]]:
+    return [(p.host_port, p.protocol) for p in d.ports if p.host_port is not None]
 
 
 def _why_unplaced(d: Deployment, count: int, eligible: Sequence[HostSettings], up: Sequence[HostSettings], unreachable: Sequence[str]) -> str:

@@ -54,3 +54,25 @@ def test_golden_plan(case_dir: Path) -> None:
         expected_file.write_text(got)
     assert expected_file.exists(), f"{expected_file} missing: run with GITSYNC_UPDATE_GOLDEN=1 and review it"
     assert got == expected_file.read_text()
+
+
+def _port_plan(replicas_a: int, replicas_b: int) -> tuple[list[tuple[str, str]], list[str]]:
+    def dep(name: str, n: int) -> str:
+        return f"apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {n}\n  image: x:1\n  ports: [{{containerPort: 80, hostPort: 8080}}]\n"
+
+    desired = load_files({"a.yaml": dep("a", replicas_a).encode(), "b.yaml": dep("b", replicas_b).encode()})
+    hosts = config_mod.parse("hosts:\n  - {name: h1, url: 'unix:///h1'}\n  - {name: h2, url: 'unix:///h2'}\n").hosts
+    plan = make_plan(desired, {h.name: HostObservation(h.name, True, (), None, 0.0) for h in hosts}, hosts, "t")
+    return sorted((a.deployment, a.host) for a in plan.actions), [str(p) for p in plan.problems]
+
+
+def test_deployments_sharing_a_fixed_host_port_are_placed_apart() -> None:
+    creates, problems = _port_plan(1, 1)
+    assert creates == [("a", "h1"), ("b", "h2")] and problems == []
+
+
+def test_a_fixed_host_port_held_everywhere_is_refused_before_anything_is_applied() -> None:
+    creates, problems = _port_plan(2, 1)
+    assert creates == [("a", "h1"), ("a", "h2")]
+    assert len(problems) == 1 and problems[0].startswith("b: 1 of 1 replicas cannot be placed"), problems
+    assert problems[0].endswith("hostPort 8080/tcp is held by deployment a on h1, h2"), problems
