@@ -177,10 +177,13 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         doc = plan.to_json()
         doc["revision"] = seen.snapshot.revision
         doc["unreachable"] = {n: o.error for n, o in seen.observed.items() if not o.reachable}
+        doc["notes"] = list(seen.snapshot.notes)
         print(json.dumps(doc, indent=2, sort_keys=True), file=out)
     else:
         labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in cfg.hosts}
         render_plan(plan, seen.snapshot.revision, labels, out)
+        for note in seen.snapshot.notes:
+            print(f"note: {note}", file=out)
         for name, o in seen.observed.items():
             if not o.reachable:
                 print(f"gitsync: host {name} unreachable: {o.error}", file=err)

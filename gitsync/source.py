@@ -34,6 +34,7 @@ class Snapshot:
     commit: str | None  # the commit sha, when there is one (commit statuses go there)
     files: dict[str, bytes] = field(repr=False)
     location: str = ""  # where the files were read from, for messages
+    notes: tuple[str, ...] = ()  # what was left out and why (git submodules), for `plan` to say
 
     @property
     def short(self) -> str:
@@ -98,7 +99,7 @@ class Source:
         self.state_dir = Path(state_dir)
         self._repo: git.Repo | None = None
         self._work_trees: dict[str, git.Repo] = {}
-        self._files: tuple[str, str, dict[str, bytes]] | None = None  # (commit, prefix, files): commits are immutable
+        self._files: tuple[str, str, dict[str, bytes], tuple[str, ...]] | None = None  # (commit, prefix, files, notes): commits are immutable
 
     # -- the environment git runs with: no prompts, credentials from the environment only
     def _env(self) -> dict[str, str]:
@@ -173,8 +174,8 @@ class Source:
             branch = repo.active_branch.name
         except TypeError:
             branch = "HEAD"
-        files = self._read_tree(commit, prefix, str(repo.working_tree_dir))
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"))
+        files, notes = self._read_tree(commit, prefix, str(repo.working_tree_dir))
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"), notes)
 
     # -- a plain folder: revision = content hash
     def _read_folder(self, p: Path) -> Snapshot:
@@ -221,17 +222,17 @@ class Source:
             commit = repo.commit(ref)
         except (git.BadName, ValueError):
             raise FetchError(f"branch {branch!r} does not exist on {url}; check source.branch") from None
-        files = self._read_tree(commit, self.settings.path, url)
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url)
+        files, notes = self._read_tree(commit, self.settings.path, url)
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes)
 
-    def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> dict[str, bytes]:
+    def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> tuple[dict[str, bytes], tuple[str, ...]]:
         if self._files is not None and self._files[:2] == (commit.hexsha, prefix):
-            return self._files[2]
-        files = self._read_tree_uncached(commit, prefix, where)
-        self._files = (commit.hexsha, prefix, files)
-        return files
+            return self._files[2], self._files[3]
+        files, notes = self._read_tree_uncached(commit, prefix, where)
+        self._files = (commit.hexsha, prefix, files, notes)
+        return files, notes
 
-    def _read_tree_uncached(self, commit: git.Commit, prefix: str, where: str) -> dict[str, bytes]:
+    def _read_tree_uncached(self, commit: git.Commit, prefix: str, where: str) -> tuple[dict[str, bytes], tuple[str, ...]]:
         tree = commit.tree
         if prefix:
             try:
@@ -241,8 +242,13 @@ class Source:
             if tree.type != "tree":
                 raise FetchError(f"source.path {prefix!r} is not a folder in {where}")
         files: dict[str, bytes] = {}
+        notes: list[str] = []
         base = len(prefix) + 1 if prefix else 0
-        for item in tree.traverse(prune=lambda i, d: i.name.startswith(".")):  # type: ignore[arg-type,union-attr]
+        hidden = lambda i, d: str(i.path).rsplit("/", 1)[-1].startswith(".")  # noqa: E731  # by path: a submodule has no name
+        for item in tree.traverse(prune=hidden):  # type: ignore[arg-type]
+            if item.type == "submodule":  # type: ignore[union-attr]
+                notes.append(f"{str(item.path)[base:]} is a git submodule; gitsync does not read submodules")  # type: ignore[union-attr]
+                continue
             if item.type != "blob":  # type: ignore[union-attr]
                 continue
             rel = str(item.path)[base:]  # type: ignore[union-attr]
@@ -258,4 +264,4 @@ class Source:
                 files[rel] = too_large(item.size)  # type: ignore[union-attr]
                 continue
             files[rel] = item.data_stream.read()  # type: ignore[union-attr]
-        return files
+        return files, tuple(notes)

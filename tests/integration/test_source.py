@@ -62,6 +62,18 @@ def test_a_committed_link_is_refused_by_name_not_followed(upstream: GitRepo, tmp
     ]
 
 
+def test_a_submodule_is_skipped_and_named(upstream: GitRepo, tmp_path: Path) -> None:
+    sub = GitRepo(tmp_path / "sub")
+    sub.write("x.yaml", "not: read\n")
+    sub.commit("sub")
+    git(upstream.path, "-c", "protocol.file.allow=always", "submodule", "-q", "add", str(sub.path), "apps/vendor")
+    upstream.commit("a submodule")
+    for url in (str(upstream.path), f"file://{upstream.path}"):  # a work tree, and a remote
+        snap = Source(SourceSettings(url=url), str(tmp_path / "st")).fetch()
+        assert sorted(snap.files) == ["apps/web.yaml"], snap.files.keys()
+        assert snap.notes == ("apps/vendor is a git submodule; gitsync does not read submodules",)
+
+
 def test_plain_folder_revision_is_a_content_hash(tmp_path: Path) -> None:
     d = tmp_path / "plain"
     d.mkdir()
