@@ -386,7 +386,7 @@ class Agent:
                 log.debug("event stream of %s dropped: %s", name, exc)
             finally:
                 if stream is not None:
-                    self.tracker.stream(name, False)
+                    self.tracker.stream(name, False, stream.silent_for)
                     with self._events_lock:
                         if self._streams.get(key) is stream:
                             del self._streams[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import socket
@@ -121,17 +122,39 @@ class _KeepaliveAdapter(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """The kernel gave up on a silent peer (ETIMEDOUT), somewhere in the chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ETIMEDOUT:
+            return True
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None and seen.args and isinstance(seen.args[-1], BaseException):
+            nxt = seen.args[-1]  # urllib3's ProtocolError carries the OSError as an argument
+        seen = nxt
+    return False
+
+
 class EventStream:
     """A host's Docker event stream (decoded events), on a connection of its own that is alive for as
     long as the engine is: it ends when the engine closes it (it stopped), when the kernel's keepalive
     finds the peer gone (tcp://), or when closed. Iterating raises on any of those."""
 
-    def __init__(self, api: docker.APIClient, events: Iterator[dict[str, Any]]) -> None:
+    def __init__(self, api: docker.APIClient, events: Iterator[dict[str, Any]], silence: float) -> None:
         self._api = api
         self._events = events
+        self._silence = silence
+        self.silent_for = 0.0  # once it ended: how long the peer had been silent (keepalive gave up), else 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        return self._events
+        try:
+            yield from self._events
+        except Exception as exc:
+            if _timed_out(exc):
+                self.silent_for = self._silence
+            raise
 
     def close(self) -> None:
         for close in (getattr(self._events, "close", None), self._api.close):
@@ -243,7 +266,8 @@ class Hosts:
                 api.mount("http://", _KeepaliveAdapter(tune))
                 api.mount("https://", _KeepaliveAdapter(tune))
             api.timeout = (5, None)  # type: ignore[assignment]  # connect within 5 s, then read for as long as it lasts
-            return EventStream(api, api.events(since=since, filters=dict(filters), decode=True))
+            silence = float(tune.keepalive_idle + tune.keepalive_interval * tune.keepalive_count) if h.url.startswith("tcp://") else 0.0
+            return EventStream(api, api.events(since=since, filters=dict(filters), decode=True), silence)
         except Exception as exc:
             raise HostError(name, explain(exc)) from None
 

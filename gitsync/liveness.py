@@ -45,16 +45,17 @@ class HostTracker:
         self._streaming: set[str] = set()  # hosts whose event stream is open: alive without probing
         self.holding = False  # many hosts unreachable at once: suspect our side, move nothing
 
-    def stream(self, name: str, up: bool) -> str | None:
+    def stream(self, name: str, up: bool, silent_for: float = 0.0) -> str | None:
         """A host's event stream opened (the engine answered: as good as a probe, and a reason to sync
-        when the host was failing) or ended (it was alive until now, at least)."""
+        when the host was failing) or ended: the host was alive until now, or, when TCP keepalive gave
+        up on it, until `silent_for` seconds ago (its grace counts from its last sign of life)."""
         now = time.monotonic()
         with self._lock:
             h = self.state.setdefault(name, HostHealth(last_ok=now))
             if not up:
                 self._streaming.discard(name)
                 if h.failing_since is None:
-                    h.last_ok = now
+                    h.last_ok = now - silent_for
                 return None
             self._streaming.add(name)
         return self.probed(name, None)
