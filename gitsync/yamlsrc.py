@@ -84,6 +84,9 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)  # type: ignore
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)  # type: ignore[arg-type]
 
 
+TOO_DEEP = "nested too deeply to read; flatten this document"
+
+
 class YamlSyntaxError(Exception):
     def __init__(self, line: int | None, message: str) -> None:
         super().__init__(message)
@@ -96,6 +99,8 @@ def _syntax_error(exc: yaml.YAMLError, text: str) -> YamlSyntaxError:
     line = mark.line + 1 if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
+    if "nesting depth" in problem:  # newer libyaml stops there; older ones and Python's parser recurse until RecursionError
+        return YamlSyntaxError(line, TOO_DEEP)
     message = f"invalid YAML: {problem}"
     if context and "duplicate key" not in problem:
         message += f" ({context})"
@@ -125,7 +130,7 @@ def load_all(text: str) -> list[tuple[int, Any]]:
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text) from None
     except RecursionError:  # the parser and the constructor recurse per level of nesting
-        raise YamlSyntaxError(getattr(loader, "line", 0) + 1, "nested too deeply to read; flatten this document") from None
+        raise YamlSyntaxError(getattr(loader, "line", 0) + 1, TOO_DEEP) from None
     finally:
         loader.dispose()
     return docs
