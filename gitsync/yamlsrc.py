@@ -54,8 +54,11 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[Node]:
     data = Node()
     data.line = node.start_mark.line + 1
     yield data
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
+    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)  # merged pairs first (later sources first), then the mapping's own
+    merged = len(node.value) - own
+    explicit: set[Any] = set()
+    for i, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         try:
             hash(key)
@@ -63,10 +66,12 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[Node]:
             raise yaml.constructor.ConstructorError(
                 "while constructing a mapping", node.start_mark, "found an unhashable key", key_node.start_mark
             ) from None
-        if key in data:
-            raise DuplicateKeyError(
-                "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
-            )
+        if i >= merged:  # a key written here: written twice is an error, over a merged one it overrides (`<<`)
+            if key in explicit:
+                raise DuplicateKeyError(
+                    "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                )
+            explicit.add(key)
         data[key] = loader.construct_object(value_node, deep=True)
         data.lines[key] = key_node.start_mark.line + 1
 

@@ -250,3 +250,14 @@ def test_too_many_files_are_counted_right(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as info:
         load_files(read_folder(str(d)))
     assert [str(p) for p in info.value.problems] == [f".: {MAX_FILES + 500} manifest files; at most {MAX_FILES} are read"]
+
+
+def test_a_yaml_merge_may_be_overridden_but_a_key_written_twice_may_not() -> None:
+    text = (
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels: &base {app: web, tier: front}\n"
+        "spec:\n  image: a:1\n  env:\n    <<: *base\n    app: override\n"
+    )
+    d = load_files({"apps/web.yaml": text.encode()}).deployments[0]
+    assert dict(d.env) == {"app": "override", "tier": "front"}
+    found = problems(text + "    app: again\n")
+    assert found == ["apps/web.yaml:11: invalid YAML: duplicate key 'app'"], found
