@@ -346,10 +346,14 @@ class Agent:
                     continue
                 why = self.tracker.probed(name, err if isinstance(err, str) or err is None else str(err))
                 if why is not None:
-                    log.warning("%s", why.replace(":", " ", 2)) if not why.endswith("back") else log.info("%s", why.replace(":", " ", 2))
-                    self.nudge(why)
+                    self._host_changed(why)
             self.stopping.wait(t.probe_interval)
             expected = start + took + t.probe_interval
+
+    def _host_changed(self, why: str) -> None:
+        """A host's standing changed ("host:h1:down"): say so, and sync."""
+        (log.info if why.endswith("back") else log.warning)("%s", why.replace(":", " ", 2))
+        self.nudge(why)
 
     def _watch(self, key: tuple[str, str], done: threading.Event) -> None:
         """Follow one host's Docker events for our containers; reconnect when the stream drops, until
@@ -371,8 +375,7 @@ class Agent:
                     break
                 back = self.tracker.stream(name, True)
                 if back is not None:
-                    log.info("%s", back.replace(":", " ", 2))
-                    self.nudge(back)
+                    self._host_changed(back)
                 if not first:
                     self.nudge(f"events:{name}:reconnected")  # something may have happened while we were away
                 first = False

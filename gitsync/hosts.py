@@ -239,16 +239,19 @@ class Hosts:
             except Exception:
                 pass
 
+    def _pinned_client(self, h: HostSettings) -> docker.APIClient:
+        """A client with a pinned API version: no negotiation round trip (/_ping and /events need none)."""
+        check_transport(h)
+        c = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
+        if h.tls is not None:
+            c.trust_env = False  # see _apiclient
+        return c
+
     def _probe_client(self, name: str) -> docker.APIClient:
         with self._lock:
             c = self._probe_clients.get(name)
         if c is None:
-            h = self.setting(name)
-            check_transport(h)
-            # A pinned version: no negotiation round trip (/_ping is not versioned anyway).
-            c = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
-            if h.tls is not None:
-                c.trust_env = False  # see _apiclient
+            c = self._pinned_client(self.setting(name))
             with self._lock:
                 self._probe_clients[name] = c
         return c
@@ -257,11 +260,8 @@ class Hosts:
         """Follow a host's events from `since` (seconds), on a client of its own with no read timeout: an
         idle stream is not a dead one, TCP keepalive tells them apart (unix sockets close with the engine)."""
         h = self.setting(name)
-        check_transport(h)
         try:
-            api = docker.APIClient(base_url=h.url, tls=self._tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
-            if h.tls is not None:
-                api.trust_env = False  # see _apiclient
+            api = self._pinned_client(h)
             if h.url.startswith("tcp://"):
                 api.mount("http://", _KeepaliveAdapter(tune))
                 api.mount("https://", _KeepaliveAdapter(tune))

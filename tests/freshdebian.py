@@ -226,26 +226,23 @@ class Machine:
             "NODE_EXTRA_CA_CERTS": MACHINE_CA, "GIT_SSL_CAINFO": MACHINE_CA, "CURL_CA_BUNDLE": MACHINE_CA,
         }
 
-    def terminal(self, script: str, log: Path, cwd: str = "/root", extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Run `script` with bash in the machine, as a shell of its own (its own process group, like a
-        terminal's foreground job), its output to `log`."""
+    def _bash(self, script: str, cwd: str) -> list[str]:
+        """argv running `script` with bash inside the machine, as root, in a clean environment."""
         assert self.pid1 is not None
-        env = {**self.env(), **(extra_env or {})}
-        argv = [
-            "nsenter", "-t", str(self.pid1), "--mount", "--net", "--pid", "--root", "--wd",
-            "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), "/bin/bash", "-c", f"cd {cwd}\n{script}",
-        ]
-        with open(log, "ab") as out:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def sh(self, script: str, timeout: float = 120, cwd: str = "/root") -> subprocess.CompletedProcess[str]:
-        """Run `script` with bash in the machine and wait: stdout and stderr apart."""
-        assert self.pid1 is not None
-        argv = [
+        return [
             "nsenter", "-t", str(self.pid1), "--mount", "--net", "--pid", "--root", "--wd",
             "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in self.env().items()), "/bin/bash", "-c", f"cd {cwd}\n{script}",
         ]
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+    def terminal(self, script: str, log: Path, cwd: str = "/root") -> subprocess.Popen[bytes]:
+        """Run `script` as a shell of its own (its own process group, like a terminal's foreground job),
+        its output to `log`."""
+        with open(log, "ab") as out:
+            return subprocess.Popen(self._bash(script, cwd), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def sh(self, script: str, timeout: float = 120, cwd: str = "/root") -> subprocess.CompletedProcess[str]:
+        """Run `script` and wait: stdout and stderr apart."""
+        return subprocess.run(self._bash(script, cwd), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
     def copy_in(self, files: list[Path], src_root: Path, dest: str) -> None:
         """Copy these files (paths relative to src_root) into the machine under dest."""

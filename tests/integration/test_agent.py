@@ -109,6 +109,14 @@ class AgentProc:
         return self.proc.returncode
 
 
+def web_agent(fleet: Fleet, forge: FakeForge, tmp_path: Path, replicas: int, **kwargs: object) -> tuple[GitRepo, AgentProc]:
+    """An upstream repository with one commit of deployment web, and an agent following it."""
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", deployment("web", replicas, extra=WEB, labels="{app: web}"))
+    upstream.commit("web")
+    return upstream, AgentProc(fleet, upstream, forge, tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
 def push_body(sha: str, ref: str = "refs/heads/main") -> bytes:
     return json.dumps({"ref": ref, "before": "0" * 39 + "1", "after": sha, "repository": {"full_name": "acme/deploy"}}).encode()
 
@@ -301,10 +309,7 @@ def test_sighup_reload_and_per_deployment_contexts(fleet: Fleet, github_forge: F
 
 
 def test_apply_while_the_agent_runs_asks_the_agent_instead_of_racing_it(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
-    upstream = GitRepo(tmp_path / "up" / "deploy")
-    upstream.write("apps/web.yaml", deployment("web", 2, extra=WEB, labels="{app: web}"))
-    upstream.commit("web v1")
-    agent = AgentProc(fleet, upstream, github_forge, tmp_path)  # polls every 300s: only a request syncs soon
+    upstream, agent = web_agent(fleet, github_forge, tmp_path, 2)  # polls every 300s: only a request syncs soon
     try:
         wait_for(lambda: len([c for h in fleet.clients for c in fleet.containers(h, all=False)]) == 2, 30)
         time.sleep(1.5)  # the syncs the start-up's own container events ask for are done
@@ -327,10 +332,7 @@ def test_apply_while_the_agent_runs_asks_the_agent_instead_of_racing_it(fleet: F
 
 
 def test_the_http_surface_refuses_cleanly_and_sends_security_headers(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
-    upstream = GitRepo(tmp_path / "up" / "deploy")
-    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
-    upstream.commit("web")
-    agent = AgentProc(fleet, upstream, github_forge, tmp_path)
+    _, agent = web_agent(fleet, github_forge, tmp_path, 1)
     try:
         for path in ("/", "/api/status", "/healthz", "/syncs/1", "/nowhere"):
             r = requests.get(agent.url + path, timeout=5)
@@ -348,10 +350,7 @@ def test_the_http_surface_refuses_cleanly_and_sends_security_headers(fleet: Flee
 
 
 def test_the_dashboard_and_read_api_can_require_the_api_token(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
-    upstream = GitRepo(tmp_path / "up" / "deploy")
-    upstream.write("apps/web.yaml", deployment("web", 1, extra=WEB, labels="{app: web}"))
-    upstream.commit("web")
-    agent = AgentProc(fleet, upstream, github_forge, tmp_path, server_extra=", require_token_to_read: true")
+    _, agent = web_agent(fleet, github_forge, tmp_path, 1, server_extra=", require_token_to_read: true")
     try:
         for path in ("/", "/api/status", "/api/syncs", "/api/syncs/1", "/syncs/1"):
             r = requests.get(agent.url + path, timeout=5)
