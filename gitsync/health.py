@@ -1,11 +1,10 @@
-"""Assess: how each deployment stands against its desired replicas. Pure."""
+"""Assess: how each object stands against its desired state. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import labels as L
 from .live import Health, HostObservation
 from .models import DesiredState
 
@@ -33,39 +32,10 @@ class DeploymentStatus:
 
 
 def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, DeploymentStatus]:
+    """How each object stands, from every kind that has a health (today: Deployments)."""
+    from . import kinds
+
     out: dict[str, DeploymentStatus] = {}
-    for d in desired.deployments:
-        want = L.spec_hash(d)
-        running = healthy = starting = unhealthy = 0
-        seen: set[int] = set()
-        per_host: dict[str, int] = {}
-        for obs in observed.values():
-            for c in obs.containers:
-                if c.deployment != d.name or c.replica is None or c.replica >= d.replicas or c.replica in seen:
-                    continue
-                if c.spec_hash != want or not c.running:
-                    continue
-                seen.add(c.replica)
-                running += 1
-                per_host[c.host] = per_host.get(c.host, 0) + 1
-                if d.healthcheck is None or c.health == "healthy":
-                    healthy += 1
-                elif c.health == "unhealthy":
-                    unhealthy += 1
-                else:
-                    starting += 1
-        if healthy == d.replicas:
-            health, msg = Health.HEALTHY, f"{healthy}/{d.replicas} replicas healthy"
-        elif running == 0 and d.replicas > 0:
-            health, msg = Health.MISSING, f"0/{d.replicas} replicas running"
-        elif starting and not unhealthy and running == d.replicas:
-            health, msg = Health.PROGRESSING, f"{healthy}/{d.replicas} healthy, {starting} starting"
-        else:
-            parts = [f"{running}/{d.replicas} running"]
-            if unhealthy:
-                parts.append(f"{unhealthy} unhealthy")
-            if starting:
-                parts.append(f"{starting} starting")
-            health, msg = Health.DEGRADED, ", ".join(parts)
-        out[d.name] = DeploymentStatus(d.name, d.replicas, running, healthy, health, msg, dict(sorted(per_host.items())))
+    for kind in kinds.ordered():
+        out.update(kind.health(desired, observed))
     return out

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NewType
+from collections.abc import Mapping
+from typing import Any, NewType
 
 HostName = NewType("HostName", str)
 DeploymentName = NewType("DeploymentName", str)
@@ -128,8 +129,20 @@ class Service:
 
 @dataclass(frozen=True)
 class DesiredState:
-    deployments: tuple[Deployment, ...] = ()
-    services: tuple[Service, ...] = ()
+    """Every object of the repository, by kind name, each kind's sorted by name."""
+
+    objects: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def of(self, kind: str) -> tuple[Any, ...]:
+        return self.objects.get(kind, ())
+
+    @property
+    def deployments(self) -> tuple[Deployment, ...]:
+        return self.of("Deployment")
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return self.of("Service")
 
     def deployment(self, name: str) -> Deployment | None:
         for d in self.deployments:

@@ -1,0 +1,246 @@
+"""What plan makes and apply runs, whatever the kind: actions, the plan, the view of the hosts a
+plan is made from, and one apply's shared state (results, progress, the stop flag)."""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .config import HostSettings
+from .engine import explain
+from .errors import Reason
+from .live import HostObservation
+from .models import DesiredState
+
+if TYPE_CHECKING:
+    from .hosts import Hosts
+
+PER_HOST_WORKERS = 4
+
+
+class ActionKind(enum.StrEnum):
+    CREATE = "create"
+    REPLACE = "replace"
+    START = "start"
+    RENAME = "rename"
+    REMOVE = "remove"
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-"}[self.value]
+
+
+# Order within a kind: free what is surplus, then bring objects up, then retire what moved away.
+PHASE_SURPLUS, PHASE_START, PHASE_CREATE, PHASE_REPLACE, PHASE_MOVED = range(5)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change on one host to one object (`object_kind` `deployment`: a Deployment's name today)."""
+
+    kind: ActionKind
+    host: str
+    deployment: str
+    replica: int | None
+    reason: str
+    container_id: str | None = None  # the live container acted on (replace, start, remove)
+    container_name: str | None = None
+    phase: int = 0
+    object_kind: str = "Deployment"
+
+    @property
+    def subject(self) -> tuple[str, str]:
+        """The object acted on: (kind, name)."""
+        return self.object_kind, self.deployment
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return (self.phase, self.deployment, self.replica if self.replica is not None else -1, self.container_name or "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "action": str(self.kind),
+            "kind": self.object_kind,
+            "host": self.host,
+            "deployment": self.deployment,
+            "replica": self.replica,
+            "container": self.container_name,
+            "container_id": self.container_id,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    deployment: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PlanView:
+    """The hosts as one plan sees them."""
+
+    hosts: Sequence[HostSettings]  # configured, in config order
+    observed: Mapping[str, HostObservation]
+    agent: str
+    up: list[HostSettings]  # reachable now or within their grace
+    stale: set[str]  # within their grace: last known objects count, nothing changes there
+    fresh: list[HostSettings]  # reachable now
+    unreachable: tuple[str, ...]
+    order: dict[str, int]
+
+    @staticmethod
+    def of(observed: Mapping[str, HostObservation], hosts: Sequence[HostSettings], agent: str) -> PlanView:
+        up = [h for h in hosts if observed.get(h.name) is not None and observed[h.name].reachable]
+        stale = {h.name for h in up if observed[h.name].stale}
+        return PlanView(
+            hosts, observed, agent, up, stale, [h for h in up if h.name not in stale],
+            tuple(h.name for h in hosts if h not in up or h.name in stale), {h.name: i for i, h in enumerate(hosts)},
+        )
+
+
+@dataclass
+class KindPlan:
+    """One kind's share of a plan."""
+
+    actions: list[Action] = field(default_factory=list)
+    noops: list[str] = field(default_factory=list)
+    problems: list[PlacementProblem] = field(default_factory=list)
+    placement: dict[str, dict[str, int]] = field(default_factory=dict)  # object -> host -> count
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    noops: tuple[str, ...] = ()
+    problems: tuple[PlacementProblem, ...] = ()
+    unreachable: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    placement: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # deployment -> host -> replicas
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions
+
+    def for_host(self, host: str) -> list[Action]:
+        return [a for a in self.actions if a.host == host]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(str(a.kind) for a in self.actions)
+        return {k.value: c.get(k.value, 0) for k in ActionKind}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "in_sync": self.in_sync,
+            "hosts": {h: [a.to_json() for a in self.for_host(h)] for h in self.hosts},
+            "unreachable": list(self.unreachable),
+            "problems": [{"deployment": p.deployment, "message": p.message} for p in self.problems],
+            "noops": list(self.noops),
+            "placement": {d: dict(v) for d, v in self.placement.items()},
+            "counts": self.counts(),
+        }
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: Action
+    ok: bool
+    message: str = ""
+    seconds: float = 0.0
+    skipped: bool = False
+    reason: Reason | None = None  # why it failed, when not ok: HealthCheckFailed for a replica that failed its gate
+
+
+@dataclass
+class ApplyResult:
+    results: list[ActionResult] = field(default_factory=list)
+    rollbacks: list[str] = field(default_factory=list)  # what was rolled back, for the report
+
+    @property
+    def failed(self) -> list[ActionResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+Progress = Callable[[ActionResult], None]
+
+
+class Run:
+    """One apply, shared by the kinds: results in order, progress, the stop flag, and the objects
+    whose change failed (their later changes are skipped)."""
+
+    def __init__(
+        self, plan: Plan, desired: DesiredState, hosts: Hosts, agent: str, revision: str, progress: Progress | None,
+        stop: threading.Event | None, observe: Callable[[], dict[str, HostObservation]],
+    ) -> None:
+        self.plan = plan
+        self.desired = desired
+        self.hosts = hosts
+        self.agent = agent
+        self.revision = revision
+        self.progress = progress
+        self.stop = stop
+        self.observe = observe  # the view waits look at: the one the plan was made from
+        self.out = ApplyResult()
+        self.failed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def record(self, r: ActionResult) -> ActionResult:
+        with self._lock:
+            self.out.results.append(r)
+            if not r.ok and not r.skipped:
+                self.failed.add(r.action.subject)
+        if self.progress is not None:
+            self.progress(r)
+        return r
+
+    def skip(self, a: Action, why: str) -> ActionResult:
+        return self.record(ActionResult(a, False, f"skipped: {why}", 0.0, skipped=True))
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def done(self) -> set[int]:
+        with self._lock:
+            return {id(r.action) for r in self.out.results}
+
+    def one(self, a: Action, do: Callable[[Action], str]) -> ActionResult:
+        """Run one action (unless the agent stops or an earlier change of its object failed)."""
+        if self.stopping():
+            return self.skip(a, "the agent is stopping")
+        if a.subject in self.failed and a.kind != ActionKind.REMOVE:
+            return self.skip(a, "an earlier change of this deployment failed")
+        t = time.monotonic()
+        try:
+            msg = do(a)
+            return self.record(ActionResult(a, True, msg, time.monotonic() - t))
+        except Exception as exc:
+            return self.record(ActionResult(a, False, explain(exc), time.monotonic() - t))
+
+    def parallel(self, actions: Iterable[Action], do: Callable[[Action], str]) -> None:
+        """Hosts in parallel, each host a few changes at a time."""
+        by_host: dict[str, list[Action]] = {}
+        for a in actions:
+            by_host.setdefault(a.host, []).append(a)
+        if not by_host:
+            return
+
+        def host_run(host: str) -> None:
+            with ThreadPoolExecutor(PER_HOST_WORKERS, thread_name_prefix=f"apply-{host}") as pool:
+                list(pool.map(lambda a: self.one(a, do), by_host[host]))
+
+        for host, res in self.hosts.map(host_run, list(by_host)).items():
+            if isinstance(res, BaseException):
+                for a in by_host[host]:
+                    self.record(ActionResult(a, False, explain(res)))

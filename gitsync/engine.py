@@ -1,0 +1,406 @@
+"""The Docker adapter: the one module that speaks to Docker engines.
+
+Everything else sees an :class:`Engine` per host (list, inspect, create, start, stop, rename,
+remove, images, volumes, ping, events) and gitsync's own errors: :class:`NotFound`,
+:class:`Conflict`, or an :class:`EngineError` that says why in a few words. No ``docker.errors``
+type and no SDK internals leave this module; it is the seam a Swarm backend plugs into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import json
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import docker
+import docker.errors
+import docker.tls
+import requests.adapters
+import requests.exceptions
+from urllib3.connection import HTTPConnection
+
+from .config import HostSettings
+from .errors import HostError
+from .settings import DEFAULT, Tunables
+
+
+class EngineError(HostError):
+    """An engine refused a request or could not be reached; `detail` says why in a few words."""
+
+
+class NotFound(EngineError):
+    """The container, image or volume asked for does not exist (any more)."""
+
+
+class Conflict(EngineError):
+    """A name is taken, or the object is in a state that refuses the change."""
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport(h: HostSettings) -> None:
+    """Plain TCP is unauthenticated root access to the engine: only to loopback or when asked for."""
+    if not h.url.startswith("tcp://") or h.tls is not None or h.insecure:
+        return
+    host = urlparse(h.url).hostname or ""
+    if not _is_loopback(host):
+        raise HostError(
+            h.name,
+            f"plain {h.url} is unencrypted and unauthenticated; configure hosts[].tls (ca, cert, key) "
+            "or set insecure: true if this network is trusted",
+        )
+
+
+def explain(exc: BaseException) -> str:
+    """A short, human reason for a failure to talk to an engine."""
+    if isinstance(exc, HostError):
+        return exc.detail
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return "the engine did not answer in time"
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return "TLS certificate not trusted (check hosts[].tls.ca)"
+        return "TLS handshake refused (check hosts[].tls.cert and key: the engine wants a client certificate)"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        for needle, say in (
+            ("Connection refused", "connection refused"),
+            ("No such file", "socket not found"),
+            ("No route to host", "no route to host"),
+            ("Name or service not known", "host name not found"),
+            ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted (check hosts[].tls.ca)"),
+            ("timed out", "connection timed out"),
+        ):
+            if needle in text:
+                return say
+        return "cannot connect"
+    if isinstance(exc, docker.errors.DockerException):
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text or "SSLCertVerificationError" in text:
+            return "TLS certificate not trusted (check hosts[].tls.ca)"
+        if "SSLError" in text or "TLSV13_ALERT_CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+            return "TLS handshake refused (check hosts[].tls.cert and key: the engine wants a client certificate)"
+        if "Connection refused" in text:
+            return "connection refused"
+        if "timed out" in text.lower() or "ConnectTimeout" in text:
+            return "connection timed out"
+        if "No route to host" in text:
+            return "no route to host"
+        if "No such file" in text or "FileNotFoundError" in text:
+            return "socket not found"
+        return text.split("\n")[0][:200]
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
+@contextlib.contextmanager
+def _translated(host: str) -> Iterator[None]:
+    """SDK and transport errors in, gitsync's errors out."""
+    try:
+        yield
+    except HostError:
+        raise
+    except docker.errors.NotFound as exc:  # ImageNotFound included
+        raise NotFound(host, explain(exc)) from None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise Conflict(host, explain(exc)) from None
+        raise EngineError(host, explain(exc)) from None
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EngineError(host, explain(exc)) from None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """A container to create, in gitsync's terms (no SDK types)."""
+
+    name: str
+    image: str
+    labels: Mapping[str, str]
+    command: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    ports: tuple[tuple[int, str, int | None], ...] = ()  # (container port, protocol, host port or None)
+    mounts: tuple[tuple[str, str, bool], ...] = ()  # (volume, path in the container, read-only)
+    restart: str = "unless-stopped"  # no | always | on-failure | unless-stopped
+    healthcheck: Mapping[str, Any] | None = None  # test, interval, timeout, retries, start_period (seconds)
+    stop_grace: float = 10.0
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+def _split_image(image: str) -> tuple[str, str | None]:
+    if "@" in image:
+        return image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        repo, tag = image.rsplit(":", 1)
+        return repo, tag
+    return image, "latest"
+
+
+class Engine:
+    """One host's engine, on one client made by :func:`connect`."""
+
+    def __init__(self, host: str, api: docker.APIClient) -> None:
+        self.host = host
+        self._api = api
+
+    def list_containers(self, label: str, timeout: float) -> list[dict[str, Any]]:
+        """Every container (running or not) carrying `label` (key=value), as the list endpoint gives them."""
+        api = self._api
+        params = {"all": 1, "filters": json.dumps({"label": [label]})}
+        with _translated(self.host):
+            result: list[dict[str, Any]] = api._result(api._get(api._url("/containers/json"), params=params, timeout=timeout), True)
+        return result
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """A container by id or name; None when there is none."""
+        try:
+            with _translated(self.host):
+                info: dict[str, Any] = self._api.inspect_container(ref)
+                return info
+        except NotFound:
+            return None
+
+    def ensure_image(self, image: str) -> None:
+        """Pull the image unless the engine has it."""
+        try:
+            with _translated(self.host):
+                self._api.inspect_image(image)
+            return
+        except NotFound:
+            pass
+        repo, tag = _split_image(image)
+        try:
+            with _translated(self.host):
+                self._api.pull(repo, tag=tag)
+        except EngineError as exc:
+            raise EngineError(self.host, f"cannot pull {image}: {exc.detail}") from None
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+        """Create the named volume unless it exists (one made meanwhile by someone else is fine)."""
+        try:
+            with _translated(self.host):
+                self._api.inspect_volume(name)
+            return
+        except NotFound:
+            pass
+        try:
+            with _translated(self.host):
+                self._api.create_volume(name, labels=dict(labels))
+        except Conflict:
+            pass
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create the container (not started); its id."""
+        api = self._api
+        restart: dict[str, Any] = {"Name": "" if spec.restart == "no" else spec.restart}
+        if spec.restart == "on-failure":
+            restart["MaximumRetryCount"] = 0
+        hc = spec.healthcheck
+        with _translated(self.host):
+            host_config = api.create_host_config(
+                port_bindings={f"{port}/{proto}": host_port for port, proto, host_port in spec.ports} or None,
+                binds={vol: {"bind": path, "mode": "ro" if ro else "rw"} for vol, path, ro in spec.mounts} or None,
+                restart_policy=restart,
+            )
+            created = api.create_container(
+                spec.image,
+                command=list(spec.command) if spec.command is not None else None,
+                name=spec.name,
+                labels=dict(spec.labels),
+                environment=[f"{k}={v}" for k, v in spec.env] or None,
+                ports=[(port, proto) for port, proto, _ in spec.ports] or None,
+                volumes=[path for _, path, _ in spec.mounts] or None,
+                host_config=host_config,
+                healthcheck=None if hc is None else {
+                    "test": list(hc["test"]),
+                    "interval": _ns(hc["interval"]),
+                    "timeout": _ns(hc["timeout"]),
+                    "retries": hc["retries"],
+                    "start_period": _ns(hc["start_period"]),
+                },
+                stop_timeout=int(spec.stop_grace),
+            )
+        container_id: str = created["Id"]
+        return container_id
+
+    def start(self, container: str) -> None:
+        with _translated(self.host):
+            self._api.start(container)
+
+    def stop(self, container: str, grace: float) -> None:
+        with _translated(self.host):
+            self._api.stop(container, timeout=int(grace))
+
+    def remove(self, container: str) -> None:
+        """Remove the container, never its volumes."""
+        with _translated(self.host):
+            self._api.remove_container(container, v=False, force=True)
+
+    def rename(self, container: str, name: str) -> None:
+        with _translated(self.host):
+            self._api.rename(container, name)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._api.close()
+
+
+def _tls(h: HostSettings) -> docker.tls.TLSConfig | bool:
+    if h.tls is None:
+        return False
+    return docker.tls.TLSConfig(
+        client_cert=(h.tls.cert, h.tls.key) if h.tls.cert and h.tls.key else None,
+        ca_cert=h.tls.ca,
+        verify=h.tls.ca or True,
+    )
+
+
+def connect(h: HostSettings, timeout: float, negotiate_timeout: float) -> Engine:
+    """An engine client for the host; the API version is negotiated within `negotiate_timeout` (a dead
+    host must not hold a sync for long). For TLS hosts trust_env is off before the first request:
+    requests lets $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE override a session's own `verify`, which would
+    silently replace hosts[].tls.ca with the system bundle."""
+    check_transport(h)
+    tls = _tls(h)
+    try:
+        api = docker.APIClient(
+            base_url=h.url,
+            tls=tls,
+            version=None if tls is False else "1.24",
+            timeout=int(min(timeout, negotiate_timeout)),
+            use_ssh_client=h.url.startswith("ssh://"),
+            max_pool_size=16,
+        )
+        if tls is not False:
+            api.trust_env = False
+            api._version = api._retrieve_server_version()
+        api.timeout = int(timeout)
+    except Exception as exc:  # the SDK raises several kinds while negotiating
+        raise EngineError(h.name, explain(exc)) from None
+    return Engine(h.name, api)
+
+
+def _pinned(h: HostSettings) -> docker.APIClient:
+    """A client with a pinned API version: no negotiation round trip (/_ping and /events need none)."""
+    check_transport(h)
+    c = docker.APIClient(base_url=h.url, tls=_tls(h), version="1.24", timeout=5, use_ssh_client=h.url.startswith("ssh://"))
+    if h.tls is not None:
+        c.trust_env = False  # see connect
+    return c
+
+
+class Pinger:
+    """Asks one engine /_ping, on a client of its own kept between probes."""
+
+    def __init__(self, h: HostSettings) -> None:
+        self.host = h.name
+        self._api = _pinned(h)
+
+    def ping(self, timeout: float) -> None:
+        """Returns when the engine answered in time; raises EngineError saying why not."""
+        api = self._api
+        with _translated(self.host):
+            r = api._get(api._url("/_ping", versioned_api=False), timeout=timeout)
+            r.raise_for_status()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._api.close()
+
+
+class _KeepaliveAdapter(requests.adapters.HTTPAdapter):
+    """TCP keepalive on an event stream: the kernel notices a peer gone silent (a cut network, a dead
+    machine) after idle + interval * count seconds, at no cost to us."""
+
+    def __init__(self, tune: Tunables) -> None:
+        self._options = [
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, tune.keepalive_idle),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, tune.keepalive_interval),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, tune.keepalive_count),
+        ]
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["socket_options"] = HTTPConnection.default_socket_options + self._options
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """The kernel gave up on a silent peer (ETIMEDOUT), somewhere in the chain of causes."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ETIMEDOUT:
+            return True
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None and seen.args and isinstance(seen.args[-1], BaseException):
+            nxt = seen.args[-1]  # urllib3's ProtocolError carries the OSError as an argument
+        seen = nxt
+    return False
+
+
+class EventStream:
+    """A host's Docker event stream (decoded events), on a connection of its own that is alive for as
+    long as the engine is: it ends when the engine closes it (it stopped), when the kernel's keepalive
+    finds the peer gone (tcp://), or when closed. Iterating raises EngineError on any of those."""
+
+    def __init__(self, host: str, api: docker.APIClient, events: Iterator[dict[str, Any]], silence: float) -> None:
+        self.host = host
+        self._api = api
+        self._events = events
+        self._silence = silence
+        self.silent_for = 0.0  # once it ended: how long the peer had been silent (keepalive gave up), else 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._events
+        except Exception as exc:
+            if _timed_out(exc):
+                self.silent_for = self._silence
+            raise EngineError(self.host, explain(exc)) from None
+
+    def close(self) -> None:
+        for close in (getattr(self._events, "close", None), self._api.close):
+            with contextlib.suppress(Exception):
+                if close is not None:
+                    close()
+
+
+def follow_events(h: HostSettings, since: int, filters: Mapping[str, list[str]], tune: Tunables = DEFAULT) -> EventStream:
+    """Follow a host's events from `since` (seconds), on a client of its own with no read timeout: an
+    idle stream is not a dead one, TCP keepalive tells them apart (unix sockets close with the engine)."""
+    try:
+        api = _pinned(h)
+        if h.url.startswith("tcp://"):
+            api.mount("http://", _KeepaliveAdapter(tune))
+            api.mount("https://", _KeepaliveAdapter(tune))
+        api.timeout = (5, None)  # connect within 5 s, then read for as long as it lasts
+        silence = float(tune.keepalive_idle + tune.keepalive_interval * tune.keepalive_count) if h.url.startswith("tcp://") else 0.0
+        return EventStream(h.name, api, api.events(since=since, filters=dict(filters), decode=True), silence)
+    except HostError:
+        raise
+    except Exception as exc:
+        raise EngineError(h.name, explain(exc)) from None

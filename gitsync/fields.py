@@ -1,0 +1,221 @@
+"""Reading one document's fields: typed values out of YAML nodes, every problem located as
+``file:line: key.path: message``. What the kinds' parsers are written with."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from . import yamlsrc
+from .errors import Problem
+from .units import parse_duration
+
+MAX_REPLICAS = 1000
+
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^([a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# The reference grammar of the distribution project (docker/distribution reference/regexp.go), condensed.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
+IMAGE_RE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{{32,}})?$"
+)
+
+
+@dataclass
+class Ctx:
+    """Collects problems for one document."""
+
+    file: str
+    problems: list[Problem]
+
+    def add(self, line: int | None, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, f"{path}: {message}" if path else message))
+
+
+MISSING = object()
+
+
+class Obj:
+    """A mapping being read: takes known keys, and reports what is left as unknown."""
+
+    def __init__(self, ctx: Ctx, node: Any, path: str, line: int) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.ok = isinstance(node, dict)
+        self.node: dict[Any, Any] = node if self.ok else {}
+        self.line = line or getattr(node, "line", 0)
+        self.seen: set[Any] = set()
+        if not self.ok and node is not None:
+            ctx.add(line, path, f"must be a mapping, not {type_name(node)}")
+
+    def sub(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def line_of(self, key: Any) -> int:
+        return self.node.line_of(key) if isinstance(self.node, yamlsrc.Node) else self.line
+
+    def get(self, key: str, default: Any = MISSING, required: bool = False) -> Any:
+        self.seen.add(key)
+        if key not in self.node or self.node[key] is None:
+            if required and self.ok:
+                self.ctx.add(self.line, self.sub(key), "is required")
+            return default
+        return self.node[key]
+
+    def finish(self, hint: Iterable[str] = ()) -> None:
+        for key in self.node:
+            if key not in self.seen:
+                known = ", ".join(sorted(str(k) for k in self.seen))
+                self.ctx.add(self.line_of(key), self.sub(str(key)), f"unknown key (known keys here: {known})")
+
+
+def shown(value: Any) -> str:
+    """A value as a message quotes it: a string, shortened; anything else by its type only (a nested
+    value, a YAML alias bomb above all, is never expanded into a message)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= 80 else value[:77] + "...")
+    if isinstance(value, (bool, int, float)) or value is None:
+        return repr(value)
+    return type_name(value)
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def read_int(ctx: Ctx, obj: Obj, key: str, default: int | None, minimum: int, maximum: int) -> int | None:
+    value = obj.get(key, None)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be a whole number, not {type_name(value)}")
+        return default
+    if value < minimum:
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be >= {minimum}")
+        return default
+    if value > maximum:
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be <= {maximum}")
+        return default
+    return value
+
+
+def read_str(ctx: Ctx, obj: Obj, key: str, required: bool = False) -> str | None:
+    value = obj.get(key, None, required=required)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be a string, not {type_name(value)}")
+        return None
+    return value
+
+
+def read_duration(ctx: Ctx, obj: Obj, key: str, default: float) -> float:
+    value = obj.get(key, None)
+    if value is None:
+        return default
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        ctx.add(obj.line_of(key), obj.sub(key), str(exc))
+        return default
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def read_enum(ctx: Ctx, obj: Obj, key: str, default: E) -> E:
+    value = read_str(ctx, obj, key)
+    if value is None:
+        return default
+    try:
+        return type(default)(value)
+    except ValueError:
+        ctx.add(obj.line_of(key), obj.sub(key), f"{shown(value)} is not one of {', '.join(type(default))}")
+        return default
+
+
+NUL = "contains a NUL character, which no process can be given (Docker would create the container and fail to start it)"
+
+
+def read_str_map(ctx: Ctx, obj: Obj, key: str, key_re: re.Pattern[str], what: str) -> tuple[tuple[str, str], ...]:
+    value = obj.get(key, None)
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be a mapping of {what}, not {type_name(value)}")
+        return ()
+    out: list[tuple[str, str]] = []
+    for k, v in value.items():
+        line = value.line_of(k) if isinstance(value, yamlsrc.Node) else obj.line_of(key)
+        path = f"{obj.sub(key)}.{k}"
+        if not isinstance(k, str) or not key_re.match(k):
+            ctx.add(line, path, f"is not a valid {what} name")
+            continue
+        if isinstance(v, bool):
+            ctx.add(line, path, f"must be a string; quote it (\"{str(v).lower()}\") to keep YAML from reading a boolean")
+            continue
+        if isinstance(v, (int, float)):
+            v = str(v)
+        if not isinstance(v, str):
+            ctx.add(line, path, f"must be a string, not {type_name(v)}")
+            continue
+        if "\0" in v:
+            ctx.add(line, path, NUL)
+            continue
+        out.append((k, v))
+    return tuple(sorted(out))
+
+
+def read_list(ctx: Ctx, obj: Obj, key: str) -> list[tuple[int, str, Any]]:
+    value = obj.get(key, None)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be a list, not {type_name(value)}")
+        return []
+    lines = value.lines if isinstance(value, yamlsrc.NodeList) else []
+    return [
+        (lines[i] if i < len(lines) else obj.line_of(key), f"{obj.sub(key)}[{i}]", item) for i, item in enumerate(value)
+    ]
+
+
+def read_command(ctx: Ctx, obj: Obj, key: str) -> tuple[str, ...] | None:
+    value = obj.get(key, None)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        ctx.add(obj.line_of(key), obj.sub(key), 'must be a list of strings, e.g. ["httpd", "-f"] (no shell parsing is done)')
+        return None
+    items = read_list(ctx, obj, key)
+    out: list[str] = []
+    for line, path, item in items:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            ctx.add(line, path, f"must be a string, not {type_name(item)}")
+            continue
+        if "\0" in str(item):
+            ctx.add(line, path, NUL)
+            continue
+        out.append(str(item))
+    if not out and items == [] and isinstance(value, list) and not value:
+        ctx.add(obj.line_of(key), obj.sub(key), "must not be empty; leave it out to use the image's default")
+    return tuple(out)
+
+

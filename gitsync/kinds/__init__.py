@@ -1,0 +1,84 @@
+"""Kinds of desired state, by kind name.
+
+A kind is one module: it parses and validates its documents into frozen specs, plans them
+against the live state of the hosts, applies its actions and says how its objects stand. It
+registers itself here; load, plan, apply and assess take the kinds in `order` (volumes before
+deployments before services), so adding a kind touches nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..actions import Action, KindPlan, PlanView, Run
+from ..errors import Problem
+from ..fields import Ctx, Obj
+from ..live import HostObservation
+from ..models import DesiredState, Origin
+
+
+@dataclass(frozen=True)
+class Header:
+    """What every document has, read before its kind's rules: its name, labels and where it is."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    meta: Obj
+    spec: Any  # the spec node, as YAML gave it
+    spec_line: int
+    origin: Origin
+
+    def open_spec(self, ctx: Ctx) -> Obj | None:
+        """The spec, to be read key by key; None (and a problem) when it is missing or no mapping."""
+        spec = Obj(ctx, self.spec, "spec", self.spec_line)
+        if spec.ok:
+            return spec
+        if self.spec is None:
+            ctx.add(self.spec_line, "spec", "is required")
+        return None
+
+
+class Kind:
+    name: ClassVar[str]
+    order: ClassVar[int]  # volumes 10, deployments 20, services 30
+
+    def parse(self, ctx: Ctx, head: Header) -> Any | None:
+        """The document's spec, normalised; None when it has problems (each added to ctx)."""
+        raise NotImplementedError
+
+    def check(self, objects: Sequence[Any], problems: list[Problem]) -> None:
+        """Rules across this kind's documents (references, cycles)."""
+
+    def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
+        return KindPlan()
+
+    def apply(self, run: Run, actions: Sequence[Action]) -> None:
+        for a in actions:
+            run.skip(a, f"{self.name} has nothing to apply")
+
+    def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
+        """Each object's status (with `health` and `message`), by name."""
+        return {}
+
+
+REGISTRY: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    if kind.name in REGISTRY:
+        raise ValueError(f"kind {kind.name} is registered twice")
+    REGISTRY[kind.name] = kind
+    return kind
+
+
+def ordered() -> list[Kind]:
+    return sorted(REGISTRY.values(), key=lambda k: (k.order, k.name))
+
+
+def names() -> list[str]:
+    return [k.name for k in ordered()]
+
+
+from . import deployment, service  # noqa: E402,F401  (the built-in kinds register themselves)

@@ -1,0 +1,529 @@
+"""The Deployment kind: a number of replicas of one container spec, placed across hosts.
+
+Plan, placement rules in order of strength:
+1. A replica that runs on a reachable host that still suits it never moves
+   (the host matches the selector and is within maxPerHost / one-per-hostPort).
+2. Each replica index runs once; duplicates (after a host came back, or an
+   interrupted replace) keep the best copy: up to date, running, newest.
+3. New replicas go to the eligible host with the fewest replicas of that
+   deployment, then the fewest managed containers overall, then config order.
+A replica that fits nowhere is a placement problem naming the deployment and
+why; the rest of the plan still stands.
+
+Apply, in order:
+1. surplus removals (scaled down, pruned, duplicates), every host in parallel;
+2. then per dependency level (``dependsOn``): starts, renames and creates on every
+   host in parallel, then each deployment's rolling replace: batches of
+   ``update.parallelism`` replicas across hosts, each new replica health-gated.
+   A replica that fails the gate stops that rollout and the replicas already
+   replaced roll back to their previous spec (kept in their ``io.gitsync.spec``
+   label). Deployments of the next level wait until their dependencies are ready;
+3. removals of replicas that moved to another host.
+One failing host never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import labels as L
+from ..actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
+from ..config import HostSettings
+from ..errors import Problem
+from ..fields import (
+    ENV_KEY_RE,
+    IMAGE_RE,
+    LABEL_KEY_RE,
+    MAX_REPLICAS,
+    NAME_RE,
+    VOLUME_NAME_RE,
+    Ctx,
+    Obj,
+    read_command,
+    read_duration,
+    read_enum,
+    read_int,
+    read_list,
+    read_str,
+    read_str_map,
+    shown,
+)
+from ..health import DeploymentStatus
+from ..live import Health, HostObservation, LiveContainer
+from ..models import Deployment, DesiredState, Healthcheck, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
+from . import Header, Kind, register
+from .replicas import Replicas
+
+
+def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
+    out: list[Port] = []
+    seen_host: set[tuple[int, str]] = set()
+    for line, path, item in read_list(ctx, obj, "ports"):
+        p = Obj(ctx, item, path, line)
+        if not p.ok:
+            continue
+        cport = read_int(ctx, p, "containerPort", None, 1, 65535)
+        if cport is None and "containerPort" not in p.node:
+            ctx.add(line, f"{path}.containerPort", "is required")
+        hport = read_int(ctx, p, "hostPort", None, 1, 65535)
+        proto = read_str(ctx, p, "protocol") or "tcp"
+        if proto not in ("tcp", "udp", "sctp"):
+            ctx.add(p.line_of("protocol"), f"{path}.protocol", "must be tcp, udp or sctp")
+        p.finish()
+        if cport is not None:
+            if hport is not None:
+                if (hport, proto) in seen_host:
+                    ctx.add(line, f"{path}.hostPort", f"{hport}/{proto} is used twice in this deployment")
+                seen_host.add((hport, proto))
+            out.append(Port(cport, hport, proto))
+    return tuple(out)
+
+
+def _volumes(ctx: Ctx, obj: Obj) -> tuple[VolumeMount, ...]:
+    out: list[VolumeMount] = []
+    paths: set[str] = set()
+    for line, path, item in read_list(ctx, obj, "volumes"):
+        v = Obj(ctx, item, path, line)
+        if not v.ok:
+            continue
+        name = read_str(ctx, v, "name", required=True)
+        mount = read_str(ctx, v, "mountPath", required=True)
+        ro = v.get("readOnly", False)
+        if not isinstance(ro, bool):
+            ctx.add(v.line_of("readOnly"), f"{path}.readOnly", "must be true or false")
+            ro = False
+        v.finish()
+        if name is not None and not VOLUME_NAME_RE.match(name):
+            ctx.add(v.line_of("name"), f"{path}.name", f"{shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); host paths are not allowed")
+            continue
+        if mount is not None and not mount.startswith("/"):
+            ctx.add(v.line_of("mountPath"), f"{path}.mountPath", "must be an absolute path")
+            continue
+        if mount is not None and mount in paths:
+            ctx.add(v.line_of("mountPath"), f"{path}.mountPath", f"{mount} is mounted twice")
+            continue
+        if name is not None and mount is not None:
+            paths.add(mount)
+            out.append(VolumeMount(name, mount, ro))
+    return tuple(out)
+
+
+def _placement(ctx: Ctx, obj: Obj) -> Placement:
+    node = obj.get("placement", None)
+    if node is None:
+        return Placement()
+    p = Obj(ctx, node, obj.sub("placement"), obj.line_of("placement"))
+    selector = read_str_map(ctx, p, "hostSelector", LABEL_KEY_RE, "label")
+    max_per_host = read_int(ctx, p, "maxPerHost", None, 1, MAX_REPLICAS)
+    p.finish()
+    return Placement(selector, max_per_host)
+
+
+def _healthcheck(ctx: Ctx, obj: Obj) -> Healthcheck | None:
+    node = obj.get("healthcheck", None)
+    if node is None:
+        return None
+    h = Obj(ctx, node, obj.sub("healthcheck"), obj.line_of("healthcheck"))
+    if not h.ok:
+        return None
+    test_value = h.get("test", None, required=True)
+    test: tuple[str, ...] = ()
+    if isinstance(test_value, str):
+        test = ("CMD-SHELL", test_value)
+    elif test_value is not None:
+        items = read_command(ctx, h, "test") or ()
+        if items and items[0] not in ("CMD", "CMD-SHELL", "NONE"):
+            ctx.add(h.line_of("test"), h.sub("test"), 'must start with "CMD" or "CMD-SHELL", or be a string for the shell')
+        test = items
+    hc = Healthcheck(
+        test=test,
+        interval=read_duration(ctx, h, "interval", 30.0),
+        timeout=read_duration(ctx, h, "timeout", 30.0),
+        retries=read_int(ctx, h, "retries", 3, 1, 100) or 3,
+        start_period=read_duration(ctx, h, "startPeriod", 0.0),
+    )
+    h.finish()
+    return hc
+
+
+def _update(ctx: Ctx, obj: Obj) -> UpdatePolicy:
+    node = obj.get("update", None)
+    if node is None:
+        return UpdatePolicy()
+    u = Obj(ctx, node, obj.sub("update"), obj.line_of("update"))
+    order = read_enum(ctx, u, "order", UpdateOrder.START_FIRST)
+    parallelism = read_int(ctx, u, "parallelism", 1, 1, MAX_REPLICAS) or 1
+    u.finish()
+    return UpdatePolicy(order, parallelism)
+
+
+def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
+    name, labels, origin = head.name, head.labels, head.origin
+    spec = head.open_spec(ctx)
+    if spec is None:
+        return None
+    before = len(ctx.problems)
+    replicas = read_int(ctx, spec, "replicas", 1, 0, MAX_REPLICAS)
+    image = read_str(ctx, spec, "image", required=True)
+    if image is not None:
+        if not IMAGE_RE.match(image) or len(image) > 512:
+            ctx.add(spec.line_of("image"), "spec.image", f"{shown(image)} is not a valid image reference (e.g. registry.example.com/team/web:1.4.2)")
+    command = read_command(ctx, spec, "command")
+    env = read_str_map(ctx, spec, "env", ENV_KEY_RE, "environment variable")
+    ports = _ports(ctx, spec)
+    volumes = _volumes(ctx, spec)
+    placement = _placement(ctx, spec)
+    healthcheck = _healthcheck(ctx, spec)
+    update = _update(ctx, spec)
+    restart = read_enum(ctx, spec, "restart", RestartPolicy.UNLESS_STOPPED)
+    grace = read_duration(ctx, spec, "stopGracePeriod", 10.0)
+    min_ready = read_duration(ctx, spec, "minReadySeconds", 0.0)
+    depends: list[str] = []
+    for dline, dpath, item in read_list(ctx, spec, "dependsOn"):
+        if not isinstance(item, str) or not NAME_RE.match(item):
+            ctx.add(dline, dpath, "must be the name of another deployment")
+        elif item == name:
+            ctx.add(dline, dpath, f"{name} cannot depend on itself")
+        elif item in depends:
+            ctx.add(dline, dpath, f"{item} is listed twice")
+        else:
+            depends.append(item)
+    spec.finish()
+    if len(ctx.problems) != before or image is None:
+        return None
+    return Deployment(
+        name=name,
+        image=image,
+        replicas=replicas if replicas is not None else 1,
+        command=command,
+        env=env,
+        ports=ports,
+        volumes=volumes,
+        labels=labels,
+        placement=placement,
+        healthcheck=healthcheck,
+        update=update,
+        restart=restart,
+        stop_grace_period=grace,
+        min_ready_seconds=min_ready,
+        depends_on=tuple(depends),
+        origin=origin,
+    )
+
+
+
+def _check_dependencies(deployments: Sequence[Deployment], problems: list[Problem]) -> None:
+    by_name = {d.name: d for d in deployments}
+    for d in deployments:
+        for dep in d.depends_on:
+            if dep not in by_name:
+                o = d.origin
+                problems.append(Problem(o.file if o else "?", o.line if o else None, f"{d.name}: spec.dependsOn: no deployment named {dep!r}"))
+    # cycles: depth-first search, reporting each cycle once, as a -> b -> a
+    state: dict[str, int] = {}
+    reported: set[frozenset[str]] = set()
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for m in by_name[n].depends_on:
+            if m not in by_name:
+                continue
+            if state.get(m) == 1:
+                cycle = path[path.index(m) :] + [m]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    o = by_name[m].origin
+                    problems.append(Problem(o.file if o else "?", o.line if o else None, f"dependsOn cycle: {' -> '.join(cycle)}"))
+            elif state.get(m) is None:
+                visit(m, [*path, m])
+        state[n] = 2
+
+    for name in sorted(by_name):
+        if state.get(name) is None:
+            visit(name, [name])
+
+
+
+def describe_change(live: LiveContainer, d: Deployment) -> str:
+    """Which fields of the container spec changed, e.g. "image a:1 -> a:2, env"."""
+    old = live.spec_document()
+    new = L.spec_document(d)
+    if old is None:
+        return "created by an older gitsync or changed outside Git"
+    parts: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
+            if key == "image":
+                parts.append(f"image {old.get(key)} -> {new.get(key)}")
+            else:
+                parts.append(key)
+    if not parts:
+        return "spec hash differs (labels edited by hand?)"
+    return "changed: " + ", ".join(parts)
+
+
+def _keeper_rank(c: LiveContainer, want_hash: str) -> tuple[int, int, int, str]:
+    # Lower sorts first: running (never trade a serving replica for one that never started),
+    # up to date, newest, then a stable tie-break.
+    return (0 if c.running else 1, 0 if c.spec_hash == want_hash else 1, -c.created, c.id)
+
+
+def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
+    """See the module's placement rules."""
+    # Stale: unreachable, but within its grace period. Its last known replicas still count
+    # (nothing is rescheduled yet), it gets no new replicas, and no change is planned on it.
+    observed, agent, order = view.observed, view.agent, view.order
+    up, stale, fresh, unreachable = view.up, view.stale, view.fresh, view.unreachable
+    actions: list[Action] = []
+    noops: list[str] = []
+    problems: list[PlacementProblem] = []
+    placement: dict[str, dict[str, int]] = {}
+
+    live_by_dep: dict[str, list[LiveContainer]] = defaultdict(list)
+    for h in up:
+        for c in observed[h.name].containers:
+            live_by_dep[c.deployment].append(c)
+    # Overall load: every container we will keep or create, for the least-loaded tie-break.
+    load: Counter[str] = Counter()
+    # Fixed host ports, (host, port, protocol) -> deployment: held by the replicas that run (and
+    # stay, for those of desired deployments), then by those placed; a host where another deployment
+    # holds one of a deployment's ports is no place for it.
+    held_ports: dict[tuple[str, int, str], str] = {}
+    for d in desired.deployments:
+        for c in live_by_dep.get(d.name, ()):
+            if c.replica is not None and c.replica < d.replicas and d.placement.matches(next((h.label_map for h in up if h.name == c.host), {})):
+                for port, proto in _host_ports(d):
+                    held_ports.setdefault((c.host, port, proto), d.name)
+
+    for d in desired.deployments:
+        want = L.spec_hash(d)
+        eligible_all = [h for h in up if d.placement.matches(h.label_map)]
+        eligible_names = {h.name for h in eligible_all}
+        eligible = [h for h in eligible_all if h.name not in stale]
+        cap = d.capacity_per_host()
+        containers = live_by_dep.pop(d.name, [])
+        per_host: Counter[str] = Counter()
+        by_index: dict[int, list[LiveContainer]] = defaultdict(list)
+        surplus: list[tuple[LiveContainer, str]] = []
+        for c in containers:
+            if c.replica is None or c.replica >= d.replicas:
+                surplus.append((c, f"scaled down to {d.replicas}"))
+            else:
+                by_index[c.replica].append(c)
+
+        kept: dict[int, LiveContainer] = {}
+        moved: list[tuple[LiveContainer, str]] = []
+        for idx in sorted(by_index):
+            candidates = sorted(by_index[idx], key=lambda c: _keeper_rank(c, want))
+            chosen: LiveContainer | None = None
+            for c in candidates:
+                if c.host in eligible_names and (cap is None or per_host[c.host] < cap):
+                    chosen = c
+                    break
+            for c in candidates:
+                if c is chosen:
+                    continue
+                if chosen is not None:
+                    surplus.append((c, f"duplicate of replica {idx} (kept {chosen.name} on {chosen.host})"))
+                elif c.host not in eligible_names:
+                    moved.append((c, f"host {c.host} no longer matches placement ({d.placement.describe_selector()})"))
+                else:
+                    moved.append((c, f"over the limit of {cap} per host"))
+            if chosen is not None:
+                kept[idx] = chosen
+                per_host[chosen.host] += 1
+                load[chosen.host] += 1
+
+        for idx, c in sorted(kept.items()):
+            canonical = L.container_name(agent, d.name, idx)
+            if c.name != canonical:
+                # e.g. the new container of a replace cut off before it took the replica's name
+                actions.append(Action(ActionKind.RENAME, c.host, d.name, idx, f"take the replica's name (was {c.name})", c.id, canonical, PHASE_START))
+            if c.spec_hash != want:
+                actions.append(
+                    Action(ActionKind.REPLACE, c.host, d.name, idx, describe_change(c, d), c.id, c.name, PHASE_REPLACE)
+                )
+            elif c.state in ("exited", "created"):
+                actions.append(Action(ActionKind.START, c.host, d.name, idx, f"replica is {c.state}", c.id, c.name, PHASE_START))
+            elif c.state == "dead":
+                actions.append(Action(ActionKind.REPLACE, c.host, d.name, idx, "replica is dead", c.id, c.name, PHASE_REPLACE))
+
+        missing = [i for i in range(d.replicas) if i not in kept]
+        unplaced: list[int] = []
+        taken = {  # eligible hosts where another deployment holds one of d's fixed host ports
+            h.name: held_ports[(h.name, port, proto)]
+            for h in eligible for port, proto in _host_ports(d)
+            if held_ports.get((h.name, port, proto), d.name) != d.name
+        }
+        for idx in missing:
+            options = [h for h in eligible if (cap is None or per_host[h.name] < cap) and h.name not in taken]
+            if not options:
+                unplaced.append(idx)
+                continue
+            target = min(options, key=lambda h: (per_host[h.name], load[h.name], order[h.name]))
+            per_host[target.name] += 1
+            load[target.name] += 1
+            for port, proto in _host_ports(d):
+                held_ports.setdefault((target.name, port, proto), d.name)
+            was = next((c for c, _ in moved if c.replica == idx), None)
+            reason = f"replica {idx} of {d.replicas}" + (f", moved from {was.host}" if was else "")
+            actions.append(
+                Action(ActionKind.CREATE, target.name, d.name, idx, reason, None, L.container_name(agent, d.name, idx), PHASE_CREATE)
+            )
+        if unplaced:
+            why = why_unplaced(d, len(unplaced), eligible, fresh, unreachable)
+            for other in sorted(set(taken.values())):
+                on = ", ".join(sorted(h for h, o in taken.items() if o == other))
+                ports = ", ".join(f"{p}/{proto}" for p, proto in _host_ports(d) if any(held_ports.get((h, p, proto)) == other for h in taken))
+                why += f"; hostPort {ports} is held by deployment {other} on {on}"
+            problems.append(PlacementProblem(d.name, why))
+
+        for c, why in surplus:
+            actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, PHASE_SURPLUS))
+        for c, why in moved:
+            actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, PHASE_MOVED))
+
+        placement[d.name] = {h: n for h, n in sorted(per_host.items()) if n}
+        if not any(a.deployment == d.name for a in actions) and not unplaced:
+            noops.append(f"{d.name}: {d.replicas}/{d.replicas} replicas up to date")
+
+    for dep in sorted(live_by_dep):
+        for c in live_by_dep[dep]:
+            why = f"deployment {dep} is no longer in Git (prune)" if dep else "carries our label but names no deployment"
+            actions.append(Action(ActionKind.REMOVE, c.host, dep, c.replica, why, c.id, c.name, PHASE_SURPLUS))
+
+    return KindPlan(actions, noops, problems, placement)
+
+
+def _host_ports(d: Deployment) -> list[tuple[int, str]]:
+    return [(p.host_port, p.protocol) for p in d.ports if p.host_port is not None]
+
+
+def why_unplaced(d: Deployment, count: int, eligible: Sequence[HostSettings], up: Sequence[HostSettings], unreachable: Sequence[str]) -> str:
+    cap = d.capacity_per_host()
+    fits = len(eligible) * cap if cap is not None else None
+    parts = [f"{count} of {d.replicas} replicas cannot be placed"]
+    if not eligible:
+        parts.append(f"no reachable host matches hostSelector {d.placement.describe_selector()} ({len(up)} reachable)")
+    elif cap is not None:
+        limit = "a fixed hostPort allows 1 per host" if d.one_per_host and (d.placement.max_per_host or 2) >= 1 and cap == 1 else f"maxPerHost is {cap}"
+        parts.append(f"{limit} and {len(eligible)} host(s) are eligible, so at most {fits} fit")
+    if unreachable:
+        parts.append(f"unreachable: {', '.join(unreachable)}")
+    return "; ".join(parts)
+
+
+def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, DeploymentStatus]:
+    """How each deployment stands against its desired replicas. Pure."""
+    out: dict[str, DeploymentStatus] = {}
+    for d in desired.deployments:
+        want = L.spec_hash(d)
+        running = healthy = starting = unhealthy = 0
+        seen: set[int] = set()
+        per_host: dict[str, int] = {}
+        for obs in observed.values():
+            for c in obs.containers:
+                if c.deployment != d.name or c.replica is None or c.replica >= d.replicas or c.replica in seen:
+                    continue
+                if c.spec_hash != want or not c.running:
+                    continue
+                seen.add(c.replica)
+                running += 1
+                per_host[c.host] = per_host.get(c.host, 0) + 1
+                if d.healthcheck is None or c.health == "healthy":
+                    healthy += 1
+                elif c.health == "unhealthy":
+                    unhealthy += 1
+                else:
+                    starting += 1
+        if healthy == d.replicas:
+            health, msg = Health.HEALTHY, f"{healthy}/{d.replicas} replicas healthy"
+        elif running == 0 and d.replicas > 0:
+            health, msg = Health.MISSING, f"0/{d.replicas} replicas running"
+        elif starting and not unhealthy and running == d.replicas:
+            health, msg = Health.PROGRESSING, f"{healthy}/{d.replicas} healthy, {starting} starting"
+        else:
+            parts = [f"{running}/{d.replicas} running"]
+            if unhealthy:
+                parts.append(f"{unhealthy} unhealthy")
+            if starting:
+                parts.append(f"{starting} starting")
+            health, msg = Health.DEGRADED, ", ".join(parts)
+        out[d.name] = DeploymentStatus(d.name, d.replicas, running, healthy, health, msg, dict(sorted(per_host.items())))
+    return out
+
+
+class DeploymentKind(Kind):
+    name = "Deployment"
+    order = 20
+
+    def parse(self, ctx: Ctx, head: Header) -> Deployment | None:
+        return _deployment(ctx, head)
+
+    def check(self, objects: Sequence[Any], problems: list[Problem]) -> None:
+        _check_dependencies(objects, problems)
+
+    def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
+        return plan_deployments(desired, view)
+
+    def apply(self, run: Run, actions: Sequence[Action]) -> None:
+        apply_deployments(run, list(actions))
+
+    def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
+        return dict(assess(desired, observed))
+
+
+def apply_deployments(run: Run, actions: list[Action]) -> None:
+    """See the module's apply order."""
+    desired = run.desired
+    replicas = Replicas(run)
+    run.parallel((a for a in actions if a.phase == PHASE_SURPLUS), replicas.simple)
+    known = {d.name for d in desired.deployments}
+    levels = desired.levels()
+    for i, level in enumerate(levels):
+        names = set(level)
+        run.parallel((a for a in actions if a.deployment in names and a.kind in (ActionKind.START, ActionKind.RENAME, ActionKind.CREATE)), replicas.simple)
+        replaces = {n: [a for a in actions if a.deployment == n and a.kind == ActionKind.REPLACE] for n in level}
+        work = [(desired.deployment(n), acts) for n, acts in replaces.items() if acts]
+        if work:
+            with ThreadPoolExecutor(len(work)) as pool:
+                list(pool.map(lambda w: replicas.rollout(w[0], w[1]), work))  # type: ignore[arg-type]
+        needed = sorted({dep for later in levels[i + 1 :] for n in later for dep in (desired.deployment(n).depends_on or ()) if dep in names})  # type: ignore[union-attr]
+        if needed:
+            touched = {a.deployment for a in actions}
+            deadline = time.monotonic() + max(desired.deployment(n).gate_timeout() for n in needed)  # type: ignore[union-attr]
+            not_ready = _wait_ready(run, needed, deadline) if touched & (names | {n for lv in levels[i + 1 :] for n in lv}) else {}
+            for n, why in not_ready.items():
+                run.failed.add(("Deployment", n))
+                for later in levels[i + 1 :]:
+                    for dep_name in later:
+                        dep = desired.deployment(dep_name)
+                        if dep is not None and n in dep.depends_on:
+                            run.failed.add(("Deployment", dep_name))
+                            for a in actions:
+                                if a.deployment == dep_name and a.phase != PHASE_SURPLUS:
+                                    run.skip(a, f"waiting for {n}, which is not ready ({why})")
+    run.parallel((a for a in actions if a.phase == PHASE_MOVED and a.deployment in known), replicas.simple)
+    done = run.done()
+    # anything not handled above (a deployment no longer desired that moved) is run, never dropped silently
+    run.parallel((a for a in actions if id(a) not in done), replicas.simple)
+
+
+def _wait_ready(run: Run, names: list[str], deadline: float) -> dict[str, str]:
+    """Wait until these deployments have every replica running and healthy; returns the ones that are not."""
+    while True:
+        status = assess(run.desired, run.observe())
+        missing = {n: status[n].message for n in names if n in status and status[n].health != Health.HEALTHY}
+        if not missing or time.monotonic() >= deadline or run.stopping():
+            return missing
+        time.sleep(0.25)
+
+
+
+register(DeploymentKind())

@@ -1,0 +1,329 @@
+"""Replicas on engines, for the Deployment kind: create, start, rename, remove, and replace one
+replica health-gated (start-first or stop-first), a rollout of several, and its roll-back.
+
+Rules kept whatever the plan says: a container without our ``managed-by`` label is never
+stopped, renamed or removed; volumes are never removed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .. import labels as L
+from ..actions import Action, ActionKind, ActionResult, Run
+from ..engine import Conflict, ContainerSpec, NotFound, explain
+from ..errors import ApplyError, HostError, Reason
+from ..hosts import Hosts
+from ..models import Deployment, DesiredState, UpdateOrder
+
+
+class GateFailed(ApplyError):
+    """A new replica did not become ready: the rollout stops. `previous` is the replica's former
+    spec when its old container is already gone (stop-first), for the caller to roll it back too."""
+
+    reason = Reason.HEALTH_CHECK_FAILED
+
+    def __init__(self, message: str, previous: Previous | None = None) -> None:
+        super().__init__(message)
+        self.previous = previous
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What a replica was before it was replaced: enough to roll it back."""
+
+    spec: dict[str, Any] | None
+    revision: str
+
+
+def container_spec(agent: str, d: Deployment, replica: int, name: str, revision: str, extra_labels: dict[str, str] | None = None) -> ContainerSpec:
+    labels = L.container_labels(agent, d, replica, revision)
+    labels.update(extra_labels or {})
+    hc = d.healthcheck
+    return ContainerSpec(
+        name=name,
+        image=d.image,
+        labels=labels,
+        command=d.command,
+        env=d.env,
+        ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
+        mounts=tuple((v.name, v.mount_path, v.read_only) for v in d.volumes),
+        restart=str(d.restart),
+        healthcheck=None if hc is None else {
+            "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
+        },
+        stop_grace=d.stop_grace_period,
+    )
+
+
+def _stop_first(d: Deployment) -> bool:
+    return d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host
+
+
+class HostApplier:
+    """The changes on one host."""
+
+    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str) -> None:
+        self.host = host
+        self.engine = hosts.engine(host)
+        self.agent = agent
+        self.revision = revision
+        self._images_ok: set[str] = set()
+        self._volumes_ok: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- building blocks -------------------------------------------------
+    def owned(self, container: str) -> dict[str, Any] | None:
+        """Inspect right before a change: gone -> None; not ours -> refuse."""
+        info = self.engine.inspect(container)
+        if info is None:
+            return None
+        owner = (info.get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY)
+        if owner != self.agent:
+            raise HostError(self.host, f"container {info.get('Name', container).lstrip('/')} is not managed by {self.agent}; left alone")
+        return info
+
+    def _once(self, done: set[str], key: str, make: Any) -> None:
+        with self._lock:
+            if key in done:
+                return
+        make()
+        with self._lock:
+            done.add(key)
+
+    def create(self, d: Deployment, replica: int, name: str, revision: str | None = None, extra_labels: dict[str, str] | None = None) -> str:
+        self._once(self._images_ok, d.image, lambda: self.engine.ensure_image(d.image))
+        for v in d.volumes:
+            self._once(self._volumes_ok, v.name, lambda v=v: self.engine.ensure_volume(v.name, {L.MANAGED_BY: self.agent}))
+        container_id = self.engine.create(container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels))
+        self.engine.start(container_id)
+        return container_id
+
+    def stop_remove(self, container: str, grace: float) -> None:
+        if self.owned(container) is None:
+            return
+        try:
+            self.engine.stop(container, grace)
+            self.engine.remove(container)
+        except NotFound:
+            pass
+
+    def remove_stale_temp(self, temp: str) -> None:
+        info = self.engine.inspect(temp)
+        if info is not None and (info.get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY) == self.agent:
+            self.engine.remove(info["Id"])
+
+    def gate(self, container_id: str, d: Deployment, replica: int) -> None:
+        """Wait until the new replica counts: healthy (with a healthcheck), or running minReadySeconds."""
+        start = time.monotonic()
+        deadline = start + d.gate_timeout()
+        if d.healthcheck is None and d.min_ready_seconds > 0:
+            time.sleep(d.min_ready_seconds)
+        while True:
+            info = self.engine.inspect(container_id)
+            waited = time.monotonic() - start
+            if info is None:
+                raise GateFailed(f"{d.name}: replica {replica} was removed after {waited:.0f}s on {self.host}, before it was ready")
+            state = info.get("State", {})
+            restarts = int(info.get("RestartCount") or 0)
+            if not state.get("Running") or state.get("Restarting") or restarts:
+                again = f" (restarted {restarts} times)" if restarts else ""
+                raise GateFailed(f"{d.name}: replica {replica} exited with code {state.get('ExitCode')}{again} after {waited:.0f}s on {self.host}")
+            if d.healthcheck is None:
+                return
+            health = state.get("Health") or {}
+            status = health.get("Status")
+            if status == "healthy":
+                return
+            log = health.get("Log") or []
+            last = " ".join(str(log[-1].get("Output", "")).split())[:120] if log else "no healthcheck result yet"
+            if status == "unhealthy":
+                raise GateFailed(f"{d.name}: replica {replica} unhealthy after {waited:.0f}s: {last}")
+            if time.monotonic() >= deadline:
+                raise GateFailed(f"{d.name}: replica {replica} not healthy after {waited:.0f}s: {last}")
+            time.sleep(0.2)
+
+    # -- replace ---------------------------------------------------------
+    def replace(self, container: str, d: Deployment, replica: int, revision: str | None = None, gate: bool = True) -> Previous | None:
+        """Replace one replica by one of spec `d`. Returns what it was (None if it was already gone).
+
+        start-first: the new container runs under a temporary name until it passed the
+        gate; only then is the old one stopped and the new one renamed. A failed gate
+        removes the new container and leaves the old one running.
+        stop-first (or a fixed hostPort): stop and remove, create, gate.
+        """
+        name = L.container_name(self.agent, d.name, replica)
+        info = self.owned(container)
+        if info is None:
+            new_id = self.create(d, replica, name, revision)
+            if gate:
+                self.gate(new_id, d, replica)
+            return None
+        old_labels = info.get("Config", {}).get("Labels") or {}
+        try:
+            spec = json.loads(old_labels.get(L.SPEC, "")) if old_labels.get(L.SPEC) else None
+        except ValueError:
+            spec = None
+        previous = Previous(spec, old_labels.get(L.REVISION, ""))
+        if _stop_first(d):
+            self.stop_remove(container, d.stop_grace_period)
+            new_id = self.create(d, replica, name, revision)
+            if gate:
+                try:
+                    self.gate(new_id, d, replica)
+                except GateFailed as exc:
+                    raise GateFailed(exc.message, previous) from None
+            return previous
+        temp = f"{name}-next"
+        self.remove_stale_temp(temp)
+        new_id = self.create(d, replica, temp, revision, {L.SUCCESSOR: container})
+        if gate:
+            try:
+                self.gate(new_id, d, replica)
+            except GateFailed:
+                self.engine.remove(new_id)
+                raise
+        self.stop_remove(container, d.stop_grace_period)
+        self.engine.rename(new_id, name)
+        return previous
+
+    # -- the simple actions ----------------------------------------------
+    def run_simple(self, a: Action, desired: DesiredState) -> str:
+        if a.kind == ActionKind.REMOVE:
+            assert a.container_id is not None
+            d = desired.deployment(a.deployment)
+            self.stop_remove(a.container_id, d.stop_grace_period if d else 10.0)
+            return "removed"
+        if a.kind == ActionKind.START:
+            assert a.container_id is not None
+            if self.owned(a.container_id) is None:
+                raise HostError(self.host, f"{a.container_name} disappeared before it could be started")
+            self.engine.start(a.container_id)
+            return "started"
+        if a.kind == ActionKind.RENAME:
+            assert a.container_id is not None and a.container_name is not None
+            if self.owned(a.container_id) is None:
+                raise HostError(self.host, f"{a.container_name} disappeared before it could be renamed")
+            try:
+                self.engine.rename(a.container_id, a.container_name)
+            except Conflict:
+                raise HostError(self.host, f"cannot take the name {a.container_name}: a container gitsync does not manage has it") from None
+            return "renamed"
+        d = desired.deployment(a.deployment)
+        assert d is not None and a.replica is not None
+        name = L.container_name(self.agent, d.name, a.replica)
+        try:
+            self.create(d, a.replica, name)
+        except Conflict:  # the name is taken
+            return self._resolve_name_conflict(d, a.replica, name)
+        return "created"
+
+    def _resolve_name_conflict(self, d: Deployment, replica: int, name: str) -> str:
+        info = self.engine.inspect(name)
+        if info is None:  # gone meanwhile
+            self.create(d, replica, name)
+            return "created"
+        lbl = info.get("Config", {}).get("Labels") or {}
+        if lbl.get(L.MANAGED_BY) != self.agent:
+            raise HostError(self.host, f"the name {name} is taken by a container gitsync does not manage; rename or remove it")
+        if lbl.get(L.DEPLOYMENT) == d.name and lbl.get(L.REPLICA) == str(replica) and lbl.get(L.SPEC_HASH) == L.spec_hash(d):
+            if not info.get("State", {}).get("Running"):
+                self.engine.start(info["Id"])
+            return "already present"
+        self.stop_remove(info["Id"], d.stop_grace_period)
+        self.create(d, replica, name)
+        return "created (replaced a stale container of the same name)"
+
+
+class Replicas:
+    """One apply's replica work: an applier per host, simple actions, rollouts and roll-backs."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self._appliers: dict[str, HostApplier | BaseException] = {}
+        self._lock = threading.Lock()
+
+    def applier(self, host: str) -> HostApplier:
+        with self._lock:
+            got = self._appliers.get(host)
+        if got is None:
+            try:
+                got = HostApplier(self.run.hosts, host, self.run.agent, self.run.revision)
+            except Exception as exc:  # unreachable: every action there fails with the reason
+                self.run.hosts.forget(host)
+                got = exc
+            with self._lock:
+                self._appliers[host] = got
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def simple(self, a: Action) -> str:
+        return self.applier(a.host).run_simple(a, self.run.desired)
+
+    def rollout(self, d: Deployment, actions: list[Action]) -> None:
+        """Rolling replace across hosts, `parallelism` at a time, gated; on failure roll back."""
+        run = self.run
+        done: list[tuple[Action, Previous | None]] = []
+        pending = list(actions)
+        while pending:
+            if run.stopping():
+                for a in pending:
+                    run.skip(a, "the agent is stopping")
+                return
+            if ("Deployment", d.name) in run.failed:
+                for a in pending:
+                    run.skip(a, "an earlier change of this deployment failed")
+                return
+            batch, pending = pending[: d.update.parallelism], pending[d.update.parallelism :]
+
+            def one(a: Action) -> tuple[Action, Previous | None, BaseException | None, float]:
+                t = time.monotonic()
+                try:
+                    assert a.container_id is not None and a.replica is not None
+                    prev = self.applier(a.host).replace(a.container_id, d, a.replica)
+                    return a, prev, None, time.monotonic() - t
+                except Exception as exc:
+                    return a, exc.previous if isinstance(exc, GateFailed) else None, exc, time.monotonic() - t
+
+            with ThreadPoolExecutor(max(1, len(batch))) as pool:
+                outcomes = list(pool.map(one, batch))
+            for a, prev, exc, secs in outcomes:
+                if exc is None:
+                    done.append((a, prev))
+                    run.record(ActionResult(a, True, f"replaced ({'stop-first' if _stop_first(d) else 'start-first'})", secs))
+                elif isinstance(exc, GateFailed):
+                    run.record(ActionResult(a, False, exc.message, secs, reason=exc.reason))
+                    if _stop_first(d):
+                        done.append((a, prev))  # its old container is gone: roll it back as well
+                else:
+                    run.record(ActionResult(a, False, explain(exc), secs))
+            if any(o[2] is not None for o in outcomes):
+                for a in pending:
+                    run.skip(a, "the rollout stopped at a failed replica")
+                self.roll_back(d, done)
+                return
+
+    def roll_back(self, d: Deployment, done: list[tuple[Action, Previous | None]]) -> None:
+        """Put the replicas replaced in this rollout back to the spec they had."""
+        rollbacks = self.run.out.rollbacks
+        for a, prev in reversed(done):
+            assert a.replica is not None
+            spec = prev.spec if prev is not None else None
+            if spec is None:
+                rollbacks.append(f"{d.name}: replica {a.replica} on {a.host}: previous spec unknown, left at the new one")
+                continue
+            try:
+                old = L.deployment_from_spec(d, spec)
+                applier = self.applier(a.host)
+                name = L.container_name(self.run.agent, d.name, a.replica)
+                current = applier.engine.inspect(name)
+                applier.replace(current["Id"] if current else name, old, a.replica, revision=prev.revision if prev else None, gate=False)
+                rollbacks.append(f"{d.name}: replica {a.replica} on {a.host} rolled back to {old.image}")
+            except Exception as exc:
+                rollbacks.append(f"{d.name}: replica {a.replica} on {a.host}: rollback failed: {explain(exc)}")
