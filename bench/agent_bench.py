@@ -145,11 +145,16 @@ def wrk(url: str, body: bytes, headers: dict[str, str], seconds: int, tmp: Path)
     return {"rps": round(rps), "non_2xx": non2xx, "raw_tail": out.strip().splitlines()[-2:]}
 
 
+class _Done(Exception):
+    """The measurements asked for are taken."""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--bulk", type=int, default=300, help="containers managed on the two bulk hosts")
     ap.add_argument("--wrk-seconds", type=int, default=8)
+    ap.add_argument("--push-only", action="store_true", help="measure push to converged only (no webhook load, no rollouts)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
@@ -157,7 +162,7 @@ def main() -> int:
     apis = clients()
     wipe(apis, f"io.gitsync.managed-by={AGENT}")
     wipe(apis, "io.gitsync.bench-floor=1")
-    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()} {os.cpu_count()} cores"}
+    report: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": f"{platform.machine()} {os.cpu_count()} cores", "code": os.getcwd()}
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         bed = Bed(tmp, args.bulk)
@@ -191,6 +196,8 @@ def main() -> int:
             report["push_floor_ms"] = round(statistics.median(floor) * 1000)
             report["push_ratio"] = round(statistics.median(ours) / statistics.median(floor), 2)
 
+            if args.push_only:
+                raise _Done
             # 2. webhook load while a sync runs: a rolling update of the bulk deployments
             def timed_rollout(image: str, load: dict | None) -> tuple[float, dict | None]:
                 sha = bed.write(one="gitsync-test/busybox:1", bulk_image=image)
@@ -220,6 +227,8 @@ def main() -> int:
             report["sync_slowdown_accepted"] = round(good_r["sync_seconds"] / base["sync_seconds"], 2)
             syncs = requests.get(f"{bed.url}/api/syncs", timeout=5).json()
             report["syncs_recorded"] = len(syncs)
+        except _Done:
+            pass
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)

@@ -12,14 +12,17 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from . import yamlsrc
+from .fields import IMAGE_RE
 from .errors import ConfigError
 from .units import parse_duration
 
 AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ADDRESS_RE = re.compile(r"^([0-9.]+|\[?[0-9a-fA-F:]+\]?|[a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?)$")  # an IP or a host name
 STATUS_TYPES = ("github", "gitea", "forgejo", "gitlab")
 DEFAULT_STATUS_URLS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
 
@@ -41,10 +44,20 @@ class HostSettings:
     tls: TLSSettings | None = None
     insecure: bool = False
     grace: float = 10.0
+    address: str | None = None  # where other hosts reach the ports this host publishes
 
     @property
     def label_map(self) -> dict[str, str]:
         return dict(self.labels)
+
+    @property
+    def reach(self) -> str | None:
+        """`address`, else the host part of a tcp:// or ssh:// url; None for a unix:// host without one."""
+        if self.address:
+            return self.address
+        if self.url.startswith(("tcp://", "ssh://")):
+            return urlparse(self.url).hostname
+        return None
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,16 @@ class ServerSettings:
     require_token_to_read: bool = False  # the dashboard and the read API want the API token too
 
 
+DEFAULT_PROXY_IMAGE = "haproxy:3.0.5"  # the official image, LTS branch, pinned
+
+
+@dataclass(frozen=True)
+class ServicesSettings:
+    """The Services' data plane: one proxy container per host."""
+
+    proxy_image: str = DEFAULT_PROXY_IMAGE
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -86,6 +109,7 @@ class Config:
     hosts: tuple[HostSettings, ...] = ()
     status: tuple[StatusSettings, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -191,7 +215,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -227,7 +251,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
             raise r.fail(root, "hosts", "hosts", "must be a list of hosts")
         for i, h in enumerate(hosts_node):
             p = f"hosts[{i}]"
-            r.mapping(h, p, ("name", "url", "tls", "labels", "grace", "insecure"), hosts_node, i)
+            r.mapping(h, p, ("name", "url", "tls", "labels", "grace", "insecure", "address"), hosts_node, i)
             hname = r.string(h, "name", f"{p}.name", None, HOST_NAME_RE)
             hurl = r.string(h, "url", f"{p}.url")
             if hname is None or hurl is None:
@@ -269,6 +293,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
                     tls=tls,
                     insecure=r.boolean(h, "insecure", f"{p}.insecure", False),
                     grace=r.duration(h, "grace", f"{p}.grace", 10.0),
+                    address=r.string(h, "address", f"{p}.address", None, ADDRESS_RE),
                 )
             )
     if not hosts:
@@ -313,8 +338,16 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         max_body_bytes=max_body or 5 * 1024 * 1024,
         require_token_to_read=r.boolean(srv_node, "require_token_to_read", "server.require_token_to_read", False),
     )
+    svc_node = top.get("services")
+    r.mapping(svc_node, "services", ("proxyImage",), root, "services")
+    proxy_image = r.string(svc_node, "proxyImage", "services.proxyImage", DEFAULT_PROXY_IMAGE) or DEFAULT_PROXY_IMAGE
+    if not IMAGE_RE.match(proxy_image) or len(proxy_image) > 512:
+        raise r.fail(svc_node, "proxyImage", "services.proxyImage", f"{proxy_image!r} is not an image reference (e.g. {DEFAULT_PROXY_IMAGE})")
     state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
-    return Config(name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server, state_dir=state_dir, path=file)
+    return Config(
+        name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
+        services=ServicesSettings(proxy_image), state_dir=state_dir, path=file,
+    )
 
 
 def load(path: str | None) -> Config:

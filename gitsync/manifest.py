@@ -120,7 +120,7 @@ def load_files(files: Mapping[str, bytes]) -> DesiredState:
                 objects[got[0].name].append(got[1])
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
-        kind.check(objects[kind.name], problems)
+        kind.check(objects[kind.name], problems, objects)
     if problems:
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
     return DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()})

@@ -113,18 +113,31 @@ class Deployment:
 
 @dataclass(frozen=True)
 class ServicePort:
-    port: int
-    target_port: int
+    port: int  # what clients use: <service>:<port>
+    target_port: int  # the replicas' container port
+    host_port: int | None = None  # also published on the hosts the Service's hostSelector picks
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Service:
-    """A stable name over replicas selected by labels (validated; see README for what is realised)."""
+    """A stable name over the replicas of the deployments whose labels match `selector`."""
 
     name: str
     selector: tuple[tuple[str, str], ...]
     ports: tuple[ServicePort, ...] = ()
+    host_selector: tuple[tuple[str, str], ...] = ()  # the hosts that publish hostPorts; () = every host
     origin: Origin | None = field(default=None, compare=False)
+
+    def selects(self, d: Deployment) -> bool:
+        labels = dict(d.labels)
+        return bool(self.selector) and all(labels.get(k) == v for k, v in self.selector)
+
+
+def selectors_overlap(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
+    """Whether some host could match both label selectors: unless they want different values for one key."""
+    wants = dict(a)
+    return all(wants.get(k, v) == v for k, v in b)
 
 
 @dataclass(frozen=True)

@@ -339,7 +339,7 @@ class Syncer:
             if applied.rollbacks:
                 result.message += f"; rolled back {len(applied.rollbacks)} replica(s)"
             result.problems = [
-                r.message if r.message.startswith(f"{r.action.deployment}: ") else f"{r.action.deployment}: {r.action.kind} on {r.action.host}: {r.message}"
+                r.message if r.reason == Reason.HEALTH_CHECK_FAILED else f"{r.action.deployment}: {r.action.kind} on {r.action.host}: {r.message}"
                 for r in failed
             ] + applied.rollbacks
         elif held:

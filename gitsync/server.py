@@ -1,8 +1,12 @@
 """HTTP: webhooks, the API, the dashboard, health and metrics (``gitsync run``).
 
 The webhook handler only authenticates, filters and nudges the sync queue; it
-never syncs in the request. Bodies are bounded: the declared length is checked
-before a byte is read.
+never syncs in the request. The server is waitress: connections are read
+asynchronously by one thread (a slow or silent client holds a socket, never a
+worker), complete requests go to a fixed pool of workers, and a request must
+arrive whole (headers and body) within `request_timeout` or its connection is
+closed. Bodies are bounded by their declared length before they are read;
+what is buffered beyond `_INBUF` per connection goes to a temporary file.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ import json
 import logging
 import os
 import re
+import resource
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.headers import Headers
+
+from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
 
 from . import __version__, webhooks
 from .agent import Agent
@@ -25,6 +35,7 @@ from .history import SyncRecord
 from .units import format_duration
 
 log = logging.getLogger("gitsync.server")
+logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" per request under load: no log flood
 
 HOOK = re.compile(r"^/hooks/([a-z]+)/?$")
 SYNC_API = re.compile(r"^/api/syncs/(\d{1,18})$")  # a longer number is no sync id (SQLite's are 64-bit): 404
@@ -35,22 +46,39 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
 }
+_INBUF = 64 * 1024  # a connection's request bytes kept in memory; more go to a temporary file
+_HEADER_BYTES = 64 * 1024
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large", 503: "Service Unavailable"}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    agent: Agent
+class _Channel(HTTPChannel):
+    """A connection that notes when the request it is reading began (see _Server.maintenance)."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
+    request_began: float | None = None
 
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            log.debug("client %s went away: %s", client_address[0], exc)
-            return
-        log.exception("error while handling a request from %s", client_address[0])
+    def received(self, data: bytes) -> bool:
+        if self.request_began is None:
+            self.request_began = time.monotonic()
+        done = super().received(data)
+        if self.request is None:  # nothing half-read: the next byte begins a new request
+            self.request_began = None
+        return done
+
+
+class _Server(TcpWSGIServer):
+    """waitress, and a deadline for a whole request: a client that trickles its headers or body
+    keeps its connection only `request_timeout` seconds (waitress's own timeout is for silence)."""
+
+    channel_class = _Channel
+    request_timeout = 10.0
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        cutoff = time.monotonic() - self.request_timeout
+        for channel in list(self.active_channels.values()):
+            began = getattr(channel, "request_began", None)
+            if began is not None and began < cutoff and not channel.requests:
+                channel.will_close = True
 
 
 class _RateLimitedLog:
@@ -76,34 +104,29 @@ class _RateLimitedLog:
 _refusals = _RateLimitedLog()
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in separate writes: without TCP_NODELAY, Nagle and delayed ACKs
-    # stall every keep-alive response by ~40 ms (measured: 91 -> thousands of requests/s).
-    disable_nagle_algorithm = True
-    server: _Server
-    refused = 0  # the code _read_body answered with, when it refused a body
-    server_version = f"gitsync/{__version__}"
-    sys_version = ""
+class Handler:
+    """One request and its answer; `do_GET`/`do_POST` route it."""
 
-    def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def __init__(self, agent: Agent, environ: dict[str, Any]) -> None:
+        self.agent = agent
+        self.environ = environ
+        self.command = environ.get("REQUEST_METHOD", "GET")
+        self.path = environ.get("PATH_INFO") or "/"
+        self.headers = Headers([(k[5:].replace("_", "-").title(), v) for k, v in environ.items() if k.startswith("HTTP_")])
+        for key, name in (("CONTENT_LENGTH", "Content-Length"), ("CONTENT_TYPE", "Content-Type")):
+            if environ.get(key):
+                self.headers[name] = environ[key]
+        self.client = environ.get("REMOTE_ADDR", "?")
+        self.status = 500
+        self.out_headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.refused = 0  # the code _read_body answered with, when it refused a body
 
     # -- plumbing ------------------------------------------------------------
-    @property
-    def agent(self) -> Agent:
-        return self.server.agent
-
     def _send(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for k, v in {**SECURITY_HEADERS, **(extra or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.status, self.body = code, body
+        self.out_headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
+        self.out_headers += list({**SECURITY_HEADERS, **(extra or {})}.items())
 
     def _json(self, code: int, doc: Any, extra: dict[str, str] | None = None) -> None:
         self._send(code, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), "application/json", extra)
@@ -112,16 +135,12 @@ class Handler(BaseHTTPRequestHandler):
         self._send(code, page.encode(), "text/html; charset=utf-8")
 
     def _refuse(self, code: int, error: str) -> None:
-        self.close_connection = True  # the unread body must not be taken for the next request
         self.refused = code
         self._json(code, {"error": error})
 
     def _read_body(self) -> bytes | None:
         """The body, or None after answering 411/400/413 (`self.refused` says which)."""
-        limit = self.agent.config.server.max_body_bytes
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self._refuse(411, "a Content-Length is required")
-            return None
+        limit = self.agent.config.server.max_body_bytes  # waitress refuses a longer one before reading it (413)
         try:
             length = int(self.headers.get("Content-Length", "0"))
         except ValueError:
@@ -133,7 +152,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             self._refuse(413, f"body of {length} bytes is over the limit of {limit}")
             return None
-        return self.rfile.read(length) if length > 0 else b""
+        return self.environ["wsgi.input"].read(length) if length > 0 else b""
 
     def _api_token(self) -> str | None:
         env = self.agent.config.server.api_token_env
@@ -198,8 +217,6 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": "not found"})
 
-    do_HEAD = do_GET
-
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         if m := HOOK.match(path):
@@ -213,8 +230,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _other(self) -> None:
         self._json(405, {"error": "method not allowed"}, {"Allow": "GET, POST"})
-
-    do_PUT = do_DELETE = do_PATCH = _other
 
     def _hook(self, provider: str) -> None:
         if provider not in webhooks.PROVIDERS:
@@ -231,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
             self.agent.nudge(f"webhook:{provider}")
         self.agent.metrics.webhooks.labels(provider, str(d.code)).inc()
         if d.code >= 400:
-            _refusals.warn("webhook %s from %s: %d %s", provider, self.client_address[0], d.code, d.reason)
+            _refusals.warn("webhook %s from %s: %d %s", provider, self.client, d.code, d.reason)
         self._json(d.code, {"status": "queued" if d.queue else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
 
     def _api_sync(self) -> None:
@@ -249,24 +264,77 @@ class Handler(BaseHTTPRequestHandler):
         self._json(202, {"status": "queued", "reason": "queued" if fresh else "joined a sync already waiting"})
 
 
+
+
+class App:
+    """The WSGI application: every answer carries the security headers, and an unforeseen error is
+    a logged 500, never a dropped connection."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        h = Handler(self.agent, environ)
+        route = {"GET": h.do_GET, "HEAD": h.do_GET, "POST": h.do_POST}.get(h.command, h._other)
+        try:
+            route()
+        except Exception:
+            log.exception("error while answering %s %s from %s", h.command, h.path, h.client)
+            h._json(500, {"error": "internal error; see the agent's log"})
+        start_response(f"{h.status} {_REASONS.get(h.status, 'Error')}", h.out_headers)
+        return [b"" if h.command == "HEAD" else h.body]
+
+
+def _raise_open_files(wanted: int) -> int:
+    """Lift the soft limit of open files toward `wanted` (a connection is a file); what it is now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 class HTTPServer:
+    MAX_CONNECTIONS = 4000
+    WORKERS = 8
+
     def __init__(self, agent: Agent) -> None:
         host, _, port = agent.config.server.listen.rpartition(":")
-        self.httpd = _Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-        self.httpd.agent = agent
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="gitsync-http", daemon=True)
+        files = _raise_open_files(self.MAX_CONNECTIONS + 512)
+        self._map: dict[int, Any] = {}
+        self.httpd = _Server(
+            App(agent),
+            map=self._map,
+            host=host.strip("[]") or "127.0.0.1",
+            port=int(port),
+            threads=self.WORKERS,
+            connection_limit=max(64, min(self.MAX_CONNECTIONS, files - 512)),
+            channel_timeout=30,  # silent connections (keep-alive ones between requests included)
+            cleanup_interval=1,
+            asyncore_use_poll=True,  # select() stops at 1,024 descriptors
+            max_request_body_size=agent.config.server.max_body_bytes,
+            max_request_header_size=_HEADER_BYTES,
+            inbuf_overflow=_INBUF,
+            ident=f"gitsync/{__version__}",
+            expose_tracebacks=False,
+        )
+        self.thread = threading.Thread(target=self.httpd.run, name="gitsync-http", daemon=True)
 
     @property
     def address(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{self.httpd.effective_host}:{self.httpd.effective_port}"
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(self._map)
+        self.thread.join(timeout=5)
 
 
 # -- HTML ------------------------------------------------------------------------

@@ -48,8 +48,9 @@ class Kind:
         """The document's spec, normalised; None when it has problems (each added to ctx)."""
         raise NotImplementedError
 
-    def check(self, objects: Sequence[Any], problems: list[Problem]) -> None:
-        """Rules across this kind's documents (references, cycles)."""
+    def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
+        """Rules across documents: this kind's `objects` among themselves (references, cycles) and
+        against those of other kinds (`loaded`, by kind name)."""
 
     def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
         return KindPlan()

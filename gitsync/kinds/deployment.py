@@ -466,7 +466,7 @@ class DeploymentKind(Kind):
     def parse(self, ctx: Ctx, head: Header) -> Deployment | None:
         return _deployment(ctx, head)
 
-    def check(self, objects: Sequence[Any], problems: list[Problem]) -> None:
+    def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
         _check_dependencies(objects, problems)
 
     def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:

@@ -9,11 +9,14 @@ with backoff, and never logging the token.
 
 from __future__ import annotations
 
+import base64
 import enum
+import json
 import logging
 import queue
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import requests
@@ -80,8 +83,34 @@ class Provider:
         if response.status_code < 300:
             return
         retry = response.status_code >= 500 or response.status_code in (408, 409, 429)
-        body = response.text[:200].replace(self._token, "***") if self._token else response.text[:200]
+        body = redacted(response.text, self._token)[:200]
         raise StatusError(f"{self.kind} {what}: HTTP {response.status_code}: {body}", retry)
+
+
+_WINDOW = 8  # a run of this many characters of a secret (in any of its spellings) is masked
+
+
+def redacted(text: str, secret: str) -> str:
+    """`text` with every trace of `secret` masked as ***: verbatim, URL-, JSON- or base64-encoded (as in
+    an echoed Basic header), cut off, or any run of 8 of its characters. Whole text first, then cut."""
+    if len(secret) < 4:
+        return text.replace(secret, "***") if secret else text
+    spellings = {secret, urllib.parse.quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    for prefix in ("", "x-access-token:", "oauth2:", "token:"):
+        spellings.add(base64.b64encode((prefix + secret).encode()).decode().rstrip("="))
+    width = min(_WINDOW, len(secret))
+    windows = {sp[i : i + width] for sp in spellings for i in range(len(sp) - width + 1)}
+    masked = [False] * len(text)
+    for i in range(len(text) - width + 1):
+        if text[i : i + width] in windows:
+            masked[i : i + width] = [True] * width
+    out: list[str] = []
+    for ch, m in zip(text, masked):
+        if not m:
+            out.append(ch)
+        elif not out or out[-1] != "***":
+            out.append("***")
+    return "".join(out)
 
 
 class Notifier:

@@ -7,8 +7,10 @@ import hashlib
 import hmac
 import json
 import os
+import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -171,7 +173,7 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
         assert requests.post(f"{agent.url}/hooks/github", data=big, headers={"X-GitHub-Event": "push"}, timeout=30).status_code == 413
         chunked = requests.post(f"{agent.url}/hooks/github", data=iter([push_body(c3)]), headers={"X-GitHub-Event": "push"}, timeout=5)
-        assert chunked.status_code == 411  # no Content-Length: the body cannot be bounded before it is read
+        assert chunked.status_code == 401  # a chunked body is bounded as it is read, then judged like any other
         assert requests.get(f"{agent.url}/hooks/github", timeout=5).status_code == 405
         time.sleep(1.0)
         assert len(agent.syncs()) == count
@@ -192,9 +194,7 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         outcomes = [x["outcome"] for x in api]
         assert f'gitsync_syncs_total{{result="failure"}} {float(outcomes.count("failure"))}' in metrics
         assert f'gitsync_syncs_total{{result="success"}} {float(outcomes.count("success"))}' in metrics
-        assert 'gitsync_webhook_requests_total{code="401",provider="github"} 2.0' in metrics
-        assert 'gitsync_webhook_requests_total{code="413",provider="github"} 1.0' in metrics
-        assert 'gitsync_webhook_requests_total{code="411",provider="github"} 1.0' in metrics
+        assert 'gitsync_webhook_requests_total{code="401",provider="github"} 3.0' in metrics
         assert 'gitsync_managed_containers{deployment="web",host="h1",state="running"} 1.0' in metrics
         assert 'gitsync_host_up{host="h3"} 1.0' in metrics
         assert f'gitsync_revision_info{{agent="{fleet.agent}",revision="main@sha1:{c3}"}} 1.0' in metrics
@@ -362,4 +362,82 @@ def test_the_dashboard_and_read_api_can_require_the_api_token(fleet: Fleet, gith
         for path in ("/healthz", "/readyz", "/metrics"):  # probes and Prometheus need no token
             assert requests.get(agent.url + path, timeout=5).status_code == 200, path
     finally:
+        assert agent.stop() == 0
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    """The server closed this connection (EOF or reset) within `seconds`."""
+    s.settimeout(seconds)
+    try:
+        while s.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_and_half_sent_requests_hold_neither_workers_nor_memory(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """Slowloris (headers trickled), bodies that stop short of their Content-Length, and big half-sent
+    bodies: the agent keeps answering probes and valid webhooks, its memory stays bounded, and every
+    such connection is closed once the request deadline (10 s) is past."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    upstream, agent = web_agent(fleet, github_forge, tmp_path, 1)
+    held: list[socket.socket] = []
+    head = subprocess.check_output(["git", "-C", str(upstream.path), "rev-parse", "HEAD"], text=True).strip()
+    try:
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, head)), 60)
+        before = _rss_mb(agent.proc.pid)
+        port = int(agent.url.rsplit(":", 1)[1])
+
+        def connect(first: bytes) -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(first)
+            held.append(s)
+            return s
+
+        trickling = [connect(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\n") for _ in range(600)]
+        short = connect(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: 1000\r\n\r\n{")
+        big = []
+        for _ in range(100):  # 4 MiB announced (under the 5 MiB limit), 1 MiB sent, then silence
+            s = connect(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nContent-Length: 4194304\r\n\r\n")
+            s.sendall(b" " * (1024 * 1024))
+            big.append(s)
+        for _ in range(5):  # the attack goes on: the trickling clients send a byte each now and then
+            for s in trickling:
+                try:
+                    s.sendall(b"X")
+                except OSError:  # already closed by the agent: its deadline passed
+                    pass
+            t = time.monotonic()
+            assert requests.get(agent.url + "/healthz", timeout=5).status_code == 200
+            assert time.monotonic() - t < 2.0, "healthz slow under the flood"
+            time.sleep(1)
+        assert agent.hook(push_body(head)).status_code == 202  # a valid webhook still gets through
+        grown = _rss_mb(agent.proc.pid) - before
+        assert grown < 60, f"the agent grew by {grown:.0f} MB holding 700 slow connections"
+        # past the deadline every one of them is closed by the agent, whatever it still sends
+        assert _closed_within(short, 15)
+        assert all(_closed_within(s, 5) for s in big[:10])
+        for s in trickling[:10]:
+            try:
+                s.sendall(b"X")
+            except OSError:
+                pass
+        assert all(_closed_within(s, 5) for s in trickling[:10])
+        assert requests.get(agent.url + "/healthz", timeout=5).status_code == 200
+        assert "Traceback" not in agent.log.read_text()
+    finally:
+        for s in held:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         assert agent.stop() == 0

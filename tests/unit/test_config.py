@@ -74,3 +74,17 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path) -> None:  # ty
 
 def test_a_token_over_http_to_this_machine_is_allowed() -> None:
     assert parse("source: {url: 'http://127.0.0.1:8080/d.git', token_env: T}\n").source.token_env == "T"
+
+
+def test_a_hosts_address_and_the_services_proxy_image() -> None:
+    cfg = parse(
+        "hosts:\n  - {name: a, url: 'tcp://10.0.0.5:2376', insecure: true}\n  - {name: b, url: 'unix:///run/docker.sock'}\n"
+        "  - {name: c, url: 'unix:///run/docker.sock', address: 192.168.1.9}\n  - {name: d, url: 'ssh://ops@edge.example.com'}\n",
+        "gitsync.yaml",
+    )
+    assert [h.reach for h in cfg.hosts] == ["10.0.0.5", None, "192.168.1.9", "edge.example.com"]
+    assert cfg.services.proxy_image == "haproxy:3.0.5"
+    assert parse("services: {proxyImage: 'registry.local/haproxy:2.6'}\n", "g.yaml").services.proxy_image == "registry.local/haproxy:2.6"
+    assert error("services: {proxyImage: 'Not An Image'}\n").startswith("gitsync.yaml:1: services.proxyImage: 'Not An Image' is not an image reference")
+    assert error("services: {proxy: x}\n").startswith("gitsync.yaml:1: services.proxy: unknown key")
+    assert "hosts[0].address: 'a b' has characters that are not allowed here" in error("hosts:\n  - {name: a, url: 'unix:///x', address: 'a b'}\n")

@@ -132,3 +132,33 @@ def test_a_forge_that_is_down_never_raises_and_never_logs_the_token(caplog: pyte
     assert n.failed == 1
     assert "after 4 tries" in caplog.text
     assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        "bad credentials: {t}",
+        "token={q}",  # URL-encoded
+        '{{"message": "no", "token": "{j}"}}',  # JSON-escaped
+        "Authorization: Basic {b}",  # an echoed Basic header
+        "the token starts {t12} and is wrong",  # a part of it
+        "x" * 190 + "{t}",  # cut by the 200-character limit
+    ],
+)
+def test_a_forge_token_is_masked_in_every_spelling_a_forge_may_echo(echo: str) -> None:
+    import base64
+    import json
+    import urllib.parse
+
+    from gitsync.status.base import redacted
+
+    token = "ghp_Ab/+=c9\"Zz0123456789xyz"
+    text = echo.format(
+        t=token, q=urllib.parse.quote(token, safe=""), j=json.dumps(token)[1:-1], b=base64.b64encode(f"x-access-token:{token}".encode()).decode(), t12=token[:12]
+    )
+    out = redacted(text, token)[:200]
+    assert "***" in out
+    for i in range(len(token) - 7):
+        assert token[i : i + 8] not in out, out
+    assert base64.b64encode(f"x-access-token:{token}".encode()).decode()[8:16] not in out
+    assert redacted("nothing secret here", token) == "nothing secret here"
