@@ -115,6 +115,7 @@ class KindPlan:
     noops: list[str] = field(default_factory=list)
     problems: list[PlacementProblem] = field(default_factory=list)
     placement: dict[str, dict[str, int]] = field(default_factory=dict)  # object -> host -> count
+    warnings: list[str] = field(default_factory=list)  # worth saying, not worth failing the sync for
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ class Plan:
     unreachable: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
     placement: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # deployment -> host -> replicas
+    warnings: tuple[str, ...] = ()
 
     @property
     def in_sync(self) -> bool:
@@ -138,7 +140,7 @@ class Plan:
         return {k.value: c.get(k.value, 0) for k in ActionKind}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return ({"warnings": list(self.warnings)} if self.warnings else {}) | {
             "in_sync": self.in_sync,
             "hosts": {h: [a.to_json() for a in self.for_host(h)] for h in self.hosts},
             "unreachable": list(self.unreachable),

@@ -158,6 +158,8 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
             print(f"  = {noop}", file=out)
     for problem in plan.problems:
         print(f"problem: {problem}", file=out)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=out)
     c = plan.counts()
     if plan.in_sync:
         print("in sync: nothing to do", file=out)
@@ -244,6 +246,8 @@ def _apply_here(cfg: Config, args: argparse.Namespace, timeout: float, out: Text
                 print(f"  = {noop}", file=out)
         for p in result.problems:
             print(f"  ! {p}", file=err if result.outcome != Outcome.SUCCESS else out)
+        for w in result.plan.warnings if result.plan is not None else ():
+            print(f"  warning: {w}", file=out)
         print(f"{result.outcome}: {result.message} (revision {result.revision or '-'})", file=out)
     return Exit.OK if result.outcome == Outcome.SUCCESS else Exit.ERROR
 

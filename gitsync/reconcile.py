@@ -70,6 +70,7 @@ class SyncResult:
             "reason": str(self.reason) if self.reason else None,
             "message": self.message,
             "problems": self.problems,
+            "warnings": list(self.plan.warnings) if self.plan else [],
             "unreachable": self.unreachable,
             "deployments": {k: v.to_json() for k, v in self.deployments.items()},
             "actions": [

@@ -458,6 +458,9 @@ def render_sync(agent: Agent, r: SyncRecord) -> str:
     problems = d.get("problems") or []
     if problems:
         parts.append("<section><h2>Problems</h2><ul class=problems>" + "".join(f"<li><code>{html.escape(p)}</code></li>" for p in problems) + "</ul></section>")
+    warnings = d.get("warnings") or []
+    if warnings:
+        parts.append("<section><h2>Warnings</h2><ul class=problems>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></section>")
     deps = d.get("deployments") or {}
     if deps:
         rows = "".join(

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..actions import KindPlan, PlanView
 from ..errors import Problem
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_int, read_list, read_str_map
-from ..models import Deployment, Origin, Service, ServicePort, selectors_overlap
+from ..models import Deployment, DesiredState, Origin, Service, ServicePort, selectors_overlap
 from . import Header, Kind, register
 
 
@@ -78,6 +79,14 @@ class ServiceKind(Kind):
                 for d in deployments:
                     if any(c.host_port == p.host_port and c.protocol == "tcp" for c in d.ports) and selectors_overlap(svc.host_selector, d.placement.host_selector):
                         problems.append(Problem(*at, f"Service {svc.name}: hostPort {p.host_port} is also a hostPort of deployment {d.name} ({d.origin}), on hosts both may use"))
+
+    def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
+        out = KindPlan()
+        for svc in desired.services:
+            if not any(svc.selects(d) for d in desired.deployments):
+                wanted = ",".join(f"{k}={v}" for k, v in svc.selector)
+                out.warnings.append(f"Service {svc.name}: selector {wanted} matches no deployment, so it has no endpoints")
+        return out
 
 
 register(ServiceKind())

@@ -117,3 +117,21 @@ def test_only_the_engine_module_speaks_docker() -> None:
             if any(n == "docker" or n.startswith("docker.") for n in names):
                 speakers.add(str(path.relative_to(root)))
     assert speakers == {"engine.py"}
+
+
+def test_a_service_that_selects_no_deployment_is_a_warning_in_the_plan_not_an_error() -> None:
+    import io
+
+    from gitsync.cli import render_plan
+
+    files = {
+        "a.yaml": FILES["a.yaml"].split(b"---\n")[0]
+        + b"---\napiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: api}\nspec:\n  selector: {app: api}\n  ports: [{port: 80}]\n"
+    }
+    desired = load_files(files)  # valid: in Kubernetes, too, a selector may match nothing (yet)
+    plan = make_plan(desired, {"one": HostObservation("one", True)}, HOSTS, "t")
+    assert plan.warnings == ("Service api: selector app=api matches no deployment, so it has no endpoints",)
+    assert not plan.problems and plan.to_json()["warnings"] == list(plan.warnings)
+    buf = io.StringIO()
+    render_plan(plan, "rev", {}, buf)
+    assert "warning: Service api: selector app=api matches no deployment" in buf.getvalue()
