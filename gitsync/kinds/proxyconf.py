@@ -1,0 +1,60 @@
+"""The Services' proxy configuration (HAProxy): one frontend per Service port, balancing over that
+port's endpoints. Pure: the same Services and endpoints always give the same text, so a proxy is
+reloaded only when what it serves changes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..models import Service
+
+CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads it
+
+_HEAD = """\
+# written by gitsync: do not edit, the next sync replaces it
+global
+    master-worker
+    log stdout format raw local0 notice
+    hard-stop-after {hard_stop}s
+
+defaults
+    mode tcp
+    log global
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    option redispatch
+    retries 3
+    default-server check inter 1s fall 1 rise 1
+"""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A replica a Service port sends connections to."""
+
+    name: str  # e.g. web-0.h1 (replica and host)
+    address: str
+    port: int
+    draining: bool = False  # keeps its open connections, gets no new ones
+
+
+def _ident(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", text)
+
+
+def render(services: Sequence[Service], endpoints: Mapping[tuple[str, int], Sequence[Endpoint]], hard_stop: int = 600) -> str:
+    """The whole configuration. `endpoints` by (service, port); `hard_stop` bounds how long a reloaded
+    worker may keep finishing its connections."""
+    out = [_HEAD.format(hard_stop=hard_stop)]
+    for svc in sorted(services, key=lambda s: s.name):
+        for p in sorted(svc.ports, key=lambda p: p.port):
+            name = f"svc-{_ident(svc.name)}-{p.port}"
+            out.append(f"\nfrontend {name}\n    bind :{p.port}\n    default_backend {name}\n")
+            out.append(f"\nbackend {name}\n    balance roundrobin\n")
+            for e in sorted(endpoints.get((svc.name, p.port), ()), key=lambda e: e.name):
+                host = f"[{e.address}]" if ":" in e.address else e.address
+                out.append(f"    server {_ident(e.name)} {host}:{e.port}{' weight 0' if e.draining else ''}\n")
+    return "".join(out)
