@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import ipaddress
 import json
+import posixpath
 import socket
+import tarfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +145,9 @@ class ContainerSpec:
     restart: str = "unless-stopped"  # no | always | on-failure | unless-stopped
     healthcheck: Mapping[str, Any] | None = None  # test, interval, timeout, retries, start_period (seconds)
     stop_grace: float = 10.0
+    network: str | None = None  # a user-defined network to join instead of the default bridge
+    aliases: tuple[str, ...] = ()  # names that resolve to this container on that network
+    sysctls: Mapping[str, str] | None = None  # namespaced kernel settings of the container
 
 
 def _ns(seconds: float) -> int:
@@ -222,7 +229,12 @@ class Engine:
                 port_bindings={f"{port}/{proto}": host_port for port, proto, host_port in spec.ports} or None,
                 binds={vol: {"bind": path, "mode": "ro" if ro else "rw"} for vol, path, ro in spec.mounts} or None,
                 restart_policy=restart,
+                network_mode=spec.network,
+                sysctls=dict(spec.sysctls) if spec.sysctls else None,
             )
+            networking = None
+            if spec.network is not None:
+                networking = api.create_networking_config({spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)})
             created = api.create_container(
                 spec.image,
                 command=list(spec.command) if spec.command is not None else None,
@@ -240,6 +252,7 @@ class Engine:
                     "start_period": _ns(hc["start_period"]),
                 },
                 stop_timeout=int(spec.stop_grace),
+                networking_config=networking,
             )
         container_id: str = created["Id"]
         return container_id
@@ -260,6 +273,62 @@ class Engine:
     def rename(self, container: str, name: str) -> None:
         with _translated(self.host):
             self._api.rename(container, name)
+
+    def signal(self, container: str, signal: str) -> None:
+        """Send a signal (e.g. SIGUSR2) to the container's main process."""
+        with _translated(self.host):
+            self._api.kill(container, signal=signal)
+
+    def put_file(self, container: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write one file into the container (through the API: no shell, no ssh)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(posixpath.basename(path))
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+        with _translated(self.host):
+            if not self._api.put_archive(container, posixpath.dirname(path) or "/", buf.getvalue()):
+                raise EngineError(self.host, f"could not write {path} into {container}")
+
+    def run(self, container: str, argv: list[str]) -> tuple[int, str]:
+        """Run a command in the running container; its exit code and output (stdout and stderr)."""
+        with _translated(self.host):
+            exec_id = self._api.exec_create(container, argv, stdout=True, stderr=True)["Id"]
+            output = self._api.exec_start(exec_id)
+            code = self._api.exec_inspect(exec_id).get("ExitCode")
+        text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
+        return (code if isinstance(code, int) else -1), text
+
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> str:
+        """The id of the user-defined bridge network `name`, created unless it exists."""
+        for _ in range(2):
+            with _translated(self.host):
+                found = [n for n in self._api.networks(names=[name]) if n.get("Name") == name]
+            if found:
+                return str(found[0]["Id"])
+            try:
+                with _translated(self.host):
+                    return str(self._api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)["Id"])
+            except Conflict:
+                continue  # made meanwhile by someone else: look it up again
+        raise EngineError(self.host, f"network {name} could neither be found nor created")
+
+    def join(self, container: str, network: str, aliases: tuple[str, ...] = ()) -> bool:
+        """Connect a container (running or not) to a network unless it is on it; whether it joined now."""
+        info = self.inspect(container)
+        if info is None:
+            raise NotFound(self.host, f"no container {container}")
+        if network in ((info.get("NetworkSettings") or {}).get("Networks") or {}):
+            return False
+        with _translated(self.host):
+            self._api.connect_container_to_network(container, network, aliases=list(aliases) or None)
+        return True
+
+    def address_on(self, container: str, network: str) -> str | None:
+        """The container's IP address on a network it is on."""
+        info = self.inspect(container) or {}
+        net = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
+        return net.get("IPAddress") or None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
