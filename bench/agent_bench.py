@@ -34,13 +34,13 @@ from pathlib import Path
 import docker
 import requests
 
+from bench import record, rss_mb
 from bench.sync_bench import clients, wipe
 from tests import testbed
 
 AGENT = "benchagent"
 SECRET = "bench-secret"
 QUICK_STOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
-RESULTS = Path(__file__).parent / "results"
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
 
 
@@ -173,8 +173,7 @@ def main() -> int:
 
             # 3. idle memory with every container managed (after a few syncs)
             time.sleep(3)
-            rss_kb = int(next(line.split()[1] for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if line.startswith("VmRSS")))
-            report["idle_rss_mb"] = round(rss_kb / 1024, 1)
+            report["idle_rss_mb"] = round(rss_mb(proc.pid), 1)
 
             # 1. push to converged vs floor
             ours, floor = [], []
@@ -234,10 +233,7 @@ def main() -> int:
             proc.wait(120)
             bed.log.close()
             wipe(apis, f"io.gitsync.managed-by={AGENT}")
-    print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "agent.jsonl", "a") as fh:
-        fh.write(json.dumps(report) + "\n")
+    record("agent", report)
     return 0
 
 

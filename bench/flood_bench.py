@@ -35,11 +35,11 @@ from pathlib import Path
 
 import requests
 
+from bench import record, rss_mb
 from bench.agent_bench import AGENT, SECRET, Bed, wrk
 from bench.sync_bench import clients, wipe
 from tests import testbed
 
-RESULTS = Path(__file__).parent / "results"
 TRICKLE = b"POST /hooks/github HTTP/1.1\r\nHost: agent\r\nX-GitHub-Event: push\r\n"
 BIG = b"POST /hooks/github HTTP/1.1\r\nHost: agent\r\nX-GitHub-Event: push\r\nContent-Length: 4194304\r\n\r\n" + b" " * (256 * 1024)
 
@@ -92,13 +92,6 @@ def flood(port: int, slow: int, stop: threading.Event, stats: dict) -> None:
     stats["opened"], stats["closed_by_agent"], stats["open_at_end"] = opened, closed, len(sel.get_map())
     for key in list(sel.get_map().values()):
         key.fileobj.close()  # type: ignore[union-attr]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def measure(bed: Bed, pid: int, seconds: int, tmp: Path) -> dict:
@@ -193,10 +186,7 @@ def main() -> int:
             wipe(apis, f"io.gitsync.managed-by={AGENT}")
     w, f = report["without_flood"], report["with_flood"]
     report["rps_ratio_flood_vs_none"] = round(f["webhooks_rps"] / w["webhooks_rps"], 2) if w["webhooks_rps"] else None
-    print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "flood.jsonl", "a") as fh:
-        fh.write(json.dumps(report) + "\n")
+    record("flood", report)
     return 0
 
 

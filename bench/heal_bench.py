@@ -32,12 +32,12 @@ from pathlib import Path
 import docker
 import requests
 
+from bench import record
 from bench.agent_bench import GIT_ENV, QUICK_STOP
 from bench.sync_bench import clients, wipe
 from tests import testbed
 
 AGENT = "benchheal"
-RESULTS = Path(__file__).parent / "results"
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -178,10 +178,7 @@ def main() -> int:
             wipe(apis, "io.gitsync.bench-floor=1")
     if args.swarm:
         report["swarm_host_death_to_running_elsewhere_s"] = swarm_reschedule(apis)
-    print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "heal.jsonl", "a") as fh:
-        fh.write(json.dumps(report) + "\n")
+    record("heal", report)
     return 0
 
 

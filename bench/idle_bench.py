@@ -14,7 +14,6 @@ appended to bench/results/idle.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import requests
 
+from bench import append, proc_status
 from tests import testbed
 
-RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -35,13 +34,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 def measure(n: int, seconds: float, code: Path, port: int, warmup: float) -> dict[str, float]:
@@ -78,8 +70,8 @@ def measure(n: int, seconds: float, code: Path, port: int, warmup: float) -> dic
             return {
                 "hosts": n,
                 "cpu_percent": round(100 * (c1 - c0) / (w1 - w0), 2),
-                "rss_mb": round(status(proc.pid, "VmRSS") / 1024, 1),
-                "threads": status(proc.pid, "Threads"),
+                "rss_mb": round(proc_status(proc.pid, "VmRSS") / 1024, 1),
+                "threads": proc_status(proc.pid, "Threads"),
             }
         finally:
             proc.terminate()
@@ -99,7 +91,6 @@ def main() -> int:
     p.add_argument("--label", default="current")
     args = p.parse_args()
     testbed.up(3)
-    RESULTS.mkdir(exist_ok=True)
     rows = []
     for i, n in enumerate(int(x) for x in args.hosts.split(",")):
         row = {"label": args.label, **measure(n, args.seconds, args.code.resolve(), 19400 + i, args.warmup)}
@@ -107,9 +98,8 @@ def main() -> int:
         rows.append(row)
         print(f"{args.label:<10} {n:>4} hosts: {row['cpu_percent']:6.2f} % of a core ({row['cpu_percent_per_host']:.3f} %/host), "
               f"{row['rss_mb']:6.1f} MB RSS, {row['threads']} threads", flush=True)
-    with open(RESULTS / "idle.jsonl", "a") as f:
-        for row in rows:
-            f.write(json.dumps({**row, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine(), "seconds": args.seconds}) + "\n")
+    for row in rows:
+        append("idle", {**row, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine(), "seconds": args.seconds})
     return 0
 
 

@@ -17,13 +17,12 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import yaml
 
+from bench import append
 from gitsync.manifest import load_files
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def cpu(fn: Callable[[], object], rounds: int) -> float:
@@ -54,9 +53,7 @@ def main() -> int:
     }
     row["ratio_to_libyaml"] = round(row["gitsync_load_files_s"] / row["pyyaml_libyaml_s"], 2)
     print(json.dumps(row, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "load.jsonl", "a") as f:
-        f.write(json.dumps({**row, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine()}) + "\n")
+    append("load", {**row, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine()})
     return 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import docker
 
+from bench import record
 from gitsync import config as config_mod
 from gitsync.reconcile import Syncer
 from tests import testbed
@@ -38,7 +39,6 @@ from tests import testbed
 AGENT = "bench"
 DEPLOYMENTS = 10
 LOOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
-RESULTS = Path(__file__).parent / "results"
 
 
 def clients() -> dict[str, docker.APIClient]:
@@ -216,10 +216,7 @@ def main() -> int:
         "cold_ratio_vs_compose": round(cold / compose, 2) if compose else None,
         "code": str(Path(__file__).resolve().parent.parent),
     }
-    print(json.dumps(report, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / "sync.jsonl", "a") as fh:
-        fh.write(json.dumps(report) + "\n")
+    record("sync", report)
     return 0
 
 

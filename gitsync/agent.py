@@ -24,12 +24,12 @@ from .config import Config
 from .errors import GitsyncError, Reason
 from .health import DeploymentStatus
 from .history import History
-from .hosts import EventStream
+from .engine import EventStream
 from .live import HostObservation
 from .liveness import HostTracker
 from .metrics import Metrics
 from .models import DesiredState
-from .plan import ActionKind, Plan
+from .actions import ActionKind, Plan
 from .reconcile import Outcome, SyncResult, Syncer
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables

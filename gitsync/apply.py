@@ -7,12 +7,10 @@ import threading
 from collections.abc import Callable
 
 from . import kinds
-from .actions import ActionResult, ApplyResult, Plan, Progress, Run
+from .actions import ApplyResult, Plan, Progress, Run
 from .hosts import Hosts
 from .live import HostObservation
 from .models import DesiredState
-
-__all__ = ["ActionResult", "ApplyResult", "apply_plan"]
 
 
 def apply_plan(

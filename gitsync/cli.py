@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .apply import ActionResult
+from .actions import ActionResult, Plan
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
-from .plan import Plan
 from .reconcile import Outcome, Syncer
 from .units import format_duration
 

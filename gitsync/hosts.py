@@ -9,12 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import labels as L
 from .config import HostSettings
-from .engine import Engine, EventStream, Pinger, check_transport, connect, explain, follow_events
+from .engine import Engine, EventStream, Pinger, connect, explain, follow_events
 from .errors import HostError
 from .live import HostObservation, from_list_entry
 from .settings import DEFAULT, Tunables
-
-__all__ = ["DEFAULT_TIMEOUT", "EventStream", "Hosts", "check_transport", "explain"]
 
 DEFAULT_TIMEOUT = 30
 

@@ -11,15 +11,13 @@ from typing import Any
 
 from . import kinds, yamlsrc
 from .errors import ManifestError, Problem
-from .fields import LABEL_KEY_RE, MAX_REPLICAS, NAME_RE, Ctx, Obj, read_str, read_str_map, shown
+from .fields import LABEL_KEY_RE, NAME_RE, Ctx, Obj, read_str, read_str_map, shown
 from .models import DesiredState, Origin
 
 API_VERSION = "gitsync.io/v1"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_TOTAL_BYTES = 32 * 1024 * 1024
 MAX_FILES = 2000
-
-__all__ = ["MAX_REPLICAS", "load_files", "read_folder"]
 
 
 def is_manifest_file(path: str) -> bool:

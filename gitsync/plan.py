@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from . import kinds
-from .actions import PHASE_MOVED, PHASE_SURPLUS, Action, ActionKind, PlacementProblem, Plan, PlanView
+from .actions import Plan, PlanView
 from .config import HostSettings
 from .live import HostObservation
 from .models import DesiredState
-
-__all__ = ["PHASE_MOVED", "PHASE_SURPLUS", "Action", "ActionKind", "PlacementProblem", "Plan", "make_plan"]
 
 
 def make_plan(

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from .apply import ActionResult, ApplyResult, apply_plan
+from .actions import ActionResult, ApplyResult, Plan
+from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
 from .health import DeploymentStatus, assess
@@ -24,7 +25,7 @@ from .hosts import Hosts
 from .live import Health, HostObservation
 from .manifest import load_files
 from .models import DesiredState
-from .plan import Plan, make_plan
+from .plan import make_plan
 from .source import Snapshot, Source
 from .units import format_duration
 

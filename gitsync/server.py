@@ -22,6 +22,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 from wsgiref.headers import Headers
 
@@ -48,7 +49,6 @@ SECURITY_HEADERS = {
 }
 _INBUF = 64 * 1024  # a connection's request bytes kept in memory; more go to a temporary file
 _HEADER_BYTES = 64 * 1024
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large", 503: "Service Unavailable"}
 
 
 class _Channel(HTTPChannel):
@@ -120,7 +120,6 @@ class Handler:
         self.status = 500
         self.out_headers: list[tuple[str, str]] = []
         self.body = b""
-        self.refused = 0  # the code _read_body answered with, when it refused a body
 
     # -- plumbing ------------------------------------------------------------
     def _send(self, code: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
@@ -134,24 +133,10 @@ class Handler:
     def _html(self, code: int, page: str) -> None:
         self._send(code, page.encode(), "text/html; charset=utf-8")
 
-    def _refuse(self, code: int, error: str) -> None:
-        self.refused = code
-        self._json(code, {"error": error})
-
-    def _read_body(self) -> bytes | None:
-        """The body, or None after answering 411/400/413 (`self.refused` says which)."""
-        limit = self.agent.config.server.max_body_bytes  # waitress refuses a longer one before reading it (413)
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            self._refuse(400, "bad Content-Length")
-            return None
-        if length < 0:
-            self._refuse(400, "bad Content-Length")
-            return None
-        if length > limit:
-            self._refuse(413, f"body of {length} bytes is over the limit of {limit}")
-            return None
+    def _read_body(self) -> bytes:
+        """The body, already read and bounded by the server: a bad or too large Content-Length never
+        reaches the application (400, 413), a chunked body arrives with its length."""
+        length = int(self.environ.get("CONTENT_LENGTH") or 0)
         return self.environ["wsgi.input"].read(length) if length > 0 else b""
 
     def _api_token(self) -> str | None:
@@ -224,9 +209,7 @@ class Handler:
         elif path == "/api/sync":
             self._api_sync()
         else:
-            body = self._read_body()
-            if body is not None:
-                self._json(404 if not SYNC_API.match(path) else 405, {"error": "not found"})
+            self._json(404 if not SYNC_API.match(path) else 405, {"error": "not found"})
 
     def _other(self) -> None:
         self._json(405, {"error": "method not allowed"}, {"Allow": "GET, POST"})
@@ -236,9 +219,6 @@ class Handler:
             self._json(404, {"error": f"unknown provider {provider!r}"})
             return
         body = self._read_body()
-        if body is None:
-            self.agent.metrics.webhooks.labels(provider, str(self.refused)).inc()
-            return
         env = self.agent.config.server.webhook_secret_env
         secret = os.environ.get(env) if env else None
         d = webhooks.decide(provider, {k: v for k, v in self.headers.items()}, body, secret, self.agent.config.source.branch)
@@ -250,9 +230,6 @@ class Handler:
         self._json(d.code, {"status": "queued" if d.queue else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
 
     def _api_sync(self) -> None:
-        body = self._read_body()
-        if body is None:
-            return
         token = self._api_token()
         if not token:
             self._json(403, {"error": f"the sync API is disabled: set ${self.agent.config.server.api_token_env or 'server.api_token_env'}"})
@@ -281,7 +258,7 @@ class App:
         except Exception:
             log.exception("error while answering %s %s from %s", h.command, h.path, h.client)
             h._json(500, {"error": "internal error; see the agent's log"})
-        start_response(f"{h.status} {_REASONS.get(h.status, 'Error')}", h.out_headers)
+        start_response(f"{h.status} {HTTPStatus(h.status).phrase}", h.out_headers)
         return [b"" if h.command == "HEAD" else h.body]
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from gitsync.config import parse
 from gitsync.errors import ConfigError, HostError
-from gitsync.hosts import check_transport
+from gitsync.engine import check_transport
 
 
 def error(text: str) -> str:
