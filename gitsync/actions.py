@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import HostSettings
+from .config import HostSettings, ServicesSettings
 from .engine import explain
 from .errors import Reason
 from .live import HostObservation
@@ -30,10 +30,11 @@ class ActionKind(enum.StrEnum):
     START = "start"
     RENAME = "rename"
     REMOVE = "remove"
+    RELOAD = "reload"  # a new configuration, taken without a restart (a Service's endpoints)
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-"}[self.value]
+        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-", "reload": "*"}[self.value]
 
 
 # Order within a kind: free what is surplus, then bring objects up, then retire what moved away.
@@ -96,14 +97,15 @@ class PlanView:
     fresh: list[HostSettings]  # reachable now
     unreachable: tuple[str, ...]
     order: dict[str, int]
+    services: ServicesSettings = ServicesSettings()
 
     @staticmethod
-    def of(observed: Mapping[str, HostObservation], hosts: Sequence[HostSettings], agent: str) -> PlanView:
+    def of(observed: Mapping[str, HostObservation], hosts: Sequence[HostSettings], agent: str, services: ServicesSettings = ServicesSettings()) -> PlanView:
         up = [h for h in hosts if observed.get(h.name) is not None and observed[h.name].reachable]
         stale = {h.name for h in up if observed[h.name].stale}
         return PlanView(
             hosts, observed, agent, up, stale, [h for h in up if h.name not in stale],
-            tuple(h.name for h in hosts if h not in up or h.name in stale), {h.name: i for i, h in enumerate(hosts)},
+            tuple(h.name for h in hosts if h not in up or h.name in stale), {h.name: i for i, h in enumerate(hosts)}, services,
         )
 
 
@@ -184,7 +186,7 @@ class Run:
 
     def __init__(
         self, plan: Plan, desired: DesiredState, hosts: Hosts, agent: str, revision: str, progress: Progress | None,
-        stop: threading.Event | None, observe: Callable[[], dict[str, HostObservation]],
+        stop: threading.Event | None, observe: Callable[[], dict[str, HostObservation]], services: ServicesSettings = ServicesSettings(),
     ) -> None:
         self.plan = plan
         self.desired = desired
@@ -194,9 +196,18 @@ class Run:
         self.progress = progress
         self.stop = stop
         self.observe = observe  # the view waits look at: the one the plan was made from
+        self.services = services
+        self.parts: dict[str, Any] = {}  # a kind's own state for this apply, by the kind's choice of key
         self.out = ApplyResult()
         self.failed: set[tuple[str, str]] = set()
+        self.before_retire: list[Callable[[str, str, float], None]] = []  # kinds that must let go of a replica first
         self._lock = threading.Lock()
+
+    def retiring(self, host: str, container: str, grace: float) -> None:
+        """A replica is about to be stopped for good (replaced, scaled down, pruned): whatever serves
+        it lets go first (the Services drain it, within `grace`)."""
+        for hook in self.before_retire:
+            hook(host, container, grace)
 
     def record(self, r: ActionResult) -> ActionResult:
         with self._lock:

@@ -244,6 +244,9 @@ class Agent:
         held: list[str] = []
         retry_in: float | None = None
         for a in plan.actions:
+            if a.object_kind != "Deployment":
+                keep.append(a)
+                continue
             if a.kind == ActionKind.REPLACE:
                 d = desired.deployment(a.deployment)
                 failed = self.failed_rollouts.get(a.deployment)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .actions import ActionResult, Plan
+from .actions import ActionKind, ActionResult, Plan
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
@@ -150,7 +150,8 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         print(f"host {host}{tag}:", file=out)
         for a in actions:
             name = a.container_name or "?"
-            print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {a.reason}", file=out)
+            what = f"Service {a.deployment}: " if a.object_kind == "Service" and a.kind == ActionKind.RELOAD and a.deployment != "proxy" else ""
+            print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {what}{a.reason}", file=out)
     if plan.noops:
         print("up to date:", file=out)
         for noop in plan.noops:
@@ -163,7 +164,8 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
     if plan.in_sync:
         print("in sync: nothing to do", file=out)
     else:
-        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove", file=out)
+        reload = f", {c['reload']} to reload" if c["reload"] else ""
+        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

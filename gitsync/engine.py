@@ -141,6 +141,7 @@ class ContainerSpec:
     command: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
     ports: tuple[tuple[int, str, int | None], ...] = ()  # (container port, protocol, host port or None)
+    publish_on: str | None = None  # the host address ports without a host port are published on (default: every one)
     mounts: tuple[tuple[str, str, bool], ...] = ()  # (volume, path in the container, read-only)
     restart: str = "unless-stopped"  # no | always | on-failure | unless-stopped
     healthcheck: Mapping[str, Any] | None = None  # test, interval, timeout, retries, start_period (seconds)
@@ -226,7 +227,10 @@ class Engine:
         hc = spec.healthcheck
         with _translated(self.host):
             host_config = api.create_host_config(
-                port_bindings={f"{port}/{proto}": host_port for port, proto, host_port in spec.ports} or None,
+                port_bindings={
+                    f"{port}/{proto}": host_port if host_port is not None or spec.publish_on is None else (spec.publish_on,)
+                    for port, proto, host_port in spec.ports
+                } or None,
                 binds={vol: {"bind": path, "mode": "ro" if ro else "rw"} for vol, path, ro in spec.mounts} or None,
                 restart_policy=restart,
                 network_mode=spec.network,
@@ -289,6 +293,24 @@ class Engine:
         with _translated(self.host):
             if not self._api.put_archive(container, posixpath.dirname(path) or "/", buf.getvalue()):
                 raise EngineError(self.host, f"could not write {path} into {container}")
+
+    def read_file(self, container: str, path: str, limit: int = 1 << 20) -> bytes | None:
+        """One file out of the container (running or not); None when it has no such file."""
+        try:
+            with _translated(self.host):
+                stream, _ = self._api.get_archive(container, path)
+                raw = b"".join(stream)
+        except NotFound:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile()), None)
+            f = tar.extractfile(member) if member is not None and member.size <= limit else None
+            return f.read() if f is not None else None
+
+    def logs(self, container: str, tail: int = 20) -> str:
+        with _translated(self.host):
+            out = self._api.logs(container, stdout=True, stderr=True, tail=tail)
+        return out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
 
     def run(self, container: str, argv: list[str]) -> tuple[int, str]:
         """Run a command in the running container; its exit code and output (stdout and stderr)."""

@@ -11,7 +11,8 @@ from . import labels as L
 from .config import HostSettings
 from .engine import Engine, EventStream, Pinger, connect, explain, follow_events
 from .errors import HostError
-from .live import HostObservation, from_list_entry
+from .live import HostObservation, LiveContainer, from_list_entry
+from .proxyconf import CONFIG_PATH as PROXY_CONFIG
 from .settings import DEFAULT, Tunables
 
 DEFAULT_TIMEOUT = 30
@@ -88,7 +89,18 @@ class Hosts:
         containers = tuple(
             sorted((from_list_entry(name, e) for e in entries), key=lambda c: (c.deployment, c.replica or 0, c.name))
         )
-        return HostObservation(name, True, containers, None, time.monotonic() - start)
+        return HostObservation(name, True, containers, None, time.monotonic() - start, proxy_config=self._proxy_config(name, containers))
+
+    def _proxy_config(self, name: str, containers: tuple[LiveContainer, ...]) -> str | None:
+        """What the host's proxy serves: its configuration file, read only on hosts that have a proxy."""
+        proxy = next((c for c in containers if c.role == L.ROLE_PROXY), None)
+        if proxy is None:
+            return None
+        try:
+            raw = self.engine(name).read_file(proxy.id, PROXY_CONFIG)
+        except HostError:
+            return None  # unknown: the plan writes it again
+        return raw.decode("utf-8", "replace") if raw is not None else None
 
     def observe(self) -> dict[str, HostObservation]:
         """Every host in parallel; an unreachable host is reported, never raised."""

@@ -22,6 +22,18 @@ SPEC = "io.gitsync.spec"
 REVISION = "io.gitsync.revision"
 # Set on the new container of a start-first replace until it takes the replica's name.
 SUCCESSOR = "io.gitsync.successor-of"
+# What a container is to gitsync when it is no replica: "proxy" (the host's Services' proxy).
+ROLE = "io.gitsync.role"
+ROLE_PROXY = "proxy"
+
+
+def network_name(agent: str) -> str:
+    """The user-defined network on every host that the replicas and the Services' proxy share."""
+    return f"gitsync-{agent}"
+
+
+def proxy_name(agent: str) -> str:
+    return f"{agent}-proxy"
 
 
 def spec_document(d: Deployment) -> dict[str, Any]:

@@ -42,10 +42,20 @@ class LiveContainer:
     image: str
     spec: str = ""  # the normalised spec it was created from (JSON), for saying what changed
     successor_of: str | None = None
+    role: str = ""  # "" for a replica, "proxy" for the Services' proxy
+    networks: tuple[tuple[str, str], ...] = ()  # (network, address on it)
+    published: tuple[tuple[int, str, int, str], ...] = ()  # (container port, protocol, host port, host address)
 
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    def address_on(self, network: str) -> str | None:
+        return next((ip for n, ip in self.networks if n == network and ip), None)
+
+    def published_port(self, port: int, protocol: str = "tcp") -> int | None:
+        """The host port a container port is published on (any address), if it is."""
+        return next((hp for cp, proto, hp, _ in self.published if cp == port and proto == protocol), None)
 
     def spec_document(self) -> dict[str, Any] | None:
         try:
@@ -65,6 +75,15 @@ class HostObservation:
     error: str | None = None
     seconds: float = 0.0
     stale: bool = False  # unreachable now: these are the last containers seen, within the host's grace
+    proxy_config: str | None = None  # the configuration the host's Services' proxy runs, when it has one
+
+    @property
+    def replicas(self) -> tuple[LiveContainer, ...]:
+        return tuple(c for c in self.containers if not c.role)
+
+    @property
+    def proxies(self) -> tuple[LiveContainer, ...]:
+        return tuple(c for c in self.containers if c.role == L.ROLE_PROXY)
 
 
 def _health(status: str) -> str | None:
@@ -97,4 +116,12 @@ def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
         image=entry.get("Image", ""),
         spec=labels.get(L.SPEC, ""),
         successor_of=labels.get(L.SUCCESSOR),
+        role=labels.get(L.ROLE, ""),
+        networks=tuple(sorted(
+            (str(n), str((v or {}).get("IPAddress") or "")) for n, v in ((entry.get("NetworkSettings") or {}).get("Networks") or {}).items()
+        )),
+        published=tuple(sorted({
+            (int(p["PrivatePort"]), str(p.get("Type", "tcp")), int(p["PublicPort"]), str(p.get("IP", "")))
+            for p in entry.get("Ports") or () if p.get("PublicPort")
+        })),
     )

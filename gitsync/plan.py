@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from . import kinds
 from .actions import Plan, PlanView
-from .config import HostSettings
+from .config import HostSettings, ServicesSettings
 from .live import HostObservation
 from .models import DesiredState
 
@@ -20,8 +20,9 @@ def make_plan(
     observed: Mapping[str, HostObservation],
     hosts: Sequence[HostSettings],
     agent: str,
+    services: ServicesSettings = ServicesSettings(),
 ) -> Plan:
-    view = PlanView.of(observed, hosts, agent)
+    view = PlanView.of(observed, hosts, agent, services)
     parts = [(k.name, k.plan(desired, view)) for k in kinds.ordered()]
     rank = {name: i for i, (name, _) in enumerate(parts)}
     actions = [a for _, p in parts for a in p.actions if a.host not in view.stale]

@@ -110,7 +110,7 @@ class _Sync:
     @property
     def hopeless(self) -> set[str]:
         """Deployments that cannot converge in this sync: their apply failed, they cannot be placed, or they were held back."""
-        out = {r.action.deployment for r in self.applied.failed} if self.applied else set()
+        out = {r.action.deployment for r in self.applied.failed if r.action.object_kind == "Deployment"} if self.applied else set()
         out |= {p.deployment for p in self.plan.problems} if self.plan else set()
         return out | {h.split(":", 1)[0] for h in self.held}
 
@@ -175,7 +175,7 @@ class Syncer:
         return self.hosts.observe()
 
     def plan(self, desired: DesiredState, observed: dict[str, HostObservation]) -> Plan:
-        return make_plan(desired, observed, self.config.hosts, self.config.name)
+        return make_plan(desired, observed, self.config.hosts, self.config.name, self.config.services)
 
     def preview(self) -> Observed:
         """fetch, load, observe, plan: what `gitsync plan` shows."""
@@ -277,7 +277,7 @@ class Syncer:
     def _apply(self, s: _Sync) -> None:
         assert s.plan is not None and s.desired is not None and s.snapshot is not None
         s.applied = s.result.applied = apply_plan(
-            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe
+            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe, self.config.services
         )
         if s.stopping and any(r.skipped for r in s.applied.results):
             s.cut_off = " before the agent stopped"
@@ -285,7 +285,7 @@ class Syncer:
     def _assess(self, s: _Sync) -> None:
         assert s.plan is not None and s.desired is not None and s.applied is not None and s.observed is not None
         desired, applied = s.desired, s.applied
-        touched = {r.action.deployment for r in applied.results if r.ok}
+        touched = {r.action.deployment for r in applied.results if r.ok and r.action.object_kind == "Deployment"}
         waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
         current = s.observed if not applied.results else None  # nothing changed: the observation still holds
         status, observed = (

@@ -55,6 +55,9 @@ class Kind:
     def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
         return KindPlan()
 
+    def prepare(self, run: Run) -> None:
+        """Before any kind applies: hook into the shared run (e.g. `run.before_retire`)."""
+
     def apply(self, run: Run, actions: Sequence[Action]) -> None:
         for a in actions:
             run.skip(a, f"{self.name} has nothing to apply")

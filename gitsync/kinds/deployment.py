@@ -287,7 +287,7 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
 
     live_by_dep: dict[str, list[LiveContainer]] = defaultdict(list)
     for h in up:
-        for c in observed[h.name].containers:
+        for c in observed[h.name].replicas:
             live_by_dep[c.deployment].append(c)
     # Overall load: every container we will keep or create, for the least-loaded tie-break.
     load: Counter[str] = Counter()
@@ -428,7 +428,7 @@ def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> di
         seen: set[int] = set()
         per_host: dict[str, int] = {}
         for obs in observed.values():
-            for c in obs.containers:
+            for c in obs.replicas:
                 if c.deployment != d.name or c.replica is None or c.replica >= d.replicas or c.replica in seen:
                     continue
                 if c.spec_hash != want or not c.running:

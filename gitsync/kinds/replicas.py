@@ -7,8 +7,10 @@ stopped, renamed or removed; volumes are never removed.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
+from collections.abc import Callable
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +43,9 @@ class Previous:
     revision: str
 
 
-def container_spec(agent: str, d: Deployment, replica: int, name: str, revision: str, extra_labels: dict[str, str] | None = None) -> ContainerSpec:
+def container_spec(
+    agent: str, d: Deployment, replica: int, name: str, revision: str, extra_labels: dict[str, str] | None = None, publish_on: str | None = None,
+) -> ContainerSpec:
     labels = L.container_labels(agent, d, replica, revision)
     labels.update(extra_labels or {})
     hc = d.healthcheck
@@ -58,7 +62,21 @@ def container_spec(agent: str, d: Deployment, replica: int, name: str, revision:
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
         },
         stop_grace=d.stop_grace_period,
+        network=L.network_name(agent),  # where the host's Services' proxy reaches it
+        publish_on=publish_on,  # where the other hosts' proxies reach it
     )
+
+
+def _publish_address(reach: str | None) -> str | None:
+    """The address to publish replicas' ports on: the host's reach address when it is an IP address
+    (an engine binds addresses, not names); else every address."""
+    try:
+        return str(ipaddress.ip_address(reach)) if reach else None
+    except ValueError:
+        return None
+
+
+Retire = Callable[[str, float], None]  # (container, stop grace): before a replica is stopped for good
 
 
 def _stop_first(d: Deployment) -> bool:
@@ -68,13 +86,16 @@ def _stop_first(d: Deployment) -> bool:
 class HostApplier:
     """The changes on one host."""
 
-    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str) -> None:
+    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None) -> None:
         self.host = host
         self.engine = hosts.engine(host)
         self.agent = agent
         self.revision = revision
+        self.retire = retire
+        self.publish_on = _publish_address(hosts.setting(host).reach)
         self._images_ok: set[str] = set()
         self._volumes_ok: set[str] = set()
+        self._network_ok: set[str] = set()
         self._lock = threading.Lock()
 
     # -- building blocks -------------------------------------------------
@@ -100,13 +121,19 @@ class HostApplier:
         self._once(self._images_ok, d.image, lambda: self.engine.ensure_image(d.image))
         for v in d.volumes:
             self._once(self._volumes_ok, v.name, lambda v=v: self.engine.ensure_volume(v.name, {L.MANAGED_BY: self.agent}))
-        container_id = self.engine.create(container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels))
+        network = L.network_name(self.agent)
+        self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
+        spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on)
+        container_id = self.engine.create(spec)
         self.engine.start(container_id)
         return container_id
 
     def stop_remove(self, container: str, grace: float) -> None:
+        """Stop and remove a replica for good: first out of every Service's endpoints (drained)."""
         if self.owned(container) is None:
             return
+        if self.retire is not None:
+            self.retire(container, grace)
         try:
             self.engine.stop(container, grace)
             self.engine.remove(container)
@@ -253,7 +280,7 @@ class Replicas:
             got = self._appliers.get(host)
         if got is None:
             try:
-                got = HostApplier(self.run.hosts, host, self.run.agent, self.run.revision)
+                got = HostApplier(self.run.hosts, host, self.run.agent, self.run.revision, lambda c, grace: self.run.retiring(host, c, grace))
             except Exception as exc:  # unreachable: every action there fails with the reason
                 self.run.hosts.forget(host)
                 got = exc

@@ -1,17 +1,23 @@
 """The Service kind: one stable name and port over the replicas of the deployments its selector
 picks. Parsed and checked against the deployments (ports claimed once, hostPorts that cannot
-collide, targetPorts the replicas declare); plan and apply come with the data plane (see README)."""
+collide, targetPorts the replicas declare). Served by one proxy per host (kinds/proxies.py): the
+plan says per host what happens to the proxy and to each Service's endpoints."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..actions import KindPlan, PlanView
+from .. import labels as L
+from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
 from ..errors import Problem
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_int, read_list, read_str_map
 from ..models import Deployment, DesiredState, Origin, Service, ServicePort, selectors_overlap
+from ..live import HostObservation
+from ..proxyconf import backend_name, render, servers
 from . import Header, Kind, register
+from .endpoints import document_hash, endpoints, hard_stop, members, proxy_document, ready
+from .proxies import Proxies
 
 
 class ServiceKind(Kind):
@@ -86,7 +92,95 @@ class ServiceKind(Kind):
             if not any(svc.selects(d) for d in desired.deployments):
                 wanted = ",".join(f"{k}={v}" for k, v in svc.selector)
                 out.warnings.append(f"Service {svc.name}: selector {wanted} matches no deployment, so it has no endpoints")
+        plan_proxies(desired, view, out)
         return out
+
+    def prepare(self, run: Run) -> None:
+        if run.desired.services or any(a.object_kind == self.name for a in run.plan.actions):
+            run.before_retire.append(Proxies.of(run).retire)
+
+    def apply(self, run: Run, actions: Sequence[Action]) -> None:
+        Proxies.of(run).apply(actions)
+
+    def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
+        return {}
+
+
+PROXY = "proxy"  # the object name of the proxy's own actions (one proxy per host serves every Service)
+
+
+def _proxy_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    if old is None:
+        return "created by an older gitsync or changed outside Git"
+    parts = []
+    if old.get("image") != new["image"]:
+        parts.append(f"image {old.get('image')} -> {new['image']}")
+    was, now = set(old.get("aliases") or ()), set(new["aliases"])
+    parts += [f"Service {n} added" for n in sorted(now - was)] + [f"Service {n} removed" for n in sorted(was - now)]
+    if old.get("published") != new["published"]:
+        parts.append("publishes " + (", ".join(f"{h}->{p}" for h, p in new["published"]) or "no port"))
+    if old.get("network") != new["network"]:
+        parts.append(f"network {new['network']}")
+    return "; ".join(parts) or "spec hash differs (labels edited by hand?)"
+
+
+def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
+    """Per reachable host: the proxy (created, replaced, started or removed) and each Service's
+    endpoints on it (a reload when they changed)."""
+    services, deployments = desired.services, desired.deployments
+    network = L.network_name(view.agent)
+    settings = {h.name: h for h in view.hosts}
+    spread = {c.host for s in services for c, _ in members(s, deployments, view.observed)}
+    for h in view.hosts:
+        if h.reach is None and len(spread) > 1 and h.name in spread:
+            out.problems.append(PlacementProblem(PROXY, f"host {h.name} has no address the other hosts' proxies can reach its replicas on: set hosts[].address for it (its url is {h.url})"))
+    proxy_name = L.proxy_name(view.agent)
+    for h in view.fresh:
+        obs = view.observed[h.name]
+        live = sorted(obs.proxies, key=lambda c: (not c.running, -c.created, c.id))
+        for extra in live[1:]:
+            out.actions.append(Action(ActionKind.REMOVE, h.name, PROXY, None, "a second proxy on this host", extra.id, extra.name, PHASE_SURPLUS, "Service"))
+        proxy = live[0] if live else None
+        if not services:
+            if proxy is not None:
+                out.actions.append(Action(ActionKind.REMOVE, h.name, PROXY, None, "no Service is left: the proxy goes", proxy.id, proxy.name, PHASE_SURPLUS, "Service"))
+            continue
+        doc = proxy_document(view.services.proxy_image, network, services, h)
+        fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
+        if proxy is None:
+            published = ", ".join(f"{hp}->{p}" for hp, p in doc["published"])
+            why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(doc['aliases'])}" + (f"; publishes {published}" if published else "")
+            out.actions.append(Action(ActionKind.CREATE, h.name, PROXY, None, why, None, proxy_name, PHASE_CREATE, "Service"))
+        elif fresh_proxy:
+            out.actions.append(Action(ActionKind.REPLACE, h.name, PROXY, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
+        elif not proxy.running:
+            out.actions.append(Action(ActionKind.START, h.name, PROXY, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, "Service"))
+        eps, _ = endpoints(h.name, services, deployments, view.observed, settings, network)
+        text = render(services, eps, hard_stop(deployments, services))
+        have = servers(obs.proxy_config or "") if not fresh_proxy else {}
+        unjoined = sorted({c.name for s in services for c, _ in members(s, deployments, {h.name: obs}) if c.address_on(network) is None})
+        for svc in sorted(services, key=lambda s: s.name):
+            changes: list[str] = []
+            for p in sorted(svc.ports, key=lambda p: p.port):
+                now = {e.name: f"[{e.address}]:{e.port}" if ":" in e.address else f"{e.address}:{e.port}" for e in eps.get((svc.name, p.port), ())}
+                was = {n: a for n, (a, _) in have.get(backend_name(svc.name, p.port), {}).items()}
+                tag = f":{p.port}" if len(svc.ports) > 1 else ""
+                changes += [f"+{n}{tag}" for n in sorted(set(now) - set(was))]
+                changes += [f"-{n}{tag}" for n in sorted(set(was) - set(now))]
+                changes += [f"~{n}{tag}" for n in sorted(set(now) & set(was)) if now[n] != was[n]]
+            if fresh_proxy:
+                continue  # the new proxy starts with them
+            if changes:
+                out.actions.append(Action(ActionKind.RELOAD, h.name, svc.name, None, "endpoints " + ", ".join(changes), proxy.id if proxy else None, proxy_name, PHASE_REPLACE, "Service"))
+        if not fresh_proxy and proxy is not None and not any(a.host == h.name and a.kind == ActionKind.RELOAD for a in out.actions):
+            if unjoined:
+                out.actions.append(Action(ActionKind.RELOAD, h.name, PROXY, None, f"{', '.join(unjoined)} join(s) the network {network}", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+            elif obs.proxy_config != text:
+                out.actions.append(Action(ActionKind.RELOAD, h.name, PROXY, None, "configuration changed" if obs.proxy_config else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+    for svc in services:
+        if not any(a.deployment == svc.name and a.object_kind == "Service" for a in out.actions):
+            n = sum(1 for c, d in members(svc, deployments, view.observed) if ready(c, d))
+            out.noops.append(f"Service {svc.name}: {n} endpoint(s) ready")
 
 
 register(ServiceKind())

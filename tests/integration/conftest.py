@@ -73,6 +73,8 @@ class Fleet:
                 api.remove_container(c["Id"], force=True)
             for v in (api.volumes(filters={"label": f"{LABEL}={self.agent}"}) or {}).get("Volumes") or []:
                 api.remove_volume(v["Name"], force=True)
+            for n in api.networks(filters={"label": f"{LABEL}={self.agent}"}):
+                api.remove_network(n["Id"])
 
 
 @pytest.fixture

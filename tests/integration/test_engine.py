@@ -11,7 +11,7 @@ import pytest
 
 from gitsync.config import HostSettings
 from gitsync.engine import ContainerSpec, EngineError, connect
-from gitsync.kinds.proxyconf import CONFIG_PATH, Endpoint, render
+from gitsync.proxyconf import CONFIG_PATH, Endpoint, render
 from gitsync.models import Service, ServicePort
 from tests import testbed
 from tests.integration.conftest import Fleet

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.kinds.proxyconf import Endpoint, render
+from gitsync.proxyconf import Endpoint, render
 from gitsync.models import Service, ServicePort
 from tests.conftest import IN_CI
 

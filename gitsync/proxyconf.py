@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..models import Service
+from .models import Service
 
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads it
 
@@ -22,7 +22,7 @@ global
 defaults
     mode tcp
     log global
-    timeout connect 2s
+    timeout connect 1s
     timeout client 1h
     timeout server 1h
     option redispatch
@@ -45,16 +45,37 @@ def _ident(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.:-]", "_", text)
 
 
+def backend_name(service: str, port: int) -> str:
+    return f"svc-{_ident(service)}-{port}"
+
+
 def render(services: Sequence[Service], endpoints: Mapping[tuple[str, int], Sequence[Endpoint]], hard_stop: int = 600) -> str:
     """The whole configuration. `endpoints` by (service, port); `hard_stop` bounds how long a reloaded
     worker may keep finishing its connections."""
     out = [_HEAD.format(hard_stop=hard_stop)]
     for svc in sorted(services, key=lambda s: s.name):
         for p in sorted(svc.ports, key=lambda p: p.port):
-            name = f"svc-{_ident(svc.name)}-{p.port}"
+            name = backend_name(svc.name, p.port)
             out.append(f"\nfrontend {name}\n    bind :{p.port}\n    default_backend {name}\n")
             out.append(f"\nbackend {name}\n    balance roundrobin\n")
             for e in sorted(endpoints.get((svc.name, p.port), ()), key=lambda e: e.name):
                 host = f"[{e.address}]" if ":" in e.address else e.address
                 out.append(f"    server {_ident(e.name)} {host}:{e.port}{' weight 0' if e.draining else ''}\n")
     return "".join(out)
+
+
+_SERVER = re.compile(r"^\s+server (\S+) (\S+)( weight 0)?\s*$")
+
+
+def servers(text: str) -> dict[str, dict[str, tuple[str, bool]]]:
+    """What a configuration written by `render` serves: backend -> server -> (address:port, draining)."""
+    out: dict[str, dict[str, tuple[str, bool]]] = {}
+    current: dict[str, tuple[str, bool]] | None = None
+    for line in text.splitlines():
+        if line.startswith("backend "):
+            current = out.setdefault(line.split()[1], {})
+        elif not line.startswith((" ", "\t")):
+            current = None
+        elif current is not None and (m := _SERVER.match(line)):
+            current[m.group(1)] = (m.group(2), bool(m.group(3)))
+    return out

@@ -1,0 +1,125 @@
+"""Which replicas each Service sends connections to, as one host's proxy sees them, and what that
+proxy is (its image, names and published ports). Pure: the same desired and live state always give
+the same configuration, so a proxy is reloaded only when what it serves changes.
+
+A replica on the proxy's own host is reached by its address on the managed network, one on another
+host through the port its host publishes on that host's address (`hosts[].address`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from .. import labels as L
+from ..config import HostSettings
+from ..live import HostObservation, LiveContainer
+from ..models import Deployment, Service
+from ..proxyconf import Endpoint, render
+
+ANY_ADDRESS = ("", "0.0.0.0", "::")
+
+
+def ready(c: LiveContainer, d: Deployment) -> bool:
+    """A replica that may get new connections: running and, with a healthcheck, healthy."""
+    return c.running and (d.healthcheck is None or c.health == "healthy")
+
+
+def endpoint_name(c: LiveContainer) -> str:
+    return f"{c.name}.{c.host}"
+
+
+def selected(svc: Service, deployments: Sequence[Deployment]) -> dict[str, Deployment]:
+    return {d.name: d for d in deployments if svc.selects(d)}
+
+
+def members(svc: Service, deployments: Sequence[Deployment], observed: Mapping[str, HostObservation]) -> list[tuple[LiveContainer, Deployment]]:
+    """The live replicas of the deployments a Service selects, on hosts seen (or last seen)."""
+    sel = selected(svc, deployments)
+    return [
+        (c, sel[c.deployment])
+        for _, obs in sorted(observed.items()) if obs.reachable
+        for c in obs.replicas if c.deployment in sel
+    ]
+
+
+def endpoints(
+    from_host: str,
+    services: Sequence[Service],
+    deployments: Sequence[Deployment],
+    observed: Mapping[str, HostObservation],
+    settings: Mapping[str, HostSettings],
+    network: str,
+    draining: Collection[str] = (),
+) -> tuple[dict[tuple[str, int], list[Endpoint]], list[str]]:
+    """Each Service port's endpoints as the proxy on `from_host` reaches them, and why a ready replica
+    is not among them. Replicas whose id is in `draining` stay, at weight 0 (no new connections)."""
+    out: dict[tuple[str, int], list[Endpoint]] = {}
+    notes: list[str] = []
+    for svc in services:
+        for c, d in members(svc, deployments, observed):
+            if not ready(c, d):
+                continue
+            for p in svc.ports:
+                address: str | None
+                if c.host == from_host:
+                    address, port = c.address_on(network), p.target_port
+                    if address is None:
+                        notes.append(f"{c.name} on {c.host} is not on the network {network} yet")
+                        continue
+                else:
+                    port = c.published_port(p.target_port)
+                    bound = next((ip for cp, _, hp, ip in c.published if cp == p.target_port and hp == port), "")
+                    h = settings.get(c.host)
+                    address = bound if bound not in ANY_ADDRESS else (h.reach if h is not None else None)
+                    if port is None or address is None:
+                        why = "its port is not published" if port is None else "its host has no address (set hosts[].address)"
+                        notes.append(f"{c.name} on {c.host} cannot be reached from {from_host}: {why}")
+                        continue
+                out.setdefault((svc.name, p.port), []).append(Endpoint(endpoint_name(c), address, port, c.id in draining))
+    return out, notes
+
+
+def hard_stop(deployments: Sequence[Deployment], services: Sequence[Service]) -> int:
+    """How long a reloaded proxy's old worker may finish connections: the longest stop grace period
+    of the replicas served, at least 10 s."""
+    graces = [d.stop_grace_period for s in services for d in deployments if s.selects(d)]
+    return int(max([10.0, *graces])) + 1
+
+
+def config_for(
+    host: str, services: Sequence[Service], deployments: Sequence[Deployment], observed: Mapping[str, HostObservation],
+    settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (),
+) -> tuple[str, list[str]]:
+    eps, notes = endpoints(host, services, deployments, observed, settings, network, draining)
+    return render(services, eps, hard_stop(deployments, services)), notes
+
+
+def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings) -> dict[str, Any]:
+    """What the host's proxy container is: changing any of it recreates the proxy (endpoints are not in it)."""
+    labels = host.label_map
+    return {
+        "image": image,
+        "network": network,
+        "aliases": sorted(s.name for s in services),
+        "published": sorted(
+            [p.host_port, p.port] for s in services if all(labels.get(k) == v for k, v in s.host_selector)
+            for p in s.ports if p.host_port is not None
+        ),
+    }
+
+
+def document_hash(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def proxy_labels(agent: str, doc: Mapping[str, Any], revision: str) -> dict[str, str]:
+    return {
+        L.MANAGED_BY: agent,
+        L.ROLE: L.ROLE_PROXY,
+        L.SPEC_HASH: document_hash(doc),
+        L.SPEC: json.dumps(doc, sort_keys=True, separators=(",", ":")),
+        L.REVISION: revision,
+    }
