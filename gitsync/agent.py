@@ -22,7 +22,7 @@ from . import labels as L
 from .backoff import Backoff, crash_loop_reason
 from .config import Config
 from .errors import GitsyncError, Reason
-from .health import DeploymentStatus
+from .health import DeploymentStatus, ServiceStatus
 from .history import History
 from .engine import EventStream
 from .live import HostObservation
@@ -47,6 +47,7 @@ class LiveView:
     observed: dict[str, HostObservation] = field(default_factory=dict)
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
     updated: float = 0.0
+    services: dict[str, ServiceStatus] = field(default_factory=dict)
 
 
 class Agent:
@@ -206,12 +207,16 @@ class Agent:
         self.metrics.set_revision(result.revision)
         if result.deployments:
             self.metrics.deployments(result.deployments)
+        if result.deployments or result.services:
+            self.metrics.services(result.services)
         try:
             observed = syncer.observe()
             self.metrics.observed(observed)
             # An invalid commit is not assessed: what runs is still the last good state, show that.
-            deployments = dict(result.deployments) if result.deployments else dict(self.view.deployments)
-            self.view = LiveView(result.revision, result.commit, observed, deployments, time.time())
+            assessed = bool(result.deployments or result.services)
+            deployments = dict(result.deployments) if assessed else dict(self.view.deployments)
+            services = dict(result.services) if assessed else dict(self.view.services)
+            self.view = LiveView(result.revision, result.commit, observed, deployments, time.time(), services)
         except Exception:  # the view is best-effort; the sync result stands
             log.exception("refreshing the live view failed")
         if result.commit:
@@ -498,6 +503,7 @@ class Agent:
                 "error": o.error if o else None,
                 "containers": [
                     {"name": c.name, "deployment": c.deployment, "replica": c.replica, "state": c.state, "health": c.health, "revision": c.revision}
+                    | ({"role": c.role} if c.role else {})
                     for c in (o.containers if o else ())
                 ],
             }
@@ -510,6 +516,7 @@ class Agent:
             "syncing": not self.queue.idle(),
             "last_sync": None if last is None else {"outcome": str(last.outcome), "message": last.message, "finished": last.finished},
             "deployments": {k: s.to_json() for k, s in v.deployments.items()},
+            "services": {k: s.to_json() for k, s in v.services.items()},
             "hosts": hosts,
         }
 

@@ -34,6 +34,9 @@ def apply_plan(
         mine = [a for a in plan.actions if a.object_kind == kind.name]
         if mine:
             kind.apply(run, mine)
+    if plan.actions:
+        for kind in kinds.ordered():
+            kind.finish(run)
     done = run.done()
     for a in plan.actions:  # an action of a kind this agent does not know is reported, never dropped
         if id(a) not in done:

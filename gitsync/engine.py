@@ -325,7 +325,10 @@ class Engine:
         """The id of the user-defined bridge network `name`, created unless it exists."""
         for _ in range(2):
             with _translated(self.host):
-                found = [n for n in self._api.networks(names=[name]) if n.get("Name") == name]
+                found = sorted((n for n in self._api.networks(names=[name]) if n.get("Name") == name), key=lambda n: (n.get("Created", ""), n["Id"]))
+            for extra in found[1:]:  # Docker allows two networks of one name (made at the same moment): keep the oldest
+                with contextlib.suppress(EngineError), _translated(self.host):
+                    self._api.remove_network(extra["Id"])
             if found:
                 return str(found[0]["Id"])
             try:

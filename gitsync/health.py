@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .live import Health, HostObservation
 from .models import DesiredState
@@ -31,11 +32,34 @@ class DeploymentStatus:
         }
 
 
-def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, DeploymentStatus]:
-    """How each object stands, from every kind that has a health (today: Deployments)."""
+@dataclass(frozen=True)
+class EndpointStatus:
+    name: str  # the replica's container
+    host: str
+    state: str  # ready | starting | draining | down
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    health: Health
+    message: str  # e.g. "2 of 3 endpoints ready: web-2 on h3 is exited"
+    endpoints: tuple[EndpointStatus, ...] = ()
+    ports: tuple[str, ...] = ()  # e.g. "80 -> 8080, hostPort 8080"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "health": str(self.health),
+            "message": self.message,
+            "ports": list(self.ports),
+            "endpoints": [{"name": e.name, "host": e.host, "state": e.state} for e in self.endpoints],
+        }
+
+
+def assess(desired: DesiredState, observed: Mapping[str, HostObservation], kind: str = "Deployment") -> dict[str, Any]:
+    """How each object of one kind stands (names repeat across kinds: a Deployment and a Service
+    are both called web), by name."""
     from . import kinds
 
-    out: dict[str, DeploymentStatus] = {}
-    for kind in kinds.ordered():
-        out.update(kind.health(desired, observed))
-    return out
+    return kinds.REGISTRY[kind].health(desired, observed)

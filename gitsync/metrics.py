@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .health import DeploymentStatus
+from .health import DeploymentStatus, ServiceStatus
 from .live import HostObservation
 
 
@@ -25,6 +25,8 @@ class Metrics:
         self.revision = Gauge("gitsync_revision_info", "The revision of the last sync (value 1)", ["agent", "revision"], registry=r)
         self.replicas = Gauge("gitsync_deployment_replicas", "Replicas per deployment: desired, running, healthy", ["deployment", "kind"], registry=r)
         self.degraded = Gauge("gitsync_deployment_degraded", "1 when a deployment is not healthy", ["deployment"], registry=r)
+        self.endpoints = Gauge("gitsync_service_endpoints", "Endpoints per Service by state: ready, starting, draining, down", ["service", "state"], registry=r)
+        self.service_degraded = Gauge("gitsync_service_degraded", "1 when a Service has not every endpoint ready", ["service"], registry=r)
         self.agent = agent
         self._revision: str | None = None
 
@@ -47,6 +49,14 @@ class Metrics:
             self.replicas.labels(name, "running").set(s.running)
             self.replicas.labels(name, "healthy").set(s.healthy)
             self.degraded.labels(name).set(0 if str(s.health) == "Healthy" else 1)
+
+    def services(self, status: Mapping[str, ServiceStatus]) -> None:
+        self.endpoints.clear()
+        self.service_degraded.clear()
+        for name, s in status.items():
+            for state in ("ready", "starting", "draining", "down"):
+                self.endpoints.labels(name, state).set(sum(1 for e in s.endpoints if e.state == state))
+            self.service_degraded.labels(name).set(0 if str(s.health) == "Healthy" else 1)
 
     def set_revision(self, revision: str | None) -> None:
         if revision is None or revision == self._revision:

@@ -20,7 +20,7 @@ from .actions import ActionResult, ApplyResult, Plan
 from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
-from .health import DeploymentStatus, assess
+from .health import DeploymentStatus, ServiceStatus, assess
 from .hosts import Hosts
 from .live import Health, HostObservation
 from .manifest import load_files
@@ -53,6 +53,7 @@ class SyncResult:
     plan: Plan | None = None
     applied: ApplyResult | None = None
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
+    services: dict[str, ServiceStatus] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -74,6 +75,7 @@ class SyncResult:
             "warnings": list(self.plan.warnings) if self.plan else [],
             "unreachable": self.unreachable,
             "deployments": {k: v.to_json() for k, v in self.deployments.items()},
+            "services": {k: v.to_json() for k, v in self.services.items()},
             "actions": [
                 {**r.action.to_json(), "ok": r.ok, "message": r.message, "seconds": round(r.seconds, 3)}
                 for r in (self.applied.results if self.applied else [])
@@ -297,6 +299,7 @@ class Syncer:
             if st is not None and st.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):
                 status[name] = dc_replace(st, health=Health.DEGRADED, message=why)  # the reason, not a snapshot of it
         s.result.deployments = status
+        s.result.services = assess(desired, observed, "Service") if desired.services else {}
         s.result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
         unsettled = sorted(n for n, st in status.items() if st.health != Health.HEALTHY and n not in s.hopeless)
         if s.stopping and unsettled:
@@ -357,8 +360,8 @@ class Syncer:
             result.outcome, result.reason = Outcome.ERROR, Reason.HOST_UNREACHABLE
             result.message = f"host {names} unreachable ({next(iter(result.unreachable.values()))}); {len(good)}/{n} deployments converged elsewhere"
             result.problems = [f"host {h}: {e}" for h, e in sorted(result.unreachable.items())]
-        elif len(good) < n:
-            bad = [s for s in result.deployments.values() if s.health != Health.HEALTHY]
+        elif len(good) < n or any(s.health != Health.HEALTHY for s in result.services.values()):
+            bad = [s for s in [*result.deployments.values(), *result.services.values()] if s.health != Health.HEALTHY]
             result.outcome, result.reason = Outcome.FAILURE, Reason.HEALTH_CHECK_FAILED
             result.message = "; ".join(f"{s.name}: {s.message}" for s in bad)
             result.problems = [f"{s.name}: {s.message}" for s in bad]
@@ -368,3 +371,6 @@ class Syncer:
         else:
             result.outcome, result.reason = Outcome.SUCCESS, None
             result.message = f"{n}/{n} deployments converged in {format_duration(seconds)}"
+        if result.outcome == Outcome.SUCCESS and result.services:
+            k = len(result.services)
+            result.message += f"; {k}/{k} Service{'s' if k > 1 else ''} ready"

@@ -326,8 +326,8 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:6px 8px;
 th{font-weight:600;color:#546070;font-size:13px}
 code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f3f6;padding:1px 4px;border-radius:4px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
-.success,.Healthy,.up{background:#dcf5e3;color:#17663a}.failure,.Degraded,.Missing,.down{background:#fde2e1;color:#a1261e}
-.error,.interrupted{background:#fff0d6;color:#8a5300}.pending,.running,.Progressing{background:#e1ecff;color:#1f4fa3}
+.success,.Healthy,.up,.ready{background:#dcf5e3;color:#17663a}.failure,.Degraded,.Missing,.down{background:#fde2e1;color:#a1261e}
+.error,.interrupted{background:#fff0d6;color:#8a5300}.pending,.running,.Progressing,.starting,.draining{background:#e1ecff;color:#1f4fa3}
 .muted{color:#6b7686}.problems li{margin:2px 0}
 """
 
@@ -384,6 +384,19 @@ def render_dashboard(agent: Agent) -> str:
         )
         + "</section>"
     )
+    services = s.get("services") or {}
+    if services:
+        srows = []
+        for name, sv in sorted(services.items()):
+            eps = ", ".join(f"{html.escape(e['name'])}@{html.escape(e['host'])} {_badge(e['state'])}" for e in sv["endpoints"]) or "none"
+            srows.append(
+                f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(sv['health'])}</td><td>{html.escape('; '.join(sv['ports']))}</td>"
+                f"<td>{html.escape(sv['message'])}</td><td>{eps}</td></tr>"
+            )
+        parts.append(
+            "<section><h2>Services</h2><table><tr><th>service</th><th>health</th><th>ports</th><th>detail</th><th>endpoints</th></tr>"
+            + "".join(srows) + "</table></section>"
+        )
     hrows = []
     for name, h in s["hosts"].items():
         state = "up" if h["reachable"] else "down"

@@ -356,66 +356,10 @@ HAPROXY = Path("/usr/sbin/haproxy")
 PROXY_IMAGE = "gitsync-test/haproxy:2.6"  # what tests set as services.proxyImage
 
 
-def _libraries(binary: Path) -> list[Path]:
-    """The shared libraries `binary` loads, as ldd resolves them (the loader included)."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout
-    libs = []
-    for line in out.splitlines():
-        parts = line.split()
-        path = parts[2] if "=>" in parts and len(parts) > 2 else parts[0]
-        if path.startswith("/"):
-            libs.append(Path(path))
-    return libs
-
-
-def proxy_image_context() -> bytes:
-    """The official haproxy image's contract, from Debian's package: FROM scratch + haproxy and its
-    libraries, `haproxy` on PATH, /usr/local/etc/haproxy/haproxy.cfg, master-worker in the
-    foreground, user haproxy (99), SIGUSR1 to stop; busybox beside it for a shell in tests."""
-    buf = io.BytesIO()
-    config = b"global\n  log stdout format raw local0\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-    passwd = b"root:x:0:0::/root:/bin/sh\nhaproxy:x:99:99::/var/lib/haproxy:/bin/false\n"
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        def add_bytes(name: str, data: bytes, mode: int = 0o644) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-
-        add_bytes("Dockerfile", (
-            "FROM scratch\nCOPY rootfs/ /\n"
-            'LABEL org.gitsync-testbed.image="haproxy"\n'
-            "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-            "STOPSIGNAL SIGUSR1\nUSER haproxy\nWORKDIR /var/lib/haproxy\n"
-            'CMD ["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]\n'
-        ).encode())
-        tar.add(str(HAPROXY), arcname="rootfs/usr/local/sbin/haproxy")
-        for lib in _libraries(HAPROXY):
-            tar.add(str(lib.resolve()), arcname=f"rootfs{lib}")
-        add_bytes("rootfs/usr/local/etc/haproxy/haproxy.cfg", config)
-        add_bytes("rootfs/etc/passwd", passwd)
-        add_bytes("rootfs/etc/group", b"root:x:0:\nhaproxy:x:99:\n")
-        tar.add(str(BUSYBOX), arcname="rootfs/bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"rootfs/bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
-        for d, owner in (("rootfs/tmp", 0), ("rootfs/var/lib/haproxy", 99), ("rootfs/run", 0)):
-            dinfo = tarfile.TarInfo(d)
-            dinfo.type, dinfo.mode, dinfo.uid, dinfo.gid = tarfile.DIRTYPE, 0o1777 if owner == 0 else 0o755, owner, owner
-            tar.addfile(dinfo)
-    return buf.getvalue()
-
-
 def build_proxy_image(base_url: str) -> None:
-    """Build PROXY_IMAGE on one engine unless it has it."""
-    import docker
-
-    client = docker.DockerClient(base_url=base_url, version="auto", timeout=120)
-    try:
-        if not client.images.list(name=PROXY_IMAGE):
-            client.images.build(fileobj=io.BytesIO(proxy_image_context()), custom_context=True, tag=PROXY_IMAGE, rm=True)
-    finally:
-        client.close()
+    """Build PROXY_IMAGE on one engine unless it has it: the project's own script, from Debian's haproxy."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "proxy-image"
+    subprocess.run(["bash", str(script), PROXY_IMAGE], env={**os.environ, "DOCKER_HOST": base_url}, check=True, capture_output=True, text=True)
 
 
 def build_images(base_url: str, repo: str = TEST_IMAGE, tags: tuple[str, ...] = ("1", "2", "3")) -> None:

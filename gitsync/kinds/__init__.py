@@ -62,6 +62,9 @@ class Kind:
         for a in actions:
             run.skip(a, f"{self.name} has nothing to apply")
 
+    def finish(self, run: Run) -> None:
+        """After every kind applied its actions: settle what they changed underneath (e.g. endpoints)."""
+
     def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
         """Each object's status (with `health` and `message`), by name."""
         return {}

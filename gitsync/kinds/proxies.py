@@ -101,6 +101,19 @@ class Proxies:
             self.reconfigure(observed)  # a proxy that fails here is retried by the Service's own step
         time.sleep(max(0.0, min(DRAIN, grace)))
 
+    def settle(self) -> None:
+        """After the other kinds' changes (replicas created, replaced, removed): every proxy serves
+        the endpoints as they are now. Each reload is reported as an action of its own."""
+        observed = self._settled()
+        self.draining.clear()
+        for host, res in sorted(self.reconfigure(observed).items()):
+            if res in ("no proxy", "unchanged"):
+                continue
+            proxy = next((c for c in observed[host].proxies if c.running), None)
+            a = Action(ActionKind.RELOAD, host, "proxy", None, "endpoints after the changes above", proxy.id if proxy else None,
+                       L.proxy_name(self.agent), object_kind="Service")
+            self.run.record(ActionResult(a, not isinstance(res, BaseException), explain(res) if isinstance(res, BaseException) else "reloaded"))
+
     # -- actions ---------------------------------------------------------
     def apply(self, actions: Sequence[Action]) -> None:
         run = self.run

@@ -96,6 +96,7 @@ class HostApplier:
         self._images_ok: set[str] = set()
         self._volumes_ok: set[str] = set()
         self._network_ok: set[str] = set()
+        self._making: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     # -- building blocks -------------------------------------------------
@@ -110,12 +111,17 @@ class HostApplier:
         return info
 
     def _once(self, done: set[str], key: str, make: Any) -> None:
+        """make() once per key, even when several creates on this host ask at the same moment."""
         with self._lock:
             if key in done:
                 return
-        make()
-        with self._lock:
-            done.add(key)
+            lock = self._making.setdefault(key, threading.Lock())
+        with lock:
+            if key in done:
+                return
+            make()
+            with self._lock:
+                done.add(key)
 
     def create(self, d: Deployment, replica: int, name: str, revision: str | None = None, extra_labels: dict[str, str] | None = None) -> str:
         self._once(self._images_ok, d.image, lambda: self.engine.ensure_image(d.image))

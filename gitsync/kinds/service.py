@@ -13,10 +13,11 @@ from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, A
 from ..errors import Problem
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_int, read_list, read_str_map
 from ..models import Deployment, DesiredState, Origin, Service, ServicePort, selectors_overlap
-from ..live import HostObservation
+from ..health import EndpointStatus, ServiceStatus
+from ..live import Health, HostObservation
 from ..proxyconf import backend_name, render, servers
 from . import Header, Kind, register
-from .endpoints import document_hash, endpoints, hard_stop, members, proxy_document, ready
+from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, members, proxy_document, ready
 from .proxies import Proxies
 
 
@@ -102,8 +103,50 @@ class ServiceKind(Kind):
     def apply(self, run: Run, actions: Sequence[Action]) -> None:
         Proxies.of(run).apply(actions)
 
+    def finish(self, run: Run) -> None:
+        if run.desired.services and not run.stopping():
+            Proxies.of(run).settle()
+
     def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
-        return {}
+        return {s.name: service_status(s, desired, observed) for s in desired.services}
+
+
+def service_status(svc: Service, desired: DesiredState, observed: Mapping[str, HostObservation]) -> ServiceStatus:
+    """A Service's endpoints and how they stand; degraded when not every replica it selects is ready
+    or a reachable host has no running proxy."""
+    chosen = [d for d in desired.deployments if svc.selects(d)]
+    wanted = sum(d.replicas for d in chosen)
+    draining = {
+        name for o in observed.values() if o.proxy_config
+        for p in svc.ports for name, (_, weight0) in servers(o.proxy_config).get(backend_name(svc.name, p.port), {}).items() if weight0
+    }
+    eps: list[EndpointStatus] = []
+    for c, d in members(svc, desired.deployments, observed):
+        if endpoint_name(c) in draining:
+            state = "draining"
+        elif ready(c, d):
+            state = "ready"
+        else:
+            state = "starting" if c.running and c.health == "starting" else "down"
+        eps.append(EndpointStatus(c.name, c.host, state))
+    n_ready = sum(1 for e in eps if e.state == "ready")
+    why = [f"{e.name} on {e.host} is {e.state}" for e in eps if e.state != "ready"]
+    if not chosen:
+        why.append("the selector matches no deployment")
+    elif wanted > len(eps):
+        why.append(f"{wanted - len(eps)} replica(s) not running")
+    no_proxy = sorted(h for h, o in observed.items() if o.reachable and not o.stale and not any(c.running for c in o.proxies))
+    if no_proxy:
+        why.append(f"no proxy running on {', '.join(no_proxy)}")
+    message = f"{n_ready} of {max(wanted, len(eps))} endpoints ready" + (": " + "; ".join(why[:4]) if why else "")
+    if n_ready >= wanted and chosen and not no_proxy:
+        health = Health.HEALTHY
+    elif n_ready == 0 and wanted > 0 and any(e.state == "starting" for e in eps) and not no_proxy:
+        health = Health.PROGRESSING
+    else:
+        health = Health.DEGRADED
+    ports = tuple(f"{p.port} -> {p.target_port}" + (f", hostPort {p.host_port}" if p.host_port else "") for p in svc.ports)
+    return ServiceStatus(svc.name, health, message, tuple(eps), ports)
 
 
 PROXY = "proxy"  # the object name of the proxy's own actions (one proxy per host serves every Service)

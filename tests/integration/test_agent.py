@@ -45,7 +45,7 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 class AgentProc:
     def __init__(
         self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
-        server_extra: str = "",
+        server_extra: str = "", config_extra: str = "",
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -71,6 +71,7 @@ class AgentProc:
             f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN, per_deployment: {str(per_deployment).lower()}}}\n"
             f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'{server_extra}}}\n"
             f"state_dir: {tmp / 'state'}\n"
+            + config_extra
         )
         env = {**os.environ, "GITSYNC_WEBHOOK_SECRET": SECRET, "GITSYNC_API_TOKEN": API_TOKEN, "GH_TOKEN": GH_TOKEN}
         self.log = tmp / "agent.log"

@@ -24,6 +24,7 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     for e in fleet.engines:
         r = subprocess.run(["bash", "scripts/example-image"], cwd=ROOT, env={**os.environ, "DOCKER_HOST": e.unix_url}, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+    fleet.write_config(extra_hosts="services: {proxyImage: 'gitsync-example/haproxy:2.6'}\n")  # as examples/gitsync.yaml
     shutil.copytree(ROOT / "examples" / "repo", fleet.repo.path, dirs_exist_ok=True)
     fleet.repo.commit("the examples")
     assert cli("validate", str(fleet.repo.path)).code == 0
@@ -37,6 +38,8 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     worker = [(h, n) for h, names in placed.items() for n in names if "-worker-" in n]
     assert len(worker) == 1, placed
     worker_id = fleet.ids()[worker[0][1]]
+    assert all(f"{fleet.agent}-proxy" in names for names in placed.values())  # the Service web: a proxy on every host
+    assert "1/1 Service ready" in r.out, r.out
 
     # The README: "web: one replica of image 2", committed, then plan and apply.
     web_yaml = fleet.repo.path / "apps" / "web.yaml"
@@ -47,7 +50,7 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     assert "image gitsync-example/busybox:1 -> gitsync-example/busybox:2" in r.out and "scaled down to 1" in r.out, r.out
     r = cli("apply", "-c", str(fleet.config), "--timeout", "90s")
     assert r.code == 0, r.out + r.err
-    running = [c for h in ("h1", "h2") for c in fleet.containers(h, all=False) if c["Labels"]["io.gitsync.deployment"] == "web"]
+    running = [c for h in ("h1", "h2") for c in fleet.containers(h, all=False) if c["Labels"].get("io.gitsync.deployment") == "web"]
     assert [c["Image"] for c in running] == ["gitsync-example/busybox:2"] and "(healthy)" in running[0]["Status"]
     assert fleet.ids()[worker[0][1]] == worker_id  # the worker did not change, so it was not touched
     assert cli("plan", "-c", str(fleet.config)).code == 0  # in sync

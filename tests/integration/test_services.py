@@ -4,6 +4,9 @@ ready replicas, wherever they run; no failed request through rollouts, scaling a
 from __future__ import annotations
 
 import time
+from pathlib import Path
+
+import requests
 
 import pytest
 
@@ -12,8 +15,10 @@ from gitsync.hosts import Hosts
 from gitsync.kinds.proxies import ConfigRefused, put_config
 from gitsync.proxyconf import CONFIG_PATH
 from tests import testbed
-from tests.conftest import cli
+from tests.conftest import GitRepo, cli
+from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
+from tests.integration.test_agent import AgentProc, push_body, statuses, wait_for
 from tests.load import Load
 
 pytestmark = pytest.mark.docker
@@ -137,6 +142,18 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
     with Load(addr(fleet, "h2"), 8080, workers=2) as load:
         time.sleep(0.5)
     assert len(load.tally.bodies) == 1 and load.tally.failed == 0, load.tally  # only the replica left answers
+    # prune: a second deployment the Service selects leaves Git while traffic flows
+    fleet.repo.write("apps/canary.yaml", web(2).replace("name: web,", "name: canary,"))
+    fleet.repo.commit("a canary")
+    apply(fleet)
+    (fleet.repo.path / "apps" / "canary.yaml").unlink()
+    fleet.repo.commit("no canary")
+    with Load(addr(fleet, "h1"), 8080, workers=4) as load:
+        time.sleep(0.5)
+        out = apply(fleet)
+        time.sleep(0.5)
+    assert out.count("remove ok") == 2, out
+    assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
 
 
 def _failing_window(load: Load, since: float) -> float:
@@ -174,3 +191,41 @@ def test_a_dead_replica_a_dead_engine_and_a_cut_network_leave_rotation_within_se
     finally:
         testbed.set_link(h2, True)
         testbed.start(h2)
+
+
+def test_the_agent_reports_services_on_the_commit_the_api_the_dashboard_and_metrics(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", web(3))
+    up.write("apps/web-service.yaml", SERVICE)
+    sha = up.commit("web behind a Service")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra=f"services: {{proxyImage: '{testbed.PROXY_IMAGE}'}}\n")
+
+    def web_ready(n: int) -> bool:
+        svc = requests.get(agent.url + "/api/status", timeout=5).json().get("services", {}).get("web")
+        return bool(svc) and svc["health"] == "Healthy" and [e["state"] for e in svc["endpoints"]] == ["ready"] * n
+
+    try:
+        wait_for(lambda: any(s == "success" and "1/1 Service ready" in d for s, d in statuses(github_forge, sha)), 90)
+        assert web_ready(3)
+        assert 'gitsync_service_endpoints{service="web",state="ready"} 3.0' in requests.get(agent.url + "/metrics", timeout=5).text
+        page = requests.get(agent.url + "/", timeout=5).text
+        assert "<h2>Services</h2>" in page and "3 of 3 endpoints ready" in page
+        # a replica dies: the agent brings it back (the Docker event) and it is an endpoint again
+        victim = next(c for c in fleet.containers("h2") if c["Labels"].get("io.gitsync.deployment") == "web")
+        with Load(addr(fleet, "h1"), 8080, workers=2, timeout=5.0) as load:
+            fleet.clients["h2"].remove_container(victim["Id"], force=True)
+            time.sleep(1)
+            wait_for(lambda: web_ready(3), 30)
+        assert load.tally.ok > 0
+        # a Service with no endpoint at all: the commit says so
+        up.write(
+            "apps/ghost.yaml",
+            "apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: ghost}\nspec: {selector: {app: ghost}, ports: [{port: 81}]}\n",
+        )
+        sha2 = up.commit("a Service nothing serves")
+        assert agent.hook(push_body(sha2)).status_code == 202
+        said = "ghost: 0 of 0 endpoints ready: the selector matches no deployment"
+        wait_for(lambda: any(s == "failure" and said in d for s, d in statuses(github_forge, sha2)), 60)
+        assert 'gitsync_service_degraded{service="ghost"} 1.0' in requests.get(agent.url + "/metrics", timeout=5).text
+    finally:
+        assert agent.stop() == 0

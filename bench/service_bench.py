@@ -1,0 +1,181 @@
+"""Benchmark Services on the test bed: the same image, the same load, side by side in one run.
+
+    sudo python -m bench.service_bench [--seconds 10] [--workers 4]
+
+1. failed requests during a rolling update of 3 replicas (one per host), a steady stream of
+   requests (one connection each, tests/load.py) to h1:
+   - gitsync, through its Service's hostPort (start-first, the default);
+   - docker-compose (Debian's) `up -d` recreating its container after an image change, on h1,
+     load to its published port;
+   Docker Swarm's routing mesh needs IPVS, which this machine's kernel lacks: it cannot answer
+   here, so it is not measured (see BENCHMARKS.md).
+2. throughput and latency (wrk, keep-alive, 2 threads, 16 connections) through the Service (h1's
+   proxy, balancing over the 3 replicas, 2 of them on other hosts) against straight to the
+   replica on h1 by the port its host publishes.
+3. time from a replica's death (SIGKILL) to its removal from rotation, and from a host's network
+   cut to zero failed requests: the last failed request after the event.
+Results are printed and appended to bench/results/service.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import record
+from bench.agent_bench import GIT_ENV
+from bench.sync_bench import clients, wipe
+from gitsync.config import load as load_config
+from gitsync.reconcile import Syncer
+from tests import testbed
+from tests.load import Load
+
+AGENT = "benchsvc"
+SERVE = 'hostname > /www/index.html; trap "exit 0" TERM; httpd -f -p 80 -h /www & wait'
+
+
+def web(image: str) -> str:
+    return (
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web, labels: {app: web}}\n"
+        f"spec:\n  replicas: 3\n  image: {image}\n  command: [sh, -c, '{SERVE}']\n"
+        "  ports: [{containerPort: 80}]\n  stopGracePeriod: 2s\n"
+        "---\napiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: web}\n"
+        "spec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 80, hostPort: 8080}]\n"
+    )
+
+
+COMPOSE = """\
+services:
+  web:
+    image: {image}
+    command: ["sh", "-c", '{serve}']
+    ports: ["8081:80"]
+    stop_grace_period: 2s
+"""
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, env=GIT_ENV)
+
+
+def during(host: str, port: int, workers: int, action) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    with Load(host, port, workers=workers, timeout=5.0) as load:
+        time.sleep(1.0)
+        t = time.monotonic()
+        action()
+        took = time.monotonic() - t
+        time.sleep(1.0)
+    tally = load.tally
+    return {"ok": tally.ok, "failed": tally.failed, "errors": dict(tally.errors), "action_s": round(took, 2)}
+
+
+def wrk(url: str, seconds: int) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url], check=True, capture_output=True, text=True).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+    assert rps, out
+    return {"rps": float(rps.group(1)), "p50_ms": ms("50"), "p99_ms": ms("99"), "errors": errors.group(0) if errors else ""}
+
+
+def window(host: str, port: int, workers: int, event, settle: float) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Failed requests after `event`, and how long after it the last one failed."""
+    with Load(host, port, workers=workers, timeout=5.0) as load:
+        time.sleep(1.0)
+        t = time.monotonic()
+        event()
+        time.sleep(settle)
+    tally = load.tally
+    last = None if tally.last_failure is None else round(tally.last_failure - t, 2)
+    return {"ok": tally.ok, "failed": tally.failed, "last_failure_after_s": last, "errors": dict(tally.errors)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    engines = testbed.up(3)
+    apis = clients()
+    label = f"io.gitsync.managed-by={AGENT}"
+    h1 = engines[0].addr
+    report: dict[str, object] = {"bench": "service", "machine": f"{platform.node()} {os.cpu_count()} cpu", "time": time.time()}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        repo = tmp / "repo"
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        (repo / "web.yaml").write_text(web("gitsync-test/busybox:1"))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", "v1")
+        hosts = "".join(f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true}}\n" for e in engines)
+        cfg_path = tmp / "gitsync.yaml"
+        cfg_path.write_text(
+            f"name: {AGENT}\nsource: {{url: '{repo}'}}\nhosts:\n{hosts}services: {{proxyImage: '{testbed.PROXY_IMAGE}'}}\nstate_dir: {tmp / 'state'}\n"
+        )
+        syncer = Syncer(load_config(str(cfg_path)))
+        compose_dir = tmp / "compose"
+        compose_dir.mkdir()
+        compose_env = {**os.environ, "DOCKER_HOST": engines[0].tcp_url, "COMPOSE_PROJECT_NAME": "benchsvc"}
+
+        def compose_up(image: str) -> None:
+            (compose_dir / "docker-compose.yml").write_text(COMPOSE.format(image=image, serve=SERVE))
+            subprocess.run(["docker-compose", "up", "-d"], cwd=compose_dir, env=compose_env, check=True, capture_output=True)
+
+        try:
+            wipe(apis, label)
+            first = syncer.sync(trigger="bench", timeout=120)
+            assert str(first.outcome) == "success", first.message
+            compose_up("gitsync-test/busybox:1")
+            time.sleep(1)
+
+            def roll() -> None:
+                (repo / "web.yaml").write_text(web("gitsync-test/busybox:2"))
+                git(repo, "commit", "-qam", "v2")
+                r = syncer.sync(trigger="bench", timeout=120)
+                assert str(r.outcome) == "success", r.message
+
+            report["rolling_update_gitsync"] = during(h1, 8080, args.workers, roll)
+            report["rolling_update_compose"] = during(h1, 8081, args.workers, lambda: compose_up("gitsync-test/busybox:2"))
+
+            local = next(c for c in apis["h1"].containers(filters={"label": [label, "io.gitsync.deployment=web"]}))
+            direct_port = next(p["PublicPort"] for p in local["Ports"] if p.get("PrivatePort") == 80 and p.get("PublicPort"))
+            report["direct"] = direct = wrk(f"http://{h1}:{direct_port}/", args.seconds)
+            report["through_service"] = svc = wrk(f"http://{h1}:8080/", args.seconds)
+            report["throughput_ratio"] = round(svc["rps"] / direct["rps"], 2)
+            report["added_p99_ms"] = round(svc["p99_ms"] - direct["p99_ms"], 3)
+            report["added_p50_ms"] = round(svc["p50_ms"] - direct["p50_ms"], 3)
+
+            victim = next(c for c in apis["h2"].containers(filters={"label": [label, "io.gitsync.deployment=web"]}))
+            report["replica_killed"] = window(h1, 8080, args.workers, lambda: apis["h2"].kill(victim["Id"]), 4.0)
+            syncer.sync(trigger="bench", timeout=120)  # it comes back
+            h3 = engines[2]
+            try:
+                report["host_network_cut"] = window(h1, 8080, args.workers, lambda: testbed.set_link(h3, False), 6.0)
+            finally:
+                testbed.set_link(h3, True)
+        finally:
+            subprocess.run(["docker-compose", "down"], cwd=compose_dir, env=compose_env, capture_output=True)
+            wipe(apis, label)
+            for api in apis.values():
+                for n in api.networks(filters={"label": label}):
+                    api.remove_network(n["Id"])
+            syncer.close()
+    record("service", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
