@@ -138,11 +138,14 @@ class Machine:
 
     def _start_init(self) -> None:
         r = str(self.root)
-        # its root a mount point of its own, as on a real machine (dockerd remounts / when it unpacks images)
+        # its root a mount point of its own and the root of its mount namespace (pivot_root, not chroot),
+        # as on a real machine: dockerd remounts / when it unpacks images, and `docker exec` (runc
+        # entering a container's mount namespace) lands in that namespace's root
         boot = (
             f"mount --bind {r} {r} && mount -t proc proc {r}/proc && mount --rbind /sys {r}/sys && mount --rbind /dev {r}/dev"
             f" && mount -t tmpfs tmpfs {r}/run && mount -t tmpfs tmpfs {r}/tmp"
-            f" && exec chroot {r} /usr/bin/sleep infinity"
+            f" && mkdir -p {r}/.oldroot && cd {r} && pivot_root . .oldroot"
+            " && umount -l /.oldroot && rmdir /.oldroot && exec /usr/bin/sleep infinity"
         )
         self.init = subprocess.Popen(
             ["nsenter", f"--net=/var/run/netns/{NETNS}", "unshare", "--mount", "--pid", "--fork", "--kill-child", "sh", "-c", boot],
