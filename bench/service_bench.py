@@ -7,8 +7,10 @@
    - gitsync, through its Service's hostPort (start-first, the default);
    - docker-compose (Debian's) `up -d` recreating its container after an image change, on h1,
      load to its published port;
-   Docker Swarm's routing mesh needs IPVS, which this machine's kernel lacks: it cannot answer
-   here, so it is not measured (see BENCHMARKS.md).
+   - with --swarm, Docker Swarm on the same engines, `docker service update` of 3 tasks (one per
+     host). Its routing mesh (and its virtual IPs) need IPVS, which this machine's kernel lacks,
+     so the mesh cannot answer here; what can run is a host-mode published port (the load to h1's
+     task), which Swarm can only update stop-first on a node (the port is bound once).
 2. throughput and latency (wrk, keep-alive, 2 threads, 16 connections) through the Service (h1's
    proxy, balancing over the 3 replicas, 2 of them on other hosts) against straight to the
    replica on h1 by the port its host publishes.
@@ -102,10 +104,67 @@ def window(host: str, port: int, workers: int, event, settle: float) -> dict[str
     return {"ok": tally.ok, "failed": tally.failed, "last_failure_after_s": last, "errors": dict(tally.errors)}
 
 
+def swarm_update(apis, engines, workers: int) -> dict[str, object] | None:  # type: ignore[no-untyped-def]
+    import docker
+
+    try:
+        for api in apis.values():
+            try:
+                api.leave_swarm(force=True)
+            except docker.errors.APIError:
+                pass
+        apis["h1"].init_swarm(advertise_addr=engines[0].addr, listen_addr=f"{engines[0].addr}:2377")
+        token = apis["h1"].inspect_swarm()["JoinTokens"]["Worker"]
+        for e in engines[1:]:
+            apis[e.name].join_swarm([f"{engines[0].addr}:2377"], token, advertise_addr=e.addr, listen_addr=f"{e.addr}:2377")
+
+        def spec(image: str) -> docker.types.TaskTemplate:
+            return docker.types.TaskTemplate(
+                docker.types.ContainerSpec(image, command=["sh", "-c", SERVE], stop_grace_period=2_000_000_000),
+                placement=docker.types.Placement(maxreplicas=1),
+            )
+
+        svc = apis["h1"].create_service(
+            spec("gitsync-test/busybox:1"), name="benchsvc-swarm", mode=docker.types.ServiceMode("replicated", replicas=3),
+            endpoint_spec=docker.types.EndpointSpec(ports={8082: (80, "tcp", "host")}),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            tasks = apis["h1"].tasks(filters={"service": "benchsvc-swarm", "desired-state": "running"})
+            if sum(1 for t in tasks if t["Status"]["State"] == "running") == 3:
+                break
+            time.sleep(0.3)
+        time.sleep(1)
+
+        def update() -> None:
+            version = apis["h1"].inspect_service(svc["ID"])["Version"]["Index"]
+            apis["h1"].update_service(
+                svc["ID"], version, task_template=spec("gitsync-test/busybox:2"), name="benchsvc-swarm",
+                mode=docker.types.ServiceMode("replicated", replicas=3),
+                endpoint_spec=docker.types.EndpointSpec(ports={8082: (80, "tcp", "host")}),
+                update_config=docker.types.UpdateConfig(parallelism=1, order="stop-first"),
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                state = (apis["h1"].inspect_service(svc["ID"]).get("UpdateStatus") or {}).get("State")
+                if state == "completed":
+                    return
+                time.sleep(0.3)
+
+        return during(engines[0].addr, 8082, workers, update)
+    finally:
+        for api in apis.values():
+            try:
+                api.leave_swarm(force=True)
+            except Exception:
+                pass
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--swarm", action="store_true")
     args = ap.parse_args()
     engines = testbed.up(3)
     apis = clients()
@@ -149,6 +208,9 @@ def main() -> int:
 
             report["rolling_update_gitsync"] = during(h1, 8080, args.workers, roll)
             report["rolling_update_compose"] = during(h1, 8081, args.workers, lambda: compose_up("gitsync-test/busybox:2"))
+
+            if args.swarm:
+                report["rolling_update_swarm_host_mode"] = swarm_update(apis, engines, args.workers)
 
             local = next(c for c in apis["h1"].containers(filters={"label": [label, "io.gitsync.deployment=web"]}))
             direct_port = next(p["PublicPort"] for p in local["Ports"] if p.get("PrivatePort") == 80 and p.get("PublicPort"))

@@ -420,6 +420,8 @@ class Agent:
         cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
         if cid:
             self._lifecycle(host, action, cid, attrs)
+        if action == "kill" and attrs.get("signal") in ("12", "SIGUSR2"):
+            return  # a proxy's hitless reload, sent by gitsync itself
         if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
             with self._events_lock:
                 self.events_seen += 1
