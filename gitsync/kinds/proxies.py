@@ -230,7 +230,12 @@ class Proxies:
             restart="unless-stopped",
             network=self.network,
             aliases=tuple(doc["aliases"]),
-            sysctls={"net.ipv4.ip_unprivileged_port_start": "0"},  # the official image's haproxy runs as a user
+            sysctls={
+                "net.ipv4.ip_unprivileged_port_start": "0",  # the official image's haproxy runs as a user
+                # one connection to a replica per client connection: many short ones to few addresses
+                "net.ipv4.tcp_tw_reuse": "1",
+                "net.ipv4.ip_local_port_range": "1024 65000",
+            },
         )
         container = engine.create(spec)
         try:
