@@ -180,6 +180,13 @@ class Engine:
             result: list[dict[str, Any]] = api._result(api._get(api._url("/containers/json"), params=params, timeout=timeout), True)
         return result
 
+    def list_volumes(self, timeout: float) -> list[dict[str, Any]]:
+        """Every volume on the host (name, driver, options, labels)."""
+        api = self._api
+        with _translated(self.host):
+            result = api._result(api._get(api._url("/volumes"), timeout=timeout), True)
+        return list(result.get("Volumes") or [])
+
     def inspect(self, ref: str) -> dict[str, Any] | None:
         """A container by id or name; None when there is none."""
         try:
@@ -204,7 +211,7 @@ class Engine:
         except EngineError as exc:
             raise EngineError(self.host, f"cannot pull {image}: {exc.detail}") from None
 
-    def ensure_volume(self, name: str, labels: Mapping[str, str]) -> None:
+    def ensure_volume(self, name: str, labels: Mapping[str, str], driver: str = "local", options: Mapping[str, str] | None = None) -> None:
         """Create the named volume unless it exists (one made meanwhile by someone else is fine)."""
         try:
             with _translated(self.host):
@@ -214,7 +221,7 @@ class Engine:
             pass
         try:
             with _translated(self.host):
-                self._api.create_volume(name, labels=dict(labels))
+                self._api.create_volume(name, driver=driver, driver_opts=dict(options or {}) or None, labels=dict(labels))
         except Conflict:
             pass
 

@@ -118,6 +118,16 @@ def read_str(ctx: Ctx, obj: Obj, key: str, required: bool = False) -> str | None
     return value
 
 
+def read_bool(ctx: Ctx, obj: Obj, key: str, default: bool = False) -> bool:
+    value = obj.get(key, None)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        ctx.add(obj.line_of(key), obj.sub(key), f"must be true or false, not {type_name(value)}")
+        return default
+    return value
+
+
 def read_duration(ctx: Ctx, obj: Obj, key: str, default: float) -> float:
     value = obj.get(key, None)
     if value is None:

@@ -11,7 +11,7 @@ from . import labels as L
 from .config import HostSettings
 from .engine import Engine, EventStream, Pinger, connect, explain, follow_events
 from .errors import HostError
-from .live import HostObservation, LiveContainer, from_list_entry
+from .live import HostObservation, LiveContainer, LiveVolume, from_list_entry
 from .proxyconf import CONFIG_PATH as PROXY_CONFIG
 from .settings import DEFAULT, Tunables
 
@@ -82,14 +82,16 @@ class Hosts:
         if down is not None:
             return HostObservation(name, False, (), down, 0.0)
         try:
-            entries = self.engine(name).list_containers(f"{L.MANAGED_BY}={self.agent}", self.observe_timeout)
+            engine = self.engine(name)
+            entries = engine.list_containers(f"{L.MANAGED_BY}={self.agent}", self.observe_timeout)
+            volumes = tuple(sorted((LiveVolume.of(v) for v in engine.list_volumes(self.observe_timeout)), key=lambda v: v.name))
         except HostError as exc:
             self.forget(name)
             return HostObservation(name, False, (), exc.detail, time.monotonic() - start)
         containers = tuple(
             sorted((from_list_entry(name, e) for e in entries), key=lambda c: (c.deployment, c.replica or 0, c.name))
         )
-        return HostObservation(name, True, containers, None, time.monotonic() - start, proxy_config=self._proxy_config(name, containers))
+        return HostObservation(name, True, containers, None, time.monotonic() - start, proxy_config=self._proxy_config(name, containers), volumes=volumes)
 
     def _proxy_config(self, name: str, containers: tuple[LiveContainer, ...]) -> str | None:
         """What the host's proxy serves: its configuration file, read only on hosts that have a proxy."""

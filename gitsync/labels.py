@@ -22,6 +22,9 @@ SPEC = "io.gitsync.spec"
 REVISION = "io.gitsync.revision"
 # Set on the new container of a start-first replace until it takes the replica's name.
 SUCCESSOR = "io.gitsync.successor-of"
+# On a volume gitsync made: the declared (logical) volume name; with io.gitsync.deployment and
+# io.gitsync.replica, the replica whose data it holds.
+VOLUME = "io.gitsync.volume"
 # What a container is to gitsync when it is no replica: "proxy" (the host's Services' proxy).
 ROLE = "io.gitsync.role"
 ROLE_PROXY = "proxy"

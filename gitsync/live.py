@@ -66,6 +66,26 @@ class LiveContainer:
 
 
 @dataclass(frozen=True)
+class LiveVolume:
+    name: str
+    driver: str
+    options: tuple[tuple[str, str], ...]
+    owner: str  # the agent whose managed-by label it carries; "" when no gitsync made it
+    deployment: str = ""  # the deployment whose replica first mounted it
+    replica: int | None = None
+
+    @staticmethod
+    def of(entry: dict[str, Any]) -> LiveVolume:
+        labels = entry.get("Labels") or {}
+        replica = str(labels.get(L.REPLICA, ""))
+        return LiveVolume(
+            str(entry.get("Name", "")), str(entry.get("Driver", "local")),
+            tuple(sorted((str(k), str(v)) for k, v in (entry.get("Options") or {}).items())),
+            str(labels.get(L.MANAGED_BY, "")), str(labels.get(L.DEPLOYMENT, "")), int(replica) if replica.isdigit() else None,
+        )
+
+
+@dataclass(frozen=True)
 class HostObservation:
     """One host as seen by one observe step."""
 
@@ -76,6 +96,10 @@ class HostObservation:
     seconds: float = 0.0
     stale: bool = False  # unreachable now: these are the last containers seen, within the host's grace
     proxy_config: str | None = None  # the configuration the host's Services' proxy runs, when it has one
+    volumes: tuple[LiveVolume, ...] = ()  # every volume on the host, gitsync's or not
+
+    def volume(self, name: str) -> LiveVolume | None:
+        return next((v for v in self.volumes if v.name == name), None)
 
     @property
     def replicas(self) -> tuple[LiveContainer, ...]:

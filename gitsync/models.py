@@ -48,6 +48,28 @@ class VolumeMount:
     read_only: bool = False
 
 
+class AccessMode(enum.StrEnum):
+    READ_WRITE_ONCE = "ReadWriteOnce"  # one writer: one replica, rolled stop-first
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_ONLY_MANY = "ReadOnlyMany"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A declared volume. Undeclared names a deployment mounts are implicit: host-local, ReadWriteOnce."""
+
+    name: str
+    driver: str = "local"
+    driver_opts: tuple[tuple[str, str], ...] = ()
+    access_mode: AccessMode = AccessMode.READ_WRITE_ONCE
+    shared: bool = False  # every host sees the same data (network storage)
+    per_replica: bool = False  # replica N mounts its own volume <name>-N
+    origin: Origin | None = field(default=None, compare=False)
+
+    def docker_name(self, replica: int) -> str:
+        return f"{self.name}-{replica}" if self.per_replica else self.name
+
+
 @dataclass(frozen=True)
 class Placement:
     host_selector: tuple[tuple[str, str], ...] = ()
@@ -92,6 +114,7 @@ class Deployment:
     stop_grace_period: float = 10.0
     min_ready_seconds: float = 0.0
     depends_on: tuple[str, ...] = ()
+    allow_data_move: bool = False  # a replica bound to its host-local data may be recreated elsewhere (the data stays)
     origin: Origin | None = field(default=None, compare=False)
 
     @property
@@ -156,6 +179,28 @@ class DesiredState:
     @property
     def services(self) -> tuple[Service, ...]:
         return self.of("Service")
+
+    @property
+    def volumes(self) -> tuple[Volume, ...]:
+        return self.of("Volume")
+
+    def volume(self, name: str) -> Volume:
+        """The declared volume, or the implicit one a deployment mounts by that name."""
+        return next((v for v in self.volumes if v.name == name), None) or Volume(name)
+
+    def data_volumes(self, d: Deployment, replica: int) -> list[tuple[str, Volume]]:
+        """The volumes (Docker name, declaration) holding this replica's data on its host: mounted
+        writable, host-local and ReadWriteOnce. A replica with such data is bound to its host."""
+        out = []
+        for m in d.volumes:
+            v = self.volume(m.name)
+            if not m.read_only and not v.shared and v.access_mode == AccessMode.READ_WRITE_ONCE:
+                out.append((v.docker_name(replica), v))
+        return out
+
+    def single_writer(self, d: Deployment) -> str | None:
+        """The ReadWriteOnce volume d mounts writable, if any: then d is rolled stop-first."""
+        return next((m.name for m in d.volumes if not m.read_only and self.volume(m.name).access_mode == AccessMode.READ_WRITE_ONCE), None)
 
     def deployment(self, name: str) -> Deployment | None:
         for d in self.deployments:

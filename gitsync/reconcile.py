@@ -294,6 +294,13 @@ class Syncer:
             self.wait_converged(desired, s.t0 + s.timeout, s.hopeless | waiting, first=current, stop=s.stop)
             if desired.deployments else ({}, s.observed)
         )
+        why_not: dict[str, str] = {}
+        for p in s.plan.problems:  # a replica that cannot be placed or waits for its data's host: say why, not only how many run
+            why_not.setdefault(p.deployment, p.message)
+        for name, why in why_not.items():
+            st = status.get(name)
+            if st is not None and st.health != Health.HEALTHY:
+                status[name] = dc_replace(st, message=f"{st.message}: {why}")
         for name, why in (s.degraded() if s.degraded is not None else {}).items():
             st = status.get(name)
             if st is not None and st.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):

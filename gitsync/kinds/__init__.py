@@ -88,4 +88,4 @@ def names() -> list[str]:
     return [k.name for k in ordered()]
 
 
-from . import deployment, service  # noqa: E402,F401  (the built-in kinds register themselves)
+from . import deployment, service, volume  # noqa: E402,F401  (the built-in kinds register themselves)

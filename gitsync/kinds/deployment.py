@@ -44,6 +44,7 @@ from ..fields import (
     VOLUME_NAME_RE,
     Ctx,
     Obj,
+    read_bool,
     read_command,
     read_duration,
     read_enum,
@@ -93,10 +94,7 @@ def _volumes(ctx: Ctx, obj: Obj) -> tuple[VolumeMount, ...]:
             continue
         name = read_str(ctx, v, "name", required=True)
         mount = read_str(ctx, v, "mountPath", required=True)
-        ro = v.get("readOnly", False)
-        if not isinstance(ro, bool):
-            ctx.add(v.line_of("readOnly"), f"{path}.readOnly", "must be true or false")
-            ro = False
+        ro = read_bool(ctx, v, "readOnly")
         v.finish()
         if name is not None and not VOLUME_NAME_RE.match(name):
             ctx.add(v.line_of("name"), f"{path}.name", f"{shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); host paths are not allowed")
@@ -183,6 +181,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
     restart = read_enum(ctx, spec, "restart", RestartPolicy.UNLESS_STOPPED)
     grace = read_duration(ctx, spec, "stopGracePeriod", 10.0)
     min_ready = read_duration(ctx, spec, "minReadySeconds", 0.0)
+    allow_data_move = read_bool(ctx, spec, "allowDataMove")
     depends: list[str] = []
     for dline, dpath, item in read_list(ctx, spec, "dependsOn"):
         if not isinstance(item, str) or not NAME_RE.match(item):
@@ -212,6 +211,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
         stop_grace_period=grace,
         min_ready_seconds=min_ready,
         depends_on=tuple(depends),
+        allow_data_move=allow_data_move,
         origin=origin,
     )
 
@@ -319,13 +319,17 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
 
         kept: dict[int, LiveContainer] = {}
         moved: list[tuple[LiveContainer, str]] = []
+        data = {i: desired.data_volumes(d, i) for i in range(d.replicas)}  # a replica with host-local data is bound to its host
         for idx in sorted(by_index):
             candidates = sorted(by_index[idx], key=lambda c: _keeper_rank(c, want))
-            chosen: LiveContainer | None = None
-            for c in candidates:
-                if c.host in eligible_names and (cap is None or per_host[c.host] < cap):
-                    chosen = c
-                    break
+            chosen = next((c for c in candidates if c.host in eligible_names and (cap is None or per_host[c.host] < cap)), None)
+            if chosen is None and data.get(idx) and not d.allow_data_move:
+                chosen = candidates[0]  # its data lives there: it stays until Git allows the move
+                why = "the host no longer matches placement" if chosen.host not in eligible_names else f"the host is over the limit of {cap} per host"
+                problems.append(PlacementProblem(d.name, (
+                    f"replica {idx} stays on {chosen.host} ({why}): its volume {data[idx][0][0]} lives there; "
+                    "set spec.allowDataMove: true to move it (the volume is left behind, not copied)"
+                )))
             for c in candidates:
                 if c is chosen:
                     continue
@@ -340,6 +344,8 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
                 per_host[chosen.host] += 1
                 load[chosen.host] += 1
 
+        writer = desired.single_writer(d)
+        forced_order = f" (stop-first: volume {writer} is ReadWriteOnce)" if writer and d.update.order == UpdateOrder.START_FIRST and not d.one_per_host else ""
         for idx, c in sorted(kept.items()):
             canonical = L.container_name(agent, d.name, idx)
             if c.name != canonical:
@@ -347,7 +353,7 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
                 actions.append(Action(ActionKind.RENAME, c.host, d.name, idx, f"take the replica's name (was {c.name})", c.id, canonical, PHASE_START))
             if c.spec_hash != want:
                 actions.append(
-                    Action(ActionKind.REPLACE, c.host, d.name, idx, describe_change(c, d), c.id, c.name, PHASE_REPLACE)
+                    Action(ActionKind.REPLACE, c.host, d.name, idx, describe_change(c, d) + forced_order, c.id, c.name, PHASE_REPLACE)
                 )
             elif c.state in ("exited", "created"):
                 actions.append(Action(ActionKind.START, c.host, d.name, idx, f"replica is {c.state}", c.id, c.name, PHASE_START))
@@ -356,13 +362,25 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
 
         missing = [i for i in range(d.replicas) if i not in kept]
         unplaced: list[int] = []
+        waiting: set[int] = set()  # bound to data on a host that is not here now
         taken = {  # eligible hosts where another deployment holds one of d's fixed host ports
             h.name: held_ports[(h.name, port, proto)]
             for h in eligible for port, proto in _host_ports(d)
             if held_ports.get((h.name, port, proto), d.name) != d.name
         }
         for idx in missing:
-            options = [h for h in eligible if (cap is None or per_host[h.name] < cap) and h.name not in taken]
+            options = [
+                h for h in eligible
+                if (cap is None or per_host[h.name] < cap) and h.name not in taken and not _volume_conflict(desired, d, idx, view, h.name)
+            ]
+            left_behind = ""
+            if data.get(idx):
+                home = _data_home(d, idx, data[idx], view, options)
+                if isinstance(home, PlacementProblem):
+                    problems.append(home)
+                    waiting.add(idx)
+                    continue
+                options, left_behind = home
             if not options:
                 unplaced.append(idx)
                 continue
@@ -373,6 +391,8 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
                 held_ports.setdefault((target.name, port, proto), d.name)
             was = next((c for c, _ in moved if c.replica == idx), None)
             reason = f"replica {idx} of {d.replicas}" + (f", moved from {was.host}" if was else "")
+            if left_behind:
+                reason += f"; moves {left_behind.split(' ', 1)[0]} -> {target.name}: {left_behind.split(' ', 1)[1]}"
             actions.append(
                 Action(ActionKind.CREATE, target.name, d.name, idx, reason, None, L.container_name(agent, d.name, idx), PHASE_CREATE)
             )
@@ -390,7 +410,7 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
             actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, PHASE_MOVED))
 
         placement[d.name] = {h: n for h, n in sorted(per_host.items()) if n}
-        if not any(a.deployment == d.name for a in actions) and not unplaced:
+        if not any(a.deployment == d.name for a in actions) and not unplaced and not waiting:
             noops.append(f"{d.name}: {d.replicas}/{d.replicas} replicas up to date")
 
     for dep in sorted(live_by_dep):
@@ -399,6 +419,54 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
             actions.append(Action(ActionKind.REMOVE, c.host, dep, c.replica, why, c.id, c.name, PHASE_SURPLUS))
 
     return KindPlan(actions, noops, problems, placement)
+
+
+def _data_home(
+    d: Deployment, idx: int, volumes: list[tuple[str, Any]], view: PlanView, options: list[HostSettings],
+) -> tuple[list[HostSettings], str] | PlacementProblem:
+    """Where a replica bound to host-local data may be created: on the host that holds its volume;
+    on none while that host (or one that may hold it) is away; elsewhere only when Git allows the
+    move. Returns the hosts and, for a move, what is left behind ("h1 volume pgdata on h1 is left
+    behind, not copied"); or the problem that keeps it waiting."""
+    vname = volumes[0][0]
+    holders = sorted({h.name for h in view.up for name, _ in volumes if _holds(view, h.name, name)}, key=lambda n: view.order.get(n, 0))
+    if holders:
+        home = [h for h in options if h.name in holders]
+        if home:
+            return home, ""
+        away = [h for h in holders if h in view.stale]
+        if away:
+            return PlacementProblem(d.name, f"replica {idx} waits for {away[0]}, where its volume {vname} lives ({away[0]} is unreachable)")
+        if not d.allow_data_move:
+            return PlacementProblem(d.name, (
+                f"replica {idx} cannot move from {holders[0]}, where its volume {vname} lives (that host is no longer eligible); "
+                "set spec.allowDataMove: true to move it (the volume is left behind, not copied)"
+            ))
+        return options, f"{holders[0]} volume {vname} on {holders[0]} is left behind, not copied"
+    fresh = {h.name for h in view.fresh}
+    unknown = [h.name for h in view.hosts if h.name not in fresh and d.placement.matches(h.label_map)]
+    if unknown:
+        return PlacementProblem(d.name, (
+            f"replica {idx} waits for {', '.join(unknown)}: unreachable, and its volume {vname} may be there "
+            "(gitsync does not start it on an empty volume elsewhere)"
+        ))
+    return options, ""
+
+
+def _volume_conflict(desired: DesiredState, d: Deployment, idx: int, view: PlanView, host: str) -> bool:
+    """A volume the replica would mount exists on the host but is not ours, or not as Git says
+    (the Volume kind's plan names it): no replica is created there on it."""
+    for m in d.volumes:
+        v = desired.volume(m.name)
+        live = view.observed[host].volume(v.docker_name(idx))
+        if live is not None and (live.owner != view.agent or live.driver != v.driver or (v.driver_opts and live.options != tuple(sorted(v.driver_opts)))):
+            return True
+    return False
+
+
+def _holds(view: PlanView, host: str, volume: str) -> bool:
+    v = view.observed[host].volume(volume)
+    return v is not None and v.owner == view.agent
 
 
 def _host_ports(d: Deployment) -> list[tuple[int, str]]:

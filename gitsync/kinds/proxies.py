@@ -24,6 +24,7 @@ from .endpoints import config_for, endpoint_name, members, proxy_document, proxy
 NEXT_PATH = CONFIG_PATH + ".next"  # where a new configuration is checked before it replaces the running one
 DRAIN = 1.0  # seconds between taking a replica out of rotation and stopping it (at most its stop grace period)
 STARTED = 5.0  # how long a new proxy may take to be running with its configuration
+RELOADED = 0.3  # how long a reload takes to be in effect (HAProxy's master starting new workers), with room
 
 
 class ConfigRefused(ApplyError):
@@ -41,6 +42,7 @@ def put_config(engine: Engine, proxy: str, text: str) -> None:
         raise ConfigRefused(f"HAProxy refused the new configuration (the proxy keeps the one it runs): {said}")
     engine.put_file(proxy, CONFIG_PATH, text.encode())
     engine.signal(proxy, "SIGUSR2")
+    time.sleep(RELOADED)  # the master starts the new workers; until then the old ones serve the old endpoints
 
 
 class Proxies:

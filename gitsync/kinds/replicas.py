@@ -21,7 +21,7 @@ from ..actions import Action, ActionKind, ActionResult, Run
 from ..engine import Conflict, ContainerSpec, NotFound, explain
 from ..errors import ApplyError, HostError, Reason
 from ..hosts import Hosts
-from ..models import Deployment, DesiredState, UpdateOrder
+from ..models import AccessMode, Deployment, DesiredState, UpdateOrder, Volume
 
 
 class GateFailed(ApplyError):
@@ -45,6 +45,7 @@ class Previous:
 
 def container_spec(
     agent: str, d: Deployment, replica: int, name: str, revision: str, extra_labels: dict[str, str] | None = None, publish_on: str | None = None,
+    desired: DesiredState | None = None,
 ) -> ContainerSpec:
     labels = L.container_labels(agent, d, replica, revision)
     labels.update(extra_labels or {})
@@ -56,7 +57,7 @@ def container_spec(
         command=d.command,
         env=d.env,
         ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
-        mounts=tuple((v.name, v.mount_path, v.read_only) for v in d.volumes),
+        mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only) for v in d.volumes),
         restart=str(d.restart),
         healthcheck=None if hc is None else {
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
@@ -79,15 +80,18 @@ def _publish_address(reach: str | None) -> str | None:
 Retire = Callable[[str, float], None]  # (container, stop grace): before a replica is stopped for good
 
 
-def _stop_first(d: Deployment) -> bool:
-    return d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host
+def stop_first(d: Deployment, desired: DesiredState) -> bool:
+    """Replaced stop-first: asked for, or forced by a fixed hostPort (bound once per host) or a
+    writable ReadWriteOnce volume (two writers on one data directory corrupt it)."""
+    return d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host or desired.single_writer(d) is not None
 
 
 class HostApplier:
     """The changes on one host."""
 
-    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None) -> None:
+    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None, desired: DesiredState | None = None) -> None:
         self.host = host
+        self.desired = desired or DesiredState()
         self.engine = hosts.engine(host)
         self.agent = agent
         self.revision = revision
@@ -125,11 +129,16 @@ class HostApplier:
 
     def create(self, d: Deployment, replica: int, name: str, revision: str | None = None, extra_labels: dict[str, str] | None = None) -> str:
         self._once(self._images_ok, d.image, lambda: self.engine.ensure_image(d.image))
-        for v in d.volumes:
-            self._once(self._volumes_ok, v.name, lambda v=v: self.engine.ensure_volume(v.name, {L.MANAGED_BY: self.agent}))
+        for m in d.volumes:
+            v = self.desired.volume(m.name)
+            labels = {L.MANAGED_BY: self.agent, L.VOLUME: v.name, L.DEPLOYMENT: d.name}
+            if v.per_replica or v.access_mode == AccessMode.READ_WRITE_ONCE:
+                labels[L.REPLICA] = str(replica)  # the replica whose data it holds (a ReadWriteOnce volume has one)
+            vname = v.docker_name(replica)
+            self._once(self._volumes_ok, vname, lambda vname=vname, v=v, labels=labels: self.engine.ensure_volume(vname, labels, v.driver, dict(v.driver_opts)))
         network = L.network_name(self.agent)
         self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
-        spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on)
+        spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on, self.desired)
         container_id = self.engine.create(spec)
         self.engine.start(container_id)
         return container_id
@@ -203,7 +212,7 @@ class HostApplier:
         except ValueError:
             spec = None
         previous = Previous(spec, old_labels.get(L.REVISION, ""))
-        if _stop_first(d):
+        if stop_first(d, self.desired):
             self.stop_remove(container, d.stop_grace_period)
             new_id = self.create(d, replica, name, revision)
             if gate:
@@ -286,7 +295,9 @@ class Replicas:
             got = self._appliers.get(host)
         if got is None:
             try:
-                got = HostApplier(self.run.hosts, host, self.run.agent, self.run.revision, lambda c, grace: self.run.retiring(host, c, grace))
+                got = HostApplier(
+                    self.run.hosts, host, self.run.agent, self.run.revision, lambda c, grace: self.run.retiring(host, c, grace), self.run.desired,
+                )
             except Exception as exc:  # unreachable: every action there fails with the reason
                 self.run.hosts.forget(host)
                 got = exc
@@ -329,10 +340,10 @@ class Replicas:
             for a, prev, exc, secs in outcomes:
                 if exc is None:
                     done.append((a, prev))
-                    run.record(ActionResult(a, True, f"replaced ({'stop-first' if _stop_first(d) else 'start-first'})", secs))
+                    run.record(ActionResult(a, True, f"replaced ({'stop-first' if stop_first(d, self.run.desired) else 'start-first'})", secs))
                 elif isinstance(exc, GateFailed):
                     run.record(ActionResult(a, False, exc.message, secs, reason=exc.reason))
-                    if _stop_first(d):
+                    if stop_first(d, self.run.desired):
                         done.append((a, prev))  # its old container is gone: roll it back as well
                 else:
                     run.record(ActionResult(a, False, explain(exc), secs))

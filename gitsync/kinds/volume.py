@@ -1,0 +1,98 @@
+"""The Volume kind: data that outlives containers. Declared (driver, options, access mode, shared,
+per replica) or implicit (a name a deployment mounts: host-local, ReadWriteOnce). Volumes are made
+on a host when a replica that mounts them is created there, carry gitsync's labels, and are never
+removed. Checked against the deployments that mount them; planned against the volumes the hosts
+have (a driver or options that differ from Git, a name an unmanaged volume already has)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..actions import KindPlan, PlacementProblem, PlanView
+from ..errors import Problem
+from ..fields import Ctx, read_bool, read_enum, read_str, read_str_map, shown
+from ..models import AccessMode, DesiredState, Volume
+from . import Header, Kind, register
+
+OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class VolumeKind(Kind):
+    name = "Volume"
+    order = 10
+
+    def parse(self, ctx: Ctx, head: Header) -> Volume | None:
+        if head.spec is None:
+            return Volume(head.name, origin=head.origin)  # no spec: a host-local ReadWriteOnce volume
+        spec = head.open_spec(ctx)
+        if spec is None:
+            return None
+        before = len(ctx.problems)
+        driver = read_str(ctx, spec, "driver") or "local"
+        opts = read_str_map(ctx, spec, "driverOpts", OPTION_KEY_RE, "driver option")
+        mode = read_enum(ctx, spec, "accessMode", AccessMode.READ_WRITE_ONCE)
+        shared = read_bool(ctx, spec, "shared")
+        per_replica = read_bool(ctx, spec, "perReplica")
+        spec.finish()
+        if len(ctx.problems) != before:
+            return None
+        return Volume(head.name, driver, opts, mode, shared, per_replica, head.origin)
+
+    def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
+        declared = {v.name: v for v in objects}
+        for d in loaded.get("Deployment", ()):
+            for m in d.volumes:
+                v = declared.get(m.name) or Volume(m.name)
+                where = (d.origin.file if d.origin else "?", d.origin.line if d.origin else None)
+                kind = "declared" if m.name in declared else "implicit (not declared: host-local)"
+                if v.access_mode == AccessMode.READ_ONLY_MANY and not m.read_only:
+                    problems.append(Problem(*where, f"{d.name}: spec.volumes: {m.name} is ReadOnlyMany; mount it with readOnly: true"))
+                elif v.access_mode == AccessMode.READ_WRITE_ONCE and not m.read_only and d.replicas > 1 and not v.per_replica:
+                    problems.append(Problem(
+                        *where,
+                        f"{d.name}: spec.replicas: {d.replicas} replicas cannot share the {kind} ReadWriteOnce volume {m.name} "
+                        "(one writer); declare it as a Volume with perReplica: true (each replica its own), accessMode: ReadWriteMany, "
+                        "or mount it readOnly",
+                    ))
+
+    def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
+        out = KindPlan()
+        wanted = _wanted(desired)
+        for h in view.up:
+            obs = view.observed[h.name]
+            for live in obs.volumes:
+                v = wanted.get(live.name)
+                if v is None:
+                    continue
+                if live.owner != view.agent:
+                    owner = f"gitsync agent {live.owner}" if live.owner else "no gitsync agent (made by hand or another tool)"
+                    out.problems.append(PlacementProblem(v.name, (
+                        f"volume {live.name} on {h.name} belongs to {owner}; gitsync does not take over data it did not make: "
+                        f"rename the volume in Git, or relabel or remove the one on {h.name} by hand"
+                    )))
+                elif live.driver != v.driver or (v.driver_opts and live.options != tuple(sorted(v.driver_opts))):
+                    out.problems.append(PlacementProblem(v.name, (
+                        f"volume {live.name} on {h.name} has driver {live.driver} {_opts(live.options)}, Git says {v.driver} {_opts(v.driver_opts)}; "
+                        "Docker cannot change a volume's driver or options: rename it in Git (a new, empty volume), or remove it by hand"
+                    )))
+        return out
+
+
+def _opts(opts: Sequence[tuple[str, str]]) -> str:
+    return "(" + ", ".join(f"{k}={shown(v)}" for k, v in opts) + ")" if opts else "(no options)"
+
+
+def _wanted(desired: DesiredState) -> dict[str, Volume]:
+    """Docker volume name -> declaration, for every volume the deployments mount."""
+    out: dict[str, Volume] = {}
+    for d in desired.deployments:
+        for m in d.volumes:
+            v = desired.volume(m.name)
+            for i in range(max(d.replicas, 1) if v.per_replica else 1):
+                out[v.docker_name(i)] = v
+    return out
+
+
+register(VolumeKind())
