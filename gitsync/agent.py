@@ -23,6 +23,7 @@ from .backoff import Backoff, crash_loop_reason
 from .config import Config
 from .errors import GitsyncError, Reason
 from .health import DeploymentStatus, ServiceStatus
+from .kinds.volume import inventory
 from .history import History
 from .engine import EventStream
 from .live import HostObservation
@@ -519,6 +520,7 @@ class Agent:
             "last_sync": None if last is None else {"outcome": str(last.outcome), "message": last.message, "finished": last.finished},
             "deployments": {k: s.to_json() for k, s in v.deployments.items()},
             "services": {k: s.to_json() for k, s in v.services.items()},
+            "volumes": inventory(self.syncer.loaded, v.observed, self.config.name),
             "hosts": hosts,
         }
 

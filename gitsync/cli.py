@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("-c", "--config")
     h.add_argument("--json", action="store_true")
 
+    v = sub.add_parser("volumes", help="the volumes gitsync made, per host: the replica bound to each, and those Git no longer mounts")
+    v.add_argument("-c", "--config")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("path", nargs="?", help="a repository or folder instead of source.url")
+
     r = sub.add_parser("run", help="the agent: poll, webhooks, HTTP server; until SIGTERM")
     r.add_argument("-c", "--config")
 
@@ -85,6 +90,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             "plan": cmd_plan,
             "apply": cmd_apply,
             "hosts": cmd_hosts,
+            "volumes": cmd_volumes,
             "run": cmd_run,
             "status": cmd_status,
         }[args.command]
@@ -327,6 +333,31 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             deps = ", ".join(f"{k} {v}" for k, v in sorted(r["deployments"].items())) or "no managed containers"
             print(f"{r['name']:<12} {state:<12} {r['url']:<40} labels {labels:<20} {r['running']}/{r['containers']} running: {deps}", file=out)
     return Exit.OK if all(r["reachable"] for r in rows) else Exit.ERROR
+
+
+# -- volumes ------------------------------------------------------------------
+def cmd_volumes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .kinds.volume import inventory
+
+    cfg = _config(args)
+    syncer = Syncer(cfg, args.path)
+    try:
+        seen = syncer.preview()
+    finally:
+        syncer.close()
+    rows = inventory(seen.desired, seen.observed, cfg.name)
+    unreachable = {n: o.error for n, o in seen.observed.items() if not o.reachable}
+    if args.json:
+        print(json.dumps({"volumes": rows, "unreachable": unreachable}, indent=2, sort_keys=True), file=out)
+    else:
+        for r in rows:
+            holds = f"{r['deployment']} replica {r['replica']}" if r["replica"] is not None else (r["deployment"] or "-")
+            print(f"{r['host']:<12} {r['name']:<32} {r['driver']:<8} {holds:<24} {r['state']}", file=out)
+        if not rows:
+            print("no volumes made by gitsync on the reachable hosts", file=out)
+        for name, why in sorted(unreachable.items()):
+            print(f"gitsync: host {name} unreachable, its volumes are not listed: {why}", file=err)
+    return Exit.ERROR if unreachable else Exit.OK
 
 
 # -- run --------------------------------------------------------------------

@@ -397,6 +397,18 @@ def render_dashboard(agent: Agent) -> str:
             "<section><h2>Services</h2><table><tr><th>service</th><th>health</th><th>ports</th><th>detail</th><th>endpoints</th></tr>"
             + "".join(srows) + "</table></section>"
         )
+    volumes = s.get("volumes") or []
+    if volumes:
+        vrows = "".join(
+            f"<tr><td>{html.escape(v['host'])}</td><td><b>{html.escape(v['name'])}</b></td><td>{html.escape(v['driver'])}</td>"
+            f"<td>{html.escape(str(v['deployment'] or '–'))}{'' if v['replica'] is None else ' replica ' + str(v['replica'])}</td>"
+            f"<td>{html.escape(v['state'])}</td></tr>"
+            for v in volumes
+        )
+        parts.append(
+            "<section><h2>Volumes</h2><table><tr><th>host</th><th>volume</th><th>driver</th><th>holds</th><th>state</th></tr>"
+            + vrows + "</table></section>"
+        )
     hrows = []
     for name, h in s["hosts"].items():
         state = "up" if h["reachable"] else "down"

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..actions import KindPlan, PlacementProblem, PlanView
+from ..live import HostObservation
 from ..errors import Problem
 from ..fields import Ctx, read_bool, read_enum, read_str, read_str_map, shown
 from ..models import AccessMode, DesiredState, Volume
@@ -78,6 +79,28 @@ class VolumeKind(Kind):
                         "Docker cannot change a volume's driver or options: rename it in Git (a new, empty volume), or remove it by hand"
                     )))
         return out
+
+
+def inventory(desired: DesiredState | None, observed: Mapping[str, HostObservation], agent: str) -> list[dict[str, Any]]:
+    """Every volume this agent made, per host: what it holds (the replica bound to it) and whether
+    Git still declares it (those it no longer does are kept, never removed)."""
+    wanted = _wanted(desired) if desired is not None else {}
+    rows = []
+    for host, obs in sorted(observed.items()):
+        for v in obs.volumes:
+            if v.owner != agent:
+                continue
+            declared = wanted.get(v.name)
+            rows.append({
+                "host": host,
+                "name": v.name,
+                "driver": v.driver,
+                "deployment": v.deployment or None,
+                "replica": v.replica,
+                "state": ("in Git" if declared else "no manifest mounts it any more (kept)") if desired is not None else "unknown",
+                "stale": obs.stale,
+            })
+    return rows
 
 
 def _opts(opts: Sequence[tuple[str, str]]) -> str:

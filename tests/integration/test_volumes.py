@@ -5,6 +5,7 @@ and moves only when Git allows it; the old volume is never removed."""
 from __future__ import annotations
 
 import http.client
+from pathlib import Path
 import time
 
 import pytest
@@ -111,3 +112,62 @@ def test_a_databases_data_survives_image_changes_kills_and_its_hosts_death(fleet
     apply(fleet)
     assert where(fleet) == [other] and rows(fleet) == "HTTP 404"  # a new, empty volume there
     assert fleet.clients[home].inspect_volume(f"{fleet.agent}-pgdata")["Labels"]["io.gitsync.managed-by"] == fleet.agent  # kept
+
+
+def cat(fleet: Fleet, host: str, container: str, path: str) -> str:
+    api = fleet.clients[host]
+    ex = api.exec_create(container, ["cat", path])
+    return api.exec_start(ex["Id"]).decode()
+
+
+def test_per_replica_volumes_and_a_shared_volume_that_moves_with_its_replica(fleet: Fleet, tmp_path: Path) -> None:
+    # Every test engine runs on this one machine and sees its filesystem: a bind `device` there is
+    # what NFS (or any network storage) gives a real fleet, one path every host mounts.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    loop = "trap \"exit 0\" TERM; while :; do sleep 1; done"
+    fleet.repo.write("apps/kv.yaml", (
+        "apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: kvdata}\nspec: {perReplica: true}\n---\n"
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: kv}\n"
+        f"spec:\n  replicas: 2\n  image: gitsync-test/busybox:1\n  command: [sh, -c, '{loop}']\n"
+        "  volumes: [{name: kvdata, mountPath: /data}]\n  stopGracePeriod: 1s\n"
+    ))
+    fleet.repo.write("apps/files.yaml", (
+        f"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {{name: {fleet.agent}-files}}\n"
+        f"spec: {{shared: true, driverOpts: {{type: none, o: bind, device: '{shared}'}}}}\n---\n"
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: files}\n"
+        f"spec:\n  image: gitsync-test/busybox:1\n  command: [sh, -c, '{loop}']\n"
+        f"  volumes: [{{name: {fleet.agent}-files, mountPath: /data}}]\n  stopGracePeriod: 1s\n"
+    ))
+    fleet.repo.commit("kv with a volume per replica, files on shared storage")
+    apply(fleet)
+    kv = {c["Labels"]["io.gitsync.replica"]: h for h in fleet.clients for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "kv"}
+    assert sorted(kv) == ["0", "1"]
+    for i, h in kv.items():
+        write_in = fleet.clients[h].exec_create(f"{fleet.agent}-kv-{i}", ["sh", "-c", f"echo replica {i} > /data/me"])
+        fleet.clients[h].exec_start(write_in["Id"])
+        fleet.clients[h].remove_container(f"{fleet.agent}-kv-{i}", force=True)  # both gone
+    apply(fleet)
+    for i, h in kv.items():  # each back on its host, with its own data
+        assert cat(fleet, h, f"{fleet.agent}-kv-{i}", "/data/me") == f"replica {i}\n"
+    r = cli("volumes", "-c", str(fleet.config))
+    assert r.code == 0, r.out + r.err
+    for i, h in kv.items():
+        assert any(line.split()[:2] == [h, f"kvdata-{i}"] and f"kv replica {i}" in line and "in Git" in line for line in r.out.splitlines()), r.out
+    # the shared volume: its replica's host stops, the replica runs elsewhere with the same data
+    (home,) = [h for h in fleet.clients for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "files"]
+    (shared / "hello").write_text("kept\n")
+    engine = next(e for e in fleet.engines if e.name == home)
+    testbed.stop(engine)
+    try:
+        apply(fleet, code=1)  # exit 1: a host is unreachable; `gitsync apply` places its replicas elsewhere at once
+        (now,) = [h for h in fleet.clients if h != home for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "files"]
+        assert cat(fleet, now, f"{fleet.agent}-files-0", "/data/hello") == "kept\n"
+    finally:
+        testbed.start(engine)
+    # kv leaves Git: its volumes stay, listed as kept
+    (fleet.repo.path / "apps" / "kv.yaml").unlink()
+    fleet.repo.commit("no kv")
+    apply(fleet)
+    r = cli("volumes", "-c", str(fleet.config))
+    assert sum("no manifest mounts it any more (kept)" in line for line in r.out.splitlines() if "kvdata-" in line) == 2, r.out
