@@ -32,7 +32,7 @@ from pathlib import Path
 import docker
 import requests
 
-from bench import record
+from bench import record, swarm
 from bench.agent_bench import GIT_ENV, QUICK_STOP
 from bench.sync_bench import clients, wipe
 from tests import testbed
@@ -186,15 +186,7 @@ def swarm_reschedule(apis: dict[str, docker.APIClient]) -> float | None:
     """Docker Swarm with its defaults on the same engines: kill a worker's engine, time until 3 tasks run elsewhere."""
     e = testbed.engines(3)
     try:
-        for api in apis.values():
-            try:
-                api.leave_swarm(force=True)
-            except docker.errors.APIError:
-                pass
-        apis["h1"].init_swarm(advertise_addr=e[0].addr, listen_addr=f"{e[0].addr}:2377")
-        token = apis["h1"].inspect_swarm()["JoinTokens"]["Worker"]
-        for i in (1, 2):
-            apis[e[i].name].join_swarm([f"{e[0].addr}:2377"], token, advertise_addr=e[i].addr, listen_addr=f"{e[i].addr}:2377")
+        swarm.form(apis, e)
         spec = docker.types.TaskTemplate(docker.types.ContainerSpec("gitsync-test/busybox:1", command=QUICK_STOP), placement=docker.types.Placement(constraints=["node.role==worker"]))
         svc = apis["h1"].create_service(spec, name="swarmbench", mode=docker.types.ServiceMode("replicated", replicas=3))
         deadline = time.monotonic() + 60
@@ -222,11 +214,7 @@ def swarm_reschedule(apis: dict[str, docker.APIClient]) -> float | None:
         return round(took, 1) if took else None
     finally:
         testbed.start(e[1])
-        for api in clients().values():
-            try:
-                api.leave_swarm(force=True)
-            except Exception:
-                pass
+        swarm.leave(clients())
 
 
 if __name__ == "__main__":

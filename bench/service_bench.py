@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import record
+from bench import record, swarm
 from bench.agent_bench import GIT_ENV
 from bench.sync_bench import clients, wipe
 from gitsync.config import load as load_config
@@ -111,15 +111,7 @@ def swarm_update(apis, engines, workers: int) -> dict[str, object] | None:  # ty
     import docker
 
     try:
-        for api in apis.values():
-            try:
-                api.leave_swarm(force=True)
-            except docker.errors.APIError:
-                pass
-        apis["h1"].init_swarm(advertise_addr=engines[0].addr, listen_addr=f"{engines[0].addr}:2377")
-        token = apis["h1"].inspect_swarm()["JoinTokens"]["Worker"]
-        for e in engines[1:]:
-            apis[e.name].join_swarm([f"{engines[0].addr}:2377"], token, advertise_addr=e.addr, listen_addr=f"{e.addr}:2377")
+        swarm.form(apis, engines)
 
         def spec(image: str) -> docker.types.TaskTemplate:
             return docker.types.TaskTemplate(
@@ -156,11 +148,7 @@ def swarm_update(apis, engines, workers: int) -> dict[str, object] | None:  # ty
 
         return during(engines[0].addr, 8082, workers, update)
     finally:
-        for api in apis.values():
-            try:
-                api.leave_swarm(force=True)
-            except Exception:
-                pass
+        swarm.leave(apis)
 
 
 def main() -> int:

@@ -201,7 +201,14 @@ class Run:
         self.out = ApplyResult()
         self.failed: set[tuple[str, str]] = set()
         self.before_retire: list[Callable[[str, str, float], None]] = []  # kinds that must let go of a replica first
+        self.between_levels: list[Callable[[], None]] = []  # after a dependency level is ready, before the next starts
         self._lock = threading.Lock()
+
+    def level_ready(self) -> None:
+        """The replicas of one dependency level are ready and the next level is about to start: whatever
+        serves them takes them in first (the Services' endpoints), so the next level can reach them."""
+        for hook in self.between_levels:
+            hook()
 
     def retiring(self, host: str, container: str, grace: float) -> None:
         """A replica is about to be stopped for good (replaced, scaled down, pruned): whatever serves

@@ -1,4 +1,4 @@
-"""Apply: execute a plan, kind by kind in their order (volumes, deployments, services); each
+"""Apply: execute a plan, kind by kind in their order (volumes, services, deployments); each
 kind runs its own actions (see gitsync/kinds), each change re-checked against live state first."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
-from .reconcile import Outcome, Syncer
+from .reconcile import Observed, Outcome, Syncer
 from .units import format_duration
 
 
@@ -174,13 +174,18 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
 
 
-def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    cfg = _config(args)
-    syncer = Syncer(cfg, args.path)
+def _preview(cfg: Config, path: str | None) -> Observed:
+    """fetch, load, observe and plan, once."""
+    syncer = Syncer(cfg, path)
     try:
-        seen = syncer.preview()
+        return syncer.preview()
     finally:
         syncer.close()
+
+
+def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _config(args)
+    seen = _preview(cfg, args.path)
     plan = seen.plan
     if args.json:
         doc = plan.to_json()
@@ -340,11 +345,7 @@ def cmd_volumes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .kinds.volume import inventory
 
     cfg = _config(args)
-    syncer = Syncer(cfg, args.path)
-    try:
-        seen = syncer.preview()
-    finally:
-        syncer.close()
+    seen = _preview(cfg, args.path)
     rows = inventory(seen.desired, seen.observed, cfg.name)
     unreachable = {n: o.error for n, o in seen.observed.items() if not o.reachable}
     if args.json:

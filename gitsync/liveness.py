@@ -118,7 +118,7 @@ class HostTracker:
                 if not h.down and h.last_seen is not None and now - since < self.grace.get(name, 10.0):
                     left = self.grace.get(name, 10.0) - (now - since)
                     out[name] = HostObservation(
-                        name, True, h.last_seen.containers, f"{o.error}; its replicas move if it is still down in {left:.0f}s", o.seconds, stale=True,
+                        name, True, h.last_seen.containers, f"{o.error}; its replicas (except those bound to data there) move if it is still down in {left:.0f}s", o.seconds, stale=True,
                         volumes=h.last_seen.volumes
                     )
         return out

@@ -2,8 +2,8 @@
 
 A kind is one module: it parses and validates its documents into frozen specs, plans them
 against the live state of the hosts, applies its actions and says how its objects stand. It
-registers itself here; load, plan, apply and assess take the kinds in `order` (volumes before
-deployments before services), so adding a kind touches nothing else.
+registers itself here; load, plan, apply and assess take the kinds in `order` (volumes, then
+services, then deployments), so adding a kind touches nothing else.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Header:
 
 class Kind:
     name: ClassVar[str]
-    order: ClassVar[int]  # volumes 10, deployments 20, services 30
+    order: ClassVar[int]  # volumes 10, services 15, deployments 20
 
     def parse(self, ctx: Ctx, head: Header) -> Any | None:
         """The document's spec, normalised; None when it has problems (each added to ctx)."""

@@ -567,6 +567,8 @@ def apply_deployments(run: Run, actions: list[Action]) -> None:
             touched = {a.deployment for a in actions}
             deadline = time.monotonic() + max(desired.deployment(n).gate_timeout() for n in needed)  # type: ignore[union-attr]
             not_ready = _wait_ready(run, needed, deadline) if touched & (names | {n for lv in levels[i + 1 :] for n in lv}) else {}
+            if not not_ready:
+                run.level_ready()
             for n, why in not_ready.items():
                 run.failed.add(("Deployment", n))
                 for later in levels[i + 1 :]:

@@ -23,7 +23,7 @@ from .proxies import Proxies
 
 class ServiceKind(Kind):
     name = "Service"
-    order = 30
+    order = 15  # the proxies before the replicas: a replica may reach another Service as it starts
 
     def parse(self, ctx: Ctx, head: Header) -> Service | None:
         spec = head.open_spec(ctx)
@@ -99,6 +99,8 @@ class ServiceKind(Kind):
     def prepare(self, run: Run) -> None:
         if run.desired.services or any(a.object_kind == self.name for a in run.plan.actions):
             run.before_retire.append(Proxies.of(run).retire)
+        if run.desired.services:
+            run.between_levels.append(Proxies.of(run).settle)
 
     def apply(self, run: Run, actions: Sequence[Action]) -> None:
         Proxies.of(run).apply(actions)

@@ -87,7 +87,7 @@ def inventory(desired: DesiredState | None, observed: Mapping[str, HostObservati
     wanted = _wanted(desired) if desired is not None else {}
     rows = []
     for host, obs in sorted(observed.items()):
-        for v in obs.volumes:
+        for v in sorted(obs.volumes, key=lambda v: v.name):
             if v.owner != agent:
                 continue
             declared = wanted.get(v.name)

@@ -54,3 +54,46 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     assert [c["Image"] for c in running] == ["gitsync-example/busybox:2"] and "(healthy)" in running[0]["Status"]
     assert fleet.ids()[worker[0][1]] == worker_id  # the worker did not change, so it was not touched
     assert cli("plan", "-c", str(fleet.config)).code == 0  # in sync
+
+
+def test_the_three_tier_application_keeps_its_rows_through_a_database_upgrade(fleet: Fleet) -> None:
+    """examples/three-tier, offline: web -> api -> db by Service names, rows written through the web
+    tier's hostPort, kept on db's volume through an image change of the database (stop-first)."""
+    import http.client
+    import time
+
+    for e in fleet.engines:
+        r = subprocess.run(["bash", "scripts/example-image"], cwd=ROOT, env={**os.environ, "DOCKER_HOST": e.unix_url}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    fleet.write_config(extra_hosts="services: {proxyImage: 'gitsync-example/haproxy:2.6'}\n")
+    shutil.copytree(ROOT / "examples" / "three-tier", fleet.repo.path, dirs_exist_ok=True)
+    db_yaml = fleet.repo.path / "apps" / "db.yaml"
+    db_yaml.write_text(db_yaml.read_text().replace("name: shop-db", f"name: {fleet.agent}-shop-db"))  # a volume of this test's own
+    fleet.repo.commit("the shop")
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+    assert r.code == 0, r.out + r.err
+    assert "3/3 deployments converged" in r.out and "3/3 Services ready" in r.out, r.out
+
+    def call(path: str, body: str | None = None) -> tuple[int, str]:
+        deadline = time.monotonic() + 10
+        while True:
+            conn = http.client.HTTPConnection(fleet.engines[2].addr, 8000, timeout=10)  # any host: h3
+            try:
+                conn.request("POST" if body is not None else "GET", path, body=body)
+                resp = conn.getresponse()
+                return resp.status, resp.read().decode()
+            except (OSError, http.client.HTTPException):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.3)
+            finally:
+                conn.close()
+
+    assert call("/cgi-bin/add", "order 1") == (200, "stored\n")
+    assert call("/cgi-bin/add", "order 2") == (200, "stored\n")
+    assert call("/cgi-bin/rows") == (200, "order 1\norder 2\n")
+    db_yaml.write_text(db_yaml.read_text().replace("busybox:1", "busybox:2"))
+    fleet.repo.commit("db: image 2")
+    r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+    assert r.code == 0 and "replaced (stop-first)" not in r.err, r.out + r.err
+    assert call("/cgi-bin/rows") == (200, "order 1\norder 2\n")

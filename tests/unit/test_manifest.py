@@ -29,7 +29,7 @@ INVALID = [
     ("bad image", HEAD + "  image: 'Web App:latest'\n", "apps/web.yaml:6: spec.image: 'Web App:latest' is not a valid image reference"),
     ("bad image tag", HEAD + "  image: 'web:'\n", "apps/web.yaml:6: spec.image: 'web:' is not a valid image reference"),
     ("bad name", HEAD.replace("name: web", "name: Web_App") + "  image: a:1\n", "apps/web.yaml:4: metadata.name: 'Web_App' is not a valid name"),
-    ("unknown kind", HEAD.replace("Deployment", "StatefulSet") + "  image: a:1\n", "apps/web.yaml:2: kind: 'StatefulSet' is not one of Volume, Deployment, Service"),
+    ("unknown kind", HEAD.replace("Deployment", "StatefulSet") + "  image: a:1\n", "apps/web.yaml:2: kind: 'StatefulSet' is not one of Volume, Service, Deployment"),
     ("wrong apiVersion", HEAD.replace("gitsync.io/v1", "apps/v1") + "  image: a:1\n", "apps/web.yaml:1: apiVersion: 'apps/v1' is not supported; use gitsync.io/v1"),
     ("command as string", HEAD + "  image: a:1\n  command: httpd -f\n", "apps/web.yaml:7: spec.command: must be a list of strings"),
     ("env boolean", HEAD + "  image: a:1\n  env:\n    DEBUG: true\n", "apps/web.yaml:8: spec.env.DEBUG: must be a string; quote it (\"true\")"),
@@ -139,6 +139,18 @@ def test_examples_repo_is_valid() -> None:
     web = state.deployment("web")
     assert web is not None and web.replicas >= 2 and web.placement.host_selector
     assert any(v.name for d in state.deployments for v in d.volumes)
+
+
+@pytest.mark.parametrize("variant", ["three-tier", "three-tier-official"])
+def test_the_three_tier_examples_are_valid(variant: str) -> None:
+    state = load_files(read_folder(str(EXAMPLES.parent / variant)))
+    assert {d.name for d in state.deployments} == {"web", "api", "db"} == {s.name for s in state.services}
+    assert state.deployment("api").depends_on == ("db",) and state.deployment("web").depends_on == ("api",)  # type: ignore[union-attr]
+    (volume,) = state.volumes
+    db = state.deployment("db")
+    assert db is not None and db.replicas == 1 and state.data_volumes(db, 0) == [(volume.name, volume)]  # bound to its data's host
+    assert state.single_writer(db) == volume.name  # rolled stop-first
+    assert [p.host_port for s in state.services for p in s.ports if p.host_port] == [8000]
 
 
 def test_depends_on_cycle_is_named() -> None:

@@ -121,3 +121,18 @@ def test_a_read_write_once_volume_makes_the_rollout_stop_first_and_the_plan_says
     obs = {h: HostObservation(h, True, (replica("h1", old),) if h == "h1" else (), volumes=(vol(),) if h == "h1" else ()) for h in ("h1", "h2", "h3")}
     (a,) = plan(new, obs).actions
     assert a.kind == ActionKind.REPLACE and a.reason.endswith("(stop-first: volume pgdata is ReadWriteOnce)")
+
+
+def test_the_inventory_lists_our_volumes_with_what_they_hold_and_keeps_the_undeclared() -> None:
+    from gitsync.kinds.volume import inventory
+
+    desired = load_files({"db.yaml": db()})
+    obs = {
+        "h1": HostObservation("h1", True, volumes=(vol(), vol("old-cache"), vol("theirs", owner=""))),
+        "h2": HostObservation("h2", False),
+    }
+    rows = inventory(desired, obs, "t")
+    assert [(r["host"], r["name"], r["deployment"], r["replica"], r["state"]) for r in rows] == [
+        ("h1", "old-cache", "db", 0, "no manifest mounts it any more (kept)"),
+        ("h1", "pgdata", "db", 0, "in Git"),
+    ]

@@ -1,0 +1,25 @@
+"""Docker Swarm across the test bed's engines, for the benchmarks that compare with it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import docker
+
+from tests import testbed
+
+
+def leave(apis: dict[str, docker.APIClient]) -> None:
+    for api in apis.values():
+        with contextlib.suppress(Exception):
+            api.leave_swarm(force=True)
+
+
+def form(apis: dict[str, docker.APIClient], engines: list[testbed.Engine]) -> None:
+    """A fresh swarm: the first engine its manager, the others workers."""
+    leave(apis)
+    first = engines[0]
+    apis[first.name].init_swarm(advertise_addr=first.addr, listen_addr=f"{first.addr}:2377")
+    token = apis[first.name].inspect_swarm()["JoinTokens"]["Worker"]
+    for e in engines[1:]:
+        apis[e.name].join_swarm([f"{first.addr}:2377"], token, advertise_addr=e.addr, listen_addr=f"{e.addr}:2377")
