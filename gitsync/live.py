@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ class LiveContainer:
     role: str = ""  # "" for a replica, "proxy" for the Services' proxy
     networks: tuple[tuple[str, str], ...] = ()  # (network, address on it)
     published: tuple[tuple[int, str, int, str], ...] = ()  # (container port, protocol, host port, host address)
+    uptime: float | None = None  # seconds running, at least (Docker's list gives it coarsely: "Up 5 seconds")
 
     @property
     def running(self) -> bool:
@@ -120,6 +122,24 @@ def _health(status: str) -> str | None:
     return None
 
 
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000, "year": 31536000}
+
+
+def _uptime(status: str) -> float | None:
+    """A lower bound of how long a running container has been up, from the list's Status text
+    ("Up 5 seconds (healthy)", "Up About a minute", "Up Less than a second")."""
+    if not status.startswith("Up "):
+        return None
+    text = status[3:]
+    if text.startswith("Less than a second"):
+        return 0.0
+    m = re.match(r"(\d+|About an?) (second|minute|hour|day|week|month|year)s?", text)
+    if m is None:
+        return None
+    count = 1 if m.group(1).startswith("About") else int(m.group(1))
+    return float(count * _UNITS[m.group(2)])
+
+
 def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
     """A container as the Engine's list endpoint returns it (no inspect needed)."""
     labels = entry.get("Labels") or {}
@@ -141,6 +161,7 @@ def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
         spec=labels.get(L.SPEC, ""),
         successor_of=labels.get(L.SUCCESSOR),
         role=labels.get(L.ROLE, ""),
+        uptime=_uptime(entry.get("Status", "")),
         networks=tuple(sorted(
             (str(n), str((v or {}).get("IPAddress") or "")) for n, v in ((entry.get("NetworkSettings") or {}).get("Networks") or {}).items()
         )),

@@ -23,8 +23,18 @@ ANY_ADDRESS = ("", "0.0.0.0", "::")
 
 
 def ready(c: LiveContainer, d: Deployment) -> bool:
-    """A replica that may get new connections: running and, with a healthcheck, healthy."""
-    return c.running and (d.healthcheck is None or c.health == "healthy")
+    """A replica that may get new connections: running and healthy by its healthcheck, or, without
+    one, running for minReadySeconds."""
+    if not c.running:
+        return False
+    if d.healthcheck is not None:
+        return c.health == "healthy"
+    return d.min_ready_seconds <= 0 or (c.uptime is not None and c.uptime >= d.min_ready_seconds)
+
+
+def starting(c: LiveContainer, d: Deployment) -> bool:
+    """Running, not ready yet, and on its way: its healthcheck has not decided, or it has run less than minReadySeconds."""
+    return c.running and not ready(c, d) and (c.health == "starting" if d.healthcheck is not None else True)
 
 
 def endpoint_name(c: LiveContainer) -> str:

@@ -19,7 +19,7 @@ from ..engine import ContainerSpec, Engine, explain
 from ..errors import ApplyError, HostError
 from ..live import HostObservation
 from ..proxyconf import CONFIG_PATH
-from .endpoints import config_for, endpoint_name, members, proxy_document, proxy_labels, ready
+from .endpoints import config_for, endpoint_name, members, proxy_document, proxy_labels, starting
 
 NEXT_PATH = CONFIG_PATH + ".next"  # where a new configuration is checked before it replaces the running one
 DRAIN = 1.0  # seconds between taking a replica out of rotation and stopping it (at most its stop grace period)
@@ -147,11 +147,8 @@ class Proxies:
         deadline = time.monotonic() + max([0.0, *(x.gate_timeout() for x in d.deployments)])
         while True:
             observed = self.run.hosts.observe()
-            starting = [
-                c for s in d.services for c, dep in members(s, d.deployments, observed)
-                if c.running and not ready(c, dep) and c.health == "starting"
-            ]
-            if not starting or time.monotonic() >= deadline or self.run.stopping():
+            waiting = [c for s in d.services for c, dep in members(s, d.deployments, observed) if starting(c, dep)]
+            if not waiting or time.monotonic() >= deadline or self.run.stopping():
                 return observed
             time.sleep(0.25)
 

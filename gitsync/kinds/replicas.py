@@ -165,7 +165,8 @@ class HostApplier:
         start = time.monotonic()
         deadline = start + d.gate_timeout()
         if d.healthcheck is None and d.min_ready_seconds > 0:
-            time.sleep(d.min_ready_seconds)
+            # and a second more: Docker reports uptime in whole seconds, which is what the Services read
+            time.sleep(d.min_ready_seconds + 1.0)
         while True:
             info = self.engine.inspect(container_id)
             waited = time.monotonic() - start

@@ -17,7 +17,7 @@ from ..health import EndpointStatus, ServiceStatus
 from ..live import Health, HostObservation
 from ..proxyconf import backend_name, render, servers
 from . import Header, Kind, register
-from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, members, proxy_document, ready
+from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, members, proxy_document, ready, starting
 from .proxies import Proxies
 
 
@@ -129,7 +129,7 @@ def service_status(svc: Service, desired: DesiredState, observed: Mapping[str, H
         elif ready(c, d):
             state = "ready"
         else:
-            state = "starting" if c.running and c.health == "starting" else "down"
+            state = "starting" if starting(c, d) else "down"
         eps.append(EndpointStatus(c.name, c.host, state))
     n_ready = sum(1 for e in eps if e.state == "ready")
     why = [f"{e.name} on {e.host} is {e.state}" for e in eps if e.state != "ready"]

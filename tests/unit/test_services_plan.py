@@ -119,3 +119,21 @@ def test_status_counts_ready_endpoints_and_says_why_the_others_are_not() -> None
     text_metrics = m.render().decode()
     assert 'gitsync_service_endpoints{service="web",state="draining"} 1.0' in text_metrics
     assert 'gitsync_service_degraded{service="web"} 1.0' in text_metrics
+
+
+def test_without_a_healthcheck_a_replica_is_an_endpoint_once_it_ran_min_ready_seconds() -> None:
+    from dataclasses import replace
+
+    files = dict(FILES)
+    files["web.yaml"] = files["web.yaml"].replace(b"ports: [{containerPort: 80}]}", b"ports: [{containerPort: 80}], minReadySeconds: 10s}")
+    desired = load_files(files)
+    obs = observed(desired, with_proxy=True)
+    young = {h: replace(o, containers=tuple(replace(c, uptime=3.0) if not c.role else c for c in o.containers)) for h, o in obs.items()}
+    settings = {h.name: h for h in CFG.hosts}
+    text, _ = config_for("h1", desired.services, desired.deployments, young, settings, NET)
+    assert "    server " not in text  # up 3 s of 10: no endpoint yet
+    st = assess(desired, young, "Service")["web"]
+    assert [e.state for e in st.endpoints] == ["starting", "starting"] and st.health == Health.PROGRESSING
+    grown = {h: replace(o, containers=tuple(replace(c, uptime=15.0) if not c.role else c for c in o.containers)) for h, o in obs.items()}
+    text, _ = config_for("h1", desired.services, desired.deployments, grown, settings, NET)
+    assert text.count("    server ") == 2
