@@ -59,6 +59,7 @@ from ..live import Health, HostObservation, LiveContainer
 from ..models import Deployment, DesiredState, Healthcheck, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
 from . import Header, Kind, register
 from .replicas import Replicas
+from .volume import differs
 
 
 def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
@@ -459,7 +460,7 @@ def _volume_conflict(desired: DesiredState, d: Deployment, idx: int, view: PlanV
     for m in d.volumes:
         v = desired.volume(m.name)
         live = view.observed[host].volume(v.docker_name(idx))
-        if live is not None and (live.owner != view.agent or live.driver != v.driver or (v.driver_opts and live.options != tuple(sorted(v.driver_opts)))):
+        if live is not None and (live.owner != view.agent or differs(live, v)):
             return True
     return False
 

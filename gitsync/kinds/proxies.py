@@ -73,19 +73,20 @@ class Proxies:
     def reconfigure(self, observed: Mapping[str, HostObservation], only: set[str] | None = None) -> dict[str, str | BaseException]:
         """Give each running proxy (on `only` hosts, default all) its configuration where it changed."""
 
-        def one(host: str) -> str:
-            obs = observed[host]
-            proxy = next((c for c in obs.proxies if c.running), None)
-            if proxy is None:
-                return "no proxy"
-            text = self.config(host, observed)
-            if text == obs.proxy_config:
-                return "unchanged"
-            put_config(self.run.hosts.engine(host), proxy.id, text)
-            return "reloaded"
-
         hosts = [h for h, o in observed.items() if o.reachable and not o.stale and (only is None or h in only)]
-        return dict(self.run.hosts.map(one, hosts))
+        return dict(self.run.hosts.map(lambda h: self.configure(h, observed), hosts))
+
+    def configure(self, host: str, observed: Mapping[str, HostObservation]) -> str:
+        """The host's running proxy, given the configuration `observed` calls for, unless it has it."""
+        obs = observed[host]
+        proxy = next((c for c in obs.proxies if c.running), None)
+        if proxy is None:
+            return "no proxy"
+        text = self.config(host, observed)
+        if text == obs.proxy_config:
+            return "unchanged"
+        put_config(self.run.hosts.engine(host), proxy.id, text)
+        return "reloaded"
 
     # -- drain -----------------------------------------------------------
     def retire(self, host: str, container: str, grace: float) -> None:
@@ -185,15 +186,10 @@ class Proxies:
             self._remove(engine, a.container_id)
             return "removed"
         if a.kind == ActionKind.RELOAD:
-            obs = self.run.hosts.observe_one(a.host)
-            proxy = next((c for c in obs.proxies if c.running), None)
-            if proxy is None:
+            done = self.configure(a.host, {**observed, a.host: self.run.hosts.observe_one(a.host)})
+            if done == "no proxy":
                 raise HostError(a.host, "the proxy is not running")
-            text = self.config(a.host, {**observed, a.host: obs})
-            if text == obs.proxy_config:
-                return "unchanged"
-            put_config(engine, proxy.id, text)
-            return "reloaded"
+            return done
         if a.kind == ActionKind.START:
             assert a.container_id is not None
             engine.put_file(a.container_id, CONFIG_PATH, self.config(a.host, observed).encode())

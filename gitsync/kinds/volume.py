@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..actions import KindPlan, PlacementProblem, PlanView
-from ..live import HostObservation
+from ..live import HostObservation, LiveVolume
 from ..errors import Problem
 from ..fields import Ctx, read_bool, read_enum, read_str, read_str_map, shown
 from ..models import AccessMode, DesiredState, Volume
@@ -73,7 +73,7 @@ class VolumeKind(Kind):
                         f"volume {live.name} on {h.name} belongs to {owner}; gitsync does not take over data it did not make: "
                         f"rename the volume in Git, or relabel or remove the one on {h.name} by hand"
                     )))
-                elif live.driver != v.driver or (v.driver_opts and live.options != tuple(sorted(v.driver_opts))):
+                elif differs(live, v):
                     out.problems.append(PlacementProblem(v.name, (
                         f"volume {live.name} on {h.name} has driver {live.driver} {_opts(live.options)}, Git says {v.driver} {_opts(v.driver_opts)}; "
                         "Docker cannot change a volume's driver or options: rename it in Git (a new, empty volume), or remove it by hand"
@@ -101,6 +101,11 @@ def inventory(desired: DesiredState | None, observed: Mapping[str, HostObservati
                 "stale": obs.stale,
             })
     return rows
+
+
+def differs(live: LiveVolume, v: Volume) -> bool:
+    """Whether a live volume's driver or options are not what Git declares (options only when declared)."""
+    return live.driver != v.driver or bool(v.driver_opts and live.options != tuple(sorted(v.driver_opts)))
 
 
 def _opts(opts: Sequence[tuple[str, str]]) -> str:
