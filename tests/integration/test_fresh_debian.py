@@ -100,6 +100,10 @@ def test_quick_start_and_walk_through_on_a_fresh_debian_12(machine: freshdebian.
         web = sorted(line for line in ps.stdout.splitlines() if line.startswith("example-web-"))
         assert len(web) == 1 and "gitsync-example/busybox:2" in web[0] and "(healthy)" in web[0], ps.stdout
         assert any(line.startswith("example-worker-0 ") for line in ps.stdout.splitlines()), ps.stdout
+        # The three-tier shop the quick start applied too: a row through web -> api -> db on port 8000.
+        shop = machine.sh("busybox wget -q -O- --post-data 'order 1' http://127.0.0.1:8000/cgi-bin/add"
+                          " && busybox wget -q -O- http://127.0.0.1:8000/cgi-bin/rows")
+        assert shop.stdout == "stored\norder 1\n", shop.stdout + shop.stderr + ps.stdout
 
         # Ctrl-C in terminal 1: the terminal's SIGINT to its foreground job (nsenter, outside, dies of it;
         # the shell inside waits for the agent and prints its exit status).
