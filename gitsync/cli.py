@@ -135,7 +135,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             snap = syncer.fetch()
             files, where = snap.files, f"{snap.location} at {snap.revision}"
-    desired = load_files(files)
+    desired = load_files(files, _config(args).policy)  # the agent's policy (the safe default without -c)
     nd, ns = len(desired.deployments), len(desired.services)
     print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s))", file=out)
     return Exit.OK

@@ -103,6 +103,26 @@ class ServicesSettings:
 
 
 @dataclass(frozen=True)
+class BindRule:
+    path: str  # a host path prefix (whole components: /srv allows /srv/x, not /srv2)
+    read_only: bool = True  # only read-only mounts under it
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """What a manifest may ask of a host. The defaults refuse every way out of the container."""
+
+    allow_privileged: bool = False
+    allow_host_network: bool = False
+    allow_capabilities: tuple[str, ...] = ()  # beyond Docker's default set; ("ALL",) allows any
+    allow_devices: tuple[str, ...] = ()  # host device path prefixes
+    allow_security_options: bool = False  # securityOpt other than no-new-privileges
+    bind_mounts: tuple[BindRule, ...] = ()
+    registries: tuple[str, ...] = ()  # images only from these; () = any
+    require_digest: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     source: SourceSettings = field(default_factory=SourceSettings)
@@ -110,6 +130,7 @@ class Config:
     status: tuple[StatusSettings, ...] = ()
     server: ServerSettings = field(default_factory=ServerSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -215,7 +236,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -346,7 +367,44 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
-        services=ServicesSettings(proxy_image), state_dir=state_dir, path=file,
+        services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")), state_dir=state_dir, path=file,
+    )
+
+
+def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:
+    r.mapping(node, "policy", ("allowPrivileged", "allowHostNetwork", "allowCapabilities", "allowDevices", "allowSecurityOptions", "bindMounts", "images"), root, "policy")
+
+    def strings(parent: Any, path: str, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and pattern.match(v) for v in value):
+            raise r.fail(parent, key, f"{path}.{key}", f"must be a list of {what}")
+        return tuple(value)
+
+    rules: list[BindRule] = []
+    binds = node.get("bindMounts") if isinstance(node, dict) else None
+    if binds is not None and not isinstance(binds, list):
+        raise r.fail(node, "bindMounts", "policy.bindMounts", "must be a list of {path: /srv/data, readOnly: true}")
+    for i, b in enumerate(binds or ()):
+        p = f"policy.bindMounts[{i}]"
+        r.mapping(b, p, ("path", "readOnly"), binds, i)
+        path = r.string(b, "path", f"{p}.path", None, re.compile(r"^/[^\0:]*$"))
+        if path is None:
+            raise r.fail(binds, i, f"{p}.path", "is required: an absolute host path prefix")
+        rules.append(BindRule(path.rstrip("/") or "/", r.boolean(b, "readOnly", f"{p}.readOnly", True)))
+    images = node.get("images") if isinstance(node, dict) else None
+    r.mapping(images, "policy.images", ("registries", "requireDigest"), node, "images")
+    caps = tuple(c.upper().removeprefix("CAP_") for c in strings(node, "policy", "allowCapabilities", re.compile(r"^[A-Za-z_]+$"), "capability names (e.g. NET_ADMIN)"))
+    return PolicySettings(
+        allow_privileged=r.boolean(node, "allowPrivileged", "policy.allowPrivileged", False),
+        allow_host_network=r.boolean(node, "allowHostNetwork", "policy.allowHostNetwork", False),
+        allow_capabilities=caps,
+        allow_devices=strings(node, "policy", "allowDevices", re.compile(r"^/dev/"), "device paths (e.g. /dev/fuse)"),
+        allow_security_options=r.boolean(node, "allowSecurityOptions", "policy.allowSecurityOptions", False),
+        bind_mounts=tuple(rules),
+        registries=tuple(x.lower() for x in strings(images, "policy.images", "registries", re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$"), "registry hosts (e.g. registry.example.com, docker.io)")),
+        require_digest=r.boolean(images, "requireDigest", "policy.images.requireDigest", False),
     )
 
 

@@ -18,7 +18,7 @@ import socket
 import tarfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -148,6 +148,8 @@ class ContainerSpec:
     stop_grace: float = 10.0
     network: str | None = None  # a user-defined network to join instead of the default bridge
     aliases: tuple[str, ...] = ()  # names that resolve to this container on that network
+    host_options: Mapping[str, Any] = field(default_factory=dict)  # more HostConfig, as Docker SDK keywords
+    create_options: Mapping[str, Any] = field(default_factory=dict)  # more container config (entrypoint, user, ...)
     sysctls: Mapping[str, str] | None = None  # namespaced kernel settings of the container
 
 
@@ -238,13 +240,14 @@ class Engine:
                     f"{port}/{proto}": host_port if host_port is not None or spec.publish_on is None else (spec.publish_on,)
                     for port, proto, host_port in spec.ports
                 } or None,
-                binds={vol: {"bind": path, "mode": "ro" if ro else "rw"} for vol, path, ro in spec.mounts} or None,
+                binds=[f"{source}:{path}:{'ro' if ro else 'rw'}" for source, path, ro in spec.mounts] or None,
                 restart_policy=restart,
                 network_mode=spec.network,
                 sysctls=dict(spec.sysctls) if spec.sysctls else None,
+                **spec.host_options,
             )
             networking = None
-            if spec.network is not None:
+            if spec.network not in (None, "host", "none"):
                 networking = api.create_networking_config({spec.network: api.create_endpoint_config(aliases=list(spec.aliases) or None)})
             created = api.create_container(
                 spec.image,
@@ -264,6 +267,7 @@ class Engine:
                 },
                 stop_timeout=int(spec.stop_grace),
                 networking_config=networking,
+                **spec.create_options,
             )
         container_id: str = created["Id"]
         return container_id

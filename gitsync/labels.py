@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from . import container
 from .models import Deployment
 
 PREFIX = "io.gitsync."
@@ -63,6 +64,7 @@ def spec_document(d: Deployment) -> dict[str, Any]:
         },
         "restart": str(d.restart),
         "stop_grace_period": d.stop_grace_period,
+        **container.document(d.options),  # only the fields set: a spec without them hashes as before
     }
 
 
@@ -116,4 +118,5 @@ def deployment_from_spec(base: Deployment, doc: dict[str, Any]) -> Deployment:
         else Healthcheck(tuple(hc["test"]), hc["interval"], hc["timeout"], hc["retries"], hc["start_period"]),
         restart=RestartPolicy(doc.get("restart", "unless-stopped")),
         stop_grace_period=float(doc.get("stop_grace_period", 10.0)),
+        options=container.from_document(doc),
     )

@@ -10,9 +10,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import kinds, yamlsrc
+from .config import PolicySettings
 from .errors import ManifestError, Problem
 from .fields import LABEL_KEY_RE, NAME_RE, Ctx, Obj, read_str, read_str_map, shown
 from .models import DesiredState, Origin
+from .policy import check as policy_check
 
 API_VERSION = "gitsync.io/v1"
 MAX_FILE_BYTES = 1024 * 1024
@@ -81,8 +83,9 @@ NOT_READ = Unreadable("not read: there are too many manifest files")
 LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
 
 
-def load_files(files: Mapping[str, bytes]) -> DesiredState:
-    """Validate every manifest; return the desired state or raise ManifestError with every problem."""
+def load_files(files: Mapping[str, bytes], policy: PolicySettings = PolicySettings()) -> DesiredState:
+    """Validate every manifest, and what they ask of the hosts against the agent's policy (the safe
+    default unless given); return the desired state or raise ManifestError with every problem."""
     problems: list[Problem] = []
     objects: dict[str, list[Any]] = {k.name: [] for k in kinds.ordered()}
     manifest_files = sorted(p for p in files if is_manifest_file(p))
@@ -119,9 +122,11 @@ def load_files(files: Mapping[str, bytes]) -> DesiredState:
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
+    desired = DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()})
+    problems.extend(policy_check(desired, policy))
     if problems:
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
-    return DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()})
+    return desired
 
 
 def _check_unique(kind: str, objects: list[Any], problems: list[Problem]) -> None:

@@ -70,6 +70,56 @@ class Volume:
         return f"{self.name}-{replica}" if self.per_replica else self.name
 
 
+class NetworkMode(enum.StrEnum):
+    BRIDGE = "bridge"  # the agent's network (a user-defined bridge), where Services reach replicas
+    HOST = "host"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class BindMount:
+    """A path of the host mounted into the container (``volumes[].hostPath``): host data, never moved."""
+
+    host_path: str
+    mount_path: str
+    read_only: bool = False
+    key: str = field(default="", compare=False)  # where it was written: spec.volumes[2].hostPath
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class ContainerOptions:
+    """The container fields beyond image, command, env, ports and volumes; defaults are Docker's.
+
+    `lines` says where each set field was written (``spec.privileged`` -> 14), for policy messages."""
+
+    entrypoint: tuple[str, ...] | None = None
+    working_dir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    memory: int | None = None  # resources.limits.memory, bytes
+    cpus: float | None = None  # resources.limits.cpus
+    memory_reservation: int | None = None  # resources.reservations.memory, bytes (a soft limit)
+    cpus_reservation: float | None = None  # resources.reservations.cpus: a relative CPU weight (CpuShares)
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    read_only_root: bool = False
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (path, mount options)
+    extra_hosts: tuple[tuple[str, str], ...] = ()  # (name, address)
+    init: bool = False
+    log_driver: str | None = None
+    log_options: tuple[tuple[str, str], ...] = ()
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
+    shm_size: int | None = None
+    stop_signal: str | None = None
+    security_opt: tuple[str, ...] = ()
+    devices: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, permissions)
+    privileged: bool = False
+    network_mode: NetworkMode = NetworkMode.BRIDGE
+    binds: tuple[BindMount, ...] = ()
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+
 @dataclass(frozen=True)
 class Placement:
     host_selector: tuple[tuple[str, str], ...] = ()
@@ -115,6 +165,7 @@ class Deployment:
     min_ready_seconds: float = 0.0
     depends_on: tuple[str, ...] = ()
     allow_data_move: bool = False  # a replica bound to its host-local data may be recreated elsewhere (the data stays)
+    options: ContainerOptions = field(default_factory=ContainerOptions)
     origin: Origin | None = field(default=None, compare=False)
 
     @property

@@ -154,7 +154,7 @@ class Syncer:
     def load(self, snapshot: Snapshot) -> DesiredState:
         if self._loaded is not None and self._loaded[0] == snapshot.revision:
             return self._loaded[1]
-        desired = load_files(snapshot.files)
+        desired = load_files(snapshot.files, self.config.policy)
         self._loaded = (snapshot.revision, desired)
         return desired
 

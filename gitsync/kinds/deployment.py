@@ -56,8 +56,9 @@ from ..fields import (
 )
 from ..health import DeploymentStatus
 from ..live import Health, HostObservation, LiveContainer
-from ..models import Deployment, DesiredState, Healthcheck, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
+from ..models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
 from . import Header, Kind, register
+from ..container import parse_options
 from .replicas import Replicas
 from .volume import differs
 
@@ -86,19 +87,28 @@ def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
     return tuple(out)
 
 
-def _volumes(ctx: Ctx, obj: Obj) -> tuple[VolumeMount, ...]:
+def _volumes(ctx: Ctx, obj: Obj) -> tuple[tuple[VolumeMount, ...], tuple[BindMount, ...]]:
+    """Named volumes, and host paths (``hostPath``)."""
     out: list[VolumeMount] = []
+    binds: list[BindMount] = []
     paths: set[str] = set()
     for line, path, item in read_list(ctx, obj, "volumes"):
         v = Obj(ctx, item, path, line)
         if not v.ok:
             continue
-        name = read_str(ctx, v, "name", required=True)
+        host_path = read_str(ctx, v, "hostPath")
+        name = read_str(ctx, v, "name", required=host_path is None)
         mount = read_str(ctx, v, "mountPath", required=True)
         ro = read_bool(ctx, v, "readOnly")
         v.finish()
+        if name is not None and host_path is not None:
+            ctx.add(v.line_of("hostPath"), f"{path}.hostPath", "a volume has either a name (a Docker volume) or a hostPath (a bind mount), not both")
+            continue
         if name is not None and not VOLUME_NAME_RE.match(name):
-            ctx.add(v.line_of("name"), f"{path}.name", f"{shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); host paths are not allowed")
+            ctx.add(v.line_of("name"), f"{path}.name", f"{shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); mount a host path with hostPath")
+            continue
+        if host_path is not None and (not host_path.startswith("/") or ":" in host_path or "\0" in host_path):
+            ctx.add(v.line_of("hostPath"), f"{path}.hostPath", f"{shown(host_path)} must be an absolute path without ':'")
             continue
         if mount is not None and not mount.startswith("/"):
             ctx.add(v.line_of("mountPath"), f"{path}.mountPath", "must be an absolute path")
@@ -106,10 +116,14 @@ def _volumes(ctx: Ctx, obj: Obj) -> tuple[VolumeMount, ...]:
         if mount is not None and mount in paths:
             ctx.add(v.line_of("mountPath"), f"{path}.mountPath", f"{mount} is mounted twice")
             continue
-        if name is not None and mount is not None:
-            paths.add(mount)
+        if mount is None:
+            continue
+        paths.add(mount)
+        if host_path is not None:
+            binds.append(BindMount(host_path, mount, ro, f"{path}.hostPath", v.line_of("hostPath")))
+        elif name is not None:
             out.append(VolumeMount(name, mount, ro))
-    return tuple(out)
+    return tuple(out), tuple(binds)
 
 
 def _placement(ctx: Ctx, obj: Obj) -> Placement:
@@ -175,7 +189,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
     command = read_command(ctx, spec, "command")
     env = read_str_map(ctx, spec, "env", ENV_KEY_RE, "environment variable")
     ports = _ports(ctx, spec)
-    volumes = _volumes(ctx, spec)
+    volumes, binds = _volumes(ctx, spec)
     placement = _placement(ctx, spec)
     healthcheck = _healthcheck(ctx, spec)
     update = _update(ctx, spec)
@@ -193,6 +207,9 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
             ctx.add(dline, dpath, f"{item} is listed twice")
         else:
             depends.append(item)
+    options = parse_options(ctx, spec, binds)
+    if options.network_mode != NetworkMode.BRIDGE and ports:
+        ctx.add(spec.line_of("networkMode"), "spec.networkMode", f"{options.network_mode}: a container on the host's network (or none) publishes no ports; remove spec.ports")
     spec.finish()
     if len(ctx.problems) != before or image is None:
         return None
@@ -213,6 +230,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
         min_ready_seconds=min_ready,
         depends_on=tuple(depends),
         allow_data_move=allow_data_move,
+        options=options,
         origin=origin,
     )
 

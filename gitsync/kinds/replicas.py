@@ -21,7 +21,8 @@ from ..actions import Action, ActionKind, ActionResult, Run
 from ..engine import Conflict, ContainerSpec, NotFound, explain
 from ..errors import ApplyError, HostError, Reason
 from ..hosts import Hosts
-from ..models import AccessMode, Deployment, DesiredState, UpdateOrder, Volume
+from ..container import docker_options
+from ..models import AccessMode, Deployment, DesiredState, NetworkMode, UpdateOrder, Volume
 
 
 class GateFailed(ApplyError):
@@ -50,6 +51,8 @@ def container_spec(
     labels = L.container_labels(agent, d, replica, revision)
     labels.update(extra_labels or {})
     hc = d.healthcheck
+    host_options, create_options = docker_options(d.options)
+    own_network = d.options.network_mode == NetworkMode.BRIDGE
     return ContainerSpec(
         name=name,
         image=d.image,
@@ -57,14 +60,17 @@ def container_spec(
         command=d.command,
         env=d.env,
         ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
-        mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only) for v in d.volumes),
+        mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only) for v in d.volumes)
+        + tuple((b.host_path, b.mount_path, b.read_only) for b in d.options.binds),
         restart=str(d.restart),
         healthcheck=None if hc is None else {
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
         },
         stop_grace=d.stop_grace_period,
-        network=L.network_name(agent),  # where the host's Services' proxy reaches it
+        network=L.network_name(agent) if own_network else str(d.options.network_mode),  # where the host's Services' proxy reaches it
         publish_on=publish_on,  # where the other hosts' proxies reach it
+        host_options=host_options,
+        create_options=create_options,
     )
 
 

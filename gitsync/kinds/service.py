@@ -12,7 +12,7 @@ from .. import labels as L
 from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
 from ..errors import Problem
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_int, read_list, read_str_map
-from ..models import Deployment, DesiredState, Origin, Service, ServicePort, selectors_overlap
+from ..models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
 from ..health import EndpointStatus, ServiceStatus
 from ..live import Health, HostObservation
 from ..proxyconf import backend_name, render, servers
@@ -66,6 +66,11 @@ class ServiceKind(Kind):
         published: list[tuple[int, Service]] = []
         for svc in sorted(objects, key=lambda s: (s.origin.file, s.origin.line) if s.origin else ("", 0)):
             selected = [d for d in deployments if svc.selects(d)]
+            for d in selected:
+                if d.options.network_mode != NetworkMode.BRIDGE:
+                    o = svc.origin
+                    problems.append(Problem(o.file if o else "?", o.line if o else None, f"Service {svc.name}: selects deployment {d.name}, whose networkMode is "
+                                            f"{d.options.network_mode}; a Service reaches replicas on gitsync's network (networkMode bridge, the default)"))
             for p in svc.ports:
                 where = p.origin or svc.origin
                 at = (where.file if where else "?", where.line if where else None)
