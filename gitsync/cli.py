@@ -135,9 +135,12 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         else:
             snap = syncer.fetch()
             files, where = snap.files, f"{snap.location} at {snap.revision}"
-    desired = load_files(files, _config(args).policy)  # the agent's policy (the safe default without -c)
-    nd, ns = len(desired.deployments), len(desired.services)
-    print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s))", file=out)
+    cfg = _config(args)  # its policy and compose variables (the defaults without -c)
+    desired = load_files(files, cfg.policy, cfg.compose.resolved(), frozenset(cfg.compose.profiles))
+    nd, ns, nv = len(desired.deployments), len(desired.services), len(desired.volumes)
+    print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s), {nv} volume(s))", file=out)
+    for warning in desired.warnings:
+        print(f"warning: {warning}", file=out)
     return Exit.OK
 
 

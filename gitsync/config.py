@@ -123,6 +123,20 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class ComposeSettings:
+    """What compose files are interpolated with besides their project's .env, and their profiles."""
+
+    variables: tuple[tuple[str, str], ...] = ()  # literal values
+    from_environment: tuple[str, ...] = ()  # names whose values come from the agent's environment
+    profiles: tuple[str, ...] = ()  # services of these profiles run too (as `docker compose --profile`)
+
+    def resolved(self) -> dict[str, str]:
+        """The variables now: the agent's environment for the names listed (an unset one is left out)."""
+        env = {n: os.environ[n] for n in self.from_environment if n in os.environ}
+        return {**env, **dict(self.variables)}
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     source: SourceSettings = field(default_factory=SourceSettings)
@@ -131,6 +145,7 @@ class Config:
     server: ServerSettings = field(default_factory=ServerSettings)
     services: ServicesSettings = field(default_factory=ServicesSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    compose: ComposeSettings = field(default_factory=ComposeSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -236,7 +251,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -367,8 +382,24 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
-        services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")), state_dir=state_dir, path=file,
+        services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
+        compose=_compose(r, root, top.get("compose")), state_dir=state_dir, path=file,
     )
+
+
+def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:
+    r.mapping(node, "compose", ("variables", "variablesFromEnvironment", "profiles"), root, "compose")
+    node = node or {}
+    values = node.get("variables") or {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) and ENV_NAME_RE.match(k) and isinstance(v, (str, int, float)) and not isinstance(v, bool) for k, v in values.items()):
+        raise r.fail(node, "variables", "compose.variables", "must be a mapping of NAME: value (quote true/false)")
+    names = node.get("variablesFromEnvironment") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) and ENV_NAME_RE.match(n) for n in names):
+        raise r.fail(node, "variablesFromEnvironment", "compose.variablesFromEnvironment", "must be a list of environment variable names")
+    profiles = node.get("profiles") or []
+    if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
+        raise r.fail(node, "profiles", "compose.profiles", "must be a list of profile names")
+    return ComposeSettings(tuple((k, str(v)) for k, v in values.items()), tuple(names), tuple(profiles))
 
 
 def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:

@@ -6,13 +6,15 @@ that a git tree, a folder and a test table all load the same way.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from . import kinds, yamlsrc
+from . import compose, kinds, yamlsrc
 from .config import PolicySettings
 from .errors import ManifestError, Problem
-from .fields import LABEL_KEY_RE, NAME_RE, Ctx, Obj, read_str, read_str_map, shown
+from .fields import LABEL_KEY_RE, Ctx, Obj, read_str, read_str_map, shown
 from .models import DesiredState, Origin
 from .policy import check as policy_check
 
@@ -26,7 +28,12 @@ def is_manifest_file(path: str) -> bool:
     parts = path.split("/")
     if any(p.startswith(".") for p in parts):
         return False
-    return path.endswith((".yaml", ".yml"))
+    return path.endswith((".yaml", ".yml")) and not compose.is_compose_file(path)
+
+
+def is_source_file(path: str) -> bool:
+    """What a sync reads of the repository: manifests, compose files and the env files they use."""
+    return is_manifest_file(path) or compose.is_env_file(path) or (compose.is_compose_file(path) and not any(p.startswith(".") for p in path.split("/")))
 
 
 def _document(ctx: Ctx, doc: Any, line: int) -> tuple[kinds.Kind, Any] | None:
@@ -44,8 +51,9 @@ def _document(ctx: Ctx, doc: Any, line: int) -> tuple[kinds.Kind, Any] | None:
         ctx.add(top.line_of("kind"), "kind", f"{shown(kind)} is not one of {', '.join(kinds.names())}")
     meta = Obj(ctx, top.get("metadata", None, required=True), "metadata", top.line_of("metadata"))
     name = read_str(ctx, meta, "name", required=meta.ok)
-    if name is not None and (not NAME_RE.match(name) or len(name) > 63):
-        ctx.add(meta.line_of("name"), "metadata.name", f"{shown(name)} is not a valid name: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters")
+    rules = known or kinds.Kind()
+    if name is not None and not rules.valid_name(name):
+        ctx.add(meta.line_of("name"), "metadata.name", f"{shown(name)} is not a valid name: {rules.name_rule}, at most 63 characters")
         name = None
     labels = read_str_map(ctx, meta, "labels", LABEL_KEY_RE, "label")
     label_lines = meta.get("labels", None)
@@ -83,14 +91,25 @@ NOT_READ = Unreadable("not read: there are too many manifest files")
 LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
 
 
-def load_files(files: Mapping[str, bytes], policy: PolicySettings = PolicySettings()) -> DesiredState:
-    """Validate every manifest, and what they ask of the hosts against the agent's policy (the safe
-    default unless given); return the desired state or raise ManifestError with every problem."""
+def load_files(
+    files: Mapping[str, bytes], policy: PolicySettings = PolicySettings(), variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset()
+) -> DesiredState:
+    """Validate every manifest and compose project (interpolated from `variables` and each project's
+    .env; services of `profiles` enabled), and what they ask of the hosts against the agent's policy
+    (the safe default unless given); return the desired state or raise ManifestError with every problem."""
     problems: list[Problem] = []
+    warnings: list[str] = []
     objects: dict[str, list[Any]] = {k.name: [] for k in kinds.ordered()}
-    manifest_files = sorted(p for p in files if is_manifest_file(p))
+    manifest_files = sorted(p for p in files if is_manifest_file(p) or compose.is_compose_file(p))
     if len(manifest_files) > MAX_FILES:
         raise ManifestError([Problem(".", None, f"{len(manifest_files)} manifest files; at most {MAX_FILES} are read")])
+    folders = defaultdict(list)
+    for path in manifest_files:
+        if compose.is_compose_file(path):
+            folders[path.rpartition("/")[0]].append(path)
+    for found in folders.values():
+        if len(found) > 1:
+            problems.append(Problem(found[1], None, f"a folder holds one compose project; {found[0]} is there too: keep one of them"))
     total = 0
     for path in manifest_files:
         data = files[path]
@@ -104,6 +123,9 @@ def load_files(files: Mapping[str, bytes], policy: PolicySettings = PolicySettin
         if total > MAX_TOTAL_BYTES:
             problems.append(Problem(path, None, f"manifests add up to more than {MAX_TOTAL_BYTES} bytes"))
             break
+        if compose.is_compose_file(path):
+            warnings += _compose_documents(path, files, variables, profiles, problems, objects)
+            continue
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -122,11 +144,48 @@ def load_files(files: Mapping[str, bytes], policy: PolicySettings = PolicySettin
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
-    desired = DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()})
+    desired = DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()}, tuple(warnings))
     problems.extend(policy_check(desired, policy))
     if problems:
+        # a compose file's problems in its own words (stop_signal, not spec.stopSignal)
+        problems = [Problem(p.file, p.line, compose.compose_words(p.message)) if compose.is_compose_file(p.file) else p for p in problems]
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
     return desired
+
+
+@dataclass
+class _ComposeCtx(Ctx):
+    """Problems of a document mapped from a compose file, located at the compose key."""
+
+    prefix: str = ""
+
+    def add(self, line: int | None, path: str, message: str) -> None:
+        super().add(line, compose.compose_words(path, self.prefix), message)
+
+
+def _compose_documents(
+    path: str, files: Mapping[str, bytes], variables: Mapping[str, str], profiles: frozenset[str], problems: list[Problem], objects: dict[str, list[Any]]
+) -> list[str]:
+    """The compose file's documents into `objects`, its problems into `problems`; its warnings."""
+    loaded = compose.load_project(path, files, variables, profiles)
+    problems.extend(loaded.problems)
+    if loaded.problems:
+        return []
+    for doc in loaded.docs:
+        where = f"volumes.{doc.name}" if doc.kind == "Volume" else f"services.{doc.name}"
+        ctx = _ComposeCtx(path, problems, f"{where}.")
+        kind = kinds.REGISTRY[doc.kind]
+        if not kind.valid_name(doc.name):
+            ctx.add(doc.line, where, f"{doc.name!r} cannot name a {doc.kind}: {kind.name_rule}, at most 63 characters; rename it")
+            continue
+        for k in doc.labels:
+            if not LABEL_KEY_RE.match(k) or k.startswith("io.gitsync."):
+                ctx.add(doc.label_lines.get(k, doc.line), f"{where}.labels.{k}", "is not a valid label name (the io.gitsync. prefix is reserved)")
+        head = kinds.Header(doc.name, tuple(sorted(doc.labels.items())), Obj(ctx, {}, "metadata", doc.line), doc.spec, doc.line, Origin(path, doc.line))
+        obj = kind.parse(ctx, head)
+        if obj is not None:
+            objects[kind.name].append(obj)
+    return loaded.warnings
 
 
 def _check_unique(kind: str, objects: list[Any], problems: list[Problem]) -> None:
@@ -150,7 +209,7 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
             rel = os.path.relpath(os.path.join(dirpath, fn), root).replace(os.sep, "/")
-            if not is_manifest_file(rel):
+            if not is_source_file(rel):
                 continue
             full = os.path.join(dirpath, fn)
             if len(out) >= MAX_FILES:

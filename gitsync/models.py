@@ -219,6 +219,7 @@ class DesiredState:
     """Every object of the repository, by kind name, each kind's sorted by name."""
 
     objects: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what loading noticed and went on (a compose key Swarm ignores too)
 
     def of(self, kind: str) -> tuple[Any, ...]:
         return self.objects.get(kind, ())

@@ -34,5 +34,5 @@ def make_plan(
         view.unreachable,
         tuple(h.name for h in hosts),
         {name: placed for _, p in parts for name, placed in p.placement.items()},
-        tuple(w for _, p in parts for w in p.warnings),
+        desired.warnings + tuple(w for _, p in parts for w in p.warnings),
     )

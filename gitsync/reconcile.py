@@ -154,7 +154,8 @@ class Syncer:
     def load(self, snapshot: Snapshot) -> DesiredState:
         if self._loaded is not None and self._loaded[0] == snapshot.revision:
             return self._loaded[1]
-        desired = load_files(snapshot.files, self.config.policy)
+        c = self.config
+        desired = load_files(snapshot.files, c.policy, c.compose.resolved(), frozenset(c.compose.profiles))
         self._loaded = (snapshot.revision, desired)
         return desired
 

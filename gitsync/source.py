@@ -20,7 +20,7 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError
-from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, Unreadable, is_manifest_file, read_folder, too_large
+from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, Unreadable, is_source_file, read_folder, too_large
 
 _GIT_TIMEOUT = 120
 LINK_MODE = 0o120000  # a symbolic link in a git tree
@@ -244,7 +244,7 @@ class Source:
         files: dict[str, bytes] = {}
         notes: list[str] = []
         base = len(prefix) + 1 if prefix else 0
-        hidden = lambda i, d: str(i.path).rsplit("/", 1)[-1].startswith(".")  # noqa: E731  # by path: a submodule has no name
+        hidden = lambda i, d: i.type != "blob" and str(i.path).rsplit("/", 1)[-1].startswith(".")  # noqa: E731  # by path: a submodule has no name
         for item in tree.traverse(prune=hidden):  # type: ignore[arg-type]
             if item.type == "submodule":  # type: ignore[union-attr]
                 notes.append(f"{str(item.path)[base:]} is a git submodule; gitsync does not read submodules")  # type: ignore[union-attr]
@@ -252,7 +252,7 @@ class Source:
             if item.type != "blob":  # type: ignore[union-attr]
                 continue
             rel = str(item.path)[base:]  # type: ignore[union-attr]
-            if not is_manifest_file(rel):
+            if not is_source_file(rel):
                 continue
             if len(files) >= MAX_FILES:
                 files[rel] = NOT_READ  # counted, so that the refusal says how many there are

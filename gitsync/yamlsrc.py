@@ -89,6 +89,34 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)  # type: ignore
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)  # type: ignore[arg-type]
 
 
+class Reset:
+    """A value tagged ``!reset`` in a compose file: the key is unset (compose's merge tags)."""
+
+    line: int = 0
+
+
+class _ComposeLoader(_Loader):
+    """Also reads the tags compose defines: ``!reset`` (unset) and ``!override`` (the value as is)."""
+
+
+def _construct_reset(loader: _Loader, suffix: str, node: yaml.Node) -> Reset:
+    r = Reset()
+    r.line = node.start_mark.line + 1
+    return r
+
+
+def _construct_override(loader: _Loader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_object(yaml.MappingNode("tag:yaml.org,2002:map", node.value, node.start_mark, node.end_mark), deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_object(yaml.SequenceNode("tag:yaml.org,2002:seq", node.value, node.start_mark, node.end_mark), deep=True)
+    return loader.construct_scalar(node)
+
+
+_ComposeLoader.add_multi_constructor("!reset", _construct_reset)  # type: ignore[arg-type]
+_ComposeLoader.add_multi_constructor("!override", _construct_override)  # type: ignore[arg-type]
+
+
 TOO_DEEP = "nested too deeply to read; flatten this document"
 
 
@@ -119,12 +147,12 @@ def _char_at(text: str, line: int, column: int) -> str:
     return lines[line][column] if 0 <= line < len(lines) and 0 <= column < len(lines[line]) else ""
 
 
-def load_all(text: str) -> list[tuple[int, Any]]:
-    """Every document of a YAML stream with the line it starts on.
+def load_all(text: str, compose: bool = False) -> list[tuple[int, Any]]:
+    """Every document of a YAML stream with the line it starts on (`compose`: with compose's tags).
 
     Raises :class:`YamlSyntaxError` with the line of the first problem.
     """
-    loader = _Loader(text)
+    loader = (_ComposeLoader if compose else _Loader)(text)
     docs: list[tuple[int, Any]] = []
     try:
         while loader.check_node():

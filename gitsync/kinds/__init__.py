@@ -8,13 +8,14 @@ services, then deployments), so adding a kind touches nothing else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..actions import Action, KindPlan, PlanView, Run
 from ..errors import Problem
-from ..fields import Ctx, Obj
+from ..fields import NAME_RE, Ctx, Obj
 from ..live import HostObservation
 from ..models import DesiredState, Origin
 
@@ -43,6 +44,12 @@ class Header:
 class Kind:
     name: ClassVar[str]
     order: ClassVar[int]  # volumes 10, services 15, deployments 20
+    # What metadata.name may be (the names of containers, DNS names, Docker volumes differ).
+    name_re: ClassVar[re.Pattern[str]] = NAME_RE
+    name_rule: ClassVar[str] = "lower-case letters, digits and '-', starting and ending with a letter or digit"
+
+    def valid_name(self, name: str) -> bool:
+        return bool(self.name_re.match(name)) and len(name) <= 63
 
     def parse(self, ctx: Ctx, head: Header) -> Any | None:
         """The document's spec, normalised; None when it has problems (each added to ctx)."""

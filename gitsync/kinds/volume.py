@@ -13,7 +13,7 @@ from typing import Any
 from ..actions import KindPlan, PlacementProblem, PlanView
 from ..live import HostObservation, LiveVolume
 from ..errors import Problem
-from ..fields import Ctx, read_bool, read_enum, read_str, read_str_map, shown
+from ..fields import VOLUME_NAME_RE, Ctx, read_bool, read_enum, read_str, read_str_map, shown
 from ..models import AccessMode, DesiredState, Volume
 from . import Header, Kind, register
 
@@ -23,6 +23,8 @@ OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class VolumeKind(Kind):
     name = "Volume"
     order = 10
+    name_re = VOLUME_NAME_RE  # Docker's rule for volume names (compose's are <project>_<name>)
+    name_rule = "letters, digits, '_', '.' and '-', starting with a letter or digit"
 
     def parse(self, ctx: Ctx, head: Header) -> Volume | None:
         if head.spec is None:

@@ -141,7 +141,7 @@ def test_examples_repo_is_valid() -> None:
     assert any(v.name for d in state.deployments for v in d.volumes)
 
 
-@pytest.mark.parametrize("variant", ["three-tier", "three-tier-official"])
+@pytest.mark.parametrize("variant", ["three-tier", "three-tier-official", "compose-shop"])
 def test_the_three_tier_examples_are_valid(variant: str) -> None:
     state = load_files(read_folder(str(EXAMPLES.parent / variant)))
     assert {d.name for d in state.deployments} == {"web", "api", "db"} == {s.name for s in state.services}

@@ -1,0 +1,124 @@
+"""Compose files as desired state: ``compose.yaml`` (or ``compose.yml``, ``docker-compose.yaml``,
+``docker-compose.yml``) under the source path is a compose project, one per folder, read in stages
+as compose reads it: YAML (with compose's ``!reset`` and ``!override`` tags), interpolation (from the
+project's ``.env`` and the variables the agent configuration names), the compose JSON schema, then
+gitsync's mapping onto Deployments, Services and Volumes (`mapping`)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .. import yamlsrc
+from ..errors import Problem
+from . import schema
+from .interpolate import interpolate_tree, parse_env_file
+from .mapping import Doc, Project
+
+COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+class Stage(enum.StrEnum):
+    YAML = "yaml"
+    INTERPOLATION = "interpolation"
+    SCHEMA = "schema"
+    SEMANTIC = "semantic"
+
+
+def is_compose_file(path: str) -> bool:
+    return path.rpartition("/")[2] in COMPOSE_FILES
+
+
+def is_env_file(path: str) -> bool:
+    """The files compose projects read besides their own: .env, and env_file targets named *.env."""
+    name = path.rpartition("/")[2]
+    return name == ".env" or (name.endswith(".env") and not any(p.startswith(".") for p in path.split("/")[:-1]))
+
+
+@dataclass
+class Loaded:
+    """A compose file read: its documents, or its problems and the stage that refused it."""
+
+    file: str
+    docs: list[Doc] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    stage: Stage | None = None
+    project: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def project_name(file: str, declared: object) -> str:
+    if isinstance(declared, str) and declared:
+        return declared
+    folder = file.rpartition("/")[0].rpartition("/")[2]
+    return re.sub(r"[^a-z0-9_-]", "", folder.lower()).lstrip("_-") or "default"
+
+
+def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset()) -> Loaded:
+    out = Loaded(file)
+
+    def refuse(stage: Stage, found: list[tuple[int, str]]) -> Loaded:
+        out.stage = stage
+        out.problems = [Problem(file, line or None, message) for line, message in found]
+        return out
+
+    try:
+        text = bytes(files[file]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return refuse(Stage.YAML, [(0, f"not UTF-8 text (byte {exc.start})")])
+    try:
+        docs = yamlsrc.load_all(text, compose=True)
+    except yamlsrc.YamlSyntaxError as exc:
+        return refuse(Stage.YAML, [(exc.line or 0, exc.message)])
+    if len(docs) != 1 or not isinstance(docs[0][1], dict):
+        return refuse(Stage.YAML, [(docs[1][0] if len(docs) > 1 else 1, "a compose file is one YAML mapping (services: ...)")])
+    root = docs[0][1]
+
+    folder = file.rpartition("/")[0]
+    scope = dict(variables)
+    dotenv = files.get(f"{folder}/.env" if folder else ".env")
+    found: list[tuple[int, str]] = []
+    if dotenv is not None:
+        values, bad = parse_env_file(bytes(dotenv).decode("utf-8", "replace"), variables)
+        found += [(0, f"{folder + '/' if folder else ''}.env:{n}: {m}") for n, m in bad]
+        scope = {**values, **variables}  # what the agent configuration names wins, as the shell's environment does for compose
+    problems: list[tuple[int, str, str]] = []
+    interpolate_tree(root, scope, problems)
+    found += [(line, f"{path}: {message}") for line, path, message in problems]
+    if found:
+        return refuse(Stage.INTERPOLATION, found)
+
+    found = schema.validate(root)
+    if found:
+        return refuse(Stage.SCHEMA, found)
+
+    name = project_name(file, root.get("name"))
+    if not PROJECT_RE.match(name):
+        return refuse(Stage.SEMANTIC, [(root.line_of("name"), f"name: {name!r} is not a project name (lower-case letters, digits, '-' and '_')")])
+    project = Project(file, name, root, files, scope, profiles)
+    project.map()
+    out.project = name
+    out.docs = project.docs
+    out.warnings = project.warnings
+    if project.problems:
+        return refuse(Stage.SEMANTIC, [(line, f"{path}: {message}") for line, path, message in sorted(project.problems, key=lambda t: (t[0] or 0, t[1], t[2]))])
+    return out
+
+
+# Where a Deployment's manifest key comes from in a compose service, for messages about it.
+COMPOSE_KEYS = {
+    "replicas": "deploy.replicas", "env": "environment", "placement": "deploy.placement", "update": "deploy.update_config",
+    "stopGracePeriod": "stop_grace_period", "minReadySeconds": "x-gitsync.minReadySeconds", "dependsOn": "depends_on",
+    "allowDataMove": "x-gitsync.allowDataMove", "workingDir": "working_dir", "resources": "deploy.resources", "capAdd": "cap_add",
+    "capDrop": "cap_drop", "readOnlyRootFilesystem": "read_only", "extraHosts": "extra_hosts", "shmSize": "shm_size",
+    "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode",
+}
+_SPEC_KEY = re.compile(r"\bspec\.([A-Za-z]+)")
+
+
+def compose_words(message: str, prefix: str = "") -> str:
+    """A message about a mapped document in the compose file's terms: spec.stopSignal -> stop_signal."""
+    return _SPEC_KEY.sub(lambda m: prefix + COMPOSE_KEYS.get(m.group(1), m.group(1)), message).replace("dependsOn cycle", "depends_on cycle")

@@ -1,0 +1,704 @@
+"""A compose project, schema-valid, translated into gitsync documents: each service a Deployment
+(and, when it listens on a TCP port, a Service of the same name, so services reach each other by
+name across hosts as compose promises on one), each top-level volume a Volume. The documents are
+the same trees a manifest gives, keeping the compose file's lines, so the kinds' own parsers
+validate them and plan, apply and status work identically. A compose key gitsync cannot honour is
+refused, naming it and why; none is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import yamlsrc
+from .interpolate import parse_env_file
+
+PROJECT_LABEL = "compose.project"
+SERVICE_LABEL = "compose.service"
+UNSUPPORTED = "not supported by gitsync"
+
+# Keys refused with the reason a user needs; any other compose key gitsync does not map is refused too.
+WHY = {
+    "build": "it deploys images from a registry: build and push in CI, then reference the image",
+    "secrets": "mount the file with a host path volume, or pass the value in environment",
+    "configs": "mount the file with a host path volume",
+    "volumes_from": "declare the volumes this service needs itself",
+    "include": "put the included services in this file, or in a compose file of their own folder",
+    "models": "AI models are not deployed by gitsync",
+    "provider": "services run by a provider plugin are not deployed by gitsync",
+    "extends": "extends from another file: copy the service into this file",
+    "pid": "a container shares no process namespace under gitsync",
+    "ipc": "a container shares no IPC namespace under gitsync",
+    "sysctls": "kernel parameters are not set by gitsync",
+}
+IGNORED = {"version", "develop"}  # compose itself ignores them (version is obsolete; develop needs `watch`)
+
+
+@dataclass
+class Doc:
+    """One translated document: kind, name, metadata labels, spec tree, and where it came from."""
+
+    kind: str
+    name: str
+    line: int
+    spec: yamlsrc.Node
+    labels: dict[str, str] = field(default_factory=dict)
+    label_lines: dict[str, int] = field(default_factory=dict)
+
+
+def node(line: int, items: Mapping[str, Any] | None = None, lines: Mapping[str, int] | None = None) -> yamlsrc.Node:
+    n = yamlsrc.Node()
+    n.line = line
+    for k, v in (items or {}).items():
+        if v is not None:
+            n[k] = v
+            n.lines[k] = (lines or {}).get(k, line)
+    return n
+
+
+def nlist(line: int, items: list[Any], lines: list[int] | None = None) -> yamlsrc.NodeList:
+    n = yamlsrc.NodeList()
+    n.line = line
+    for i, v in enumerate(items):
+        n.append(v)
+        n.lines.append(lines[i] if lines and i < len(lines) else line)
+    return n
+
+
+def line_of(parent: Any, key: Any, default: int = 0) -> int:
+    return parent.line_of(key) if isinstance(parent, (yamlsrc.Node, yamlsrc.NodeList)) else default
+
+
+def number(value: Any) -> Any:
+    """A whole number written as one (schema allows strings, for interpolation)."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return value
+
+
+@dataclass
+class Project:
+    """One compose file's services mapped; problems as (line, key path, message)."""
+
+    file: str
+    name: str
+    root: Any
+    files: Mapping[str, bytes]
+    variables: Mapping[str, str]
+    profiles: frozenset[str] = frozenset()
+    docs: list[Doc] = field(default_factory=list)
+    problems: list[tuple[int, str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> str:
+        return self.file.rpartition("/")[0]
+
+    def refuse(self, line: int, path: str, why: str = "") -> None:
+        self.problems.append((line, path, f"{UNSUPPORTED}: {why}" if why else f"{UNSUPPORTED}; remove it, or deploy this service with a manifest (README: compose)"))
+
+    def fail(self, line: int, path: str, message: str) -> None:
+        self.problems.append((line, path, message))
+
+    def volume_name(self, key: str) -> str:
+        decl = (self.root.get("volumes") or {}).get(key)
+        if isinstance(decl, dict) and isinstance(decl.get("name"), str):
+            return str(decl["name"])
+        return f"{self.name}_{key}"  # compose's own naming: data docker compose made on a host is found
+
+    def map(self) -> None:
+        root = self.root
+        for key in root:
+            if key in ("services", "volumes", "networks", "name") or key in IGNORED or str(key).startswith("x-"):
+                continue
+            if key in ("secrets", "configs") and not root[key]:
+                continue
+            self.refuse(line_of(root, key), str(key), WHY.get(str(key), ""))
+        self._networks()
+        for key, decl in (root.get("volumes") or {}).items():
+            self._volume(str(key), decl if isinstance(decl, dict) else {}, line_of(root["volumes"], key))
+        services = root.get("services") or {}
+        active = {n for n, s in services.items() if not (isinstance(s, dict) and s.get("profiles")) or set(s.get("profiles") or ()) & self.profiles}
+        for name, svc in services.items():
+            if name in active and isinstance(svc, dict):
+                ServiceMapper(self, str(name), svc, line_of(services, name), services, active).map()
+
+    def _networks(self) -> None:
+        nets = self.root.get("networks") or {}
+        for key, decl in nets.items():
+            for opt in decl or {}:
+                if opt in ("driver",) and decl[opt] == "bridge" or opt == "name" or str(opt).startswith("x-"):
+                    continue
+                self.refuse(line_of(decl, opt), f"networks.{key}.{opt}", "every service is on the agent's own network (gitsync-<agent>) on every host")
+
+    def _volume(self, key: str, decl: Any, line: int) -> None:
+        spec: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        for opt, value in (decl or {}).items():
+            at = line_of(decl, opt, line)
+            if opt == "driver":
+                spec["driver"], lines["driver"] = value, at
+            elif opt == "driver_opts":
+                spec["driverOpts"], lines["driverOpts"] = node(at, {str(k): str(v) for k, v in value.items()}, {str(k): line_of(value, k, at) for k in value}), at
+            elif opt == "name":
+                continue
+            elif opt == "x-gitsync":
+                for k, v in (value or {}).items():
+                    if k not in ("accessMode", "shared", "perReplica"):
+                        self.fail(line_of(value, k, at), f"volumes.{key}.x-gitsync.{k}", "unknown key (known keys here: accessMode, perReplica, shared)")
+                    else:
+                        spec[k], lines[k] = v, line_of(value, k, at)
+            elif str(opt).startswith("x-"):
+                continue
+            elif opt == "external":
+                if value not in (False, "false"):
+                    self.refuse(at, f"volumes.{key}.external", "gitsync makes and labels the volumes it mounts; drop external (an existing unlabelled volume of that name is reported, never taken over)")
+            else:
+                self.refuse(at, f"volumes.{key}.{opt}")
+        self.docs.append(Doc("Volume", self.volume_name(key), line, node(line, spec, lines)))
+
+
+class ServiceMapper:
+    """One compose service into a Deployment spec (and a Service)."""
+
+    def __init__(self, project: Project, name: str, svc: yamlsrc.Node, line: int, services: Mapping[str, Any], active: set[str]) -> None:
+        self.p, self.name, self.svc, self.line, self.active = project, name, svc, line, active
+        self.services = services
+        self.spec: dict[str, Any] = {}
+        self.lines: dict[str, int] = {}
+        self.env: dict[str, str] = {}
+        self.labels: dict[str, str] = {}
+        self.label_lines: dict[str, int] = {}
+        self.container_ports: list[tuple[int, str, int | None, int]] = []  # (port, protocol, host port, line)
+        self.service_ports: list[tuple[int, int | None, int]] = []  # (target port, published, line)
+        self.volumes: list[Any] = []
+        self.tmpfs: list[str] = []
+        self.x: Mapping[str, Any] = {}
+
+    def path(self, *keys: Any) -> str:
+        return "".join([f"services.{self.name}", *(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys)])
+
+    def put(self, key: str, value: Any, line: int) -> None:
+        if value is not None:
+            self.spec[key] = value
+            self.lines[key] = line
+
+    def at(self, key: str) -> int:
+        return line_of(self.svc, key, self.line)
+
+    def map(self) -> None:
+        before = len(self.p.problems)
+        if "extends" in self.svc:
+            self._extends()
+        svc = self.svc
+        handlers: dict[str, Callable[[Any, int], None]] = {
+            "image": lambda v, at: self.put("image", v, at),
+            "command": lambda v, at: self.put("command", self._argv("command", v, at), at),
+            "entrypoint": lambda v, at: self.put("entrypoint", self._argv("entrypoint", v, at), at),
+            "environment": self._environment,
+            "env_file": self._env_file,
+            "ports": self._ports,
+            "expose": self._expose,
+            "volumes": self._volumes,
+            "tmpfs": lambda v, at: self.tmpfs.extend([v] if isinstance(v, str) else list(v)),
+            "restart": self._restart,
+            "stop_grace_period": lambda v, at: self.put("stopGracePeriod", v, at),
+            "stop_signal": lambda v, at: self.put("stopSignal", v, at),
+            "labels": self._labels,
+            "healthcheck": self._healthcheck,
+            "depends_on": self._depends_on,
+            "links": self._links,
+            "deploy": self._deploy,
+            "scale": lambda v, at: self.put("replicas", number(v), at),
+            "user": lambda v, at: self.put("user", str(v), at),
+            "working_dir": lambda v, at: self.put("workingDir", v, at),
+            "hostname": lambda v, at: self.put("hostname", v, at),
+            "cap_add": lambda v, at: self.put("capAdd", v, at),
+            "cap_drop": lambda v, at: self.put("capDrop", v, at),
+            "read_only": lambda v, at: self.put("readOnlyRootFilesystem", v, at),
+            "extra_hosts": self._extra_hosts,
+            "init": lambda v, at: self.put("init", v, at),
+            "logging": self._logging,
+            "ulimits": lambda v, at: self.put("ulimits", node(at, {str(k): number(x) if not isinstance(x, dict) else node(line_of(v, k, at), {a: number(b) for a, b in x.items()}) for k, x in v.items()}, {str(k): line_of(v, k, at) for k in v}), at),
+            "shm_size": lambda v, at: self.put("shmSize", v, at),
+            "security_opt": lambda v, at: self.put("securityOpt", v, at),
+            "devices": self._devices,
+            "privileged": lambda v, at: self.put("privileged", v, at),
+            "network_mode": self._network_mode,
+            "networks": self._service_networks,
+            "pull_policy": self._pull_policy,
+            "profiles": lambda v, at: None,  # an active service: its profile is enabled
+            "mem_limit": lambda v, at: self._resource("limits", "memory", v, at),
+            "mem_reservation": lambda v, at: self._resource("reservations", "memory", v, at),
+            "cpus": lambda v, at: self._resource("limits", "cpus", v, at),
+            "x-gitsync": self._x_gitsync,
+            "container_name": lambda v, at: self.p.warnings.append(
+                f"{self.p.file}:{at}: {self.path('container_name')}: ignored, as Swarm does: gitsync names replicas <agent>-{self.name}-<n>; reach it by its service name"),
+        }
+        for key, value in svc.items():
+            key = str(key)
+            at = self.at(key)
+            if isinstance(value, yamlsrc.Reset) or key == "extends":
+                continue
+            if key in handlers:
+                handlers[key](value, at)
+            elif key in IGNORED or key.startswith("x-"):
+                continue
+            else:
+                self.p.refuse(at, self.path(key), WHY.get(key, ""))
+        if "image" not in self.spec and len(self.p.problems) == before:  # (a refused build or provider says why already)
+            self.p.fail(self.line, self.path("image"), "is required: gitsync deploys images from a registry")
+        if "network_mode" in svc and "networks" in svc:
+            self.p.fail(self.at("networks"), self.path("networks"), "cannot be set with network_mode")
+        self._finish()
+
+    def _extends(self) -> None:
+        """extends within this file: the base service's keys, overridden by this one's (mappings
+        merged key by key, anything else replaced; !reset unsets)."""
+        ext = self.svc["extends"]
+        base_name = ext if isinstance(ext, str) else ext.get("service")
+        if isinstance(ext, dict) and ext.get("file"):
+            self.p.refuse(self.at("extends"), self.path("extends", "file"), WHY["extends"])
+            return
+        base = self.services.get(base_name)
+        if not isinstance(base, dict) or base_name == self.name:
+            self.p.fail(self.at("extends"), self.path("extends"), f"no other service named {base_name!r} in this file")
+            return
+        merged = _merge(base, self.svc)
+        merged.pop("extends", None)
+        if "extends" in base:
+            self.p.refuse(self.at("extends"), self.path("extends"), "extends of a service that extends another: flatten one level")
+        self.svc = merged
+
+    def _argv(self, key: str, value: Any, at: int) -> Any:
+        if isinstance(value, str):
+            try:
+                return nlist(at, shlex.split(value))  # compose splits a string as a shell would, without running one
+            except ValueError as exc:
+                self.p.fail(at, self.path(key), f"cannot be split into arguments: {exc}")
+                return None
+        return value
+
+    def _environment(self, value: Any, at: int) -> None:
+        if isinstance(value, dict):
+            items = [(str(k), v, line_of(value, k, at)) for k, v in value.items()]
+        else:
+            items = []
+            for i, entry in enumerate(value):
+                k, eq, v = str(entry).partition("=")
+                items.append((k, v if eq else None, line_of(value, i, at)))
+        for k, v, line in items:
+            if v is None:  # a name alone: its value from the project's variables, unset if none
+                if k in self.p.variables:
+                    self.env[k] = self.p.variables[k]
+                continue
+            self.env[k] = str(v).lower() if isinstance(v, bool) else str(v)
+
+    def _env_file(self, value: Any, at: int) -> None:
+        entries = [value] if isinstance(value, str) else list(value)
+        loaded: dict[str, str] = {}
+        for i, e in enumerate(entries):
+            path = e if isinstance(e, str) else e.get("path")
+            required = True if isinstance(e, str) else e.get("required", True) not in (False, "false")
+            full = _join(self.p.folder, str(path))
+            line = line_of(value, i, at) if not isinstance(value, str) else at
+            data = self.p.files.get(full) if full is not None else None
+            if data is None:
+                if required:
+                    self.p.fail(line, self.path("env_file"), f"{path}: not in the repository (looked for {full}; gitsync reads files named .env or *.env)")
+                continue
+            values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
+            for n, msg in problems:
+                self.p.fail(line, self.path("env_file"), f"{full}:{n}: {msg}")
+            loaded.update(values)
+        self.env = {**loaded, **self.env}  # environment wins over env_file
+
+    def _ports(self, value: Any, at: int) -> None:
+        for i, entry in enumerate(value):
+            line = line_of(value, i, at)
+            if isinstance(entry, dict):
+                unknown = [k for k in entry if k not in ("target", "published", "protocol", "host_ip", "mode", "name", "app_protocol") and not str(k).startswith("x-")]
+                for k in unknown:
+                    self.p.refuse(line_of(entry, k, line), self.path("ports", i, k))
+                target, published = number(entry.get("target")), entry.get("published")
+                triples = _expand(target, number(published) if published not in (None, "") else None, self, line, i)
+                proto, host_ip, mode = entry.get("protocol", "tcp"), entry.get("host_ip"), entry.get("mode", "ingress")
+            else:
+                parsed = _short_port(str(entry))
+                if parsed is None:
+                    self.p.fail(line, self.path("ports", i), f"{str(entry)!r} is not a port: [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]")
+                    continue
+                host_ip, published, target, proto = parsed
+                triples = _expand(target, published, self, line, i)
+                mode = "ingress"
+            if host_ip not in (None, "", "0.0.0.0", "::"):
+                self.p.refuse(line, self.path("ports", i), f"host_ip {host_ip}: a port is published on every address of the hosts")
+                continue
+            if proto not in ("tcp", "udp"):
+                self.p.refuse(line, self.path("ports", i), f"protocol {proto}: tcp and udp only")
+                continue
+            for t, pub in triples:
+                if proto == "tcp" and mode != "host":
+                    self.service_ports.append((t, pub, line))  # through the Service, on every host (as Swarm's ingress)
+                    self.container_ports.append((t, "tcp", None, line))
+                else:  # mode host, and udp (Services are TCP): on the hosts that run a replica
+                    self.container_ports.append((t, proto, pub, line))
+
+    def _expose(self, value: Any, at: int) -> None:
+        for i, entry in enumerate(value):
+            line = line_of(value, i, at)
+            text, _, proto = str(entry).partition("/")
+            for t, _pub in _expand(_range(text), None, self, line, i):
+                self.container_ports.append((t, proto or "tcp", None, line))
+                if (proto or "tcp") == "tcp":
+                    self.service_ports.append((t, None, line))
+
+    def _volumes(self, value: Any, at: int) -> None:
+        for i, entry in enumerate(value):
+            line = line_of(value, i, at)
+            path = self.path("volumes", i)
+            if isinstance(entry, str):
+                parts = entry.split(":")
+                if len(parts) == 1:
+                    self.p.fail(line, path, f"{entry}: an anonymous volume would be lost with its container; name it (name:{entry}) and declare it under volumes")
+                    continue
+                source, target, mode = parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"
+                kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
+                modes = set(mode.split(","))
+                if modes - {"ro", "rw"}:
+                    self.p.refuse(line, path, f"mode {mode}: ro or rw only")
+                    continue
+                ro = "ro" in modes
+            else:
+                kind, source, target, ro = entry.get("type"), entry.get("source"), entry.get("target"), entry.get("read_only", False) in (True, "true")
+                for k in entry:
+                    if k in ("type", "source", "target", "read_only", "consistency") or str(k).startswith("x-"):
+                        continue
+                    if k == "bind" and set(entry["bind"]) <= {"create_host_path"}:
+                        continue
+                    if k == "tmpfs" and kind == "tmpfs" and set(entry["tmpfs"]) <= {"size", "mode"}:
+                        continue
+                    if k == "volume" and not entry["volume"].get("nocopy") and not entry["volume"].get("subpath"):
+                        continue
+                    self.p.refuse(line_of(entry, k, line), f"{path}.{k}")
+                if kind == "tmpfs":
+                    opts = entry.get("tmpfs") or {}
+                    extra = ",".join(f"{k}={v}" for k, v in (("size", opts.get("size")), ("mode", opts.get("mode"))) if v is not None)
+                    self.tmpfs.append(f"{target}:{extra}" if extra else str(target))
+                    continue
+                if kind not in ("volume", "bind"):
+                    self.p.refuse(line, f"{path}.type", f"type {kind}: volume, bind and tmpfs only")
+                    continue
+                if source is None:
+                    self.p.fail(line, path, f"{target}: an anonymous volume would be lost with its container; give it a source and declare it under volumes")
+                    continue
+            if kind == "bind":
+                if not str(source).startswith("/"):
+                    self.p.fail(line, path, f"{source}: a path relative to the compose file means nothing on a host; use an absolute path the hosts have")
+                    continue
+                self.volumes.append((line, {"hostPath": source, "mountPath": target, "readOnly": ro or None}))
+            else:
+                if source not in (self.p.root.get("volumes") or {}):
+                    self.p.fail(line, path, f"refers to volume {source!r}, which is not declared under the top-level volumes")
+                    continue
+                self.volumes.append((line, {"name": self.p.volume_name(str(source)), "mountPath": target, "readOnly": ro or None}))
+
+    def _restart(self, value: Any, at: int) -> None:
+        if isinstance(value, str) and value.startswith("on-failure:"):
+            self.p.refuse(at, self.path("restart"), "a retry count: use on-failure (Docker retries without limit; gitsync backs off crash loops)")
+            return
+        self.put("restart", value, at)
+
+    def _labels(self, value: Any, at: int) -> None:
+        items = value.items() if isinstance(value, dict) else (str(e).partition("=")[::2] for e in value)
+        for i, (k, v) in enumerate(items):
+            self.labels[str(k)] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+            self.label_lines[str(k)] = line_of(value, k if isinstance(value, dict) else i, at)
+
+    def _healthcheck(self, value: Any, at: int) -> None:
+        if value.get("disable") in (True, "true"):
+            return
+        out: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        for k, v in value.items():
+            key = {"test": "test", "interval": "interval", "timeout": "timeout", "retries": "retries", "start_period": "startPeriod"}.get(str(k))
+            if key is None:
+                if k != "disable":
+                    self.p.refuse(line_of(value, k, at), self.path("healthcheck", k))
+                continue
+            out[key], lines[key] = number(v), line_of(value, k, at)
+        if "test" not in out:  # the image's own healthcheck, with other timings: gitsync needs the test itself
+            self.p.fail(at, self.path("healthcheck", "test"), "is required by gitsync (it does not read the image's healthcheck)")
+            return
+        self.put("healthcheck", node(at, out, lines), at)
+
+    def _depends_on(self, value: Any, at: int) -> None:
+        names: list[str] = []
+        if isinstance(value, dict):
+            for dep, cond in value.items():
+                line = line_of(value, dep, at)
+                cond = cond or {}
+                if cond.get("condition", "service_started") not in ("service_started", "service_healthy"):
+                    self.p.refuse(line, self.path("depends_on", dep, "condition"), f"{cond.get('condition')}: gitsync runs long-lived replicas and waits until a dependency is ready (healthy, where it has a healthcheck)")
+                if cond.get("restart") in (True, "true"):
+                    self.p.refuse(line, self.path("depends_on", dep, "restart"), "restarting dependents when a dependency changes")
+                if cond.get("required") in (False, "false"):
+                    self.p.refuse(line, self.path("depends_on", dep, "required"), "an optional dependency: list it only when the service is there")
+                names.append(str(dep))
+        else:
+            names = [str(d) for d in value]
+        for dep in names:
+            if dep not in self.services:
+                self.p.fail(at, self.path("depends_on"), f"depends on undefined service {dep!r}")
+            elif dep not in self.active:
+                self.p.fail(at, self.path("depends_on"), f"depends on {dep!r}, whose profiles are not enabled (compose.profiles in the agent configuration)")
+        self.put("dependsOn", nlist(at, [d for d in names if d in self.active]), at)
+
+    def _links(self, value: Any, at: int) -> None:
+        deps = list(self.spec.get("dependsOn") or [])
+        for i, link in enumerate(value):
+            target, _, alias = str(link).partition(":")
+            if alias and alias != target:
+                self.p.refuse(line_of(value, i, at), self.path("links", i), "a link alias: services reach each other by service name")
+            elif target not in deps:
+                deps.append(target)
+        self.put("dependsOn", nlist(at, deps), at)
+
+    def _deploy(self, value: Any, at: int) -> None:
+        for k, v in value.items():
+            line = line_of(value, k, at)
+            if k == "replicas":
+                self.put("replicas", number(v), line)
+            elif k == "mode" and v == "replicated":
+                continue
+            elif k == "placement":
+                self._placement(v, line)
+            elif k == "update_config":
+                self._update(v, line)
+            elif k == "resources":
+                for kind, limits in v.items():
+                    for r, amount in (limits or {}).items():
+                        if kind in ("limits", "reservations") and r in ("cpus", "memory"):
+                            self._resource(str(kind), str(r), amount, line_of(limits, r, line))
+                        else:
+                            self.p.refuse(line_of(limits, r, line), self.path("deploy", "resources", kind, r))
+            elif k == "restart_policy":
+                for rk, rv in v.items():
+                    if rk == "condition":
+                        self.put("restart", {"none": "no", "on-failure": "on-failure", "any": "always"}.get(rv, rv), line_of(v, rk, line))
+                    else:
+                        self.p.refuse(line_of(v, rk, line), self.path("deploy", "restart_policy", rk), "Docker restarts at once; gitsync backs off crash loops")
+            elif k == "mode":
+                self.p.refuse(line, self.path("deploy", "mode"), f"mode {v}: use replicas with x-gitsync: {{maxPerHost: 1}}")
+            else:
+                self.p.refuse(line, self.path("deploy", k))
+
+    def _placement(self, value: Any, at: int) -> None:
+        selector: dict[str, str] = {}
+        for k, v in value.items():
+            line = line_of(value, k, at)
+            if k == "constraints":
+                for i, c in enumerate(v):
+                    m = re.fullmatch(r"\s*node\.labels\.([^\s=!]+)\s*==\s*(\S+)\s*", str(c))
+                    if m is None:
+                        self.p.refuse(line_of(v, i, line), self.path("deploy", "placement", "constraints", i), f"{c!r}: only node.labels.KEY == VALUE (the hosts' labels in the agent configuration)")
+                    else:
+                        selector[m.group(1)] = m.group(2)
+            elif k == "max_replicas_per_node":
+                self._placement_put("maxPerHost", number(v), line)
+            else:
+                self.p.refuse(line, self.path("deploy", "placement", k))
+        if selector:
+            self._placement_put("hostSelector", node(at, selector), at)
+
+    def _placement_put(self, key: str, value: Any, line: int) -> None:
+        placement = self.spec.setdefault("placement", node(line))
+        self.lines.setdefault("placement", line)
+        placement[key] = value
+        placement.lines[key] = line
+
+    def _update(self, value: Any, at: int) -> None:
+        upd = node(at)
+        for k, v in value.items():
+            line = line_of(value, k, at)
+            if k == "parallelism":
+                upd["parallelism"], upd.lines["parallelism"] = number(v), line
+            elif k == "order":
+                upd["order"], upd.lines["order"] = v, line
+            elif k == "monitor":
+                self.put("minReadySeconds", v, line)
+            elif k == "failure_action" and v == "rollback":
+                continue
+            elif k == "failure_action":
+                self.p.refuse(line, self.path("deploy", "update_config", k), f"{v}: gitsync stops a failed rollout and rolls back what it replaced (failure_action: rollback)")
+            else:
+                self.p.refuse(line, self.path("deploy", "update_config", k))
+        self.put("update", upd, at)
+
+    def _resource(self, kind: str, what: str, amount: Any, line: int) -> None:
+        res = self.spec.setdefault("resources", node(line))
+        self.lines.setdefault("resources", line)
+        sub = res.setdefault(kind, node(line))
+        res.lines.setdefault(kind, line)
+        sub[what], sub.lines[what] = amount, line
+
+    def _extra_hosts(self, value: Any, at: int) -> None:
+        out: dict[str, str] = {}
+        lines: dict[str, int] = {}
+        if isinstance(value, dict):
+            for k, v in value.items():
+                out[str(k)], lines[str(k)] = str(v[0] if isinstance(v, list) and v else v), line_of(value, k, at)
+        else:
+            for i, e in enumerate(value):
+                m = re.fullmatch(r"([^:=]+)[:=](.+)", str(e))
+                if m is None:
+                    self.p.fail(line_of(value, i, at), self.path("extra_hosts", i), f"{e!r} is not HOST:IP or HOST=IP")
+                    continue
+                out[m.group(1)], lines[m.group(1)] = m.group(2).strip("[]"), line_of(value, i, at)
+        self.put("extraHosts", node(at, out, lines), at)
+
+    def _logging(self, value: Any, at: int) -> None:
+        self.put("logging", node(at, {"driver": value.get("driver", "json-file"), "options": value.get("options")}), at)
+
+    def _devices(self, value: Any, at: int) -> None:
+        out = []
+        for i, d in enumerate(value):
+            if isinstance(d, dict):
+                out.append(":".join(str(x) for x in (d.get("source"), d.get("target") or d.get("source"), d.get("permissions") or "rwm")))
+            else:
+                out.append(str(d))
+        self.put("devices", nlist(at, out, [line_of(value, i, at) for i in range(len(value))]), at)
+
+    def _network_mode(self, value: Any, at: int) -> None:
+        if value in ("host", "none", "bridge"):
+            self.put("networkMode", value, at)
+        else:
+            self.p.refuse(at, self.path("network_mode"), f"{value}: host, none or bridge (the agent's network) only")
+
+    def _service_networks(self, value: Any, at: int) -> None:
+        declared = set(self.p.root.get("networks") or {}) | {"default"}
+        for i, net in enumerate(value if isinstance(value, list) else list(value)):
+            line = line_of(value, i if isinstance(value, list) else net, at)
+            if net not in declared:
+                self.p.fail(line, self.path("networks"), f"refers to network {net!r}, which is not declared under the top-level networks")
+            opts = value.get(net) if isinstance(value, dict) else None
+            for k in opts or {}:
+                self.p.refuse(line_of(opts, k, line), self.path("networks", net, k), "every service is on the agent's own network, reached by its service name")
+
+    def _pull_policy(self, value: Any, at: int) -> None:
+        if value not in ("missing", "if_not_present"):
+            self.p.refuse(at, self.path("pull_policy"), f"{value}: gitsync pulls an image when the host does not have it (missing)")
+
+    def _x_gitsync(self, value: Any, at: int) -> None:
+        known = ("hostSelector", "maxPerHost", "minReadySeconds", "allowDataMove", "servicePorts", "service")
+        for k, v in (value or {}).items():
+            line = line_of(value, k, at)
+            if k in ("hostSelector", "maxPerHost"):
+                self._placement_put(str(k), v, line)
+            elif k in ("minReadySeconds", "allowDataMove"):
+                self.put(str(k), v, line)
+            elif k not in known:
+                self.p.fail(line, self.path("x-gitsync", k), f"unknown key (known keys here: {', '.join(known)})")
+        self.x = value or {}
+
+    def _finish(self) -> None:
+        p, x = self.p, self.x
+        if self.env:
+            self.put("env", node(self.line, self.env), self.at("environment") or self.at("env_file"))
+        ports: dict[tuple[int, str], tuple[int | None, int]] = {}
+        for port, proto, host, line in self.container_ports:
+            if (port, proto) not in ports or host is not None:
+                ports[(port, proto)] = (host, line)
+        if ports:
+            self.put("ports", nlist(self.at("ports") or self.at("expose"), [
+                node(line, {"containerPort": port, "hostPort": host, "protocol": proto if proto != "tcp" else None}) for (port, proto), (host, line) in ports.items()
+            ], [line for _, line in ports.values()]), self.at("ports") or self.at("expose"))
+        if self.volumes:
+            self.put("volumes", nlist(self.at("volumes"), [node(line, v) for line, v in self.volumes], [line for line, _ in self.volumes]), self.at("volumes"))
+        if self.tmpfs:
+            self.put("tmpfs", nlist(self.at("tmpfs") or self.at("volumes"), self.tmpfs), self.at("tmpfs") or self.at("volumes"))
+        self.spec.setdefault("restart", "no")  # compose's default: Docker does not restart it (the agent still heals it)
+        update = self.spec.setdefault("update", node(self.line))
+        update.setdefault("order", "stop-first")  # compose recreates a container stop-first
+        labels = {**self.labels, PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}
+        p.docs.append(Doc("Deployment", self.name, self.line, node(self.line, self.spec, self.lines), labels, self.label_lines))
+        renumber = {number(k): number(v) for k, v in (x.get("servicePorts") or {}).items()}
+        targets: dict[int, tuple[int | None, int]] = {}
+        for target, published, line in self.service_ports:
+            if target not in targets or published is not None:
+                targets[target] = (published, line)
+        if not targets or x.get("service") in (False, "false"):
+            return
+        sports = [node(line, {"port": renumber.get(t, t), "targetPort": t, "hostPort": pub}) for t, (pub, line) in targets.items()]
+        spec = node(self.line, {"selector": node(self.line, {PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}), "ports": nlist(self.line, sports, [line for _, line in targets.values()])})
+        p.docs.append(Doc("Service", self.name, self.line, spec))
+
+
+def _merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = yamlsrc.Node()
+        out.line = getattr(over, "line", 0)
+        for k in list(base) + [k for k in over if k not in base]:
+            if k in over and isinstance(over[k], yamlsrc.Reset):
+                continue
+            value = _merge(base[k], over[k]) if k in base and k in over else over[k] if k in over else base[k]
+            out[k] = value
+            out.lines[k] = line_of(over, k) if k in over else line_of(base, k)
+        return out
+    return over
+
+
+def _join(folder: str, path: str) -> str | None:
+    parts = [p for p in (folder.split("/") if folder else []) + path.split("/") if p and p != "."]
+    out: list[str] = []
+    for p in parts:
+        if p == "..":
+            if not out:
+                return None
+            out.pop()
+        else:
+            out.append(p)
+    return "/".join(out)
+
+
+def _range(text: str) -> Any:
+    return text if "-" in text else number(text)
+
+
+_SHORT_PORT = re.compile(r"^(?:(?:\[(?P<ip6>[^\]]+)\]|(?P<ip>[^:\[\]]*)):)??(?:(?P<pub>[\d-]*):)?(?P<target>[\d-]+)(?:/(?P<proto>\w+))?$")
+
+
+def _short_port(text: str) -> tuple[str | None, Any, Any, str] | None:
+    m = _SHORT_PORT.match(text.strip())
+    if m is None:
+        return None
+    pub = m.group("pub")
+    return m.group("ip6") or m.group("ip") or None, _range(pub) if pub else None, _range(m.group("target")), m.group("proto") or "tcp"
+
+
+def _expand(target: Any, published: Any, mapper: ServiceMapper, line: int, i: int) -> list[tuple[int, int | None]]:
+    """Port ranges (8000-8002 or 8000-8002:9000-9002) as (target, published) pairs."""
+    def span(v: Any) -> list[int] | None:
+        if isinstance(v, int):
+            return [v]
+        m = re.fullmatch(r"(\d+)-(\d+)", str(v))
+        return list(range(int(m.group(1)), int(m.group(2)) + 1)) if m and int(m.group(1)) <= int(m.group(2)) <= int(m.group(1)) + 100 else None
+
+    targets = span(target)
+    pubs = span(published) if published is not None else None
+    if targets is None or (published is not None and pubs is None) or any(not 1 <= t <= 65535 for t in (targets or []) + (pubs or [])):
+        mapper.p.fail(line, mapper.path("ports", i), f"{target if published is None else f'{published}:{target}'} is not a port or a range of at most 100 ports")
+        return []
+    if pubs is not None and len(pubs) != len(targets):
+        if len(pubs) > 1:
+            mapper.p.fail(line, mapper.path("ports", i), "a published range must be as long as the container range")
+            return []
+        pubs = pubs * len(targets) if len(targets) == 1 else None
+        if pubs is None:
+            mapper.p.fail(line, mapper.path("ports", i), "one published port for a range of container ports")
+            return []
+    return list(zip(targets, pubs or [None] * len(targets)))

@@ -1,0 +1,356 @@
+"""Compose files as desired state: mapped onto the same model as manifests (a compose file plans
+exactly as its equivalent manifests), interpolated as compose does, checked against the compose
+schema, every unsupported key refused with file:line and why; the corpora of compose files written
+by others load or are refused for a documented reason, at the stage their index names."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gitsync import compose
+from gitsync import config as config_mod
+from gitsync.compose.interpolate import InterpolationError, interpolate, parse_env_file
+from gitsync.errors import ManifestError
+from gitsync.live import HostObservation
+from gitsync.manifest import load_files
+from gitsync.plan import make_plan
+from tests.conftest import need_corpora
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTS = config_mod.parse(
+    "name: t\nhosts:\n"
+    "  - {name: h1, url: 'tcp://10.0.0.1:2375', labels: {role: web}}\n"
+    "  - {name: h2, url: 'tcp://10.0.0.2:2375', labels: {role: web}}\n"
+    "  - {name: h3, url: 'tcp://10.0.0.3:2375', labels: {role: db}}\n"
+).hosts
+
+SHOP = """\
+name: shop
+services:
+  web:
+    image: registry.example.com/web:1.2
+    ports: ["8000:80"]
+    depends_on: [api]
+    deploy:
+      replicas: 2
+      update_config: {parallelism: 1, order: start-first}
+    healthcheck:
+      test: wget -q -O /dev/null http://127.0.0.1/
+      interval: 2s
+  api:
+    image: registry.example.com/api:${API_TAG:-3}
+    command: app-api --port 8080
+    environment:
+      DB_HOST: db
+      DEBUG: "false"
+    expose: [8080]
+    depends_on:
+      db: {condition: service_healthy}
+    deploy:
+      replicas: 2
+      resources: {limits: {memory: 128M, cpus: "0.5"}}
+      placement: {constraints: ["node.labels.role == web"], max_replicas_per_node: 1}
+    restart: unless-stopped
+  db:
+    image: postgres:16.4
+    volumes: ["pgdata:/var/lib/postgresql/data"]
+    environment: [POSTGRES_PASSWORD=secret]
+    expose: ["5432"]
+    stop_grace_period: 30s
+    healthcheck:
+      test: ["CMD", "pg_isready"]
+    x-gitsync: {hostSelector: {role: db}}
+volumes:
+  pgdata: {}
+"""
+
+EQUIVALENT = """\
+apiVersion: gitsync.io/v1
+kind: Deployment
+metadata: {name: web, labels: {compose.project: shop, compose.service: web}}
+spec:
+  image: registry.example.com/web:1.2
+  replicas: 2
+  ports: [{containerPort: 80}]
+  dependsOn: [api]
+  update: {parallelism: 1, order: start-first}
+  healthcheck: {test: wget -q -O /dev/null http://127.0.0.1/, interval: 2s}
+  restart: "no"
+---
+apiVersion: gitsync.io/v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {compose.project: shop, compose.service: web}
+  ports: [{port: 80, targetPort: 80, hostPort: 8000}]
+---
+apiVersion: gitsync.io/v1
+kind: Deployment
+metadata: {name: api, labels: {compose.project: shop, compose.service: api}}
+spec:
+  image: registry.example.com/api:3
+  command: [app-api, --port, "8080"]
+  env: {DB_HOST: db, DEBUG: "false"}
+  ports: [{containerPort: 8080}]
+  dependsOn: [db]
+  replicas: 2
+  resources: {limits: {memory: 128Mi, cpus: 0.5}}
+  placement: {hostSelector: {role: web}, maxPerHost: 1}
+  update: {order: stop-first}
+  restart: unless-stopped
+---
+apiVersion: gitsync.io/v1
+kind: Service
+metadata: {name: api}
+spec:
+  selector: {compose.project: shop, compose.service: api}
+  ports: [{port: 8080}]
+---
+apiVersion: gitsync.io/v1
+kind: Deployment
+metadata: {name: db, labels: {compose.project: shop, compose.service: db}}
+spec:
+  image: postgres:16.4
+  volumes: [{name: shop_pgdata, mountPath: /var/lib/postgresql/data}]
+  env: {POSTGRES_PASSWORD: secret}
+  ports: [{containerPort: 5432}]
+  stopGracePeriod: 30s
+  healthcheck: {test: [CMD, pg_isready]}
+  placement: {hostSelector: {role: db}}
+  update: {order: stop-first}
+  restart: "no"
+---
+apiVersion: gitsync.io/v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {compose.project: shop, compose.service: db}
+  ports: [{port: 5432}]
+---
+apiVersion: gitsync.io/v1
+kind: Volume
+metadata: {name: shop_pgdata}
+"""
+
+
+def empty_hosts() -> dict[str, HostObservation]:
+    return {h.name: HostObservation(h.name, True, []) for h in HOSTS}
+
+
+def refused(files: dict[str, str], **kw: object) -> list[str]:
+    with pytest.raises(ManifestError) as err:
+        load_files({k: v.encode() for k, v in files.items()}, **kw)  # type: ignore[arg-type]
+    return [str(p) for p in err.value.problems]
+
+
+def test_a_compose_file_plans_exactly_as_its_equivalent_manifests() -> None:
+    from_compose = load_files({"shop/compose.yaml": SHOP.encode()})
+    from_manifests = load_files({"shop.yaml": EQUIVALENT.encode()})
+    assert dict(from_compose.objects) == dict(from_manifests.objects)
+    a, b = make_plan(from_compose, empty_hosts(), HOSTS, "t"), make_plan(from_manifests, empty_hosts(), HOSTS, "t")
+    assert a.to_json() == b.to_json() and a.counts()["create"] == 8, a.to_json()  # 5 replicas, a proxy on each of 3 hosts
+    db = from_compose.deployment("db")
+    assert db is not None and db.origin is not None and str(db.origin) == "shop/compose.yaml:27"
+
+
+def test_ports_expose_and_published_ports_map_onto_services_or_host_ports() -> None:
+    text = """\
+services:
+  dns:
+    image: dns:1
+    ports: ["53:53/udp", "8053:53", {target: 9000, published: 9000, mode: host}, "127.0.0.1::7000"]
+"""
+    got = refused({"p/compose.yaml": text})
+    assert got == ["p/compose.yaml:4: services.dns.ports[3]: not supported by gitsync: host_ip 127.0.0.1: a port is published on every address of the hosts"]
+    d = load_files({"p/compose.yaml": text.replace(', "127.0.0.1::7000"', "").encode()})
+    dep, svc = d.deployment("dns"), d.services[0]
+    assert dep is not None and sorted((p.container_port, p.host_port or 0, p.protocol) for p in dep.ports) == [(53, 0, "tcp"), (53, 53, "udp"), (9000, 9000, "tcp")]
+    assert [(p.port, p.target_port, p.host_port) for p in svc.ports] == [(53, 53, 8053)]  # TCP through the Service, on every host
+
+
+@pytest.mark.parametrize(
+    ("text", "variables", "expected"),
+    [
+        ("$A-${A}", {"A": "x"}, "x-x"), ("${A:-d}|${A-d}", {"A": ""}, "d|"), ("${B:-d}|${B-d}", {}, "d|d"),
+        ("${A:+alt}|${A+alt}", {"A": ""}, "|alt"), ("${A:+alt}", {"A": "v"}, "alt"), ("$$A $${A}", {"A": "x"}, "$A ${A}"),
+        ("${A:-${B:-deep}}", {}, "deep"), ("cost $5", {}, "cost $5"), ("${UNSET}", {}, ""), ("${A:?}", {"A": "v"}, "v"),
+    ],
+)
+def test_interpolation_as_compose_does_it(text: str, variables: dict[str, str], expected: str) -> None:
+    assert interpolate(text, variables) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("${A:?set A to the tag}", "required variable A is missing a value: set A to the tag"), ("${A?}", "required variable A is missing a value"),
+        ("${A:-x", "a '${' is not closed"), ("${ A}", "'${' must be followed by a variable name"), ("${A*x}", "after ${A comes"),
+    ],
+)
+def test_interpolation_errors(text: str, message: str) -> None:
+    with pytest.raises(InterpolationError) as err:
+        interpolate(text, {"A": ""} if "?}" not in text else {})
+    assert message in str(err.value)
+
+
+def test_variables_come_from_the_projects_env_and_the_agent_configuration_never_the_agents_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "services:\n  web:\n    image: web:${TAG}\n    environment: ['SECRET=${GITSYNC_TOKEN:-none}', FROM_ENV]\n"
+    env = "# the project's defaults\nexport TAG=1.0\nFROM_ENV='from .env'\nQUOTED=\"a\\nb\" # comment\n"
+    monkeypatch.setenv("GITSYNC_TOKEN", "do-not-leak")
+    d = load_files({"p/compose.yaml": text.encode(), "p/.env": env.encode()})
+    web = d.deployment("web")
+    assert web is not None and web.image == "web:1.0" and dict(web.env) == {"SECRET": "none", "FROM_ENV": "from .env"}
+    cfg = config_mod.parse("compose: {variables: {TAG: '2.0'}, variablesFromEnvironment: [GITSYNC_TOKEN]}").compose
+    web = load_files({"p/compose.yaml": text.encode(), "p/.env": env.encode()}, variables=cfg.resolved()).deployment("web")
+    assert web is not None and web.image == "web:2.0" and dict(web.env)["SECRET"] == "do-not-leak"  # named explicitly: passed
+    assert parse_env_file(env)[0]["QUOTED"] == "a\nb"
+    assert refused({"p/compose.yaml": "services:\n  web:\n    image: web:${TAG:?set TAG}\n"}) == [
+        "p/compose.yaml:3: services.web.image: required variable TAG is missing a value: set TAG"
+    ]
+
+
+def test_unsupported_keys_are_refused_with_the_key_and_why_and_the_policy_applies() -> None:
+    text = """\
+services:
+  web:
+    build: .
+    image: web:1
+    privileged: true
+    tty: true
+    volumes: ["./conf:/etc/app", "/srv/data:/data"]
+"""
+    assert refused({"p/compose.yaml": text}) == [
+        "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image",
+        "p/compose.yaml:6: services.web.tty: not supported by gitsync; remove it, or deploy this service with a manifest (README: compose)",
+        "p/compose.yaml:7: services.web.volumes[0]: ./conf: a path relative to the compose file means nothing on a host; use an absolute path the hosts have",
+    ]
+    ok = text.replace("    build: .\n", "").replace("    tty: true\n", "").replace('"./conf:/etc/app", ', "")
+    assert refused({"p/compose.yaml": ok}) == [
+        "p/compose.yaml:4: privileged: not allowed by this agent's policy (policy.allowPrivileged)",
+        "p/compose.yaml:5: volumes[0].hostPath: not allowed by this agent's policy (/srv/data: no policy.bindMounts entry allows this path)",
+    ]
+
+
+def test_names_both_formats_define_are_errors_naming_both_places_and_one_project_per_folder() -> None:
+    manifest = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {image: 'web:1'}\n"
+    got = refused({"apps/web.yaml": manifest, "p/compose.yaml": "services:\n  web: {image: 'web:2'}\n"})
+    assert got == ["p/compose.yaml:2: Deployment 'web' is declared twice (first at apps/web.yaml:1)"]
+    got = refused({"p/compose.yaml": "services: {}\n", "p/docker-compose.yml": "services: {}\n"})
+    assert got == ["p/docker-compose.yml: a folder holds one compose project; p/compose.yaml is there too: keep one of them"]
+    assert refused({"p/compose.yaml": "services:\n  Web_1: {image: 'web:2'}\n"})[0].startswith(
+        "p/compose.yaml:2: services.Web_1: 'Web_1' cannot name a Deployment: lower-case letters"
+    )
+
+
+def test_compose_tags_profiles_extends_and_swarm_ignored_keys() -> None:
+    text = """\
+services:
+  base:
+    image: app:1
+    command: [serve]
+    environment: {A: "1", B: "2"}
+  worker:
+    extends: base
+    command: !reset null
+    environment: {B: "3"}
+    container_name: the-worker
+  debug:
+    image: app:1
+    profiles: [debug]
+"""
+    d = load_files({"p/compose.yaml": text.encode()})
+    w = d.deployment("worker")
+    assert w is not None and w.command is None and dict(w.env) == {"A": "1", "B": "3"} and d.deployment("debug") is None
+    assert d.warnings == ("p/compose.yaml:10: services.worker.container_name: ignored, as Swarm does: gitsync names replicas <agent>-worker-<n>; reach it by its service name",)
+    assert load_files({"p/compose.yaml": text.encode()}, profiles=frozenset({"debug"})).deployment("debug") is not None
+
+
+# -- the corpora ----------------------------------------------------------------------------------
+
+def _load(path: Path) -> tuple[compose.Loaded, list[str]]:
+    files = {"p/compose.yaml": path.read_bytes()}
+    loaded = compose.load_project("p/compose.yaml", files)
+    if loaded.problems:
+        return loaded, [str(p) for p in loaded.problems]
+    try:
+        load_files(files, config_mod.PolicySettings(allow_host_network=True, bind_mounts=(config_mod.BindRule("/", False),)))
+    except ManifestError as exc:
+        loaded.stage = compose.Stage.SEMANTIC
+        return loaded, [str(p) for p in exc.problems]
+    return loaded, []
+
+
+def _reason(problem: str) -> str:
+    """The unsupported feature a refusal names: its compose key."""
+    key = problem.split(": ", 2)[1]
+    return key.split(".")[-1].split("[")[0] if key.startswith(("services.", "volumes.", "networks.")) else key
+
+
+def corpus_summary(folder: Path) -> tuple[int, int, Counter[str]]:
+    loads, total, reasons = 0, 0, Counter[str]()
+    for path in sorted(folder.glob("*.y*ml")):
+        total += 1
+        loaded, problems = _load(path)
+        if not problems:
+            loads += 1
+            continue
+        assert loaded.stage == compose.Stage.SEMANTIC, (path.name, problems)
+        for p in problems:  # each refusal is for a documented unsupported feature, or a file the corpus left out
+            assert compose.mapping.UNSUPPORTED in p or "not in the repository" in p or "relative to the compose file" in p or "anonymous volume" in p, (path.name, p)
+        reasons.update({_reason(p) for p in problems})
+    return loads, total, reasons
+
+
+def test_the_compose_corpus_loads_or_is_refused_for_documented_reasons_and_the_readme_says_how_many() -> None:
+    accept = need_corpora() / "compose" / "accept"
+    loads, total, reasons = corpus_summary(accept)
+    line = f"{loads} of {total} load"
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert line in readme, f"README.md should report the compose corpus: {line}; refused for {dict(reasons)}"
+
+
+def test_every_rejected_compose_file_is_refused_at_the_stage_its_index_names() -> None:
+    folder = need_corpora() / "compose"
+    index = json.loads((folder / "reject" / "_index.json").read_text())
+    for entry in index["reject"]:
+        loaded, problems = _load(folder / entry["file"])
+        assert problems, entry["file"]
+        assert all(p.startswith("p/compose.yaml:") for p in problems), problems  # file:line
+        assert loaded.stage == entry["stage"], (entry["file"], loaded.stage, problems)
+    loaded, problems = _load(folder / "edge" / "compose-go__extends-reset-tag.yaml")
+    assert problems == [], problems  # !reset loads
+    loaded, problems = _load(folder / "edge" / "docker-compose-v2__pre_start__schema-version-skew.yaml")
+    assert loaded.stage == compose.Stage.SEMANTIC and "pre_start: not supported by gitsync" in problems[0]  # the schema knows it; gitsync does not
+
+
+def test_the_schema_shipped_is_the_one_docker_compose_validates_with() -> None:
+    theirs = need_corpora() / "compose" / "schema" / "compose-go.compose-spec.2020-12.json"
+    assert json.loads(compose.schema.SCHEMA_FILE.read_text()) == json.loads(theirs.read_text())
+
+
+def test_awesome_compose_stacks_of_images_only_load_and_plan_or_are_refused_for_documented_reasons() -> None:
+    corpus = need_corpora() / "awesome-compose"
+    catalog = json.loads((corpus / "catalog.json").read_text())
+    planned, total = [], 0
+    for ex in catalog["examples"]:
+        if not ex["image_only"]:
+            continue
+        total += 1
+        files = {ex["compose_file"]: (corpus / "compose-files" / ex["compose_file"]).read_bytes()}
+        open_policy = config_mod.PolicySettings(bind_mounts=(config_mod.BindRule("/", False),))
+        try:
+            desired = load_files(files, open_policy)
+        except ManifestError as exc:
+            for p in exc.problems:
+                assert compose.mapping.UNSUPPORTED in str(p) or "relative to the compose file" in str(p) or "not declared" in str(p), (ex["example"], str(p))
+            continue
+        plan = make_plan(desired, empty_hosts(), HOSTS, "t")
+        assert not plan.problems, (ex["example"], plan.problems)
+        assert plan.counts()["create"] >= len(desired.deployments), ex["example"]
+        planned.append(ex["example"])
+    line = f"{len(planned)} of the {total} awesome-compose stacks that use only images load and plan"
+    assert line in " ".join((ROOT / "README.md").read_text().split()), f"README.md should say: {line} ({', '.join(planned)})"
