@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields as dc_fields, replace
 from typing import Any
 
-from .fields import Ctx, Obj, read_bool, read_command, read_enum, read_list, read_str, read_str_map, shown, type_name
+from .fields import Ctx, Obj, read_bool, read_command, read_enum, read_list, read_parsed, read_str, read_str_map, shown, type_name
 from .models import BindMount, ContainerOptions, NetworkMode
 from .units import parse_cpus, parse_size
 
@@ -96,25 +96,11 @@ def _extra_hosts(ctx: Ctx, obj: Obj) -> tuple[tuple[str, str], ...]:
 
 
 def _size(ctx: Ctx, obj: Obj, key: str) -> int | None:
-    value = obj.get(key, None)
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ValueError as exc:
-        ctx.add(obj.line_of(key), obj.sub(key), str(exc))
-        return None
+    return read_parsed(ctx, obj, key, parse_size, None)
 
 
 def _cpus(ctx: Ctx, obj: Obj, key: str) -> float | None:
-    value = obj.get(key, None)
-    if value is None:
-        return None
-    try:
-        return parse_cpus(value)
-    except ValueError as exc:
-        ctx.add(obj.line_of(key), obj.sub(key), str(exc))
-        return None
+    return read_parsed(ctx, obj, key, parse_cpus, None)
 
 
 def _resources(ctx: Ctx, spec: Obj) -> dict[str, Any]:

@@ -213,14 +213,18 @@ class Engine:
         except EngineError as exc:
             raise EngineError(self.host, f"cannot pull {image}: {exc.detail}") from None
 
-    def ensure_volume(self, name: str, labels: Mapping[str, str], driver: str = "local", options: Mapping[str, str] | None = None) -> None:
-        """Create the named volume unless it exists (one made meanwhile by someone else is fine)."""
+    def has_volume(self, name: str) -> bool:
         try:
             with _translated(self.host):
                 self._api.inspect_volume(name)
-            return
+            return True
         except NotFound:
-            pass
+            return False
+
+    def ensure_volume(self, name: str, labels: Mapping[str, str], driver: str = "local", options: Mapping[str, str] | None = None) -> None:
+        """Create the named volume unless it exists (one made meanwhile by someone else is fine)."""
+        if self.has_volume(name):
+            return
         try:
             with _translated(self.host):
                 self._api.create_volume(name, driver=driver, driver_opts=dict(options or {}) or None, labels=dict(labels))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -128,15 +128,23 @@ def read_bool(ctx: Ctx, obj: Obj, key: str, default: bool = False) -> bool:
     return value
 
 
-def read_duration(ctx: Ctx, obj: Obj, key: str, default: float) -> float:
+P = TypeVar("P")
+
+
+def read_parsed(ctx: Ctx, obj: Obj, key: str, parse: Callable[[Any], P], default: P) -> P:
+    """The value parsed by `parse` (whose ValueError says what is wrong), or `default`."""
     value = obj.get(key, None)
     if value is None:
         return default
     try:
-        return parse_duration(value)
+        return parse(value)
     except ValueError as exc:
         ctx.add(obj.line_of(key), obj.sub(key), str(exc))
         return default
+
+
+def read_duration(ctx: Ctx, obj: Obj, key: str, default: float) -> float:
+    return read_parsed(ctx, obj, key, parse_duration, default)
 
 
 E = TypeVar("E", bound=enum.StrEnum)

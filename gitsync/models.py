@@ -64,6 +64,7 @@ class Volume:
     access_mode: AccessMode = AccessMode.READ_WRITE_ONCE
     shared: bool = False  # every host sees the same data (network storage)
     per_replica: bool = False  # replica N mounts its own volume <name>-N
+    external: bool = False  # made outside gitsync: used where it exists, never made, labelled or compared
     origin: Origin | None = field(default=None, compare=False)
 
     def docker_name(self, replica: int) -> str:

@@ -108,6 +108,8 @@ class Project:
         decl = (self.root.get("volumes") or {}).get(key)
         if isinstance(decl, dict) and isinstance(decl.get("name"), str):
             return str(decl["name"])
+        if isinstance(decl, dict) and decl.get("external") in (True, "true"):
+            return key  # an external volume is found by its own name
         return f"{self.name}_{key}"  # compose's own naming: data docker compose made on a host is found
 
     def map(self) -> None:
@@ -145,7 +147,8 @@ class Project:
             elif opt == "driver_opts":
                 spec["driverOpts"], lines["driverOpts"] = node(at, {str(k): str(v) for k, v in value.items()}, {str(k): line_of(value, k, at) for k in value}), at
             elif opt == "name":
-                continue
+                if not value:
+                    self.fail(at, f"volumes.{key}.name", "is empty (an unset variable?)")
             elif opt == "x-gitsync":
                 for k, v in (value or {}).items():
                     if k not in ("accessMode", "shared", "perReplica"):
@@ -155,8 +158,10 @@ class Project:
             elif str(opt).startswith("x-"):
                 continue
             elif opt == "external":
-                if value not in (False, "false"):
-                    self.refuse(at, f"volumes.{key}.external", "gitsync makes and labels the volumes it mounts; drop external (an existing unlabelled volume of that name is reported, never taken over)")
+                if value in (True, "true"):
+                    if "driver" in decl or "driver_opts" in decl:
+                        self.fail(at, f"volumes.{key}.external", "conflicts with driver and driver_opts: an external volume exists already")
+                    spec["external"], lines["external"] = True, at
             else:
                 self.refuse(at, f"volumes.{key}.{opt}")
         self.docs.append(Doc("Volume", self.volume_name(key), line, node(line, spec, lines)))

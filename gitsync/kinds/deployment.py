@@ -417,6 +417,9 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
             )
         if unplaced:
             why = why_unplaced(d, len(unplaced), eligible, fresh, unreachable)
+            for v in {desired.volume(m.name) for m in d.volumes if desired.volume(m.name).external}:
+                have = [h.name for h in eligible if view.observed[h.name].volume(v.name) is not None]
+                why += f"; external volume {v.name} exists on {', '.join(have) or 'none of the eligible hosts'} (gitsync never makes it)"
             for other in sorted(set(taken.values())):
                 on = ", ".join(sorted(h for h, o in taken.items() if o == other))
                 ports = ", ".join(f"{p}/{proto}" for p, proto in _host_ports(d) if any(held_ports.get((h, p, proto)) == other for h in taken))
@@ -474,11 +477,13 @@ def _data_home(
 
 def _volume_conflict(desired: DesiredState, d: Deployment, idx: int, view: PlanView, host: str) -> bool:
     """A volume the replica would mount exists on the host but is not ours, or not as Git says
-    (the Volume kind's plan names it): no replica is created there on it."""
+    (the Volume kind's plan names it), or is external and not there: no replica is created there on it."""
     for m in d.volumes:
         v = desired.volume(m.name)
         live = view.observed[host].volume(v.docker_name(idx))
-        if live is not None and (live.owner != view.agent or differs(live, v)):
+        if v.external and live is None:
+            return True
+        if not v.external and live is not None and (live.owner != view.agent or differs(live, v)):
             return True
     return False
 

@@ -141,6 +141,9 @@ class HostApplier:
             if v.per_replica or v.access_mode == AccessMode.READ_WRITE_ONCE:
                 labels[L.REPLICA] = str(replica)  # the replica whose data it holds (a ReadWriteOnce volume has one)
             vname = v.docker_name(replica)
+            if v.external:  # Docker would make a missing one, empty: it must be there
+                self._once(self._volumes_ok, vname, lambda vname=vname: self._external(vname, d))
+                continue
             self._once(self._volumes_ok, vname, lambda vname=vname, v=v, labels=labels: self.engine.ensure_volume(vname, labels, v.driver, dict(v.driver_opts)))
         network = L.network_name(self.agent)
         self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
@@ -148,6 +151,11 @@ class HostApplier:
         container_id = self.engine.create(spec)
         self.engine.start(container_id)
         return container_id
+
+    def _external(self, name: str, d: Deployment) -> None:
+        if not self.engine.has_volume(name):
+            raise ApplyError(f"{d.name}: external volume {name} does not exist on {self.host}; create it there (docker volume create {name}), "
+                             "or declare it without external: true for gitsync to make it")
 
     def stop_remove(self, container: str, grace: float) -> None:
         """Stop and remove a replica for good: first out of every Service's endpoints (drained)."""

@@ -38,10 +38,13 @@ class VolumeKind(Kind):
         mode = read_enum(ctx, spec, "accessMode", AccessMode.READ_WRITE_ONCE)
         shared = read_bool(ctx, spec, "shared")
         per_replica = read_bool(ctx, spec, "perReplica")
+        external = read_bool(ctx, spec, "external")
+        if external and ("driver" in spec.node or "driverOpts" in spec.node or per_replica):
+            ctx.add(spec.line_of("external"), "spec.external", "an external volume exists already: it has no driver, driverOpts or perReplica of gitsync's")
         spec.finish()
         if len(ctx.problems) != before:
             return None
-        return Volume(head.name, driver, opts, mode, shared, per_replica, head.origin)
+        return Volume(head.name, driver, opts, mode, shared, per_replica, external, head.origin)
 
     def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
         declared = {v.name: v for v in objects}
@@ -67,7 +70,7 @@ class VolumeKind(Kind):
             obs = view.observed[h.name]
             for live in obs.volumes:
                 v = wanted.get(live.name)
-                if v is None:
+                if v is None or v.external:
                     continue
                 if live.owner != view.agent:
                     owner = f"gitsync agent {live.owner}" if live.owner else "no gitsync agent (made by hand or another tool)"

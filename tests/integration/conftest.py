@@ -8,7 +8,9 @@ no dockerd) the tests skip with the reason, except under CI=true, where they fai
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,22 @@ def github_forge() -> Iterator[FakeForge]:
         pytest.skip(f"{OCTOKIT} missing: run scripts/test once")
     with FakeForge("github") as forge:
         yield forge
+
+
+def http_call(addr: str, port: int, path: str, body: str | None = None, within: float = 10.0, timeout: float = 10.0) -> tuple[int, str]:
+    """(status, body) of one request (POST with a body, else GET), retried for `within` seconds while
+    the connection fails: a replica just (re)started may take a moment to answer (the proxies' next
+    check), as a client with retries would see."""
+    deadline = time.monotonic() + within
+    while True:
+        conn = http.client.HTTPConnection(addr, port, timeout=timeout)
+        try:
+            conn.request("POST" if body is not None else "GET", path, body=body)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.3)
+        finally:
+            conn.close()

@@ -4,17 +4,15 @@ hosts, then changed in Git (an image, replicas, a removed service) and converged
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import cli
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, http_call
 
 pytestmark = pytest.mark.docker
 
@@ -27,19 +25,7 @@ def replicas(fleet: Fleet, service: str) -> list[tuple[str, str]]:
 
 
 def call(addr: str, path: str, body: str | None = None) -> tuple[int, str]:
-    deadline = time.monotonic() + 10
-    while True:
-        conn = http.client.HTTPConnection(addr, 8000, timeout=10)
-        try:
-            conn.request("POST" if body is not None else "GET", path, body=body)
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode()
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.3)
-        finally:
-            conn.close()
+    return http_call(addr, 8000, path, body)
 
 
 def test_a_compose_project_runs_across_hosts_by_service_name_and_converges_on_changes(fleet: Fleet) -> None:

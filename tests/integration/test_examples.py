@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, http_call
 
 pytestmark = pytest.mark.docker
 
@@ -59,9 +59,6 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
 def test_the_three_tier_application_keeps_its_rows_through_a_database_upgrade(fleet: Fleet) -> None:
     """examples/three-tier, offline: web -> api -> db by Service names, rows written through the web
     tier's hostPort, kept on db's volume through an image change of the database (stop-first)."""
-    import http.client
-    import time
-
     for e in fleet.engines:
         r = subprocess.run(["bash", "scripts/example-image"], cwd=ROOT, env={**os.environ, "DOCKER_HOST": e.unix_url}, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -75,19 +72,7 @@ def test_the_three_tier_application_keeps_its_rows_through_a_database_upgrade(fl
     assert "3/3 deployments converged" in r.out and "3/3 Services ready" in r.out, r.out
 
     def call(path: str, body: str | None = None) -> tuple[int, str]:
-        deadline = time.monotonic() + 10
-        while True:
-            conn = http.client.HTTPConnection(fleet.engines[2].addr, 8000, timeout=10)  # any host: h3
-            try:
-                conn.request("POST" if body is not None else "GET", path, body=body)
-                resp = conn.getresponse()
-                return resp.status, resp.read().decode()
-            except (OSError, http.client.HTTPException):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.3)
-            finally:
-                conn.close()
+        return http_call(fleet.engines[2].addr, 8000, path, body)  # any host: h3
 
     assert call("/cgi-bin/add", "order 1") == (200, "stored\n")
     assert call("/cgi-bin/add", "order 2") == (200, "stored\n")

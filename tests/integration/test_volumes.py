@@ -4,15 +4,13 @@ and moves only when Git allows it; the old volume is never removed."""
 
 from __future__ import annotations
 
-import http.client
 from pathlib import Path
-import time
 
 import pytest
 
 from tests import testbed
 from tests.conftest import cli
-from tests.integration.conftest import Fleet
+from tests.integration.conftest import Fleet, http_call
 
 pytestmark = pytest.mark.docker
 
@@ -40,22 +38,10 @@ def where(fleet: Fleet, skip: str = "") -> list[str]:
 
 
 def rows(fleet: Fleet, via: str = "h1", within: float = 5.0) -> str:
-    """What the database serves at /rows, through its Service; a replica just (re)started may take a
-    moment to answer (the proxies' next check), as a client with retries would see."""
+    """What the database serves at /rows, through its Service."""
     addr = next(e.addr for e in fleet.engines if e.name == via)
-    deadline = time.monotonic() + within
-    while True:
-        conn = http.client.HTTPConnection(addr, 8090, timeout=3)
-        try:
-            conn.request("GET", "/rows")
-            resp = conn.getresponse()
-            return resp.read().decode() if resp.status == 200 else f"HTTP {resp.status}"
-        except (OSError, http.client.HTTPException):
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
-        finally:
-            conn.close()
+    status, text = http_call(addr, 8090, "/rows", within=within, timeout=3)
+    return text if status == 200 else f"HTTP {status}"
 
 
 def write(fleet: Fleet, host: str, line: str) -> None:
@@ -207,3 +193,32 @@ def test_a_volume_gitsync_did_not_make_or_with_other_options_is_refused_with_the
 
 def where_app(fleet: Fleet) -> list[str]:
     return [h for h in fleet.clients for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "app"]
+
+
+def test_an_external_volume_is_used_on_the_host_that_has_it_and_never_made_elsewhere(fleet: Fleet) -> None:
+    name = f"{fleet.agent}-ext"
+    for api in fleet.clients.values():
+        if name in [v["Name"] for v in (api.volumes() or {}).get("Volumes") or []]:
+            api.remove_volume(name, force=True)
+    fleet.repo.write("apps/app.yaml", (
+        f"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {{name: {name}}}\nspec: {{external: true}}\n---\n"
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: app}\n"
+        f"spec:\n  image: gitsync-test/busybox:1\n  command: [sh, -c, 'trap \"exit 0\" TERM; sleep 600 & wait']\n"
+        f"  volumes: [{{name: {name}, mountPath: /data}}]\n"
+    ))
+    fleet.repo.commit("an app on an external volume")
+    try:
+        out = apply(fleet, code=1)  # on no host yet: nothing is made
+        assert f"external volume {name} exists on none of the eligible hosts (gitsync never makes it)" in out, out
+        assert not any(name in [v["Name"] for v in (api.volumes() or {}).get("Volumes") or []] for api in fleet.clients.values())
+        fleet.clients["h2"].create_volume(name)  # made by hand, unlabelled
+        apply(fleet)
+        assert where_app(fleet) == ["h2"]
+        assert fleet.clients["h2"].inspect_volume(name)["Labels"] in (None, {})  # never labelled, never taken over
+        assert cli("plan", "-c", str(fleet.config)).code == 0
+    finally:
+        for api in fleet.clients.values():
+            for c in api.containers(all=True, filters={"label": [f"io.gitsync.managed-by={fleet.agent}"]}):
+                api.remove_container(c["Id"], force=True)
+            if name in [v["Name"] for v in (api.volumes() or {}).get("Volumes") or []]:
+                api.remove_volume(name, force=True)

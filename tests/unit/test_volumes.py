@@ -136,3 +136,18 @@ def test_the_inventory_lists_our_volumes_with_what_they_hold_and_keeps_the_undec
         ("h1", "old-cache", "db", 0, "no manifest mounts it any more (kept)"),
         ("h1", "pgdata", "db", 0, "in Git"),
     ]
+
+
+def test_an_external_volume_is_used_where_it_exists_never_compared_and_needs_no_driver() -> None:
+    ext = b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: pgdata}\nspec: {external: true}\n"
+    desired = load_files({"db.yaml": db(), "v.yaml": ext})
+    assert desired.volume("pgdata").external
+    obs = {h: HostObservation(h, True, volumes=(vol(owner=""),) if h == "h1" else ()) for h in ("h1", "h2", "h3")}
+    p = plan(desired, obs)
+    assert not p.problems and [(a.kind, a.host) for a in p.actions] == [(ActionKind.CREATE, "h1")]  # made by hand: that is the point
+    both = b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: pgdata}\nspec: {external: true, driver: nfs}\n"
+    assert problems({"db.yaml": db(), "v.yaml": both}) == [
+        "v.yaml:4: spec.external: an external volume exists already: it has no driver, driverOpts or perReplica of gitsync's"
+    ]
+    compose = b"services:\n  db: {image: 'db:1', volumes: ['data:/data']}\nvolumes:\n  data: {external: true}\n"
+    assert load_files({"p/compose.yaml": compose}).volume("data").external  # by its own name, not p_data
