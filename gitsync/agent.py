@@ -35,7 +35,9 @@ from .reconcile import Outcome, SyncResult, Syncer
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State
+from .previews import Previews
 from .triggers import Debouncer, SyncQueue, is_heal
+from .webhooks import Preview
 
 log = logging.getLogger("gitsync.agent")
 
@@ -90,6 +92,7 @@ class Agent:
         self._sync_lock = threading.Lock()  # held by a sync, and by a reload swapping what syncs use
         self._watchers: dict[tuple[str, str], threading.Event] = {}  # (host, url) -> set to stop its watcher
         self._streams: dict[tuple[str, str], EventStream] = {}  # the open event stream of each watcher
+        self.previews = Previews(config, lambda: self.notifier, self.plan_url)
 
     def _install_tracker(self, syncer: Syncer) -> None:
         plain = syncer.observe
@@ -125,6 +128,7 @@ class Agent:
         with self._sync_lock:
             old_syncer, old_notifier = self.syncer, self.notifier
             self.config = new
+            self.previews.config = new
             self.syncer = Syncer(new)
             self.tracker = HostTracker(new, lambda: self.syncer.hosts)
             self._install_tracker(self.syncer)
@@ -151,6 +155,14 @@ class Agent:
     def target_url(self, sync_id: int) -> str | None:
         base = self.config.server.public_url
         return f"{base}/syncs/{sync_id}" if base else None
+
+    def plan_url(self, sha: str) -> str | None:
+        base = self.config.server.public_url
+        return f"{base}/plans/{sha}" if base else None
+
+    def preview(self, p: Preview) -> str:
+        """Queue the plan of another branch's or a pull request's commit (never applied)."""
+        return self.previews.submit(p)
 
     def context(self, deployment: str | None = None) -> str:
         return f"gitsync/{self.config.name}" + (f"/{deployment}" if deployment else "")
@@ -458,6 +470,7 @@ class Agent:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        self.previews.start()
         self._follow_hosts()
         self.nudge("startup")
 
@@ -489,6 +502,7 @@ class Agent:
         self.queue.close()
         for t in self._threads:
             t.join(timeout)
+        self.previews.stop()
         self.notifier.flush(10)
         self.notifier.close()
         self.syncer.close()

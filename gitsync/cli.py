@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
-from .actions import ActionKind, ActionResult, Plan
+from .actions import ActionResult
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
+from .plantext import render_plan
 from .units import format_duration
 
 
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="show what apply would do, per host")
     pl.add_argument("-c", "--config")
     pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.add_argument("--ref", help="plan this branch or commit of the source instead of the tracked branch (never applied)")
     pl.add_argument("path", nargs="?", help="use this folder or repository instead of source.url")
 
     a = sub.add_parser("apply", help="one sync now; wait until converged or failed")
@@ -145,50 +147,18 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 # -- plan -------------------------------------------------------------------
-def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
-    print(f"revision {revision}", file=out)
-    for host in plan.hosts:
-        actions = plan.for_host(host)
-        tag = f" ({hosts_labels[host]})" if hosts_labels.get(host) else ""
-        if host in plan.unreachable:
-            print(f"host {host}{tag}: UNREACHABLE, its replicas are placed elsewhere", file=out)
-            continue
-        if not actions:
-            print(f"host {host}{tag}: no changes", file=out)
-            continue
-        print(f"host {host}{tag}:", file=out)
-        for a in actions:
-            name = a.container_name or "?"
-            what = f"Service {a.deployment}: " if a.object_kind == "Service" and a.kind == ActionKind.RELOAD and a.deployment != "proxy" else ""
-            print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {what}{a.reason}", file=out)
-    if plan.noops:
-        print("up to date:", file=out)
-        for noop in plan.noops:
-            print(f"  = {noop}", file=out)
-    for problem in plan.problems:
-        print(f"problem: {problem}", file=out)
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=out)
-    c = plan.counts()
-    if plan.in_sync:
-        print("in sync: nothing to do", file=out)
-    else:
-        reload = f", {c['reload']} to reload" if c["reload"] else ""
-        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
-
-
-def _preview(cfg: Config, path: str | None) -> Observed:
-    """fetch, load, observe and plan, once."""
+def _preview(cfg: Config, path: str | None, ref: str | None = None) -> Observed:
+    """fetch, load, observe and plan, once (of `ref` when given, else of the tracked branch)."""
     syncer = Syncer(cfg, path)
     try:
-        return syncer.preview()
+        return syncer.preview(ref)
     finally:
         syncer.close()
 
 
 def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _config(args)
-    seen = _preview(cfg, args.path)
+    seen = _preview(cfg, args.path, args.ref)
     plan = seen.plan
     if args.json:
         doc = plan.to_json()

@@ -137,6 +137,14 @@ class ComposeSettings:
 
 
 @dataclass(frozen=True)
+class PreviewSettings:
+    """Plans of other branches and pull requests, posted on their commits (never applied)."""
+
+    enabled: bool = True
+    keep: int = 50  # previews kept for their pages, newest first
+
+
+@dataclass(frozen=True)
 class Config:
     name: str
     source: SourceSettings = field(default_factory=SourceSettings)
@@ -146,6 +154,7 @@ class Config:
     services: ServicesSettings = field(default_factory=ServicesSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     compose: ComposeSettings = field(default_factory=ComposeSettings)
+    previews: PreviewSettings = field(default_factory=PreviewSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -251,7 +260,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -383,8 +392,16 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
         services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
-        compose=_compose(r, root, top.get("compose")), state_dir=state_dir, path=file,
+        compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")), state_dir=state_dir, path=file,
     )
+
+
+def _previews(r: _Reader, root: Any, node: Any) -> PreviewSettings:
+    r.mapping(node, "previews", ("enabled", "keep"), root, "previews")
+    keep = node.get("keep", 50) if isinstance(node, dict) else 50
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
+        raise r.fail(node, "keep", "previews.keep", "must be a whole number from 1 to 1000")
+    return PreviewSettings(r.boolean(node, "enabled", "previews.enabled", True), keep)
 
 
 def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:

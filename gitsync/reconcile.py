@@ -55,6 +55,7 @@ class SyncResult:
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
+    about: dict[str, Any] = field(default_factory=dict)  # the commit: subject, author, time
 
     @property
     def seconds(self) -> float:
@@ -65,6 +66,7 @@ class SyncResult:
             "trigger": self.trigger,
             "revision": self.revision,
             "commit": self.commit,
+            "about": self.about,
             "started": self.started,
             "finished": self.finished,
             "seconds": round(self.seconds, 3),
@@ -180,9 +182,18 @@ class Syncer:
     def plan(self, desired: DesiredState, observed: dict[str, HostObservation]) -> Plan:
         return make_plan(desired, observed, self.config.hosts, self.config.name, self.config.services)
 
-    def preview(self) -> Observed:
-        """fetch, load, observe, plan: what `gitsync plan` shows."""
-        snapshot, desired, observed = self._fetch_load_observe()
+    def preview(self, ref: str | None = None, sha: str | None = None) -> Observed:
+        """fetch, load, observe, plan: what `gitsync plan` shows; of another branch or commit than the
+        tracked one with `ref` (never applied)."""
+        if ref is None:
+            snapshot, desired, observed = self._fetch_load_observe()
+        else:
+            observing = self._observer.submit(self.observe)
+            try:
+                snapshot = self.source.fetch_ref(ref, sha)
+                desired = self.load(snapshot)
+            finally:
+                observed = observing.result()
         return Observed(snapshot, desired, observed, self.plan(desired, observed))
 
     def wait_converged(
@@ -261,7 +272,7 @@ class Syncer:
 
     def _read(self, s: _Sync) -> None:
         def fetched(snapshot: Snapshot) -> None:
-            s.result.revision, s.result.commit = snapshot.revision, snapshot.commit
+            s.result.revision, s.result.commit, s.result.about = snapshot.revision, snapshot.commit, snapshot.about
             if s.on_start is not None:
                 s.on_start(s.result)
 

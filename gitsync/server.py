@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import html
 import json
 import logging
 import os
@@ -32,8 +31,7 @@ from waitress.server import TcpWSGIServer
 
 from . import __version__, webhooks
 from .agent import Agent
-from .history import SyncRecord
-from .units import format_duration
+from .dashboard import not_found, render_dashboard, render_preview, render_previews, render_sync
 
 log = logging.getLogger("gitsync.server")
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" per request under load: no log flood
@@ -41,6 +39,8 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth
 HOOK = re.compile(r"^/hooks/([a-z]+)/?$")
 SYNC_API = re.compile(r"^/api/syncs/(\d{1,18})$")  # a longer number is no sync id (SQLite's are 64-bit): 404
 SYNC_PAGE = re.compile(r"^/syncs/(\d{1,18})$")
+PLAN_API = re.compile(r"^/api/plans/([0-9a-f]{40}|[0-9a-f]{64})$")
+PLAN_PAGE = re.compile(r"^/plans/([0-9a-f]{40}|[0-9a-f]{64})$")
 # Sent with every answer: no sniffing, no framing, nothing loaded from elsewhere (the pages are self-contained).
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -173,7 +173,7 @@ class Handler:
     # -- routes ----------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
-        if (path in ("/", "/index.html", "/api/status") or path.startswith(("/api/syncs", "/syncs/"))) and not self._may_read():
+        if (path in ("/", "/index.html", "/api/status", "/plans") or path.startswith(("/api/syncs", "/syncs/", "/api/plans", "/plans/"))) and not self._may_read():
             return
         if HOOK.match(path) or path == "/api/sync":
             self._json(405, {"error": "use POST"}, {"Allow": "POST"})
@@ -193,10 +193,23 @@ class Handler:
             self._json(200, rec.to_json()) if rec else self._json(404, {"error": "no such sync"})
         elif path in ("/", "/index.html"):
             self._html(200, render_dashboard(self.agent))
+        elif path == "/api/plans":
+            self._json(200, [r.to_json() for r in self.agent.previews.recent()])
+        elif m := PLAN_API.match(path):
+            pr = self.agent.previews.get(m.group(1))
+            self._json(200, pr.to_json()) if pr else self._json(404, {"error": "no preview of that commit (it may be older than the previews kept)"})
+        elif path == "/plans":
+            self._html(200, render_previews(self.agent))
+        elif m := PLAN_PAGE.match(path):
+            pr = self.agent.previews.get(m.group(1))
+            if pr is None:
+                self._html(404, not_found("No preview of that commit. It may be older than the previews kept."))
+            else:
+                self._html(200, render_preview(self.agent, pr))
         elif m := SYNC_PAGE.match(path):
             rec = self.agent.history.get(int(m.group(1)))
             if rec is None:
-                self._html(404, _page("Not found", "<p>No such sync. It may be older than the history keeps.</p>"))
+                self._html(404, not_found("No such sync. It may be older than the history keeps."))
             else:
                 self._html(200, render_sync(self.agent, rec))
         else:
@@ -221,13 +234,17 @@ class Handler:
         body = self._read_body()
         env = self.agent.config.server.webhook_secret_env
         secret = os.environ.get(env) if env else None
-        d = webhooks.decide(provider, {k: v for k, v in self.headers.items()}, body, secret, self.agent.config.source.branch)
+        previews = self.agent.config.previews.enabled
+        d = webhooks.decide(provider, {k: v for k, v in self.headers.items()}, body, secret, self.agent.config.source.branch, previews)
         if d.queue:
             self.agent.nudge(f"webhook:{provider}")
+        if d.preview is not None:
+            self.agent.preview(d.preview)
         self.agent.metrics.webhooks.labels(provider, str(d.code)).inc()
         if d.code >= 400:
             _refusals.warn("webhook %s from %s: %d %s", provider, self.client, d.code, d.reason)
-        self._json(d.code, {"status": "queued" if d.queue else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
+        queued = d.queue or d.preview is not None
+        self._json(d.code, {"status": "queued" if queued else ("ignored" if d.code == 200 else "refused"), "reason": d.reason})
 
     def _api_sync(self) -> None:
         token = self._api_token()
@@ -312,173 +329,3 @@ class HTTPServer:
         self.httpd.task_dispatcher.shutdown(timeout=2)
         wasyncore.close_all(self._map)
         self.thread.join(timeout=5)
-
-
-# -- HTML ------------------------------------------------------------------------
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
-header{background:#1d2430;color:#fff;padding:14px 28px;display:flex;gap:24px;align-items:baseline;flex-wrap:wrap}
-header h1{font-size:20px;margin:0}header a{color:#fff;text-decoration:none}header .meta{color:#c9d1dc;font-size:14px}
-main{padding:20px 28px;max-width:1200px}
-section{background:#fff;border:1px solid #e1e5eb;border-radius:8px;padding:14px 18px;margin-bottom:18px}
-h2{font-size:16px;margin:0 0 10px}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #eef0f3;vertical-align:top}
-th{font-weight:600;color:#546070;font-size:13px}
-code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f3f6;padding:1px 4px;border-radius:4px}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
-.success,.Healthy,.up,.ready{background:#dcf5e3;color:#17663a}.failure,.Degraded,.Missing,.down{background:#fde2e1;color:#a1261e}
-.error,.interrupted{background:#fff0d6;color:#8a5300}.pending,.running,.Progressing,.starting,.draining{background:#e1ecff;color:#1f4fa3}
-.muted{color:#6b7686}.problems li{margin:2px 0}
-"""
-
-
-def _page(title: str, body: str, agent_name: str = "", revision: str | None = None) -> str:
-    meta = f'<span class="meta">agent <b>{html.escape(agent_name)}</b></span>' if agent_name else ""
-    if revision:
-        meta += f'<span class="meta">revision <code style="color:#1d2430">{html.escape(revision)}</code></span>'
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{html.escape(title)} · gitsync</title><style>{CSS}</style></head><body>"
-        f'<header><h1><a href="/">gitsync</a></h1>{meta}</header><main>{body}</main></body></html>'
-    )
-
-
-def _badge(text: str) -> str:
-    return f'<span class="badge {html.escape(text)}">{html.escape(text)}</span>'
-
-
-def _when(ts: float | None) -> str:
-    if not ts:
-        return "–"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def render_dashboard(agent: Agent) -> str:
-    s = agent.status_json()
-    parts: list[str] = []
-    last = s["last_sync"]
-    if last:
-        parts.append(
-            f"<section><h2>Last sync</h2><p>{_badge(last['outcome'])} {html.escape(last['message'])} "
-            f'<span class="muted">at {_when(last["finished"])}</span></p></section>'
-        )
-    else:
-        parts.append("<section><h2>Last sync</h2><p>No sync has finished yet.</p></section>")
-
-    hosts = list(s["hosts"])
-    rows = []
-    for name, d in sorted(s["deployments"].items()):
-        per_host = "".join(f"<td>{d['hosts'].get(h, 0) or ''}</td>" for h in hosts)
-        rows.append(
-            f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(d['health'])}</td>"
-            f"<td>{d['running']}/{d['desired']}</td><td>{html.escape(d['message'])}</td>{per_host}</tr>"
-        )
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in hosts)
-    parts.append(
-        "<section><h2>Deployments</h2>"
-        + (
-            f"<table><tr><th>deployment</th><th>health</th><th>replicas</th><th>detail</th>{head}</tr>{''.join(rows)}</table>"
-            if rows
-            else "<p>No deployments yet.</p>"
-        )
-        + "</section>"
-    )
-    services = s.get("services") or {}
-    if services:
-        srows = []
-        for name, sv in sorted(services.items()):
-            eps = ", ".join(f"{html.escape(e['name'])}@{html.escape(e['host'])} {_badge(e['state'])}" for e in sv["endpoints"]) or "none"
-            srows.append(
-                f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(sv['health'])}</td><td>{html.escape('; '.join(sv['ports']))}</td>"
-                f"<td>{html.escape(sv['message'])}</td><td>{eps}</td></tr>"
-            )
-        parts.append(
-            "<section><h2>Services</h2><table><tr><th>service</th><th>health</th><th>ports</th><th>detail</th><th>endpoints</th></tr>"
-            + "".join(srows) + "</table></section>"
-        )
-    volumes = s.get("volumes") or []
-    if volumes:
-        vrows = "".join(
-            f"<tr><td>{html.escape(v['host'])}</td><td><b>{html.escape(v['name'])}</b></td><td>{html.escape(v['driver'])}</td>"
-            f"<td>{html.escape(str(v['deployment'] or '–'))}{'' if v['replica'] is None else ' replica ' + str(v['replica'])}</td>"
-            f"<td>{html.escape(v['state'])}</td></tr>"
-            for v in volumes
-        )
-        parts.append(
-            "<section><h2>Volumes</h2><table><tr><th>host</th><th>volume</th><th>driver</th><th>holds</th><th>state</th></tr>"
-            + vrows + "</table></section>"
-        )
-    hrows = []
-    for name, h in s["hosts"].items():
-        state = "up" if h["reachable"] else "down"
-        running = sum(1 for c in h["containers"] if c["state"] == "running")
-        labels = ", ".join(f"{k}={v}" for k, v in h["labels"].items()) or "–"
-        err = f" {html.escape(h['error'])}" if h["error"] else ""
-        hrows.append(
-            f"<tr><td><b>{html.escape(name)}</b></td><td>{_badge(state)}{err}</td><td><code>{html.escape(h['url'])}</code></td>"
-            f"<td>{html.escape(labels)}</td><td>{running}/{len(h['containers'])} running</td></tr>"
-        )
-    parts.append(
-        "<section><h2>Hosts</h2><table><tr><th>host</th><th>state</th><th>url</th><th>labels</th><th>containers</th></tr>"
-        + "".join(hrows)
-        + "</table></section>"
-    )
-    srows = []
-    for r in agent.history.recent(20):
-        rev = (r.commit or r.revision or "–")[:12]
-        secs = format_duration(r.seconds) if r.seconds is not None else "…"
-        srows.append(
-            f'<tr><td><a href="/syncs/{r.id}">#{r.id}</a></td><td>{_when(r.started)}</td><td>{html.escape(r.trigger)}</td>'
-            f"<td><code>{html.escape(rev)}</code></td><td>{_badge(r.outcome)}</td><td>{secs}</td><td>{html.escape(r.message)}</td></tr>"
-        )
-    parts.append(
-        "<section><h2>Recent syncs</h2>"
-        + (
-            "<table><tr><th>sync</th><th>started</th><th>trigger</th><th>commit</th><th>result</th><th>took</th><th>message</th></tr>"
-            + "".join(srows)
-            + "</table>"
-            if srows
-            else "<p>No syncs recorded yet.</p>"
-        )
-        + "</section>"
-    )
-    return _page("Dashboard", "".join(parts), agent.config.name, s["revision"])
-
-
-def render_sync(agent: Agent, r: SyncRecord) -> str:
-    d = r.detail
-    parts = [
-        f"<section><h2>Sync #{r.id} {_badge(r.outcome)}</h2><table>"
-        f"<tr><th>message</th><td>{html.escape(r.message)}</td></tr>"
-        f"<tr><th>revision</th><td><code>{html.escape(r.revision or '–')}</code></td></tr>"
-        f"<tr><th>trigger</th><td>{html.escape(r.trigger)}</td></tr>"
-        f"<tr><th>started</th><td>{_when(r.started)}</td></tr>"
-        f"<tr><th>took</th><td>{format_duration(r.seconds) if r.seconds is not None else 'still running'}</td></tr>"
-        "</table></section>"
-    ]
-    problems = d.get("problems") or []
-    if problems:
-        parts.append("<section><h2>Problems</h2><ul class=problems>" + "".join(f"<li><code>{html.escape(p)}</code></li>" for p in problems) + "</ul></section>")
-    warnings = d.get("warnings") or []
-    if warnings:
-        parts.append("<section><h2>Warnings</h2><ul class=problems>" + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul></section>")
-    deps = d.get("deployments") or {}
-    if deps:
-        rows = "".join(
-            f"<tr><td><b>{html.escape(n)}</b></td><td>{_badge(x['health'])}</td><td>{x['running']}/{x['desired']}</td><td>{html.escape(x['message'])}</td>"
-            f"<td>{html.escape(', '.join(f'{h}: {c}' for h, c in x['hosts'].items()))}</td></tr>"
-            for n, x in sorted(deps.items())
-        )
-        parts.append(f"<section><h2>Deployments</h2><table><tr><th>deployment</th><th>health</th><th>replicas</th><th>detail</th><th>hosts</th></tr>{rows}</table></section>")
-    actions = d.get("actions") or []
-    if actions:
-        rows = "".join(
-            f"<tr><td>{html.escape(a['host'])}</td><td><code>{html.escape(a['container'] or '')}</code></td><td>{html.escape(a['action'])}</td>"
-            f"<td>{html.escape(a['reason'])}</td><td>{_badge('success' if a['ok'] else 'failure')} {html.escape(a['message'])}</td></tr>"
-            for a in actions
-        )
-        parts.append(f"<section><h2>Changes</h2><table><tr><th>host</th><th>container</th><th>action</th><th>why</th><th>result</th></tr>{rows}</table></section>")
-    elif r.outcome == "success":
-        parts.append("<section><h2>Changes</h2><p>None: everything was already as Git says.</p></section>")
-    return _page(f"Sync #{r.id}", "".join(parts), agent.config.name, r.revision)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,6 +37,7 @@ class Snapshot:
     files: dict[str, bytes] = field(repr=False)
     location: str = ""  # where the files were read from, for messages
     notes: tuple[str, ...] = ()  # what was left out and why (git submodules), for `plan` to say
+    about: dict[str, Any] = field(default_factory=dict)  # the commit in human terms: subject, author, time
 
     @property
     def short(self) -> str:
@@ -89,6 +92,15 @@ def _classify(stderr: str, settings: SourceSettings) -> str:
             return f"cannot fetch {settings.url}: {line[6:].strip()}"
     last = stderr.strip().splitlines()[-1] if stderr.strip() else "git failed"
     return f"cannot fetch {settings.url}: {last}"
+
+
+_SHA = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+def _about(commit: git.Commit) -> dict[str, Any]:
+    """A commit in human terms (bounded: a subject is one line, at most 200 characters)."""
+    subject = str(commit.message).strip().split("\n", 1)[0][:200]
+    return {"subject": subject, "author": str(commit.author.name or "")[:100], "time": float(commit.committed_date)}
 
 
 class Source:
@@ -151,6 +163,59 @@ class Source:
             return self._read_folder(p)
         return self._fetch_remote(url)
 
+    def fetch_ref(self, ref: str, sha: str | None = None) -> Snapshot:
+        """Another commit of the source than the tracked branch's: a branch (``feature`` or
+        ``refs/heads/feature``), a pull or merge request's ref (``refs/pull/7/head``), or a commit id.
+        With `sha`, that commit (fetched through `ref`). For previews: never applied."""
+        url = self.settings.url
+        if not _is_remote(url):
+            p = Path(url)
+            work_tree = self._work_tree(p) if p.exists() else None
+            if work_tree is not None:
+                return self._snapshot_of(work_tree, sha or ref, ref, str(work_tree.working_tree_dir), local=p)
+            if not ((p / "HEAD").is_file() and (p / "objects").is_dir()):
+                raise FetchError(f"source {url} is a plain folder: it has no branches or commits to preview")
+            url = str(p.resolve())
+        repo = self._open_mirror(url)
+        name = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+        local = "refs/gitsync/preview/" + re.sub(r"[^A-Za-z0-9._/-]", "_", name[5:])
+        wanted = sha or ref
+        if _SHA.match(wanted) and self._has(repo, wanted):
+            return self._snapshot_of(repo, wanted, ref, url)
+        try:
+            with repo.git.custom_environment(**self._env()):
+                if _SHA.match(ref) and sha is None:  # a bare commit id: servers answer for reachable commits
+                    repo.git.fetch("--no-tags", "origin", ref, kill_after_timeout=_GIT_TIMEOUT)
+                    return self._snapshot_of(repo, ref, ref, url)
+                repo.git.fetch("--no-tags", "origin", f"+{name}:{local}", kill_after_timeout=_GIT_TIMEOUT)
+        except git.GitCommandError as exc:
+            said = str(exc.stderr or exc)
+            if "couldn't find remote ref" in said or "not our ref" in said:
+                raise FetchError(f"{ref!r} is neither a branch nor a commit of {url}") from None
+            raise FetchError(_classify(said, self.settings)) from None
+        return self._snapshot_of(repo, sha if sha and self._has(repo, sha) else local, ref, url)
+
+    @staticmethod
+    def _has(repo: git.Repo, sha: str) -> bool:
+        try:
+            repo.commit(sha)
+            return True
+        except (git.BadName, ValueError):
+            return False
+
+    def _snapshot_of(self, repo: git.Repo, rev: str, ref: str, where: str, local: Path | None = None) -> Snapshot:
+        try:
+            commit = repo.commit(rev)
+        except (git.BadName, ValueError):
+            raise FetchError(f"{ref!r} is neither a branch nor a commit of {where}") from None
+        prefix = self.settings.path
+        if local is not None and repo.working_tree_dir is not None:
+            rel = os.path.relpath(local.resolve(), Path(repo.working_tree_dir).resolve()).replace(os.sep, "/")
+            prefix = "/".join(x for x in (rel if rel != "." else "", self.settings.path) if x)
+        files, notes = self._read_tree_uncached(commit, prefix, where)
+        branch = ref.removeprefix("refs/heads/") if not _SHA.match(ref) else commit.hexsha[:12]
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, where, notes, _about(commit))
+
     # -- a local work tree: its HEAD commit
     @staticmethod
     def _work_tree(p: Path) -> git.Repo | None:
@@ -175,7 +240,7 @@ class Source:
         except TypeError:
             branch = "HEAD"
         files, notes = self._read_tree(commit, prefix, str(repo.working_tree_dir))
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"), notes)
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"), notes, _about(commit))
 
     # -- a plain folder: revision = content hash
     def _read_folder(self, p: Path) -> Snapshot:
@@ -223,7 +288,7 @@ class Source:
         except (git.BadName, ValueError):
             raise FetchError(f"branch {branch!r} does not exist on {url}; check source.branch") from None
         files, notes = self._read_tree(commit, self.settings.path, url)
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes)
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes, _about(commit))
 
     def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> tuple[dict[str, bytes], tuple[str, ...]]:
         if self._files is not None and self._files[:2] == (commit.hexsha, prefix):

@@ -19,12 +19,23 @@ ZERO_SHA = "0" * 40
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A commit to plan without applying: of a branch other than the tracked one, or a pull request's."""
+
+    ref: str  # what to fetch: refs/heads/feature, refs/pull/7/head, refs/merge-requests/7/head
+    sha: str
+    branch: str  # the branch it is on (the newest commit per branch wins)
+    pull: int | None = None  # the pull or merge request's number
+
+
+@dataclass(frozen=True)
 class Decision:
     code: int  # 202 queued, 200 ignored, 401 unauthenticated, 400 malformed, 403 disabled
     reason: str
     queue: bool = False
     ref: str | None = None
     after: str | None = None
+    preview: Preview | None = None
 
 
 def _h(headers: Mapping[str, str], name: str) -> str | None:
@@ -81,7 +92,7 @@ def _event(provider: str, headers: Mapping[str, str]) -> str:
         value = _h(headers, "X-Forgejo-Event") or _h(headers, "X-Gitea-Event") or _h(headers, "X-Gogs-Event") or _h(headers, "X-GitHub-Event")
         return (value or "").lower()
     value = (_h(headers, "X-Gitlab-Event") or "").lower()
-    return {"push hook": "push", "tag push hook": "tag_push", "system hook": "system"}.get(value, value)
+    return {"push hook": "push", "tag push hook": "tag_push", "system hook": "system", "merge request hook": "pull_request"}.get(value, value)
 
 
 def _payload(headers: Mapping[str, str], body: bytes) -> object:
@@ -95,7 +106,42 @@ def _payload(headers: Mapping[str, str], body: bytes) -> object:
     return json.loads(text)
 
 
-def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str | None, branch: str) -> Decision:
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
+
+
+# The pull/merge request actions that bring a new head commit, per forge.
+PULL_ACTIONS = {"github": ("opened", "synchronize", "reopened"), "gitea": ("opened", "synchronized", "reopened"), "gitlab": ("open", "update", "reopen")}
+
+
+def _pull_request(provider: str, payload: dict[str, object], branch: str) -> Decision:
+    """A pull or merge request event: a preview of its head commit when it targets the tracked branch."""
+    if provider == "gitlab":
+        attrs = payload.get("object_attributes")
+        if not isinstance(attrs, dict):
+            return Decision(400, "malformed payload: no object_attributes")
+        action, number, base, head = attrs.get("action"), attrs.get("iid"), attrs.get("target_branch"), attrs.get("source_branch")
+        last = attrs.get("last_commit")
+        sha = last.get("id") if isinstance(last, dict) else None
+        ref = f"refs/merge-requests/{number}/head"
+    else:
+        pr = payload.get("pull_request")
+        if not isinstance(pr, dict) or not isinstance(pr.get("head"), dict) or not isinstance(pr.get("base"), dict):
+            return Decision(400, "malformed payload: no pull_request head and base")
+        action, number = payload.get("action"), payload.get("number", pr.get("number"))
+        base, head, sha = pr["base"].get("ref"), pr["head"].get("ref"), pr["head"].get("sha")
+        ref = f"refs/pull/{number}/head"
+    if action not in PULL_ACTIONS["gitea" if provider == "forgejo" else provider]:
+        return Decision(200, f"ignored: pull request {action or 'event'}: no new commit")
+    if isinstance(number, bool) or not isinstance(number, int) or not _is_sha(sha) or not isinstance(head, str) or not head:
+        return Decision(400, "malformed payload: pull request without number, head branch or head commit")
+    if base != branch:
+        return Decision(200, f"ignored: pull request #{number} targets {base}, this agent follows {branch}")
+    return Decision(202, f"queued: preview of pull request #{number} at {str(sha)[:12]}", preview=Preview(ref, str(sha), head, number))
+
+
+def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str | None, branch: str, previews: bool = False) -> Decision:
+    """What to do with a webhook. `previews`: plan other branches' pushes and pull requests too."""
     if provider not in PROVIDERS:
         return Decision(404, f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
     if not secret:
@@ -107,7 +153,7 @@ def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str |
         return Decision(200, "pong: the secret matches")
     if event in ("tag_push", "create", "delete"):
         return Decision(200, f"ignored: {event} event")
-    if event != "push":
+    if event not in ("push", "pull_request") or (event == "pull_request" and not previews):
         return Decision(200, f"ignored: {event or 'unnamed'} event is not a push")
     try:
         payload = _payload(headers, body)
@@ -115,6 +161,8 @@ def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str |
         return Decision(400, f"malformed payload: {'nested too deeply' if isinstance(exc, RecursionError) else type(exc).__name__}")
     if not isinstance(payload, dict):
         return Decision(400, "malformed payload: not a JSON object")
+    if event == "pull_request":
+        return _pull_request(provider, payload, branch)
     ref = payload.get("ref")
     after = payload.get("after")
     if not isinstance(ref, str) or not ref:
@@ -124,10 +172,12 @@ def decide(provider: str, headers: Mapping[str, str], body: bytes, secret: str |
     if not ref.startswith("refs/heads/"):
         return Decision(200, f"ignored: {ref} is not a branch", ref=ref)
     pushed = ref[len("refs/heads/") :]
-    if pushed != branch:
-        return Decision(200, f"ignored: branch {pushed}, this agent follows {branch}", ref=ref)
     if after == ZERO_SHA or payload.get("deleted") is True:
         return Decision(200, f"ignored: branch {pushed} was deleted", ref=ref)
+    if pushed != branch and previews and _is_sha(after):
+        return Decision(202, f"queued: preview of branch {pushed} at {str(after)[:12]}", ref=ref, after=str(after), preview=Preview(ref, str(after), pushed))
+    if pushed != branch:
+        return Decision(200, f"ignored: branch {pushed}, this agent follows {branch}", ref=ref)
     if after is not None and (not isinstance(after, str) or len(after) not in (40, 64)):
         return Decision(400, "malformed payload: after is not a commit id")
     return Decision(202, f"queued: push to {pushed}", queue=True, ref=ref, after=after)

@@ -167,8 +167,8 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
         count = len(agent.syncs())
         assert agent.hook(push_body(c3), signature_secret="guess").status_code == 401
         assert requests.post(f"{agent.url}/hooks/github", data=push_body(c3), headers={"X-GitHub-Event": "push"}, timeout=5).status_code == 401
-        other = agent.hook(push_body(c3, "refs/heads/feature"))
-        assert other.status_code == 200 and "feature" in other.json()["reason"]
+        other = agent.hook(push_body(c3, "refs/heads/feature"))  # another branch: a preview (tests/integration/test_previews.py), no sync
+        assert other.status_code == 202 and other.json()["reason"] == f"queued: preview of branch feature at {c3[:12]}", other.json()
         assert agent.hook(b'{"zen": "hi"}', event="ping").status_code == 200
         assert agent.hook(b"{not json").status_code == 400
         big = b"{" + b" " * (6 * 1024 * 1024) + b"}"
@@ -214,7 +214,9 @@ def test_push_webhook_status_history_dashboard_metrics(fleet: Fleet, github_forg
     assert "stopped" in agent.log.read_text()
 
 
-def dashboard_text(url: str, tmp: Path) -> str:
+def chromium(url: str, tmp: Path, *how: str) -> str:
+    """Headless Chromium on `url`: its stdout (`--dump-dom`: the rendered DOM) or, with
+    `--screenshot=FILE`, a picture of the page as a person sees it."""
     exe = shutil.which("chromium")
     if exe is None:
         if IN_CI:
@@ -224,15 +226,19 @@ def dashboard_text(url: str, tmp: Path) -> str:
         [
             exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp / 'chromium'}", "--virtual-time-budget=3000", "--dump-dom", url,
+            f"--user-data-dir={tmp / 'chromium'}", "--virtual-time-budget=3000", *(how or ("--dump-dom",)), url,
         ],
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    # what a person reads: the rendered DOM without tags
+    return out.stdout
+
+
+def dashboard_text(url: str, tmp: Path) -> str:
+    """What a person reads: the rendered DOM without tags."""
     import re
 
-    text = re.sub(r"<style.*?</style>", " ", out.stdout, flags=re.S)
+    text = re.sub(r"<style.*?</style>", " ", chromium(url, tmp), flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
 
 

@@ -122,7 +122,7 @@ def test_only_the_engine_module_speaks_docker() -> None:
 def test_a_service_that_selects_no_deployment_is_a_warning_in_the_plan_not_an_error() -> None:
     import io
 
-    from gitsync.cli import render_plan
+    from gitsync.plantext import render_plan
 
     files = {
         "a.yaml": FILES["a.yaml"].split(b"---\n")[0]

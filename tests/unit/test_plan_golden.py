@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gitsync import config as config_mod
-from gitsync.cli import render_plan
+from gitsync.plantext import render_plan
 from gitsync.live import HostObservation, from_list_entry
 from gitsync.manifest import load_files
 from gitsync.plan import make_plan

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.webhooks import decide, verify
+from gitsync.webhooks import Preview, decide, verify
 from tests.conftest import need_corpora
 
 SECRET = "hook-secret"
@@ -108,3 +108,54 @@ def test_a_signed_payload_nested_too_deeply_is_refused_not_crashed() -> None:
     body = b"[" * 5000 + b"]" * 5000
     d = decide("github", github_headers(body), body, SECRET, "main")
     assert d.code == 400 and "nested too deeply" in d.reason
+
+
+SHA = "a" * 40
+
+
+def signed(provider: str, body: bytes, event: str) -> dict[str, str]:
+    sig = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    if provider == "github":
+        return {"X-GitHub-Event": event, "X-Hub-Signature-256": "sha256=" + sig}
+    if provider in ("gitea", "forgejo"):
+        return {"X-Gitea-Event": event, "X-Gitea-Signature": sig}
+    return {"X-Gitlab-Event": event, "X-Gitlab-Token": SECRET}
+
+
+@pytest.mark.parametrize(
+    ("provider", "event", "payload", "ref"),
+    [
+        ("github", "pull_request", {"action": "synchronize", "number": 7, "pull_request": {"head": {"ref": "f", "sha": SHA}, "base": {"ref": "main"}}}, "refs/pull/7/head"),
+        ("gitea", "pull_request", {"action": "synchronized", "number": 7, "pull_request": {"head": {"ref": "f", "sha": SHA}, "base": {"ref": "main"}}}, "refs/pull/7/head"),
+        ("forgejo", "pull_request", {"action": "opened", "number": 7, "pull_request": {"head": {"ref": "f", "sha": SHA}, "base": {"ref": "main"}}}, "refs/pull/7/head"),
+        ("gitlab", "Merge Request Hook", {"object_kind": "merge_request", "object_attributes": {
+            "iid": 7, "action": "update", "source_branch": "f", "target_branch": "main", "last_commit": {"id": SHA}}}, "refs/merge-requests/7/head"),
+    ],
+)
+def test_pull_and_merge_requests_against_the_tracked_branch_are_previewed(provider: str, event: str, payload: dict, ref: str) -> None:
+    body = json.dumps(payload).encode()
+    d = decide(provider, signed(provider, body, event), body, SECRET, "main", previews=True)
+    assert (d.code, d.queue, d.preview) == (202, False, Preview(ref, SHA, "f", 7)), d
+    assert decide(provider, signed(provider, body, event), body, SECRET, "main").code == 200  # previews off: ignored
+    other = json.loads(body)
+    (other.get("pull_request") or other["object_attributes"]).update({"base": {"ref": "release"}} if provider != "gitlab" else {"target_branch": "release"})
+    body = json.dumps(other).encode()
+    assert "targets release" in decide(provider, signed(provider, body, event), body, SECRET, "main", previews=True).reason
+    closed = json.loads(body)
+    if provider == "gitlab":
+        closed["object_attributes"]["action"] = "close"
+    else:
+        closed["action"] = "closed"
+    body = json.dumps(closed).encode()
+    d = decide(provider, signed(provider, body, event), body, SECRET, "main", previews=True)
+    assert d.code == 200 and d.preview is None and "no new commit" in d.reason
+
+
+def test_a_push_to_another_branch_is_previewed_and_a_deleted_branch_is_not() -> None:
+    body = json.dumps({"ref": "refs/heads/feature", "after": SHA}).encode()
+    d = decide("github", signed("github", body, "push"), body, SECRET, "main", previews=True)
+    assert (d.code, d.queue, d.preview, d.reason) == (202, False, Preview("refs/heads/feature", SHA, "feature"), f"queued: preview of branch feature at {SHA[:12]}")
+    gone = json.dumps({"ref": "refs/heads/feature", "after": "0" * 40, "deleted": True}).encode()
+    assert decide("github", signed("github", gone, "push"), gone, SECRET, "main", previews=True).preview is None
+    bad = json.dumps({"action": "opened", "number": "7", "pull_request": {"head": {"ref": "f", "sha": "xyz"}, "base": {"ref": "main"}}}).encode()
+    assert decide("github", signed("github", bad, "pull_request"), bad, SECRET, "main", previews=True).code == 400

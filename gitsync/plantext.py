@@ -1,0 +1,68 @@
+"""A plan in words: per host, what would be created (+), replaced (~), started (>), removed (-) or
+reloaded (*) and why, as `gitsync plan` prints it and a preview's page shows it; and a one-line
+summary for a commit status."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import TextIO
+
+from .actions import ActionKind, Plan
+
+
+def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
+    print(f"revision {revision}", file=out)
+    for host in plan.hosts:
+        actions = plan.for_host(host)
+        tag = f" ({hosts_labels[host]})" if hosts_labels.get(host) else ""
+        if host in plan.unreachable:
+            print(f"host {host}{tag}: UNREACHABLE, its replicas are placed elsewhere", file=out)
+            continue
+        if not actions:
+            print(f"host {host}{tag}: no changes", file=out)
+            continue
+        print(f"host {host}{tag}:", file=out)
+        for a in actions:
+            name = a.container_name or "?"
+            what = f"Service {a.deployment}: " if a.object_kind == "Service" and a.kind == ActionKind.RELOAD and a.deployment != "proxy" else ""
+            print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {what}{a.reason}", file=out)
+    if plan.noops:
+        print("up to date:", file=out)
+        for noop in plan.noops:
+            print(f"  = {noop}", file=out)
+    for problem in plan.problems:
+        print(f"problem: {problem}", file=out)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=out)
+    c = plan.counts()
+    if plan.in_sync:
+        print("in sync: nothing to do", file=out)
+    else:
+        reload = f", {c['reload']} to reload" if c["reload"] else ""
+        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
+
+
+def plan_text(plan: Plan, revision: str, hosts_labels: dict[str, str]) -> str:
+    out = io.StringIO()
+    render_plan(plan, revision, hosts_labels, out)
+    return out.getvalue()
+
+
+def summary(plan: Plan) -> str:
+    """``would create 2, replace 3 (web: image), remove 1; 4 in sync``, or ``in sync: nothing to change``."""
+    c = plan.counts()
+    changed: dict[str, set[str]] = defaultdict(set)
+    for a in plan.actions:
+        if a.kind == ActionKind.REPLACE and a.object_kind == "Deployment":
+            fields = a.reason.removeprefix("changed: ").split(" (")[0]
+            changed[a.deployment].update(f.split(" ")[0] for f in fields.split(", ") if f)
+    parts = []
+    for kind in ("create", "replace", "start", "remove", "reload"):
+        if c[kind]:
+            detail = "; ".join(f"{d}: {', '.join(sorted(f))}" for d, f in sorted(changed.items())) if kind == "replace" and changed else ""
+            parts.append(f"{kind} {c[kind]}" + (f" ({detail})" if detail else ""))
+    in_sync = f"{len(plan.noops)} in sync" if plan.noops else ""
+    if not parts:
+        return "in sync: nothing to change"
+    return "would " + ", ".join(parts) + (f"; {in_sync}" if in_sync else "")

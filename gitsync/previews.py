@@ -1,0 +1,168 @@
+"""Previews: the plan of a commit on another branch or of a pull request, against live state, never
+applied, posted on that commit under a context of its own (``gitsync/<agent>/plan``), with a page.
+
+Bounded: one preview at a time, on a thread of its own with its own git mirror and engine clients
+(a sync of the tracked branch never waits for one); the newest commit per branch wins (a burst of
+pushes previews the last); at most ``previews.keep`` results are kept, and at most MAX_WAITING
+branches wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .config import Config
+from .errors import GitsyncError, ManifestError
+from .plantext import plan_text, summary
+from .reconcile import Syncer
+from .status import CommitStatus, Notifier, State
+from .webhooks import Preview
+
+log = logging.getLogger("gitsync.previews")
+
+MAX_WAITING = 100
+
+
+@dataclass
+class PreviewResult:
+    preview: Preview
+    state: str = "pending"  # pending | success | failure | error
+    summary: str = "planning"
+    revision: str | None = None
+    text: str = ""  # the plan as `gitsync plan` prints it
+    plan: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+    queued: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        p = self.preview
+        return {
+            "sha": p.sha, "ref": p.ref, "branch": p.branch, "pull": p.pull, "state": self.state, "summary": self.summary,
+            "revision": self.revision, "text": self.text, "plan": self.plan, "problems": self.problems,
+            "queued": self.queued, "started": self.started, "finished": self.finished,
+        }
+
+
+class Previews:
+    def __init__(self, config: Config, notifier: Callable[[], Notifier], target_url: Callable[[str], str | None]) -> None:
+        self.config = config
+        self._notifier = notifier
+        self._target_url = target_url
+        self._waiting: OrderedDict[str, Preview] = OrderedDict()  # branch -> its newest commit
+        self._results: OrderedDict[str, PreviewResult] = OrderedDict()  # sha -> result, newest last
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._syncer: Syncer | None = None
+        self._thread = threading.Thread(target=self._run, name="gitsync-previews", daemon=True)
+        self.done = 0
+        self.superseded = 0
+
+    @property
+    def context(self) -> str:
+        return f"gitsync/{self.config.name}/plan"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        if self._syncer is not None:
+            self._syncer.close()
+
+    def submit(self, preview: Preview) -> str:
+        """Queue a preview; a newer commit of the same branch replaces one still waiting."""
+        with self._cond:
+            old = self._waiting.pop(preview.branch, None)
+            if old is not None:
+                self.superseded += 1
+            self._waiting[preview.branch] = preview
+            while len(self._waiting) > MAX_WAITING:
+                self._waiting.popitem(last=False)
+                self.superseded += 1
+            self._remember(PreviewResult(preview))
+            self._cond.notify_all()
+        return "replaced a preview still waiting for that branch" if old is not None else "queued"
+
+    def get(self, sha: str) -> PreviewResult | None:
+        with self._cond:
+            return self._results.get(sha)
+
+    def recent(self) -> list[PreviewResult]:
+        with self._cond:
+            return list(reversed(self._results.values()))
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._waiting and all(r.state != "running" for r in self._results.values())
+
+    def _remember(self, result: PreviewResult) -> None:
+        self._results.pop(result.preview.sha, None)
+        self._results[result.preview.sha] = result
+        while len(self._results) > self.config.previews.keep:
+            self._results.popitem(last=False)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                _, preview = self._waiting.popitem(last=False)
+                result = self._results.get(preview.sha) or PreviewResult(preview)
+                result.state, result.started = "running", time.time()
+            try:
+                self._preview(preview, result)
+            except Exception as exc:  # never let one preview end the thread
+                log.exception("preview of %s: unexpected error", preview.sha[:12])
+                self._finish(result, State.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _post(self, result: PreviewResult, state: State, description: str) -> None:
+        self._notifier().send(CommitStatus(result.preview.sha, state, self.context, description, self._target_url(result.preview.sha)))
+
+    def _finish(self, result: PreviewResult, state: State, description: str) -> None:
+        with self._cond:
+            result.state, result.summary, result.finished = str(state), description, time.time()
+            self.done += 1
+        self._post(result, state, description)
+        log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.branch, state, description)
+
+    def _preview(self, preview: Preview, result: PreviewResult) -> None:
+        self._post(result, State.PENDING, f"planning {preview.sha[:7]} against the fleet")
+        if self._syncer is None:  # its own mirror and engine clients: never shared with the sync of the tracked branch
+            self._syncer = Syncer(replace(self.config, state_dir=f"{self.config.state_dir}/previews"))
+        try:
+            seen = self._syncer.preview(preview.ref, preview.sha)
+        except ManifestError as exc:
+            result.problems = [str(p) for p in exc.problems]
+            more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+            self._finish(result, State.FAILURE, f"invalid: {exc.problems[0]}{more}")
+            return
+        except GitsyncError as exc:
+            self._finish(result, State.ERROR, f"could not tell: {exc}")
+            return
+        plan = seen.plan
+        labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in self.config.hosts}
+        result.revision, result.plan = seen.snapshot.revision, plan.to_json()
+        result.text = plan_text(plan, seen.snapshot.revision, labels)
+        if seen.snapshot.commit and seen.snapshot.commit != preview.sha:
+            result.problems.append(f"the branch moved on: planned {seen.snapshot.commit[:12]}, its newest commit")
+        if plan.problems:
+            result.problems += [str(p) for p in plan.problems]
+            self._finish(result, State.FAILURE, f"{plan.problems[0]}" + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""))
+        elif plan.unreachable:
+            self._finish(result, State.ERROR, f"could not tell: host {', '.join(plan.unreachable)} unreachable; {summary(plan)}")
+        else:
+            self._finish(result, State.SUCCESS, summary(plan))
