@@ -42,7 +42,7 @@ code{font:13px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f1f3f6;pa
 .grid{display:flex;gap:3px;flex-wrap:wrap}.cell{width:14px;height:14px;border-radius:3px;display:inline-block}
 .c-ok{background:#2f9e5a}.c-starting{background:#6b9be0}.c-bad{background:#d9453a}.c-stopped{background:#b9c0cb}
 .timeline rect.success{fill:#2f9e5a}.timeline rect.failure{fill:#d9453a}.timeline rect.error,.timeline rect.interrupted{fill:#e0a030}
-.timeline rect.running{fill:#6b9be0}
+.timeline rect.running{fill:#6b9be0}.superseded{background:#eef0f3;color:#6b7686}
 """
 
 
@@ -146,7 +146,7 @@ def timeline_svg(rows: list[Row], width: int = 720, height: int = 64) -> str:
     shown = list(reversed(rows[:48]))
     if not shown:
         return ""
-    step = width / max(len(shown), 1)
+    step = min(width / max(len(shown), 1), 18.0)  # a few syncs are a few bars, not one wide block
     longest = max((r.sync.seconds or 0.0) for r in shown) or 1.0
     bars = []
     for i, row in enumerate(shown):
@@ -330,7 +330,7 @@ def _preview_row(p: PreviewResult) -> str:
     what = f"pull request #{pv.pull} ({html.escape(pv.branch)})" if pv.pull is not None else f"branch {html.escape(pv.branch)}"
     return (
         f'<tr><td><a href="/plans/{pv.sha}"><code>{pv.sha[:12]}</code></a></td><td>{what}</td><td>{_badge(p.state)}</td>'
-        f"<td>{_when(p.finished or p.queued)}</td><td>{html.escape(p.summary)}</td></tr>"
+        f"<td class=when>{_when(p.finished or p.queued)}</td><td class=msg>{html.escape(p.summary)}</td></tr>"
     )
 
 

@@ -32,7 +32,7 @@ MAX_WAITING = 100
 @dataclass
 class PreviewResult:
     preview: Preview
-    state: str = "pending"  # pending | success | failure | error
+    state: str = "pending"  # pending | running | success | failure | error | superseded
     summary: str = "planning"
     revision: str | None = None
     text: str = ""  # the plan as `gitsync plan` prints it
@@ -87,6 +87,9 @@ class Previews:
             old = self._waiting.pop(preview.branch, None)
             if old is not None:
                 self.superseded += 1
+                overtaken = self._results.get(old.sha)
+                if overtaken is not None and overtaken.state == "pending":
+                    overtaken.state, overtaken.summary = "superseded", f"not planned: {preview.sha[:12]}, newer on {preview.branch}, came while it waited"
             self._waiting[preview.branch] = preview
             while len(self._waiting) > MAX_WAITING:
                 self._waiting.popitem(last=False)
@@ -157,8 +160,6 @@ class Previews:
         labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in self.config.hosts}
         result.revision, result.plan = seen.snapshot.revision, plan.to_json()
         result.text = plan_text(plan, seen.snapshot.revision, labels)
-        if seen.snapshot.commit and seen.snapshot.commit != preview.sha:
-            result.problems.append(f"the branch moved on: planned {seen.snapshot.commit[:12]}, its newest commit")
         if plan.problems:
             result.problems += [str(p) for p in plan.problems]
             self._finish(result, State.FAILURE, f"{plan.problems[0]}" + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""))

@@ -193,7 +193,9 @@ class Source:
             if "couldn't find remote ref" in said or "not our ref" in said:
                 raise FetchError(f"{ref!r} is neither a branch nor a commit of {url}") from None
             raise FetchError(_classify(said, self.settings)) from None
-        return self._snapshot_of(repo, sha if sha and self._has(repo, sha) else local, ref, url)
+        if sha and not self._has(repo, sha):
+            raise FetchError(f"commit {sha[:12]} is no longer on {ref} of {url} (pushed over?); its newest commit is {repo.commit(local).hexsha[:12]}")
+        return self._snapshot_of(repo, sha or local, ref, url)
 
     @staticmethod
     def _has(repo: git.Repo, sha: str) -> bool:

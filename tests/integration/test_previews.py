@@ -116,7 +116,7 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
             assert f"#{row.sync.id} " in text, (row.sync.id, text)  # every row kept, after folding
         for gone in (r for r in records if r.id not in {row.sync.id for row in rows}):
             assert f"#{gone.id} " not in text  # a heal pass that changed nothing: a count on the row before it
-        assert "Previews" in text and feature[:12] in text and "would create 1, replace 1 (web: image)" in text
+        assert "Previews" in text and burst[-1][:12] in text and "would create 4" in text  # the newest previews
         dom = chromium(agent.url + "/", tmp_path)
         assert "<svg" in dom and dom.count("<rect") == min(len(rows), 48) and 'class="cell c-ok"' in dom
         shot = tmp_path / "dashboard.png"
