@@ -142,6 +142,7 @@ class PreviewSettings:
 
     enabled: bool = True
     keep: int = 50  # previews kept for their pages, newest first
+    comment: bool = False  # also one comment on the pull request with the plan, edited in place on each push
 
 
 @dataclass(frozen=True)
@@ -397,11 +398,11 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
 
 
 def _previews(r: _Reader, root: Any, node: Any) -> PreviewSettings:
-    r.mapping(node, "previews", ("enabled", "keep"), root, "previews")
+    r.mapping(node, "previews", ("enabled", "keep", "comment"), root, "previews")
     keep = node.get("keep", 50) if isinstance(node, dict) else 50
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
         raise r.fail(node, "keep", "previews.keep", "must be a whole number from 1 to 1000")
-    return PreviewSettings(r.boolean(node, "enabled", "previews.enabled", True), keep)
+    return PreviewSettings(r.boolean(node, "enabled", "previews.enabled", True), keep, r.boolean(node, "comment", "previews.comment", False))
 
 
 def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:

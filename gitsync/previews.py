@@ -27,6 +27,7 @@ from .webhooks import Preview
 log = logging.getLogger("gitsync.previews")
 
 MAX_WAITING = 100
+MAX_COMMENT = 50_000  # characters of plan in a comment (forges take about 64 KiB)
 
 
 @dataclass
@@ -141,6 +142,27 @@ class Previews:
             self.done += 1
         self._post(result, state, description)
         log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.branch, state, description)
+        if result.preview.pull is not None and self.config.previews.comment:
+            self._comment(result)
+
+    def _comment(self, result: PreviewResult) -> None:
+        """The plan as one comment on the pull request, edited in place on each new push."""
+        p = result.preview
+        marker = f"<!-- gitsync:{self.config.name}:plan -->"
+        url = self._target_url(p.sha)
+        lines = [f"**gitsync `{self.config.name}`** plan of {p.sha[:12]}: **{result.state}**: {result.summary}", ""]
+        if result.problems:
+            lines += [f"- {x}" for x in result.problems[:20]] + [""]
+        if result.text:
+            lines += ["```", result.text[:MAX_COMMENT].rstrip(), "```", ""]
+        if url:
+            lines.append(f"[The plan, per host]({url}). Never applied: the sync of the tracked branch reports on the merged commit.")
+        lines.append(marker)
+        for provider in self._notifier().providers:
+            try:
+                provider.upsert_comment(p.pull, marker, "\n".join(lines))
+            except Exception as exc:  # a forge never fails a preview
+                log.warning("preview of %s: cannot comment on pull request #%s on %r: %s", p.sha[:12], p.pull, provider, exc)
 
     def _preview(self, preview: Preview, result: PreviewResult) -> None:
         self._post(result, State.PENDING, f"planning {preview.sha[:7]} against the fleet")

@@ -46,6 +46,8 @@ class ForgeState:
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # sha -> newest first
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    comments: dict[int, dict[int, str]] = field(default_factory=dict)  # pull request -> comment id -> body
+    comment_seq: int = 1000
     fail_next: int = 0  # answer 500 to this many POSTs
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,12 +82,30 @@ def _gitlab_schema() -> dict[str, Any]:
 
 GITEA_STATES = ("pending", "success", "error", "failure", "warning")  # swagger: CommitStatusState (+ Gitea's handler check)
 
+# Comments on pull requests. GitHub: the OpenAPI description's own request bodies. Gitea's swagger
+# (CreateIssueCommentOption, EditIssueCommentOption) and GitLab's notes API (POST/PUT
+# .../merge_requests/:iid/notes) take a required string `body`; no corpus holds their descriptions.
+COMMENT_BODY = {"type": "object", "properties": {"body": {"type": "string"}}, "required": ["body"], "additionalProperties": False}
+COMMENT_ROUTES = {
+    "github": (r"^/repos/[^/]+/[^/]+/issues/(\d+)/comments$", r"^/repos/[^/]+/[^/]+/issues/comments/(\d+)$", "PATCH"),
+    "gitea": (r"^/api/v1/repos/[^/]+/[^/]+/issues/(\d+)/comments$", r"^/api/v1/repos/[^/]+/[^/]+/issues/comments/(\d+)$", "PATCH"),
+    "gitlab": (r"^/api/v4/projects/[^/]+/merge_requests/(\d+)/notes$", r"^/api/v4/projects/[^/]+/merge_requests/\d+/notes/(\d+)$", "PUT"),
+}
+
+
+def _github_comment_schemas() -> dict[str, Any]:
+    spec = json.loads(OCTOKIT.read_text())
+    create = spec["paths"]["/repos/{owner}/{repo}/issues/{issue_number}/comments"]["post"]
+    edit = spec["paths"]["/repos/{owner}/{repo}/issues/comments/{comment_id}"]["patch"]
+    return {m: op["requestBody"]["content"]["application/json"]["schema"] for m, op in (("POST", create), ("PATCH", edit))}
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     state: ForgeState
     schema: dict[str, Any]
     list_op: dict[str, Any] | None
+    comment_schemas: dict[str, Any]
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -128,7 +148,56 @@ class _Handler(BaseHTTPRequestHandler):
                 return name, {"sha": groups[-1], "project": unquote(groups[0])}
         return None
 
+    def _comment_route(self) -> bool:
+        """A comment request: answered here (True), or not one (False)."""
+        path = urlsplit(self.path).path
+        on_pull, one, edit_method = COMMENT_ROUTES[self.state.kind]
+        m_pull, m_one = re.match(on_pull, path), re.match(one, path)
+        if not (m_pull and self.command in ("GET", "POST")) and not (m_one and self.command == edit_method):
+            return False
+        if not self._auth_ok():
+            self._answer(401, {"message": "Bad credentials"})
+            return True
+        if self.command == "GET":
+            with self.state.lock:
+                items = [{"id": i, "body": b} for i, b in self.state.comments.get(int(m_pull.group(1)), {}).items()]  # type: ignore[union-attr]
+            self._answer(200, items)
+            return True
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        try:
+            body = json.loads(raw)
+            jsonschema.validate(body, self.comment_schemas.get(self.command, COMMENT_BODY))
+        except (ValueError, jsonschema.ValidationError) as exc:
+            self._violation(f"comment body does not match the API description: {exc}")
+            return True
+        with self.state.lock:
+            if self.command == "POST":
+                self.state.comment_seq += 1  # ids are never reused, as on a forge
+                ident = self.state.comment_seq
+                self.state.comments.setdefault(int(m_pull.group(1)), {})[ident] = body["body"]  # type: ignore[union-attr]
+                code = 201
+            else:
+                ident = int(m_one.group(1))  # type: ignore[union-attr]
+                where = next((c for c in self.state.comments.values() if ident in c), None)
+                if where is None:
+                    code = 404
+                else:
+                    where[ident] = body["body"]
+                    code = 200
+        self._answer(code, {"id": ident, "body": body["body"]} if code != 404 else {"message": "Not Found"}, body)
+        return True
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        if not self._comment_route():
+            self._violation("no such endpoint in the API description")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        if not self._comment_route():
+            self._violation("no such endpoint in the API description")
+
     def do_GET(self) -> None:  # noqa: N802
+        if self._comment_route():
+            return
         route = self._route()
         if route is None or route[0] != "list":
             return self._violation("no such endpoint in the API description")
@@ -147,6 +216,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(200, items)
 
     def do_POST(self) -> None:  # noqa: N802
+        if self._comment_route():
+            return
         length = int(self.headers.get("Content-Length", "0"))
         raw = self.rfile.read(length)
         if self.state.delay:
@@ -198,13 +269,15 @@ class FakeForge:
         self.kind = "gitea" if kind == "forgejo" else kind
         self.state = ForgeState(self.kind)
         list_op = None
+        comment_schemas: dict[str, Any] = {}
         if self.kind == "github":
             schema, list_op = _github_spec()
+            comment_schemas = _github_comment_schemas()
         elif self.kind == "gitea":
             schema = _gitea_schema()
         else:
             schema = _gitlab_schema()
-        handler = type("H", (_Handler,), {"state": self.state, "schema": schema, "list_op": list_op})
+        handler = type("H", (_Handler,), {"state": self.state, "schema": schema, "list_op": list_op, "comment_schemas": comment_schemas})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -79,6 +79,28 @@ class Provider:
         """The newest status for this context on the commit, as (state, description), if any."""
         raise NotImplementedError
 
+    # -- one comment per pull request, edited in place -------------------------------
+    def comments(self, pull: int) -> list[tuple[int, str]]:
+        """(id, body) of the pull or merge request's comments (the first 100)."""
+        raise NotImplementedError
+
+    def create_comment(self, pull: int, body: str) -> int:
+        raise NotImplementedError
+
+    def edit_comment(self, pull: int, comment: int, body: str) -> bool:
+        """False when the comment is gone (deleted by someone)."""
+        raise NotImplementedError
+
+    def upsert_comment(self, pull: int, marker: str, body: str) -> int:
+        """The comment carrying `marker` edited to `body`, or made once: never a second one."""
+        known = getattr(self, "_comment_ids", {})
+        self._comment_ids = known
+        cid = known.get((pull, marker)) or next((i for i, text in self.comments(pull) if marker in text), None)
+        if cid is None or not self.edit_comment(pull, cid, body):
+            cid = self.create_comment(pull, body)
+        known[(pull, marker)] = cid
+        return cid
+
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code < 300:
             return

@@ -49,7 +49,7 @@ def pull_request_body(number: int, sha: str, head: str, base: str = "main", acti
 
 
 def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_applied(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
-    upstream, agent = web_agent(fleet, github_forge, tmp_path, 1)
+    upstream, agent = web_agent(fleet, github_forge, tmp_path, 1, config_extra="previews: {comment: true}\n")
     name = fleet.agent
     try:
         wait_for(lambda: len([c for h in fleet.clients for c in fleet.containers(h, all=False)]) == 1, 30)
@@ -86,6 +86,17 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         assert r.status_code == 202 and r.json()["reason"] == f"queued: preview of pull request #7 at {pr_sha[:12]}"
         wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, name, pr_sha)), 30)
         assert plan_statuses(github_forge, name, pr_sha)[-1]["description"] == "would replace 1 (web: labels)"
+        wait_for(lambda: github_forge.state.comments.get(7), 10)
+        (comment,) = github_forge.state.comments[7].values()  # one comment on the pull request, with the plan
+        assert f"plan of {pr_sha[:12]}: **success**: would replace 1 (web: labels)" in comment and f"<!-- gitsync:{name}:plan -->" in comment
+        assert "~ " in comment and f"{agent.url}/plans/{pr_sha}" in comment
+        pr_next = on_branch(upstream, "fork-work", deployment("web", 2, extra=WEB, labels="{app: web, tier: front}"), "relabel, x2")
+        git(upstream.path, "update-ref", "refs/pull/7/head", pr_next)
+        git(upstream.path, "branch", "-q", "-D", "fork-work")
+        assert agent.hook(pull_request_body(7, pr_next, "fork-work", action="synchronize"), event="pull_request").status_code == 202
+        wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, name, pr_next)), 30)
+        wait_for(lambda: pr_next[:12] in next(iter(github_forge.state.comments[7].values())), 10)
+        assert len(github_forge.state.comments[7]) == 1  # edited in place, never a second comment
         ignored = agent.hook(pull_request_body(8, pr_sha, "x", base="release"), event="pull_request")
         assert ignored.status_code == 200 and "targets release" in ignored.json()["reason"]
         assert agent.hook(pull_request_body(7, pr_sha, "fork-work"), signature_secret="guess", event="pull_request").status_code == 401

@@ -162,3 +162,21 @@ def test_a_forge_token_is_masked_in_every_spelling_a_forge_may_echo(echo: str) -
         assert token[i : i + 8] not in out, out
     assert base64.b64encode(f"x-access-token:{token}".encode()).decode()[8:16] not in out
     assert redacted("nothing secret here", token) == "nothing secret here"
+
+
+@pytest.mark.parametrize("kind", ["github", "gitea", "forgejo", "gitlab"])
+def test_one_comment_per_pull_request_edited_in_place(kind: str) -> None:
+    _need(kind)
+    with FakeForge(kind) as forge:
+        provider = REGISTRY[kind](StatusSettings(kind, forge.url, REPOS[kind], "TOKEN"), TOKEN)
+        marker = "<!-- gitsync:prod:plan -->"
+        forge.state.comments[7] = {100: "LGTM"}  # someone else's comment stays as it is
+        first = provider.upsert_comment(7, marker, f"plan of aaaa\n{marker}")
+        again = provider.upsert_comment(7, marker, f"plan of bbbb\n{marker}")
+        assert first == again and forge.state.comments[7] == {100: "LGTM", first: f"plan of bbbb\n{marker}"}
+        fresh = REGISTRY[kind](StatusSettings(kind, forge.url, REPOS[kind], "TOKEN"), TOKEN)  # a restarted agent finds it by its marker
+        assert fresh.upsert_comment(7, marker, f"plan of cccc\n{marker}") == first and len(forge.state.comments[7]) == 2
+        del forge.state.comments[7][first]  # deleted by a person: made again, once
+        made = fresh.upsert_comment(7, marker, f"plan of dddd\n{marker}")
+        assert made != first and forge.state.comments[7][made] == f"plan of dddd\n{marker}" and len(forge.state.comments[7]) == 2
+        assert forge.state.violations == []
