@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import yamlsrc
+from ..fields import shown
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -22,13 +23,18 @@ class InterpolationError(ValueError):
     pass
 
 
+MAX_NESTING = 20  # ${A:-${B:-...}} this deep at most: compose files nest one or two
+
+
 def interpolate(text: str, variables: Mapping[str, str]) -> str:
     out, pos = _expand(text, 0, variables, closing=False)
     return out
 
 
-def _expand(text: str, pos: int, variables: Mapping[str, str], closing: bool) -> tuple[str, int]:
+def _expand(text: str, pos: int, variables: Mapping[str, str], closing: bool, depth: int = 0) -> tuple[str, int]:
     """Expand from `pos` to the end (or, when `closing`, to the unmatched ``}``); (result, end)."""
+    if depth > MAX_NESTING:
+        raise InterpolationError(f"invalid interpolation format: defaults nested more than {MAX_NESTING} deep")
     out: list[str] = []
     while pos < len(text):
         c = text[pos]
@@ -43,7 +49,7 @@ def _expand(text: str, pos: int, variables: Mapping[str, str], closing: bool) ->
             out.append("$")
             pos += 2
         elif nxt == "{":
-            value, pos = _braced(text, pos + 2, variables)
+            value, pos = _braced(text, pos + 2, variables, depth)
             out.append(value)
         else:
             m = NAME.match(text, pos + 1)
@@ -54,21 +60,21 @@ def _expand(text: str, pos: int, variables: Mapping[str, str], closing: bool) ->
                 out.append(variables.get(m.group(0), ""))
                 pos = m.end()
     if closing:
-        raise InterpolationError(f"invalid interpolation format in {text!r}: a '${{' is not closed")
+        raise InterpolationError(f"invalid interpolation format in {shown(text)}: a '${{' is not closed")
     return "".join(out), pos
 
 
-def _braced(text: str, pos: int, variables: Mapping[str, str]) -> tuple[str, int]:
+def _braced(text: str, pos: int, variables: Mapping[str, str], depth: int) -> tuple[str, int]:
     m = NAME.match(text, pos)
     if m is None:
-        raise InterpolationError(f"invalid interpolation format in {text!r}: '${{' must be followed by a variable name")
+        raise InterpolationError(f"invalid interpolation format in {shown(text)}: '${{' must be followed by a variable name")
     name, pos = m.group(0), m.end()
     if text[pos : pos + 1] == "}":
         return variables.get(name, ""), pos + 1
     op = text[pos : pos + 2] if text[pos : pos + 1] == ":" else text[pos : pos + 1]
     if op not in (":-", "-", ":?", "?", ":+", "+"):
-        raise InterpolationError(f"invalid interpolation format in {text!r}: after ${{{name} comes '}}', ':-', '-', ':?', '?', ':+' or '+'")
-    arg, end = _expand(text, pos + len(op), variables, closing=True)
+        raise InterpolationError(f"invalid interpolation format in {shown(text)}: after ${{{name} comes '}}', ':-', '-', ':?', '?', ':+' or '+'")
+    arg, end = _expand(text, pos + len(op), variables, closing=True, depth=depth + 1)
     value = variables.get(name)
     empty = value is None or (op.startswith(":") and value == "")
     if op in (":-", "-"):

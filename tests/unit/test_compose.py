@@ -355,3 +355,13 @@ def test_awesome_compose_stacks_of_images_only_load_and_plan_or_are_refused_for_
         planned.append(ex["example"])
     line = f"{len(planned)} of the {total} awesome-compose stacks that use only images load and plan"
     assert line in " ".join((ROOT / "README.md").read_text().split()), f"README.md should say: {line} ({', '.join(planned)})"
+
+
+def test_hostile_interpolation_is_a_problem_not_a_crash() -> None:
+    deep = "${A:-" * 5000 + "x" + "}" * 5000
+    (msg,) = refused({"p/compose.yaml": f'services:\n  web:\n    image: "{deep}"\n'})
+    assert msg == "p/compose.yaml:3: services.web.image: invalid interpolation format: defaults nested more than 20 deep"
+    (msg,) = refused({"p/compose.yaml": 'services:\n  web:\n    image: "' + "x" * 5000 + '${"\n'})
+    assert len(msg) < 300 and "'${' must be followed by a variable name" in msg
+    env_escape = "services:\n  web: {image: 'web:1', env_file: ../../etc/passwd.env}\n"
+    assert "not in the repository" in refused({"p/compose.yaml": env_escape})[0]  # never read outside the repository
