@@ -80,16 +80,32 @@ class Provider:
         raise NotImplementedError
 
     # -- one comment per pull request, edited in place -------------------------------
-    def comments(self, pull: int) -> list[tuple[int, str]]:
-        """(id, body) of the pull or merge request's comments (the first 100)."""
+    def comment_urls(self, pull: int) -> tuple[str, str, str]:
+        """(the pull request's comments, one comment with {id}, the method that edits one)."""
         raise NotImplementedError
 
-    def create_comment(self, pull: int, body: str) -> int:
+    def _headers(self) -> dict[str, str]:
         raise NotImplementedError
+
+    def comments(self, pull: int) -> list[tuple[int, str]]:
+        """(id, body) of the pull or merge request's comments (the first 100)."""
+        r = self.session.get(self.comment_urls(pull)[0], params={"per_page": 100}, headers=self._headers(), timeout=TIMEOUT)
+        self._check(r, "list comments")
+        return [(int(c["id"]), str(c.get("body") or "")) for c in r.json()]
+
+    def create_comment(self, pull: int, body: str) -> int:
+        r = self.session.post(self.comment_urls(pull)[0], json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
+        self._check(r, "create comment")
+        return int(r.json()["id"])
 
     def edit_comment(self, pull: int, comment: int, body: str) -> bool:
         """False when the comment is gone (deleted by someone)."""
-        raise NotImplementedError
+        _, one, method = self.comment_urls(pull)
+        r = self.session.request(method, one.format(id=comment), json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
+        if r.status_code == 404:
+            return False
+        self._check(r, "edit comment")
+        return True
 
     def upsert_comment(self, pull: int, marker: str, body: str) -> int:
         """The comment carrying `marker` edited to `body`, or made once: never a second one."""

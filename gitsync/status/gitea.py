@@ -40,19 +40,5 @@ class GiteaProvider(Provider):
                     return None
         return None
 
-    def comments(self, pull: int) -> list[tuple[int, str]]:
-        r = self.session.get(f"{self._base()}/issues/{pull}/comments", headers=self._headers(), timeout=TIMEOUT)
-        self._check(r, "list comments")
-        return [(int(c["id"]), str(c.get("body") or "")) for c in r.json()]
-
-    def create_comment(self, pull: int, body: str) -> int:
-        r = self.session.post(f"{self._base()}/issues/{pull}/comments", json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
-        self._check(r, "create comment")
-        return int(r.json()["id"])
-
-    def edit_comment(self, pull: int, comment: int, body: str) -> bool:
-        r = self.session.patch(f"{self._base()}/issues/comments/{comment}", json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
-        if r.status_code == 404:
-            return False
-        self._check(r, "edit comment")
-        return True
+    def comment_urls(self, pull: int) -> tuple[str, str, str]:
+        return f"{self._base()}/issues/{pull}/comments", f"{self._base()}/issues/comments/{{id}}", "PATCH"

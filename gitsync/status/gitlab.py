@@ -47,19 +47,6 @@ class GitLabProvider(Provider):
                 return (state, s.get("description") or "") if state else None
         return None
 
-    def comments(self, pull: int) -> list[tuple[int, str]]:
-        r = self.session.get(f"{self._base()}/merge_requests/{pull}/notes", params={"per_page": 100}, headers=self._headers(), timeout=TIMEOUT)
-        self._check(r, "list notes")
-        return [(int(c["id"]), str(c.get("body") or "")) for c in r.json()]
-
-    def create_comment(self, pull: int, body: str) -> int:
-        r = self.session.post(f"{self._base()}/merge_requests/{pull}/notes", json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
-        self._check(r, "create note")
-        return int(r.json()["id"])
-
-    def edit_comment(self, pull: int, comment: int, body: str) -> bool:
-        r = self.session.put(f"{self._base()}/merge_requests/{pull}/notes/{comment}", json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
-        if r.status_code == 404:
-            return False
-        self._check(r, "edit note")
-        return True
+    def comment_urls(self, pull: int) -> tuple[str, str, str]:
+        notes = f"{self._base()}/merge_requests/{pull}/notes"  # a merge request's comments are its notes
+        return notes, f"{notes}/{{id}}", "PUT"
