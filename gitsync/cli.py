@@ -19,7 +19,7 @@ from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
-from .plantext import render_plan
+from .plantext import host_labels, render_plan
 from .units import format_duration
 
 
@@ -167,8 +167,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         doc["notes"] = list(seen.snapshot.notes)
         print(json.dumps(doc, indent=2, sort_keys=True), file=out)
     else:
-        labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in cfg.hosts}
-        render_plan(plan, seen.snapshot.revision, labels, out)
+        render_plan(plan, seen.snapshot.revision, host_labels(cfg.hosts), out)
         for note in seen.snapshot.notes:
             print(f"note: {note}", file=out)
         for name, o in seen.observed.items():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .history import SyncRecord
 from .previews import PreviewResult
-from .triggers import REQUESTS
+from .triggers import REQUESTS, is_heal
 from .units import format_duration
 
 if TYPE_CHECKING:
@@ -81,12 +81,14 @@ _WORDS = (("webhook", "push"), ("api", "api"), ("apply", "api"), ("poll", "poll"
 def trigger_word(trigger: str) -> str:
     """What started a sync, as a word: push, api, poll, reload, startup, or heal (the agent keeping
     a commit's state after Docker events, a backoff timer or a host coming and going)."""
+    if is_heal(trigger):
+        return "heal"
     kinds = {part.split(":", 1)[0] for part in trigger.split(",")}
-    return next((word for kind, word in _WORDS if kind in kinds), "heal" if not kinds & REQUESTS else sorted(kinds)[0])
+    return next((word for kind, word in _WORDS if kind in kinds), sorted(kinds & REQUESTS)[0])
 
 
 def _changed_nothing(r: SyncRecord) -> bool:
-    return r.outcome == "success" and not (r.detail.get("actions") or []) and trigger_word(r.trigger) == "heal"
+    return r.outcome == "success" and not (r.detail.get("actions") or []) and is_heal(r.trigger)
 
 
 @dataclass

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import TextIO
 
 from .actions import ActionKind, Plan
+from .config import HostSettings
 
 
 def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
@@ -41,6 +43,11 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
     else:
         reload = f", {c['reload']} to reload" if c["reload"] else ""
         print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
+
+
+def host_labels(hosts: Sequence[HostSettings]) -> dict[str, str]:
+    """Each host's labels as `plan` shows them beside its name: role=web,zone=a."""
+    return {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in hosts}
 
 
 def plan_text(plan: Plan, revision: str, hosts_labels: dict[str, str]) -> str:

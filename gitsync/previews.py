@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Config
 from .errors import GitsyncError, ManifestError
-from .plantext import plan_text, summary
+from .plantext import host_labels, plan_text, summary
 from .reconcile import Syncer
 from .status import CommitStatus, Notifier, State
 from .webhooks import Preview
@@ -179,9 +179,8 @@ class Previews:
             self._finish(result, State.ERROR, f"could not tell: {exc}")
             return
         plan = seen.plan
-        labels = {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in self.config.hosts}
         result.revision, result.plan = seen.snapshot.revision, plan.to_json()
-        result.text = plan_text(plan, seen.snapshot.revision, labels)
+        result.text = plan_text(plan, seen.snapshot.revision, host_labels(self.config.hosts))
         if plan.problems:
             result.problems += [str(p) for p in plan.problems]
             self._finish(result, State.FAILURE, f"{plan.problems[0]}" + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""))

@@ -210,10 +210,7 @@ class Source:
             commit = repo.commit(rev)
         except (git.BadName, ValueError):
             raise FetchError(f"{ref!r} is neither a branch nor a commit of {where}") from None
-        prefix = self.settings.path
-        if local is not None and repo.working_tree_dir is not None:
-            rel = os.path.relpath(local.resolve(), Path(repo.working_tree_dir).resolve()).replace(os.sep, "/")
-            prefix = "/".join(x for x in (rel if rel != "." else "", self.settings.path) if x)
+        prefix = self._prefix_in(repo, local) if local is not None else self.settings.path
         files, notes = self._read_tree_uncached(commit, prefix, where)
         branch = ref.removeprefix("refs/heads/") if not _SHA.match(ref) else commit.hexsha[:12]
         return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, where, notes, _about(commit))
@@ -229,14 +226,18 @@ class Source:
             return None
         return repo
 
+    def _prefix_in(self, repo: git.Repo, p: Path) -> str:
+        """Where the manifests are inside a work tree: the folder `p` within it, then source.path."""
+        assert repo.working_tree_dir is not None
+        rel = os.path.relpath(p.resolve(), Path(repo.working_tree_dir).resolve()).replace(os.sep, "/")
+        return "/".join(x for x in (rel if rel != "." else "", self.settings.path) if x)
+
     def _read_head(self, repo: git.Repo, p: Path) -> Snapshot:
         try:
             commit = repo.head.commit
         except ValueError:
             raise FetchError(f"{repo.working_tree_dir} has no commits yet; commit your manifests first") from None
-        assert repo.working_tree_dir is not None
-        rel = os.path.relpath(p.resolve(), Path(repo.working_tree_dir).resolve()).replace(os.sep, "/")
-        prefix = "/".join(x for x in (rel if rel != "." else "", self.settings.path) if x)
+        prefix = self._prefix_in(repo, p)
         try:
             branch = repo.active_branch.name
         except TypeError:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gitsync import config as config_mod
-from gitsync.plantext import render_plan
+from gitsync.plantext import host_labels, render_plan
 from gitsync.live import HostObservation, from_list_entry
 from gitsync.manifest import load_files
 from gitsync.plan import make_plan
@@ -45,7 +45,7 @@ def test_golden_plan(case_dir: Path) -> None:
     again = make_plan(desired, observed, cfg.hosts, cfg.name)
     assert plan == again, "planning must be deterministic"
     buf = io.StringIO()
-    render_plan(plan, "golden", {h.name: ",".join(f"{k}={v}" for k, v in h.labels) for h in cfg.hosts}, buf)
+    render_plan(plan, "golden", host_labels(cfg.hosts), buf)
     buf.write("--- json\n")
     buf.write(json.dumps({k: v for k, v in plan.to_json().items() if k != "hosts"}, indent=1, sort_keys=True) + "\n")
     got = buf.getvalue()
