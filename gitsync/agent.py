@@ -61,12 +61,12 @@ class Agent:
         self.stopping = threading.Event()
         self.queue = SyncQueue()
         self.metrics = Metrics(config.name)
-        self.history = History(config.state_dir, config.name)
+        self.history = History(config.state_dir, config.name, redactor=config.redactor)
         interrupted = self.history.mark_interrupted()
         if interrupted:
             log.warning("%d sync(s) were cut off by an earlier stop or crash; marked interrupted", interrupted)
         self.syncer = Syncer(config)
-        self.notifier = Notifier(build_providers(config))
+        self.notifier = Notifier(build_providers(config), redactor=config.redactor)
         self.view = LiveView()
         self.ready = threading.Event()
         self.last_result: SyncResult | None = None
@@ -132,7 +132,8 @@ class Agent:
             self.syncer = Syncer(new)
             self.tracker = HostTracker(new, lambda: self.syncer.hosts)
             self._install_tracker(self.syncer)
-            self.notifier = Notifier(providers)
+            self.notifier = Notifier(providers, redactor=new.redactor)
+            self.history.redactor = self.history.redactor | new.redactor
             old_notifier.flush(5)
             old_notifier.close()
             old_syncer.close()

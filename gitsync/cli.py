@@ -20,6 +20,7 @@ from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
 from .plantext import host_labels, render_plan
+from .redact import MaskedStream, Masking, MaskingFilter
 from .units import format_duration
 
 
@@ -73,9 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+MASKING = Masking()  # what this process must never show; grows as configurations are read
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
+    out = MaskedStream(out or sys.stdout, MASKING)
+    err = MaskedStream(err or sys.stderr, MASKING)
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -86,6 +90,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=err,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+            handler.addFilter(MaskingFilter(MASKING))
     try:
         handler = {
             "validate": cmd_validate,
@@ -115,8 +122,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return Exit.ERROR
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+def _config(args: argparse.Namespace, path: str | None = None) -> Config:
+    cfg = load_config(path or getattr(args, "config", None))
+    MASKING.use(cfg.redactor)
+    return cfg
+
+
+def _json(doc: Any, out: TextIO) -> None:
+    """JSON for a program: masked value by value, so that it stays JSON."""
+    print(json.dumps(MASKING.redactor.data(doc), indent=2, sort_keys=True), file=out)
 
 
 # -- validate ---------------------------------------------------------------
@@ -165,7 +179,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         doc["revision"] = seen.snapshot.revision
         doc["unreachable"] = {n: o.error for n, o in seen.observed.items() if not o.reachable}
         doc["notes"] = list(seen.snapshot.notes)
-        print(json.dumps(doc, indent=2, sort_keys=True), file=out)
+        _json(doc, out)
     else:
         render_plan(plan, seen.snapshot.revision, host_labels(cfg.hosts), out)
         for note in seen.snapshot.notes:
@@ -223,7 +237,7 @@ def _apply_here(cfg: Config, args: argparse.Namespace, timeout: float, out: Text
     finally:
         syncer.close()
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, sort_keys=True), file=out)
+        _json(result.to_json(), out)
     else:
         if result.plan is not None and result.plan.in_sync:
             for noop in result.plan.noops:
@@ -302,7 +316,7 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True), file=out)
+        _json(rows, out)
     else:
         for r in rows:
             state = "up" if r["reachable"] else f"UNREACHABLE ({r['error']})"
@@ -321,7 +335,7 @@ def cmd_volumes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     rows = inventory(seen.desired, seen.observed, cfg.name)
     unreachable = {n: o.error for n, o in seen.observed.items() if not o.reachable}
     if args.json:
-        print(json.dumps({"volumes": rows, "unreachable": unreachable}, indent=2, sort_keys=True), file=out)
+        _json({"volumes": rows, "unreachable": unreachable}, out)
     else:
         for r in rows:
             holds = f"{r['deployment']} replica {r['replica']}" if r["replica"] is not None else (r["deployment"] or "-")
@@ -338,7 +352,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import signal
 
     path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
-    cfg = load_config(path)
+    cfg = _config(args, path)
     log = logging.getLogger("gitsync")
     # A `gitsync apply` that finds the lock held sends SIGUSR1: held back until the agent can take it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
@@ -377,7 +391,12 @@ def _run_agent(cfg: Config, path: str | None, log: logging.Logger, out: TextIO, 
         stop.set()
 
     def on_hup(signum: int, frame: object) -> None:
-        threading.Thread(target=lambda: log.info("SIGHUP: %s", agent.reload()), daemon=True).start()
+        def reload() -> None:
+            said = agent.reload()
+            MASKING.use(agent.config.redactor)
+            log.info("SIGHUP: %s", said)
+
+        threading.Thread(target=reload, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -410,7 +429,7 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         history.close()
     if args.json:
-        print(json.dumps([r.to_json(with_detail=args.rev is not None) for r in records], indent=2, sort_keys=True), file=out)
+        _json([r.to_json(with_detail=args.rev is not None) for r in records], out)
         return Exit.OK
     if not records:
         print("no syncs recorded" + (f" for {args.rev}" if args.rev else "") + f" in {cfg.state_dir}", file=out)

@@ -6,6 +6,7 @@ inline: the config names the environment variable that holds them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 from . import yamlsrc
 from .fields import IMAGE_RE
 from .errors import ConfigError
+from .redact import MIN_LENGTH as MIN_SECRET_LENGTH, Redactor
 from .units import parse_duration
 
 AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -130,10 +132,37 @@ class ComposeSettings:
     from_environment: tuple[str, ...] = ()  # names whose values come from the agent's environment
     profiles: tuple[str, ...] = ()  # services of these profiles run too (as `docker compose --profile`)
 
-    def resolved(self) -> dict[str, str]:
-        """The variables now: the agent's environment for the names listed (an unset one is left out)."""
+    def environment(self) -> dict[str, str]:
+        """The listed variables of the agent's environment that are set. Their values are never shown
+        (`redact`), which needs them long enough to tell apart from other text."""
         env = {n: os.environ[n] for n in self.from_environment if n in os.environ}
+        for n, v in env.items():
+            if 0 < len(v) < MIN_SECRET_LENGTH:
+                raise ConfigError(
+                    f"compose.variablesFromEnvironment: ${n} is shorter than {MIN_SECRET_LENGTH} characters; values from the environment are "
+                    f"masked wherever gitsync shows text, and one this short cannot be: if it is no secret, give it in compose.variables"
+                )
+        return env
+
+    def resolved(self, placeholders: bool = False) -> dict[str, str]:
+        """The variables now: the agent's environment for the names listed (an unset one is left out),
+        or, with `placeholders`, a stand-in for each of those (previews never see the values)."""
+        env = self.environment()
+        if placeholders:
+            env = {n: placeholder(n) for n in env}
         return {**env, **dict(self.variables)}
+
+    @property
+    def redactor(self) -> Redactor:
+        """What shows the environment's values, and their stand-ins, as ``${NAME}`` in everything gitsync shows."""
+        env = self.environment()
+        return Redactor(env, named=frozenset((n, placeholder(n)) for n in env))
+
+
+def placeholder(name: str) -> str:
+    """A variable's stand-in in previews: text that fits where values usually go (an image tag, a host
+    name, a volume name: lower-case letters, digits, '-'), unlike any value, and shown as ``${NAME}``."""
+    return f"env-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
 
 
 @dataclass(frozen=True)
@@ -158,6 +187,11 @@ class Config:
     previews: PreviewSettings = field(default_factory=PreviewSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
+
+    @property
+    def redactor(self) -> Redactor:
+        """What masks, in everything gitsync shows, the values it holds but never tells."""
+        return self.compose.redactor
 
     def host(self, name: str) -> HostSettings | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -417,7 +451,9 @@ def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:
     profiles = node.get("profiles") or []
     if not isinstance(profiles, list) or not all(isinstance(p, str) and p for p in profiles):
         raise r.fail(node, "profiles", "compose.profiles", "must be a list of profile names")
-    return ComposeSettings(tuple((k, str(v)) for k, v in values.items()), tuple(names), tuple(profiles))
+    settings = ComposeSettings(tuple((k, str(v)) for k, v in values.items()), tuple(names), tuple(profiles))
+    settings.environment()  # a value too short to mask is refused now, not at the first sync
+    return settings
 
 
 def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:

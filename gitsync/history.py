@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .redact import Redactor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS syncs (
@@ -73,10 +74,11 @@ class SyncRecord:
 
 
 class History:
-    def __init__(self, state_dir: str, agent: str, keep: int = 1000) -> None:
+    def __init__(self, state_dir: str, agent: str, keep: int = 1000, redactor: Redactor = Redactor()) -> None:
         self.path = Path(state_dir) / "history.db"
         self.agent = agent
         self.keep = keep
+        self.redactor = redactor  # what records must never hold (the agent swaps it on reload)
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +113,8 @@ class History:
 
     def update(self, sync_id: int, **fields: Any) -> None:
         allowed = {"revision", "commit_sha", "finished", "outcome", "reason", "message", "detail"}
-        cols = {k: (json.dumps(v, sort_keys=True) if k == "detail" else v) for k, v in fields.items() if k in allowed}
+        fields = {k: self.redactor.data(v) for k, v in fields.items() if k in allowed}  # never stored in the clear
+        cols = {k: (json.dumps(v, sort_keys=True) if k == "detail" else v) for k, v in fields.items()}
         if not cols:
             return
         sets = ", ".join(f"{k}=?" for k in cols)

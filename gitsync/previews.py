@@ -137,7 +137,10 @@ class Previews:
         self._notifier().send(CommitStatus(result.preview.sha, state, self.context, description, self._target_url(result.preview.sha)))
 
     def _finish(self, result: PreviewResult, state: State, description: str) -> None:
+        r = self.config.redactor  # live state may hold values of the environment (a tracked commit's image tag)
+        description = r.text(description)
         with self._cond:
+            result.text, result.plan, result.problems = r.text(result.text), r.data(result.plan), r.data(result.problems)
             result.state, result.summary, result.finished = str(state), description, time.time()
             self.done += 1
         self._post(result, state, description)

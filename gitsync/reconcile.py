@@ -23,6 +23,7 @@ from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
 from .health import DeploymentStatus, ServiceStatus, assess
 from .hosts import Hosts
 from .live import Health, HostObservation
+from .compose import is_compose_file
 from .manifest import load_files
 from .models import DesiredState
 from .plan import make_plan
@@ -137,7 +138,7 @@ class Syncer:
             settings = dc_replace(settings, url=source_override, path="")
         self.source = Source(settings, config.state_dir)
         self.hosts = Hosts(config.hosts, config.name)
-        self._loaded: tuple[str, DesiredState] | None = None  # the last revision loaded: commits are immutable
+        self._loaded: tuple[tuple[str, bool], DesiredState] | None = None  # the last revision loaded: commits are immutable
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitsync-observe")
 
     @property
@@ -153,12 +154,19 @@ class Syncer:
     def fetch(self) -> Snapshot:
         return self.source.fetch()
 
-    def load(self, snapshot: Snapshot) -> DesiredState:
-        if self._loaded is not None and self._loaded[0] == snapshot.revision:
+    def load(self, snapshot: Snapshot, placeholders: bool = False) -> DesiredState:
+        """The desired state of a snapshot; with `placeholders`, as a preview sees it: the variables
+        of the agent's environment are their names (``${TAG}``), never their values, whoever wrote it."""
+        key = (snapshot.revision, placeholders)
+        if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
         c = self.config
-        desired = load_files(snapshot.files, c.policy, c.compose.resolved(), frozenset(c.compose.profiles))
-        self._loaded = (snapshot.revision, desired)
+        desired = load_files(snapshot.files, c.policy, c.compose.resolved(placeholders), frozenset(c.compose.profiles))
+        hidden = sorted(c.compose.environment()) if placeholders else []
+        if hidden and any(is_compose_file(p) for p in snapshot.files):
+            note = f"a preview never sees the values of the agent's environment: {', '.join(f'${{{n}}}' for n in hidden)} stand in for them in this plan"
+            desired = dc_replace(desired, warnings=(*desired.warnings, note))
+        self._loaded = (key, desired)
         return desired
 
     def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None) -> tuple[Snapshot, DesiredState, dict[str, HostObservation]]:
@@ -191,7 +199,7 @@ class Syncer:
             observing = self._observer.submit(self.observe)
             try:
                 snapshot = self.source.fetch_ref(ref, sha)
-                desired = self.load(snapshot)
+                desired = self.load(snapshot, placeholders=True)
             finally:
                 observed = observing.result()
         return Observed(snapshot, desired, observed, self.plan(desired, observed))

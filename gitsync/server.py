@@ -128,10 +128,11 @@ class Handler:
         self.out_headers += list({**SECURITY_HEADERS, **(extra or {})}.items())
 
     def _json(self, code: int, doc: Any, extra: dict[str, str] | None = None) -> None:
+        doc = self.agent.config.redactor.data(doc)  # value by value, so that it stays JSON
         self._send(code, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), "application/json", extra)
 
     def _html(self, code: int, page: str) -> None:
-        self._send(code, page.encode(), "text/html; charset=utf-8")
+        self._send(code, self.agent.config.redactor.text(page).encode(), "text/html; charset=utf-8")
 
     def _read_body(self) -> bytes:
         """The body, already read and bounded by the server: a bad or too large Content-Length never
@@ -183,7 +184,7 @@ class Handler:
             ready = self.agent.ready.is_set()
             self._json(200 if ready else 503, {"ready": ready, "reason": None if ready else "the first sync has not finished"})
         elif path == "/metrics":
-            self._send(200, self.agent.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            self._send(200, self.agent.config.redactor.text(self.agent.metrics.render().decode()).encode(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/api/status":
             self._json(200, self.agent.status_json())
         elif path == "/api/syncs":

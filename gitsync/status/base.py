@@ -17,11 +17,12 @@ import queue
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import requests
 
 from ..config import StatusSettings
+from ..redact import Redactor
 
 log = logging.getLogger("gitsync.status")
 
@@ -154,8 +155,9 @@ def redacted(text: str, secret: str) -> str:
 class Notifier:
     """Posts statuses through providers from a background thread."""
 
-    def __init__(self, providers: list[Provider], backoff: float = 0.5) -> None:
+    def __init__(self, providers: list[Provider], backoff: float = 0.5, redactor: Redactor = Redactor()) -> None:
         self.providers = providers
+        self.redactor = redactor  # a status never carries a value that must not be shown
         self.backoff = backoff
         self._queue: queue.Queue[CommitStatus | None] = queue.Queue(maxsize=1000)
         self._last: dict[tuple[int, str, str], tuple[State, str]] = {}
@@ -169,7 +171,7 @@ class Notifier:
         if not self.providers or not status.sha:
             return
         try:
-            self._queue.put_nowait(status.shortened())
+            self._queue.put_nowait(replace(status, description=self.redactor.text(status.description)).shortened())
         except queue.Full:
             log.warning("status queue full; dropping %s for %s", status.state, status.sha[:12])
 

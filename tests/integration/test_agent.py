@@ -45,7 +45,7 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 class AgentProc:
     def __init__(
         self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
-        server_extra: str = "", config_extra: str = "",
+        server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None,
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -73,7 +73,7 @@ class AgentProc:
             f"state_dir: {tmp / 'state'}\n"
             + config_extra
         )
-        env = {**os.environ, "GITSYNC_WEBHOOK_SECRET": SECRET, "GITSYNC_API_TOKEN": API_TOKEN, "GH_TOKEN": GH_TOKEN}
+        env = {**os.environ, "GITSYNC_WEBHOOK_SECRET": SECRET, "GITSYNC_API_TOKEN": API_TOKEN, "GH_TOKEN": GH_TOKEN, **(env or {})}
         self.log = tmp / "agent.log"
         self._log = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "gitsync", "run", "-c", str(self.config)], stdout=self._log, stderr=subprocess.STDOUT, env=env)

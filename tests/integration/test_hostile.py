@@ -1,0 +1,86 @@
+"""Hostile input, round two (issue 20), on the real engines: what a push or a stranger's pull request
+can get the agent to show, or get a container on a host."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import GitRepo, git
+from tests.fakeforge import FakeForge
+from tests.integration.conftest import Fleet
+from tests.integration.test_agent import API_TOKEN, AgentProc, push_body, statuses, wait_for
+from tests.integration.test_previews import plan_statuses, pull_request_body
+from tests.integration.test_sync import LOOP
+
+pytestmark = pytest.mark.docker
+
+TOKEN = "tok-s3cr3t-9f2c"
+HOSTVAL = "hostname-from-env-77aa"
+
+
+def compose_web(extra: str = "", hostname: str = "${HOSTVAL}", image: str = "gitsync-test/busybox:1") -> str:
+    return (
+        "services:\n  web:\n"
+        f"    image: {image}\n    command: {json.dumps(LOOP)}\n"
+        f"    hostname: {hostname}\n    environment:\n      TOKEN: ${{TOKEN}}\n"
+        "    x-gitsync: {hostSelector: {role: web}}\n" + extra
+    )
+
+
+def test_values_from_the_agents_environment_are_never_shown(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("compose.yaml", compose_web())
+    c1 = upstream.commit("web from compose")
+    agent = AgentProc(
+        fleet, upstream, github_forge, tmp_path, env={"TOKEN": TOKEN, "HOSTVAL": HOSTVAL},
+        config_extra="compose: {variablesFromEnvironment: [TOKEN, HOSTVAL]}\npreviews: {comment: true}\n",
+    )
+    name = fleet.agent
+    try:
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, c1)), 60)
+        # the values reach the container, and only it
+        (c,) = [c for h in fleet.clients for c in fleet.containers(h)]
+        info = fleet.clients["h1" if fleet.containers("h1") else "h2"].inspect_container(c["Id"])
+        assert info["Config"]["Hostname"] == HOSTVAL and f"TOKEN={TOKEN}" in info["Config"]["Env"]
+
+        # a tracked commit whose problem would quote a value: the message names the variable instead
+        upstream.write("compose.yaml", compose_web("    ports: ['${HOSTVAL}']\n    user: '${TOKEN:?the token ${HOSTVAL} is unset}'\n"))
+        c2 = upstream.commit("a port from the environment")
+        assert agent.hook(push_body(c2)).status_code == 202
+        wait_for(lambda: any(s == "failure" for s, _ in statuses(github_forge, c2)), 30)
+        (failed,) = [d for s, d in statuses(github_forge, c2) if s == "failure"]
+        assert "${HOSTVAL}" in failed, failed
+
+        # a stranger's pull request that puts the variables where a plan shows them: the preview
+        # never sees the values (they stand as ${NAME}), and says so
+        upstream.write("compose.yaml", compose_web(hostname="x-${TOKEN}-${HOSTVAL:?}", image="gitsync-test/busybox:${TOKEN}"))
+        pr = upstream.commit("show me")
+        git(upstream.path, "update-ref", "refs/pull/9/head", pr)
+        git(upstream.path, "reset", "-q", "--hard", c2)
+        assert agent.hook(pull_request_body(9, pr, "main"), event="pull_request").status_code == 202
+        wait_for(lambda: any(p["state"] != "pending" for p in plan_statuses(github_forge, name, pr)), 30)
+        wait_for(lambda: github_forge.state.comments.get(9), 10)
+        doc = requests.get(f"{agent.url}/api/plans/{pr}", timeout=5).json()
+        assert "gitsync-test/busybox:${TOKEN}" in json.dumps(doc) and "stand in for them" in json.dumps(doc), doc
+
+        # everything the agent shows, posts and logs
+        shown = [json.dumps(github_forge.state.posted()), json.dumps(github_forge.state.comments), agent.log.read_text()]
+        auth = {"Authorization": f"Bearer {API_TOKEN}"}
+        syncs = requests.get(f"{agent.url}/api/syncs", timeout=5, headers=auth).json()
+        for path in ["/", "/plans", f"/plans/{pr}", f"/api/plans/{pr}", "/api/plans", "/api/status", "/api/syncs", "/metrics"] + [
+            f"/syncs/{s['id']}" for s in syncs
+        ] + [f"/api/syncs/{s['id']}" for s in syncs]:
+            r = requests.get(f"{agent.url}{path}", timeout=10, headers=auth)
+            assert r.status_code == 200, path
+            shown.append(r.text)
+        history = (tmp_path / "state" / "history.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "state").glob("history.db-*"))
+        for value in (TOKEN, HOSTVAL):
+            assert all(value not in text for text in shown), [text[max(0, text.find(value) - 200) : text.find(value) + 50] for text in shown if value in text]
+            assert value.encode() not in history
+        assert any("${HOSTVAL}" in text for text in shown)
+    finally:
+        agent.stop()
