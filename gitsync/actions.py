@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .config import HostSettings, ServicesSettings
+from .config import HostSettings, PolicySettings, ServicesSettings
 from .engine import explain
 from .errors import Reason
 from .live import HostObservation
@@ -98,14 +98,18 @@ class PlanView:
     unreachable: tuple[str, ...]
     order: dict[str, int]
     services: ServicesSettings = ServicesSettings()
+    policy: PolicySettings = PolicySettings()  # for what is found live (an external volume's options)
 
     @staticmethod
-    def of(observed: Mapping[str, HostObservation], hosts: Sequence[HostSettings], agent: str, services: ServicesSettings = ServicesSettings()) -> PlanView:
+    def of(
+        observed: Mapping[str, HostObservation], hosts: Sequence[HostSettings], agent: str, services: ServicesSettings = ServicesSettings(),
+        policy: PolicySettings = PolicySettings(),
+    ) -> PlanView:
         up = [h for h in hosts if observed.get(h.name) is not None and observed[h.name].reachable]
         stale = {h.name for h in up if observed[h.name].stale}
         return PlanView(
             hosts, observed, agent, up, stale, [h for h in up if h.name not in stale],
-            tuple(h.name for h in hosts if h not in up or h.name in stale), {h.name: i for i, h in enumerate(hosts)}, services,
+            tuple(h.name for h in hosts if h not in up or h.name in stale), {h.name: i for i, h in enumerate(hosts)}, services, policy,
         )
 
 

@@ -110,6 +110,9 @@ class BindRule:
     read_only: bool = True  # only read-only mounts under it
 
 
+LOCAL_LOG_DRIVERS = ("json-file", "local", "journald", "none")  # they keep output on the host
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """What a manifest may ask of a host. The defaults refuse every way out of the container."""
@@ -122,6 +125,9 @@ class PolicySettings:
     bind_mounts: tuple[BindRule, ...] = ()
     registries: tuple[str, ...] = ()  # images only from these; () = any
     require_digest: bool = False
+    volume_drivers: tuple[str, ...] = ("local",)  # a volume plugin may mount anything
+    volume_types: tuple[str, ...] = ()  # file system types the local driver may mount (type: nfs), besides tmpfs
+    log_drivers: tuple[str, ...] = LOCAL_LOG_DRIVERS  # others ship a container's output to an address
 
 
 @dataclass(frozen=True)
@@ -457,7 +463,10 @@ def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:
 
 
 def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:
-    r.mapping(node, "policy", ("allowPrivileged", "allowHostNetwork", "allowCapabilities", "allowDevices", "allowSecurityOptions", "bindMounts", "images"), root, "policy")
+    r.mapping(
+        node, "policy", ("allowPrivileged", "allowHostNetwork", "allowCapabilities", "allowDevices", "allowSecurityOptions", "bindMounts", "images", "volumes", "logDrivers"),
+        root, "policy",
+    )
 
     def strings(parent: Any, path: str, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
         value = parent.get(key) if isinstance(parent, dict) else None
@@ -480,6 +489,11 @@ def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:
         rules.append(BindRule(path.rstrip("/") or "/", r.boolean(b, "readOnly", f"{p}.readOnly", True)))
     images = node.get("images") if isinstance(node, dict) else None
     r.mapping(images, "policy.images", ("registries", "requireDigest"), node, "images")
+    volumes = node.get("volumes") if isinstance(node, dict) else None
+    r.mapping(volumes, "policy.volumes", ("drivers", "types"), node, "volumes")
+    word = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+    drivers = strings(volumes, "policy.volumes", "drivers", word, "volume driver names (e.g. local)") if isinstance(volumes, dict) and "drivers" in volumes else ("local",)
+    log_drivers = strings(node, "policy", "logDrivers", word, "log driver names (e.g. json-file)") if isinstance(node, dict) and "logDrivers" in node else LOCAL_LOG_DRIVERS
     caps = tuple(c.upper().removeprefix("CAP_") for c in strings(node, "policy", "allowCapabilities", re.compile(r"^[A-Za-z_]+$"), "capability names (e.g. NET_ADMIN)"))
     return PolicySettings(
         allow_privileged=r.boolean(node, "allowPrivileged", "policy.allowPrivileged", False),
@@ -490,6 +504,9 @@ def _policy(r: _Reader, root: Any, node: Any) -> PolicySettings:
         bind_mounts=tuple(rules),
         registries=tuple(x.lower() for x in strings(images, "policy.images", "registries", re.compile(r"^[a-zA-Z0-9.-]+(:[0-9]+)?$"), "registry hosts (e.g. registry.example.com, docker.io)")),
         require_digest=r.boolean(images, "requireDigest", "policy.images.requireDigest", False),
+        volume_drivers=drivers,
+        volume_types=strings(volumes, "policy.volumes", "types", word, "file system types (e.g. nfs)"),
+        log_drivers=log_drivers,
     )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields as dc_fields, replace
 from typing import Any
 
-from .fields import Ctx, Obj, read_bool, read_command, read_enum, read_list, read_parsed, read_str, read_str_map, shown, type_name
+from .fields import Ctx, Obj, path_problem, read_bool, read_command, read_enum, read_list, read_parsed, read_str, read_str_map, shown, type_name
 from .models import BindMount, ContainerOptions, NetworkMode
 from .units import parse_cpus, parse_size
 
@@ -33,7 +33,6 @@ DOCKER_DEFAULT_CAPABILITIES = frozenset(
 )
 ULIMITS = frozenset("core cpu data fsize locks memlock msgqueue nice nofile nproc rss rtprio rttime sigpending stack".split())
 _SIGNALS = {s.name for s in _signal.Signals}
-_PATH_RE = re.compile(r"^/[^\0:]*$")
 _HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9.]{0,62}[a-zA-Z0-9])?$")
 _USER_RE = re.compile(r"^[a-zA-Z0-9_.-]+(:[a-zA-Z0-9_.-]+)?$")
 _DEVICE_PERMS = re.compile(r"^[rwm]{1,3}$")
@@ -64,16 +63,12 @@ def _strings(ctx: Ctx, obj: Obj, key: str, check: Callable[[str], str | None] = 
     return out
 
 
-def _absolute(what: str) -> Callable[[str], str | None]:
-    return lambda p: None if _PATH_RE.match(p) else f"{shown(p)}: {what} must be an absolute path without ':'"
-
-
 def _tmpfs(ctx: Ctx, obj: Obj) -> tuple[tuple[str, str], ...]:
     out: dict[str, str] = {}
     for line, path, item in _strings(ctx, obj, "tmpfs"):
         mount, _, options = item.partition(":")
-        if not _PATH_RE.match(mount):
-            ctx.add(line, path, f"{shown(item)}: the mount path must be absolute, e.g. /run or /run:size=64m,mode=1777")
+        if path_problem(mount):
+            ctx.add(line, path, f"{shown(item)}: the mount path {path_problem(mount)}, e.g. /run or /run:size=64m,mode=1777")
         elif mount in out:
             ctx.add(line, path, f"{mount} is listed twice")
         else:
@@ -189,6 +184,9 @@ def _devices(ctx: Ctx, spec: Obj) -> tuple[tuple[str, str, str], ...]:
             inside, perms = host, parts[1]
         if len(parts) > 3 or not host.startswith("/") or not inside.startswith("/") or not _DEVICE_PERMS.match(perms):
             ctx.add(line, path, f"{shown(item)} is not a device; use /dev/HOST[:/dev/CONTAINER][:rwm]")
+            continue
+        if why := path_problem(host) or path_problem(inside):
+            ctx.add(line, path, f"{shown(item)}: a device path {why}")
             continue
         out.append((host, inside, perms))
     return tuple(sorted(out))

@@ -161,6 +161,19 @@ def read_enum(ctx: Ctx, obj: Obj, key: str, default: E) -> E:
         return default
 
 
+def path_problem(path: str) -> str | None:
+    """Why `path` cannot be given to Docker as written, or None. Absolute; no ':' (Docker's separator
+    in a mount); no '..' component: the policy judges a host path as written, and '..' would walk out
+    of the prefix it names (so it is refused in a container path too, for one rule everywhere)."""
+    if not path.startswith("/"):
+        return "must be an absolute path"
+    if ":" in path or "\0" in path:
+        return "must be a path without ':' or NUL characters"
+    if ".." in path.split("/"):
+        return "must be written without '..' components (write the path it means)"
+    return None
+
+
 NUL = "contains a NUL character, which no process can be given (Docker would create the container and fail to start it)"
 
 

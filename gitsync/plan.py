@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from . import kinds
 from .actions import Plan, PlanView
-from .config import HostSettings, ServicesSettings
+from .config import HostSettings, PolicySettings, ServicesSettings
 from .live import HostObservation
 from .models import DesiredState
 
@@ -21,8 +21,9 @@ def make_plan(
     hosts: Sequence[HostSettings],
     agent: str,
     services: ServicesSettings = ServicesSettings(),
+    policy: PolicySettings = PolicySettings(),
 ) -> Plan:
-    view = PlanView.of(observed, hosts, agent, services)
+    view = PlanView.of(observed, hosts, agent, services, policy)
     parts = [(k.name, k.plan(desired, view)) for k in kinds.ordered()]
     rank = {name: i for i, (name, _) in enumerate(parts)}
     actions = [a for _, p in parts for a in p.actions if a.host not in view.stale]

@@ -188,7 +188,7 @@ class Syncer:
         return self.hosts.observe()
 
     def plan(self, desired: DesiredState, observed: dict[str, HostObservation]) -> Plan:
-        return make_plan(desired, observed, self.config.hosts, self.config.name, self.config.services)
+        return make_plan(desired, observed, self.config.hosts, self.config.name, self.config.services, self.config.policy)
 
     def preview(self, ref: str | None = None, sha: str | None = None) -> Observed:
         """fetch, load, observe, plan: what `gitsync plan` shows; of another branch or commit than the

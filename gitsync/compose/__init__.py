@@ -114,7 +114,7 @@ COMPOSE_KEYS = {
     "stopGracePeriod": "stop_grace_period", "minReadySeconds": "x-gitsync.minReadySeconds", "dependsOn": "depends_on",
     "allowDataMove": "x-gitsync.allowDataMove", "workingDir": "working_dir", "resources": "deploy.resources", "capAdd": "cap_add",
     "capDrop": "cap_drop", "readOnlyRootFilesystem": "read_only", "extraHosts": "extra_hosts", "shmSize": "shm_size",
-    "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode",
+    "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode", "driverOpts": "driver_opts",
 }
 _SPEC_KEY = re.compile(r"\bspec\.([A-Za-z]+)")
 

@@ -52,6 +52,7 @@ from ..fields import (
     read_list,
     read_str,
     read_str_map,
+    path_problem,
     shown,
 )
 from ..health import DeploymentStatus
@@ -60,7 +61,7 @@ from ..models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMo
 from . import Header, Kind, register
 from ..container import parse_options
 from .replicas import Replicas
-from .volume import differs
+from .volume import differs, external_refusal
 
 
 def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
@@ -107,11 +108,10 @@ def _volumes(ctx: Ctx, obj: Obj) -> tuple[tuple[VolumeMount, ...], tuple[BindMou
         if name is not None and not VOLUME_NAME_RE.match(name):
             ctx.add(v.line_of("name"), f"{path}.name", f"{shown(name)} is not a valid volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*); mount a host path with hostPath")
             continue
-        if host_path is not None and (not host_path.startswith("/") or ":" in host_path or "\0" in host_path):
-            ctx.add(v.line_of("hostPath"), f"{path}.hostPath", f"{shown(host_path)} must be an absolute path without ':'")
-            continue
-        if mount is not None and not mount.startswith("/"):
-            ctx.add(v.line_of("mountPath"), f"{path}.mountPath", "must be an absolute path")
+        bad = [(k, value, why) for k, value in (("hostPath", host_path), ("mountPath", mount)) if value is not None and (why := path_problem(value))]
+        for k, value, why in bad:
+            ctx.add(v.line_of(k), f"{path}.{k}", f"{shown(value)} {why}")
+        if bad:
             continue
         if mount is not None and mount in paths:
             ctx.add(v.line_of("mountPath"), f"{path}.mountPath", f"{mount} is mounted twice")
@@ -481,7 +481,7 @@ def _volume_conflict(desired: DesiredState, d: Deployment, idx: int, view: PlanV
     for m in d.volumes:
         v = desired.volume(m.name)
         live = view.observed[host].volume(v.docker_name(idx))
-        if v.external and live is None:
+        if v.external and (live is None or external_refusal(live, view)):
             return True
         if not v.external and live is not None and (live.owner != view.agent or differs(live, v)):
             return True

@@ -15,6 +15,7 @@ from ..live import HostObservation, LiveVolume
 from ..errors import Problem
 from ..fields import VOLUME_NAME_RE, Ctx, read_bool, read_enum, read_str, read_str_map, shown
 from ..models import AccessMode, DesiredState, Volume
+from ..policy import volume_refusals
 from . import Header, Kind, register
 
 OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -70,7 +71,12 @@ class VolumeKind(Kind):
             obs = view.observed[h.name]
             for live in obs.volumes:
                 v = wanted.get(live.name)
-                if v is None or v.external:
+                if v is None:
+                    continue
+                if v.external:
+                    why = external_refusal(live, view)
+                    if why:
+                        out.problems.append(PlacementProblem(v.name, f"external volume {live.name} on {h.name} {why}; no replica mounts it there"))
                     continue
                 if live.owner != view.agent:
                     owner = f"gitsync agent {live.owner}" if live.owner else "no gitsync agent (made by hand or another tool)"
@@ -106,6 +112,15 @@ def inventory(desired: DesiredState | None, observed: Mapping[str, HostObservati
                 "stale": obs.stale,
             })
     return rows
+
+
+def external_refusal(live: LiveVolume, view: PlanView) -> str | None:
+    """Why a replica may not mount this external volume, or None: another agent's data, or options
+    that mount what the policy does not allow (an external volume is judged as it is, not as declared)."""
+    if live.owner and live.owner != view.agent:
+        return f"belongs to gitsync agent {live.owner}: an agent never mounts another's data"
+    refused = [why for _, why in volume_refusals(live.driver, dict(live.options), view.policy)]
+    return f"is not allowed by this agent's policy ({'; '.join(refused)})" if refused else None
 
 
 def differs(live: LiveVolume, v: Volume) -> bool:

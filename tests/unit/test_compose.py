@@ -300,7 +300,7 @@ def corpus_summary(folder: Path) -> tuple[int, int, Counter[str]]:
             continue
         assert loaded.stage == compose.Stage.SEMANTIC, (path.name, problems)
         for p in problems:  # each refusal is for a documented unsupported feature, or a file the corpus left out
-            documented = (compose.mapping.UNSUPPORTED, "not in the repository", "relative to the compose file", "anonymous volume", "is empty (an unset variable?)")
+            documented = (compose.mapping.UNSUPPORTED, "not in the repository", "relative to the compose file", "anonymous volume", "is empty (an unset variable?)", "not allowed by this agent's policy")
             assert any(d in p for d in documented), (path.name, p)
         reasons.update({_reason(p) for p in problems})
     return loads, total, reasons

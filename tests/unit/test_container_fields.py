@@ -130,7 +130,7 @@ def test_bad_values_are_refused_with_file_line_and_key() -> None:
         "web.yaml:9: spec.resources.limits.cpus: -1 must be more than 0",
         "web.yaml:9: spec.resources.reservations.disk: unknown key",
         "web.yaml:10: spec.capAdd[0]: 'FLY' is not a Linux capability",
-        "web.yaml:11: spec.tmpfs[0]: 'run': the mount path must be absolute",
+        "web.yaml:11: spec.tmpfs[0]: 'run': the mount path must be an absolute path",
         "web.yaml:12: spec.extraHosts.db: 'not-an-ip' is not an IP address",
         "web.yaml:13: spec.ulimits.nofile: soft (10) must not exceed hard (5)",
         "web.yaml:13: spec.ulimits.files: is not a ulimit",

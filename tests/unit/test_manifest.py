@@ -36,7 +36,7 @@ INVALID = [
     ("port out of range", HEAD + "  image: a:1\n  ports:\n    - containerPort: 70000\n", "apps/web.yaml:8: spec.ports[0].containerPort: must be <= 65535"),
     ("port missing", HEAD + "  image: a:1\n  ports:\n    - hostPort: 80\n", "apps/web.yaml:8: spec.ports[0].containerPort: is required"),
     ("host path volume", HEAD + "  image: a:1\n  volumes:\n    - {name: /srv/data, mountPath: /data}\n", "apps/web.yaml:8: spec.volumes[0].name: '/srv/data' is not a valid volume name"),
-    ("relative mount", HEAD + "  image: a:1\n  volumes:\n    - {name: data, mountPath: data}\n", "apps/web.yaml:8: spec.volumes[0].mountPath: must be an absolute path"),
+    ("relative mount", HEAD + "  image: a:1\n  volumes:\n    - {name: data, mountPath: data}\n", "apps/web.yaml:8: spec.volumes[0].mountPath: 'data' must be an absolute path"),
     ("update order", HEAD + "  image: a:1\n  update: {order: random}\n", "apps/web.yaml:7: spec.update.order: 'random' is not one of start-first, stop-first"),
     ("duration", HEAD + "  image: a:1\n  healthcheck: {test: [CMD, 'true'], interval: soon}\n", "apps/web.yaml:7: spec.healthcheck.interval: 'soon' is not a duration"),
     ("maxPerHost zero", HEAD + "  image: a:1\n  placement: {maxPerHost: 0}\n", "apps/web.yaml:7: spec.placement.maxPerHost: must be >= 1"),

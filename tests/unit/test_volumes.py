@@ -9,6 +9,7 @@ import pytest
 from gitsync import config as config_mod
 from gitsync import labels as L
 from gitsync.actions import ActionKind
+from gitsync.config import PolicySettings
 from gitsync.errors import ManifestError
 from gitsync.live import HostObservation, LiveContainer, LiveVolume
 from gitsync.manifest import load_files
@@ -103,7 +104,7 @@ def test_moving_data_is_refused_unless_git_allows_it_and_the_plan_says_what_stay
 
 def test_live_volumes_that_differ_from_git_or_are_not_ours_are_problems_with_the_remedy() -> None:
     nfs = b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: pgdata}\nspec: {driver: local, driverOpts: {type: nfs, device: ':/pg'}}\n"
-    desired = load_files({"db.yaml": db(), "v.yaml": nfs})
+    desired = load_files({"db.yaml": db(), "v.yaml": nfs}, PolicySettings(volume_types=("nfs",)))
     obs = {h: HostObservation(h, True, volumes=(vol(),) if h == "h1" else ()) for h in ("h1", "h2", "h3")}
     msgs = [str(p) for p in plan(desired, obs).problems]
     assert any("volume pgdata on h1 has driver local (no options), Git says local (device=':/pg', type='nfs')" in m and "rename it in Git" in m for m in msgs), msgs
