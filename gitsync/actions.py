@@ -191,6 +191,7 @@ class Run:
     def __init__(
         self, plan: Plan, desired: DesiredState, hosts: Hosts, agent: str, revision: str, progress: Progress | None,
         stop: threading.Event | None, observe: Callable[[], dict[str, HostObservation]], services: ServicesSettings = ServicesSettings(),
+        policy: PolicySettings = PolicySettings(),
     ) -> None:
         self.plan = plan
         self.desired = desired
@@ -201,6 +202,7 @@ class Run:
         self.stop = stop
         self.observe = observe  # the view waits look at: the one the plan was made from
         self.services = services
+        self.policy = policy  # what is checked on a host right before a change (links under writable bind mounts)
         self.parts: dict[str, Any] = {}  # a kind's own state for this apply, by the kind's choice of key
         self.out = ApplyResult()
         self.failed: set[tuple[str, str]] = set()

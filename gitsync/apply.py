@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from . import kinds
 from .actions import ApplyResult, Plan, Progress, Run
-from .config import ServicesSettings
+from .config import PolicySettings, ServicesSettings
 from .hosts import Hosts
 from .live import HostObservation
 from .models import DesiredState
@@ -24,10 +24,11 @@ def apply_plan(
     stop: threading.Event | None = None,
     observe: Callable[[], dict[str, HostObservation]] | None = None,
     services: ServicesSettings = ServicesSettings(),
+    policy: PolicySettings = PolicySettings(),
 ) -> ApplyResult:
     """Run the plan. When `stop` is set, changes in flight finish and the rest are skipped. `observe`
     is how waits for dependencies look at the hosts: the same view the plan was made from."""
-    run = Run(plan, desired, hosts, agent, revision, progress, stop, observe or hosts.observe, services)
+    run = Run(plan, desired, hosts, agent, revision, progress, stop, observe or hosts.observe, services, policy)
     for kind in kinds.ordered():
         kind.prepare(run)
     for kind in kinds.ordered():

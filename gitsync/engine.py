@@ -8,6 +8,7 @@ type and no SDK internals leave this module; it is the seam a Swarm backend plug
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import io
@@ -17,7 +18,7 @@ import posixpath
 import socket
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -30,7 +31,7 @@ import requests.exceptions
 from urllib3.connection import HTTPConnection
 
 from .config import HostSettings
-from .errors import HostError
+from .errors import GitsyncError, HostError
 from .settings import DEFAULT, Tunables
 
 
@@ -72,6 +73,8 @@ def explain(exc: BaseException) -> str:
     """A short, human reason for a failure to talk to an engine."""
     if isinstance(exc, HostError):
         return exc.detail
+    if isinstance(exc, GitsyncError):
+        return str(exc)  # our own words, whole: they say what to do
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -151,6 +154,9 @@ class ContainerSpec:
     host_options: Mapping[str, Any] = field(default_factory=dict)  # more HostConfig, as Docker SDK keywords
     create_options: Mapping[str, Any] = field(default_factory=dict)  # more container config (entrypoint, user, ...)
     sysctls: Mapping[str, str] | None = None  # namespaced kernel settings of the container
+
+
+_GO_MODE_SYMLINK = 1 << 27  # os.ModeSymlink in the file mode the archive API reports
 
 
 def _ns(seconds: float) -> int:
@@ -275,6 +281,31 @@ class Engine:
             )
         container_id: str = created["Id"]
         return container_id
+
+    def first_link(self, image: str, root: str, below: Sequence[str]) -> str | None:
+        """The first of root/a, root/a/b, ... (for `below` = [a, b, ...]) that is a symbolic link on this
+        host, or None. Looked at through a container that never starts (`image`, there already, with
+        `root` bound read-only): the archive API stats a path without following its last component."""
+        if not below:
+            return None
+        api = self._api
+        with _translated(self.host):
+            helper = api.create_container(
+                image, entrypoint=["/gitsync-never-started"], labels={"io.gitsync.role": "path-check"}, network_disabled=True,
+                host_config=api.create_host_config(binds=[f"{root}:/gitsync-root:ro"], network_mode="none"),
+            )["Id"]
+            try:
+                for i in range(1, len(below) + 1):
+                    r = api.head(api._url("/containers/{0}/archive", helper), params={"path": "/gitsync-root/" + "/".join(below[:i])}, timeout=30)
+                    if r.status_code == 404:
+                        return None  # Docker makes what is missing, as folders
+                    r.raise_for_status()
+                    stat = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
+                    if int(stat.get("mode", 0)) & _GO_MODE_SYMLINK or stat.get("linkTarget"):
+                        return root.rstrip("/") + "/" + "/".join(below[:i])
+                return None
+            finally:
+                api.remove_container(helper, force=True)
 
     def start(self, container: str) -> None:
         with _translated(self.host):

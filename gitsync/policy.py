@@ -43,6 +43,13 @@ def bind_refusal(host_path: str, read_only: bool, p: PolicySettings, hint: str =
     return None
 
 
+def writable_roots(host_path: str, p: PolicySettings) -> list[str]:
+    """The outermost prefix that replicas may write (a readOnly: false rule) which `host_path` lies
+    strictly below, as a list of none or one: below it, a replica may have planted a link."""
+    roots = sorted((r.path for r in p.bind_mounts if not r.read_only and under(host_path, r.path) and host_path.rstrip("/") != r.path), key=len)
+    return roots[:1]
+
+
 def volume_refusals(driver: str, options: Mapping[str, str], p: PolicySettings) -> Iterator[tuple[str, str]]:
     """(key, why) for what a volume's driver and options would mount that the policy does not allow:
     a driver not listed (a plugin may mount anything), a local volume that binds a host path (judged as

@@ -299,7 +299,7 @@ class Syncer:
     def _apply(self, s: _Sync) -> None:
         assert s.plan is not None and s.desired is not None and s.snapshot is not None
         s.applied = s.result.applied = apply_plan(
-            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe, self.config.services
+            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe, self.config.services, self.config.policy
         )
         if s.stopping and any(r.skipped for r in s.applied.results):
             s.cut_off = " before the agent stopped"

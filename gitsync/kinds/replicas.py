@@ -21,8 +21,10 @@ from ..actions import Action, ActionKind, ActionResult, Run
 from ..engine import Conflict, ContainerSpec, NotFound, explain
 from ..errors import ApplyError, HostError, Reason
 from ..hosts import Hosts
+from ..config import PolicySettings
 from ..container import docker_options
 from ..models import AccessMode, Deployment, DesiredState, NetworkMode, UpdateOrder, Volume
+from ..policy import writable_roots
 
 
 class GateFailed(ApplyError):
@@ -95,9 +97,13 @@ def stop_first(d: Deployment, desired: DesiredState) -> bool:
 class HostApplier:
     """The changes on one host."""
 
-    def __init__(self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None, desired: DesiredState | None = None) -> None:
+    def __init__(
+        self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None, desired: DesiredState | None = None,
+        policy: PolicySettings = PolicySettings(),
+    ) -> None:
         self.host = host
         self.desired = desired or DesiredState()
+        self.policy = policy
         self.engine = hosts.engine(host)
         self.agent = agent
         self.revision = revision
@@ -149,8 +155,24 @@ class HostApplier:
         self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
         spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on, self.desired)
         container_id = self.engine.create(spec)
+        try:
+            self._no_planted_links(d)  # last thing before the start: Docker resolves a bind's source as it mounts it
+        except ApplyError:
+            self.engine.remove(container_id)
+            raise
         self.engine.start(container_id)
         return container_id
+
+    def _no_planted_links(self, d: Deployment) -> None:
+        """A bind mount below a prefix that replicas may write (policy.bindMounts readOnly: false) must
+        not pass through a symbolic link: a replica could have planted one there that Docker would
+        follow out of the prefix. Each component below the prefix is looked at on this host."""
+        for b in d.options.binds:
+            for root in writable_roots(b.host_path, self.policy):
+                below = [p for p in b.host_path[len(root):].split("/") if p and p != "."]
+                link = self.engine.first_link(d.image, root, below)
+                if link is not None:
+                    raise ApplyError(f"{link} on {self.host} is a symbolic link below {root}, where replicas may write: never followed (make it a folder)")
 
     def _external(self, name: str, d: Deployment) -> None:
         if not self.engine.has_volume(name):
@@ -312,6 +334,7 @@ class Replicas:
             try:
                 got = HostApplier(
                     self.run.hosts, host, self.run.agent, self.run.revision, lambda c, grace: self.run.retiring(host, c, grace), self.run.desired,
+                    self.run.policy,
                 )
             except Exception as exc:  # unreachable: every action there fails with the reason
                 self.run.hosts.forget(host)

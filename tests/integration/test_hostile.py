@@ -84,3 +84,35 @@ def test_values_from_the_agents_environment_are_never_shown(fleet: Fleet, github
         assert any("${HOSTVAL}" in text for text in shown)
     finally:
         agent.stop()
+
+
+def test_a_link_planted_by_a_replica_under_a_writable_prefix_is_never_followed(fleet: Fleet, tmp_path: Path) -> None:
+    from tests.integration.test_sync import apply, deployment
+
+    data = tmp_path / "srv" / "data"  # the engines share this machine's file system
+    data.mkdir(parents=True)
+    fleet.write_config(f"policy:\n  bindMounts: [{{path: '{data}', readOnly: false}}]\n")
+    plant = ["sh", "-c", "mkdir -p /data/app && ln -s / /data/escape && trap 'exit 0' TERM; while :; do sleep 1; done"]
+    writer = (
+        "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: writer}\nspec:\n  image: gitsync-test/busybox:1\n"
+        f"  command: {json.dumps(plant)}\n  placement: {{hostSelector: {{role: db}}}}\n  volumes: [{{hostPath: '{data}', mountPath: /data}}]\n"
+    )
+    fleet.repo.write("apps/writer.yaml", writer)
+    fleet.repo.commit("a replica that may write under the prefix")
+    assert apply(fleet).code == 0
+    wait_for(lambda: (data / "escape").is_symlink(), 10)
+
+    # one step later: a bind mount below the prefix, through the planted link (to the host's /)
+    reader = deployment("reader", 1, extra=f"  placement: {{hostSelector: {{role: db}}}}\n  volumes: [{{hostPath: '{data}/escape/etc', mountPath: /host, readOnly: true}}]\n")
+    fleet.repo.write("apps/reader.yaml", reader)
+    fleet.repo.commit("read the host through the link")
+    r = apply(fleet)
+    assert r.code == 1 and f"{data}/escape on h3 is a symbolic link below {data}, where replicas may write" in r.out + r.err, r.out + r.err
+    assert [c["Names"][0] for c in fleet.containers("h3") if "reader" in c["Names"][0]] == []  # never created, or removed before its start
+    helpers = fleet.clients["h3"].containers(all=True, filters={"label": ["io.gitsync.role=path-check"]})
+    assert helpers == []
+
+    # a real folder there is fine
+    fleet.repo.write("apps/reader.yaml", reader.replace("/escape/etc", "/app"))
+    fleet.repo.commit("read a folder")
+    assert apply(fleet).code == 0
