@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from . import __version__
+from . import labels as L
 from .actions import ActionResult
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
@@ -302,7 +303,8 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         o = observed[h.name]
         by_dep: dict[str, int] = {}
         for c in o.containers:
-            by_dep[c.deployment] = by_dep.get(c.deployment, 0) + 1
+            if c.deployment:  # the Services' proxy has a role, not a deployment
+                by_dep[c.deployment] = by_dep.get(c.deployment, 0) + 1
         rows.append(
             {
                 "name": h.name,
@@ -313,6 +315,7 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "containers": len(o.containers),
                 "running": sum(1 for c in o.containers if c.running),
                 "deployments": by_dep,
+                "proxy": any(c.role == L.ROLE_PROXY for c in o.containers),
             }
         )
     if args.json:
@@ -321,7 +324,7 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for r in rows:
             state = "up" if r["reachable"] else f"UNREACHABLE ({r['error']})"
             labels = ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"
-            deps = ", ".join(f"{k} {v}" for k, v in sorted(r["deployments"].items())) or "no managed containers"
+            deps = ", ".join([f"{k} {v}" for k, v in sorted(r["deployments"].items())] + (["the Services' proxy"] if r["proxy"] else [])) or "no managed containers"
             print(f"{r['name']:<12} {state:<12} {r['url']:<40} labels {labels:<20} {r['running']}/{r['containers']} running: {deps}", file=out)
     return Exit.OK if all(r["reachable"] for r in rows) else Exit.ERROR
 

@@ -100,6 +100,8 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     # in sync: nothing more to do, and the plan says what the Service has
     r = cli("plan", "-c", str(fleet.config))
     assert r.code == 0 and "Service web: 2 endpoint(s) ready" in r.out, r.out
+    r = cli("hosts", "-c", str(fleet.config))
+    assert r.code == 0 and r.out.count("running: web 1, the Services' proxy\n") == 2 and "running: client 1, the Services' proxy\n" in r.out, r.out
     # a configuration HAProxy refuses is not put in place: the proxy keeps serving the one it runs
     engine = Hosts(load_config(str(fleet.config)).hosts, fleet.agent).engine("h3")
     proxy = f"{fleet.agent}-proxy"
