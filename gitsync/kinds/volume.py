@@ -52,13 +52,13 @@ class VolumeKind(Kind):
         for d in loaded.get("Deployment", ()):
             for m in d.volumes:
                 v = declared.get(m.name) or Volume(m.name)
-                where = (d.origin.file if d.origin else "?", d.origin.line if d.origin else None)
+                file, first = (d.origin.file, d.origin.line) if d.origin else ("?", None)
                 kind = "declared" if m.name in declared else "implicit (not declared: host-local)"
                 if v.access_mode == AccessMode.READ_ONLY_MANY and not m.read_only:
-                    problems.append(Problem(*where, f"{d.name}: spec.volumes: {m.name} is ReadOnlyMany; mount it with readOnly: true"))
+                    problems.append(Problem(file, d.options.lines.get("spec.volumes") or first, f"{d.name}: spec.volumes: {m.name} is ReadOnlyMany; mount it with readOnly: true"))
                 elif v.access_mode == AccessMode.READ_WRITE_ONCE and not m.read_only and d.replicas > 1 and not v.per_replica:
                     problems.append(Problem(
-                        *where,
+                        file, d.options.lines.get("spec.replicas") or first,
                         f"{d.name}: spec.replicas: {d.replicas} replicas cannot share the {kind} ReadWriteOnce volume {m.name} "
                         "(one writer); declare it as a Volume with perReplica: true (each replica its own), accessMode: ReadWriteMany, "
                         "or mount it readOnly",

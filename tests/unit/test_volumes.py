@@ -43,7 +43,10 @@ def problems(files: dict[str, bytes]) -> list[str]:
 
 def test_one_writer_per_read_write_once_volume_and_read_only_mounts() -> None:
     (msg,) = problems({"db.yaml": db(replicas=2)})
-    assert msg.startswith("db.yaml:1: db: spec.replicas: 2 replicas cannot share the implicit (not declared: host-local) ReadWriteOnce volume pgdata")
+    assert msg.startswith("db.yaml:5: db: spec.replicas: 2 replicas cannot share the implicit (not declared: host-local) ReadWriteOnce volume pgdata")  # at the key
+    compose = b"services:\n  db:\n    image: db:1\n    volumes: ['pg:/data']\n    deploy:\n      replicas: 2\nvolumes:\n  pg: {}\n"
+    (msg,) = problems({"compose.yaml": compose})
+    assert msg.startswith("compose.yaml:6: db: deploy.replicas: 2 replicas cannot share the declared ReadWriteOnce volume default_pg"), msg
     assert "perReplica: true" in msg
     per = b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: pgdata}\nspec: {perReplica: true}\n"
     assert len(load_files({"db.yaml": db(replicas=2), "v.yaml": per}).deployments) == 1
