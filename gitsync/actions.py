@@ -136,7 +136,8 @@ class Plan:
 
     @property
     def in_sync(self) -> bool:
-        return not self.actions
+        """Nothing to change and nothing in the way (a replica waiting for its host is not in sync)."""
+        return not self.actions and not self.problems
 
     def for_host(self, host: str) -> list[Action]:
         return [a for a in self.actions if a.host == host]

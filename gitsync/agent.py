@@ -546,4 +546,4 @@ def _plan_summary(result: SyncResult) -> str:
         return "in sync"
     c = plan.counts()
     parts = [f"{n} to {k}" for k, n in c.items() if n]
-    return ", ".join(parts)
+    return ", ".join(parts) or f"{len(plan.problems)} problem(s)"

@@ -19,7 +19,7 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         actions = plan.for_host(host)
         tag = f" ({hosts_labels[host]})" if hosts_labels.get(host) else ""
         if host in plan.unreachable:
-            print(f"host {host}{tag}: UNREACHABLE, its replicas are placed elsewhere", file=out)
+            print(f"host {host}{tag}: UNREACHABLE: nothing changes there (its replicas go where the other hosts' changes say)", file=out)
             continue
         if not actions:
             print(f"host {host}{tag}: no changes", file=out)
@@ -40,6 +40,8 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
     c = plan.counts()
     if plan.in_sync:
         print("in sync: nothing to do", file=out)
+    elif not plan.actions:
+        print(f"not in sync: {len(plan.problems)} problem(s) above; nothing to change until they are solved", file=out)
     else:
         reload = f", {c['reload']} to reload" if c["reload"] else ""
         print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
@@ -71,5 +73,5 @@ def summary(plan: Plan) -> str:
             parts.append(f"{kind} {c[kind]}" + (f" ({detail})" if detail else ""))
     in_sync = f"{len(plan.noops)} in sync" if plan.noops else ""
     if not parts:
-        return "in sync: nothing to change"
+        return "in sync: nothing to change" if plan.in_sync else f"not in sync: {plan.problems[0]}" + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else "")
     return "would " + ", ".join(parts) + (f"; {in_sync}" if in_sync else "")

@@ -14,6 +14,7 @@ from gitsync.errors import ManifestError
 from gitsync.live import HostObservation, LiveContainer, LiveVolume
 from gitsync.manifest import load_files
 from gitsync.plan import make_plan
+from gitsync.plantext import plan_text, summary
 
 CFG = config_mod.parse(
     "name: t\nsource: {url: /tmp/r}\nhosts:\n"
@@ -86,6 +87,11 @@ def test_a_replica_goes_back_to_the_host_that_holds_its_data() -> None:
     p = plan(desired, obs)
     assert not p.actions
     assert str(p.problems[0]) == "db: replica 0 waits for h2: unreachable, and its volume pgdata may be there (gitsync does not start it on an empty volume elsewhere)"
+    # and the plan says so, as the sync does: not in sync, nothing placed elsewhere
+    text = plan_text(p, "r", {})
+    assert not p.in_sync and "in sync: nothing to do" not in text and "placed elsewhere" not in text, text
+    assert "host h2: UNREACHABLE: nothing changes there" in text and "not in sync: 1 problem(s) above" in text
+    assert summary(p).startswith("not in sync: db: replica 0 waits for h2")
     # the first time, with every host seen and no volume anywhere: placed as any replica
     fresh = {h: HostObservation(h, True) for h in ("h1", "h2", "h3")}
     assert [a.host for a in plan(desired, fresh).actions] == ["h1"]
