@@ -10,6 +10,7 @@ branches wait.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from .webhooks import Preview
 log = logging.getLogger("gitsync.previews")
 
 MAX_WAITING = 100
-MAX_COMMENT = 50_000  # characters of plan in a comment (forges take about 64 KiB)
+MAX_COMMENT = 60_000  # characters of a comment, all told (GitHub takes 65,536; Gitea and GitLab more)
 
 
 @dataclass
@@ -52,12 +53,27 @@ class PreviewResult:
         }
 
 
+def comment_body(agent: str, result: PreviewResult, url: str | None, marker: str, limit: int = MAX_COMMENT) -> str:
+    """A preview as a pull request comment. Everything the commit decides (its summary, problems and
+    plan: names, values, file names) is inside one code fence longer than any run of backticks in it,
+    so none of it can be Markdown, a link, a mention or HTML; cut to `limit` with a link to the whole."""
+    head = f"**gitsync `{agent}`** plan of {result.preview.sha[:12]}: **{result.state}**"
+    block = "\n".join([result.summary, *(f"! {x}" for x in result.problems), "", result.text.rstrip()]).strip("\n")
+    tail = [f"[The whole plan, per host]({url}). " if url else "", "Never applied: the sync of the tracked branch reports on the merged commit.", marker]
+    room = limit - len(head) - sum(len(t) for t in tail) - 200
+    if len(block) > room:
+        cut = block[: max(room, 0)].rsplit("\n", 1)[0]
+        block = f"{cut}\n... cut: {block.count(chr(10)) - cut.count(chr(10))} more line(s)" + ("; the whole plan is on the page linked below" if url else "")
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", block)), default=0))
+    return "\n".join([head, "", fence + "text", block, fence, "", tail[0] + tail[1], tail[2]])
+
+
 class Previews:
     def __init__(self, config: Config, notifier: Callable[[], Notifier], target_url: Callable[[str], str | None]) -> None:
         self.config = config
         self._notifier = notifier
         self._target_url = target_url
-        self._waiting: OrderedDict[str, Preview] = OrderedDict()  # branch -> its newest commit
+        self._waiting: OrderedDict[str, Preview] = OrderedDict()  # Preview.key -> its newest commit
         self._results: OrderedDict[str, PreviewResult] = OrderedDict()  # sha -> result, newest last
         self._cond = threading.Condition()
         self._stopping = False
@@ -85,13 +101,13 @@ class Previews:
     def submit(self, preview: Preview) -> str:
         """Queue a preview; a newer commit of the same branch replaces one still waiting."""
         with self._cond:
-            old = self._waiting.pop(preview.branch, None)
+            old = self._waiting.pop(preview.key, None)
             if old is not None:
                 self.superseded += 1
                 overtaken = self._results.get(old.sha)
                 if overtaken is not None and overtaken.state == "pending":
-                    overtaken.state, overtaken.summary = "superseded", f"not planned: {preview.sha[:12]}, newer on {preview.branch}, came while it waited"
-            self._waiting[preview.branch] = preview
+                    overtaken.state, overtaken.summary = "superseded", f"not planned: {preview.sha[:12]}, newer on {preview.key}, came while it waited"
+            self._waiting[preview.key] = preview
             while len(self._waiting) > MAX_WAITING:
                 self._waiting.popitem(last=False)
                 self.superseded += 1
@@ -144,7 +160,7 @@ class Previews:
             result.state, result.summary, result.finished = str(state), description, time.time()
             self.done += 1
         self._post(result, state, description)
-        log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.branch, state, description)
+        log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.key, state, description)
         if result.preview.pull is not None and self.config.previews.comment:
             self._comment(result)
 
@@ -152,18 +168,10 @@ class Previews:
         """The plan as one comment on the pull request, edited in place on each new push."""
         p = result.preview
         marker = f"<!-- gitsync:{self.config.name}:plan -->"
-        url = self._target_url(p.sha)
-        lines = [f"**gitsync `{self.config.name}`** plan of {p.sha[:12]}: **{result.state}**: {result.summary}", ""]
-        if result.problems:
-            lines += [f"- {x}" for x in result.problems[:20]] + [""]
-        if result.text:
-            lines += ["```", result.text[:MAX_COMMENT].rstrip(), "```", ""]
-        if url:
-            lines.append(f"[The plan, per host]({url}). Never applied: the sync of the tracked branch reports on the merged commit.")
-        lines.append(marker)
+        body = comment_body(self.config.name, result, self._target_url(p.sha), marker)
         for provider in self._notifier().providers:
             try:
-                provider.upsert_comment(p.pull, marker, "\n".join(lines))
+                provider.upsert_comment(p.pull, marker, body)
             except Exception as exc:  # a forge never fails a preview
                 log.warning("preview of %s: cannot comment on pull request #%s on %r: %s", p.sha[:12], p.pull, provider, exc)
 

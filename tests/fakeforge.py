@@ -13,6 +13,7 @@ answered 400 and recorded in ``violations`` so a test can fail on them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -47,10 +48,19 @@ class ForgeState:
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     comments: dict[int, dict[int, str]] = field(default_factory=dict)  # pull request -> comment id -> body
+    authors: dict[int, int] = field(default_factory=dict)  # comment id -> the user id that wrote it
     comment_seq: int = 1000
     fail_next: int = 0  # answer 500 to this many POSTs
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_comment(self, pull: int, body: str, user: int) -> int:
+        """A comment someone else wrote (a user id other than any token's)."""
+        with self.lock:
+            self.comment_seq += 1
+            self.comments.setdefault(pull, {})[self.comment_seq] = body
+            self.authors[self.comment_seq] = user
+            return self.comment_seq
 
     def posted(self, sha: str | None = None) -> list[dict[str, Any]]:
         """Statuses created, oldest first."""
@@ -86,6 +96,14 @@ GITEA_STATES = ("pending", "success", "error", "failure", "warning")  # swagger:
 # (CreateIssueCommentOption, EditIssueCommentOption) and GitLab's notes API (POST/PUT
 # .../merge_requests/:iid/notes) take a required string `body`; no corpus holds their descriptions.
 COMMENT_BODY = {"type": "object", "properties": {"body": {"type": "string"}}, "required": ["body"], "additionalProperties": False}
+USER_ROUTES = {"github": "/user", "gitea": "/api/v1/user", "gitlab": "/api/v4/user"}  # the token's own user
+
+
+def user_id(token: str) -> int:
+    """The user a token authenticates as: the same token, the same user."""
+    return 1 + int(hashlib.sha256(token.encode()).hexdigest()[:6], 16)
+
+
 COMMENT_ROUTES = {
     "github": (r"^/repos/[^/]+/[^/]+/issues/(\d+)/comments$", r"^/repos/[^/]+/[^/]+/issues/comments/(\d+)$", "PATCH"),
     "gitea": (r"^/api/v1/repos/[^/]+/[^/]+/issues/(\d+)/comments$", r"^/api/v1/repos/[^/]+/[^/]+/issues/comments/(\d+)$", "PATCH"),
@@ -133,6 +151,13 @@ class _Handler(BaseHTTPRequestHandler):
             return bool(re.match(r"^(token|Bearer) \S+$", h.get("Authorization", "")))
         return bool(h.get("PRIVATE-TOKEN") or re.match(r"^Bearer \S+$", h.get("Authorization", "")))
 
+    def _token(self) -> str:
+        h = self.headers
+        return h.get("PRIVATE-TOKEN") or h.get("Authorization", "").partition(" ")[2]
+
+    def _user(self, uid: int) -> dict[str, Any]:
+        return {"id": uid, "username" if self.state.kind == "gitlab" else "login": f"user{uid}"}
+
     def _route(self) -> tuple[str, dict[str, str]] | None:
         path = urlsplit(self.path).path
         kind = self.state.kind
@@ -159,8 +184,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(401, {"message": "Bad credentials"})
             return True
         if self.command == "GET":
+            who = "author" if self.state.kind == "gitlab" else "user"
             with self.state.lock:
-                items = [{"id": i, "body": b} for i, b in self.state.comments.get(int(m_pull.group(1)), {}).items()]  # type: ignore[union-attr]
+                items = [
+                    {"id": i, "body": b, who: self._user(self.state.authors.get(i, 0))}
+                    for i, b in self.state.comments.get(int(m_pull.group(1)), {}).items()  # type: ignore[union-attr]
+                ]
             self._answer(200, items)
             return True
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
@@ -175,6 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.state.comment_seq += 1  # ids are never reused, as on a forge
                 ident = self.state.comment_seq
                 self.state.comments.setdefault(int(m_pull.group(1)), {})[ident] = body["body"]  # type: ignore[union-attr]
+                self.state.authors[ident] = user_id(self._token())
                 code = 201
             else:
                 ident = int(m_one.group(1))  # type: ignore[union-attr]
@@ -182,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if where is None:
                     code = 404
                 else:
+                    if self.state.authors.get(ident) != user_id(self._token()):  # a maintainer's token may; the agent must not
+                        self.state.violations.append(f"{self.command} {self.path}: edited a comment that user{self.state.authors.get(ident)} wrote")
                     where[ident] = body["body"]
                     code = 200
         self._answer(code, {"id": ident, "body": body["body"]} if code != 404 else {"message": "Not Found"}, body)
@@ -198,6 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self._comment_route():
             return
+        if urlsplit(self.path).path == USER_ROUTES[self.state.kind]:
+            if not self._auth_ok():
+                return self._answer(401, {"message": "Bad credentials"})
+            return self._answer(200, self._user(user_id(self._token())))
         route = self._route()
         if route is None or route[0] != "list":
             return self._violation("no such endpoint in the API description")

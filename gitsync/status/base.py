@@ -88,11 +88,28 @@ class Provider:
     def _headers(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def comments(self, pull: int) -> list[tuple[int, str]]:
-        """(id, body) of the pull or merge request's comments (the first 100)."""
+    def user_url(self) -> str:
+        """Where the forge says whose token this is."""
+        raise NotImplementedError
+
+    def whoami(self) -> int | None:
+        """The id of the user this token speaks as (asked once), or None when the forge will not say
+        (a GitHub App's installation token cannot read /user)."""
+        if not hasattr(self, "_me"):
+            r = self.session.get(self.user_url(), headers=self._headers(), timeout=TIMEOUT)
+            if r.status_code in (401, 403, 404):
+                log.warning("%r: cannot tell which comments are this agent's own (%s answers %s): it makes its own once per run", self, self.user_url(), r.status_code)
+                self._me: int | None = None
+            else:
+                self._check(r, "read the token's user")
+                self._me = int(r.json()["id"])
+        return self._me
+
+    def comments(self, pull: int) -> list[tuple[int, str, int | None]]:
+        """(id, body, author's user id) of the pull or merge request's comments (the first 100)."""
         r = self.session.get(self.comment_urls(pull)[0], params={"per_page": 100}, headers=self._headers(), timeout=TIMEOUT)
         self._check(r, "list comments")
-        return [(int(c["id"]), str(c.get("body") or "")) for c in r.json()]
+        return [(int(c["id"]), str(c.get("body") or ""), (c.get("user") or c.get("author") or {}).get("id")) for c in r.json()]
 
     def create_comment(self, pull: int, body: str) -> int:
         r = self.session.post(self.comment_urls(pull)[0], json={"body": body}, headers=self._headers(), timeout=TIMEOUT)
@@ -109,10 +126,12 @@ class Provider:
         return True
 
     def upsert_comment(self, pull: int, marker: str, body: str) -> int:
-        """The comment carrying `marker` edited to `body`, or made once: never a second one."""
+        """The comment carrying `marker` edited to `body`, or made once: never a second one. Only a
+        comment this token's user wrote is its own: a stranger can copy the marker, not the author."""
         known = getattr(self, "_comment_ids", {})
         self._comment_ids = known
-        cid = known.get((pull, marker)) or next((i for i, text in self.comments(pull) if marker in text), None)
+        me = self.whoami() if (pull, marker) not in known else None
+        cid = known.get((pull, marker)) or next((i for i, text, author in self.comments(pull) if marker in text and me is not None and author == me), None)
         if cid is None or not self.edit_comment(pull, cid, body):
             cid = self.create_comment(pull, body)
         known[(pull, marker)] = cid

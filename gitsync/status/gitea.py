@@ -40,5 +40,8 @@ class GiteaProvider(Provider):
                     return None
         return None
 
+    def user_url(self) -> str:
+        return self._base().split("/repos/")[0] + "/user"
+
     def comment_urls(self, pull: int) -> tuple[str, str, str]:
         return f"{self._base()}/issues/{pull}/comments", f"{self._base()}/issues/comments/{{id}}", "PATCH"

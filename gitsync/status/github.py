@@ -44,6 +44,9 @@ class GitHubProvider(Provider):
                 return State(s["state"]), s.get("description") or ""
         return None
 
+    def user_url(self) -> str:
+        return f"{self.settings.url}/user"
+
     def comment_urls(self, pull: int) -> tuple[str, str, str]:
         base = f"{self.settings.url}/repos/{self._repo()}/issues"
         return f"{base}/{pull}/comments", f"{base}/comments/{{id}}", "PATCH"

@@ -47,6 +47,9 @@ class GitLabProvider(Provider):
                 return (state, s.get("description") or "") if state else None
         return None
 
+    def user_url(self) -> str:
+        return self._base().split("/projects/")[0] + "/user"
+
     def comment_urls(self, pull: int) -> tuple[str, str, str]:
         notes = f"{self._base()}/merge_requests/{pull}/notes"  # a merge request's comments are its notes
         return notes, f"{notes}/{{id}}", "PUT"

@@ -88,7 +88,7 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         assert plan_statuses(github_forge, name, pr_sha)[-1]["description"] == "would replace 1 (web: labels)"
         wait_for(lambda: github_forge.state.comments.get(7), 10)
         (comment,) = github_forge.state.comments[7].values()  # one comment on the pull request, with the plan
-        assert f"plan of {pr_sha[:12]}: **success**: would replace 1 (web: labels)" in comment and f"<!-- gitsync:{name}:plan -->" in comment
+        assert f"plan of {pr_sha[:12]}: **success**" in comment and "\nwould replace 1 (web: labels)\n" in comment and f"<!-- gitsync:{name}:plan -->" in comment
         assert "~ " in comment and f"{agent.url}/plans/{pr_sha}" in comment
         pr_next = on_branch(upstream, "fork-work", deployment("web", 2, extra=WEB, labels="{app: web, tier: front}"), "relabel, x2")
         git(upstream.path, "update-ref", "refs/pull/7/head", pr_next)

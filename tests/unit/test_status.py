@@ -171,7 +171,9 @@ def test_one_comment_per_pull_request_edited_in_place(kind: str) -> None:
         provider = REGISTRY[kind](StatusSettings(kind, forge.url, REPOS[kind], "TOKEN"), TOKEN)
         marker = "<!-- gitsync:prod:plan -->"
         forge.state.comments[7] = {100: "LGTM"}  # someone else's comment stays as it is
+        forged = forge.state.add_comment(7, f"click [here](https://evil.example)\n{marker}", user=666)  # a stranger copied the marker first
         first = provider.upsert_comment(7, marker, f"plan of aaaa\n{marker}")
+        assert first != forged and forge.state.comments[7].pop(forged).startswith("click")  # never taken for the agent's own
         again = provider.upsert_comment(7, marker, f"plan of bbbb\n{marker}")
         assert first == again and forge.state.comments[7] == {100: "LGTM", first: f"plan of bbbb\n{marker}"}
         fresh = REGISTRY[kind](StatusSettings(kind, forge.url, REPOS[kind], "TOKEN"), TOKEN)  # a restarted agent finds it by its marker

@@ -1,0 +1,46 @@
+"""Previews as strangers may drive them (issue 20): keyed by what identifies them, bounded in what
+they keep, their comments only the agent's own, escaped and cut to the forges' limits."""
+
+from __future__ import annotations
+
+from gitsync import config as config_mod
+from gitsync.previews import Previews
+from gitsync.status import Notifier
+from gitsync.webhooks import Preview
+
+
+def previews(**kw: object) -> Previews:
+    notifier = Notifier([])
+    return Previews(config_mod.parse("name: t"), lambda: notifier, lambda sha: None)
+
+
+def test_two_forks_main_branches_are_two_previews_and_a_newer_commit_replaces_only_its_own() -> None:
+    p = previews()
+    a, b = Preview("refs/pull/1/head", "a" * 40, "main", 1), Preview("refs/pull/2/head", "b" * 40, "main", 2)
+    assert p.submit(a) == "queued" and p.submit(b) == "queued"
+    assert p.superseded == 0 and [r.preview.sha for r in p.recent()] == ["b" * 40, "a" * 40]
+    assert p.submit(Preview("refs/pull/1/head", "c" * 40, "main", 1)) == "replaced a preview still waiting for that branch"
+    assert p.get("a" * 40).state == "superseded" and "newer on pull request #1" in p.get("a" * 40).summary  # type: ignore[union-attr]
+    assert p.get("b" * 40).state == "pending"  # type: ignore[union-attr]
+    # a branch of the repository called main-like names is its own key too
+    assert p.submit(Preview("refs/heads/main2", "d" * 40, "main2")) == "queued"
+
+
+def test_a_comment_keeps_what_a_commit_decides_inside_one_fence_and_fits_the_forges_limit() -> None:
+    from gitsync.previews import MAX_COMMENT, PreviewResult, comment_body
+
+    marker = "<!-- gitsync:t:plan -->"
+    hostile = "````\n@admin [click](https://evil.example) <img src=x> <!-- gitsync:t:plan -->\n```"
+    r = PreviewResult(Preview("refs/pull/3/head", "e" * 40, "x", 3), state="failure", summary=f"invalid: apps/{hostile}.yaml:1: bad", problems=[hostile], text=f"+ {hostile}\n")
+    body = comment_body("t", r, "http://agent/plans/" + "e" * 40, marker)
+    head, _, rest = body.partition("\n\n")
+    assert head == "**gitsync `t`** plan of eeeeeeeeeeee: **failure**"
+    fence = rest.split("\n", 1)[0].removesuffix("text")
+    assert fence == "`" * 5  # longer than the longest run of backticks inside
+    inside, _, after = rest.split("\n", 1)[1].partition("\n" + fence + "\n")
+    assert hostile in inside and fence not in inside
+    assert "@admin" not in after and "evil" not in after and after.rstrip().endswith(marker) and after.count(marker) == 1
+
+    huge = PreviewResult(Preview("refs/pull/3/head", "f" * 40, "x", 3), state="success", summary="would create 5000", text="".join(f"  + web-{i} create\n" for i in range(5000)))
+    body = comment_body("t", huge, "http://agent/plans/" + "f" * 40, marker)
+    assert len(body) <= MAX_COMMENT and "more line(s); the whole plan is on the page linked below" in body and body.endswith(marker)
