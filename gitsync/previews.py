@@ -9,13 +9,16 @@ branches wait.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .config import Config
@@ -86,7 +89,36 @@ class Previews:
     def context(self) -> str:
         return f"gitsync/{self.config.name}/plan"
 
+    @property
+    def _journal(self) -> Path:
+        """The previews not finished yet, kept on disk so that a restarted agent plans them (their
+        commits carry `pending`, which must not stay so)."""
+        return Path(self.config.state_dir) / "previews-pending.json"
+
+    def _save(self) -> None:
+        """Called with the lock held, whenever what waits or runs changes."""
+        running = [r.preview for r in self._results.values() if r.state == "running"]
+        unfinished = [asdict(p) for p in [*running, *self._waiting.values()]]
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._journal.with_suffix(".tmp")
+            tmp.write_text(json.dumps(unfinished))
+            os.replace(tmp, self._journal)
+        except OSError as exc:
+            log.warning("cannot keep the list of unfinished previews in %s: %s", self._journal, exc)
+
     def start(self) -> None:
+        """Start planning; first queue again what a stopped or crashed agent left unfinished."""
+        try:
+            left = [Preview(**p) for p in json.loads(self._journal.read_text())][: MAX_WAITING + 1]
+        except FileNotFoundError:
+            left = []
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("%s unreadable, unfinished previews are not resumed: %s", self._journal, exc)
+            left = []
+        for preview in left:
+            log.info("preview of %s (%s): resumed after a restart", preview.sha[:12], preview.key)
+            self.submit(preview)
         self._thread.start()
 
     def stop(self) -> None:
@@ -99,20 +131,30 @@ class Previews:
             self._syncer.close()
 
     def submit(self, preview: Preview) -> str:
-        """Queue a preview; a newer commit of the same branch replaces one still waiting."""
+        """Queue a preview (its commit says pending at once); a newer commit of the same pull request
+        or branch replaces one still waiting, whose status then says why it was not planned."""
+        dropped: list[tuple[Preview, str]] = []
         with self._cond:
             old = self._waiting.pop(preview.key, None)
             if old is not None:
-                self.superseded += 1
-                overtaken = self._results.get(old.sha)
-                if overtaken is not None and overtaken.state == "pending":
-                    overtaken.state, overtaken.summary = "superseded", f"not planned: {preview.sha[:12]}, newer on {preview.key}, came while it waited"
+                dropped.append((old, f"not planned: {preview.sha[:12]}, newer on {preview.key}, came while it waited"))
             self._waiting[preview.key] = preview
             while len(self._waiting) > MAX_WAITING:
-                self._waiting.popitem(last=False)
+                _, oldest = self._waiting.popitem(last=False)
+                dropped.append((oldest, f"not planned: more than {MAX_WAITING} previews waited; push again to plan it"))
+            for gone, why in dropped:
                 self.superseded += 1
-            self._remember(PreviewResult(preview))
+                overtaken = self._results.get(gone.sha)
+                if overtaken is not None and overtaken.state == "pending":
+                    overtaken.state, overtaken.summary = "superseded", why
+            result = PreviewResult(preview)
+            self._remember(result)
+            ahead = len(self._waiting) - 1 + sum(1 for r in self._results.values() if r.state == "running")
+            self._save()
             self._cond.notify_all()
+        for gone, why in dropped:  # pending was posted for it: it must not stay so
+            self._notifier().send(CommitStatus(gone.sha, State.ERROR, self.context, why, self._target_url(gone.sha)))
+        self._post(result, State.PENDING, f"queued: {ahead} preview(s) ahead of it" if ahead else "queued")  # a status from the start, never none
         return "replaced a preview still waiting for that branch" if old is not None else "queued"
 
     def get(self, sha: str) -> PreviewResult | None:
@@ -159,6 +201,7 @@ class Previews:
             result.text, result.plan, result.problems = r.text(result.text), r.data(result.plan), r.data(result.problems)
             result.state, result.summary, result.finished = str(state), description, time.time()
             self.done += 1
+            self._save()
         self._post(result, state, description)
         log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.key, state, description)
         if result.preview.pull is not None and self.config.previews.comment:

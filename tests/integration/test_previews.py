@@ -61,7 +61,7 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         assert r.status_code == 202 and r.json() == {"status": "queued", "reason": f"queued: preview of branch feature at {feature[:12]}"}
         wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, name, feature)), 30)
         posted = plan_statuses(github_forge, name, feature)
-        assert [p["state"] for p in posted] == ["pending", "success"]
+        assert [p["state"] for p in posted] == ["pending", "pending", "success"]  # queued, planning, planned
         assert posted[-1]["description"] == "would create 1, replace 1 (web: image)" and posted[-1]["target_url"] == f"{agent.url}/plans/{feature}"
         doc = requests.get(f"{agent.url}/api/plans/{feature}", timeout=5).json()
         assert doc["state"] == "success" and doc["branch"] == "feature" and doc["revision"] == f"feature@sha1:{feature}"
@@ -69,7 +69,7 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         page = requests.get(f"{agent.url}/plans/{feature}", timeout=5)
         assert page.status_code == 200 and "would create 1, replace 1 (web: image)" in page.text and "never applied" in page.text
         assert fleet.ids() == before  # nothing ran: a preview is never applied
-        assert [p["context"] for p in github_forge.state.posted(feature)] == [f"gitsync/{name}/plan"] * 2  # no sync status on it
+        assert [p["context"] for p in github_forge.state.posted(feature)] == [f"gitsync/{name}/plan"] * 3  # no sync status on it
 
         # an invalid manifest on another branch: failure naming file and line
         broken = on_branch(upstream, "broken", deployment("web", 1, extra=WEB + "  replicas: -1\n"), "broken")
@@ -108,7 +108,10 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, name, burst[-1])), 30)
         assert plan_statuses(github_forge, name, burst[-1])[-1]["description"] == "would create 4"
         time.sleep(1)
-        assert [sha for sha in burst[1:-1] if plan_statuses(github_forge, name, sha)] == []  # overtaken while waiting: never planned
+        for sha in burst[1:-1]:  # overtaken while waiting: never planned, and its status says so (never left pending)
+            settled = [(p["state"], p["description"]) for p in plan_statuses(github_forge, name, sha)]
+            assert settled[0][0] == "pending" and settled[-1][0] == "error" and "came while it waited" in settled[-1][1], settled
+            assert all("planning" not in d for _, d in settled)
         listed = requests.get(f"{agent.url}/api/plans", timeout=5).json()
         assert [p["sha"] for p in listed][:1] == [burst[-1]] and {feature, broken, pr_sha} <= {p["sha"] for p in listed}
         assert "Previews" in requests.get(f"{agent.url}/plans", timeout=5).text

@@ -3,6 +3,10 @@ they keep, their comments only the agent's own, escaped and cut to the forges' l
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
 from gitsync import config as config_mod
 from gitsync.previews import Previews
 from gitsync.status import Notifier
@@ -44,3 +48,47 @@ def test_a_comment_keeps_what_a_commit_decides_inside_one_fence_and_fits_the_for
     huge = PreviewResult(Preview("refs/pull/3/head", "f" * 40, "x", 3), state="success", summary="would create 5000", text="".join(f"  + web-{i} create\n" for i in range(5000)))
     body = comment_body("t", huge, "http://agent/plans/" + "f" * 40, marker)
     assert len(body) <= MAX_COMMENT and "more line(s); the whole plan is on the page linked below" in body and body.endswith(marker)
+
+
+def test_what_a_stopped_agent_left_unfinished_is_planned_after_a_restart_and_never_left_pending(tmp_path: Path) -> None:
+    from gitsync.status import State
+
+    class Provider:
+        kind = "fake"
+
+        def __init__(self) -> None:
+            self.posted: list[tuple[str, str, str]] = []
+
+        def post(self, status) -> None:  # type: ignore[no-untyped-def]
+            self.posted.append((status.sha[:1], str(status.state), status.description))
+
+        def latest(self, sha: str, context: str) -> None:
+            return None
+
+    provider = Provider()
+    notifier = Notifier([provider])  # type: ignore[list-item]
+    cfg = config_mod.parse(f"name: t\nstate_dir: {tmp_path}\n")
+    first = Previews(cfg, lambda: notifier, lambda sha: None)  # never started: as if it crashed with these queued
+    first.submit(Preview("refs/pull/1/head", "a" * 40, "main", 1))
+    first.submit(Preview("refs/pull/2/head", "b" * 40, "main", 2))
+    first.submit(Preview("refs/pull/1/head", "c" * 40, "main", 1))  # overtakes a
+    notifier.flush(5)
+    assert provider.posted == [
+        ("a", State.PENDING, "queued"), ("b", State.PENDING, "queued: 1 preview(s) ahead of it"),
+        ("a", State.ERROR, "not planned: cccccccccccc, newer on pull request #1, came while it waited"),
+        ("c", State.PENDING, "queued: 1 preview(s) ahead of it"),
+    ]
+    again = Previews(cfg, lambda: notifier, lambda sha: None)
+    planned: list[str] = []
+    again._preview = lambda p, r: (planned.append(p.sha[:1]), again._finish(r, State.SUCCESS, "in sync: nothing to change"))  # type: ignore[method-assign]
+    again.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(planned) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        again.stop()
+    assert sorted(planned) == ["b", "c"]  # a was settled already; b and c are planned, each once
+    notifier.flush(5)
+    assert sorted((s, st) for s, st, _ in provider.posted if st == State.SUCCESS) == [("b", State.SUCCESS), ("c", State.SUCCESS)]
+    assert json.loads((tmp_path / "previews-pending.json").read_text()) == []
