@@ -30,7 +30,7 @@ from .live import HostObservation
 from .liveness import HostTracker
 from .metrics import Metrics
 from .models import DesiredState
-from .actions import ActionKind, Plan
+from .actions import Action, ActionKind, Plan
 from .reconcile import Outcome, SyncResult, Syncer
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
@@ -79,6 +79,9 @@ class Agent:
         self._install_tracker(self.syncer)
         self.debouncer = Debouncer(tunables.debounce, self.nudge)
         self.backoff = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
+        # changes that failed (a proxy whose hostPort something else holds, a create Docker refuses):
+        # tried again after 1 s, 2 s, 4 s ... up to the cap, until one works
+        self.retries = Backoff(tunables.backoff_base, tunables.backoff_cap, reset_after=float("inf"))
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self.events_seen = 0
@@ -263,6 +266,12 @@ class Agent:
         held: list[str] = []
         retry_in: float | None = None
         for a in plan.actions:
+            if self.retries.known(_retry_key(a)):
+                ok, tries, wait = self.retries.allow(_retry_key(a), now)
+                if not ok:
+                    held.append(f"{a.object_kind.lower()} {a.container_name or a.deployment} on {a.host}: {a.kind} failed {tries} time(s); tried again in {wait:.0f}s")
+                    retry_in = wait if retry_in is None else min(retry_in, wait)
+                    continue
             if a.object_kind != "Deployment":
                 keep.append(a)
                 continue
@@ -304,6 +313,12 @@ class Agent:
     def _remember_rollouts(self, result: SyncResult) -> None:
         if result.applied is None:
             return
+        now = time.monotonic()
+        for r in result.applied.results:  # what failed backs off; what worked starts afresh
+            if r.ok:
+                self.retries.forget(_retry_key(r.action))
+            elif not r.skipped and not self.retries.known(_retry_key(r.action)):
+                self.retries.allow(_retry_key(r.action), now)  # counts this try: the next waits 1 s
         loaded = self.syncer.loaded
         for r in result.applied.failed:
             if r.action.kind == ActionKind.REPLACE and r.reason == Reason.HEALTH_CHECK_FAILED:
@@ -538,6 +553,11 @@ class Agent:
             "volumes": inventory(self.syncer.loaded, v.observed, self.config.name),
             "hosts": hosts,
         }
+
+
+def _retry_key(a: Action) -> tuple[str, str, str, str]:
+    """One change, the same in every plan that asks for it (container ids change; names do not)."""
+    return (a.host, a.object_kind, a.container_name or a.deployment, str(a.kind))
 
 
 def _plan_summary(result: SyncResult) -> str:

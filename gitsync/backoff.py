@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Hashable
 
 def crash_loop_reason(host: str, replica: int, restarts: int, forgive_after: float) -> str:
     return f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {forgive_after:.0f}s"
@@ -13,7 +14,7 @@ class Backoff:
 
     def __init__(self, base: float = 1.0, cap: float = 60.0, reset_after: float = 30.0) -> None:
         self.base, self.cap, self.reset_after = base, cap, reset_after
-        self._tries: dict[tuple[str, str, int], tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
+        self._tries: dict[Hashable, tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
         self._seen: dict[tuple[str, str, int], tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
         self._lock = threading.Lock()  # the sync thread asks, the event watchers report
 
@@ -25,7 +26,16 @@ class Backoff:
         for k in [k for k, v in self._seen.items() if v[1] < old]:
             del self._seen[k]
 
-    def allow(self, key: tuple[str, str, int], now: float) -> tuple[bool, int, float]:
+    def known(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._tries
+
+    def forget(self, key: Hashable) -> None:
+        """It worked: the next failure starts the backoff afresh."""
+        with self._lock:
+            self._tries.pop(key, None)
+
+    def allow(self, key: Hashable, now: float) -> tuple[bool, int, float]:
         with self._lock:
             self._forget(now)
             restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))

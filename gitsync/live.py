@@ -6,6 +6,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from . import labels as L
@@ -100,14 +101,26 @@ class HostObservation:
     proxy_config: str | None = None  # the configuration the host's Services' proxy runs, when it has one
     volumes: tuple[LiveVolume, ...] = ()  # every volume on the host, gitsync's or not
 
-    def volume(self, name: str) -> LiveVolume | None:
-        return next((v for v in self.volumes if v.name == name), None)
+    # Indexes, built once per observation: a plan asks them per replica and per Service.
+    @cached_property
+    def _volumes_by_name(self) -> dict[str, LiveVolume]:
+        return {v.name: v for v in reversed(self.volumes)}  # the first of a name wins, as before
 
-    @property
+    def volume(self, name: str) -> LiveVolume | None:
+        return self._volumes_by_name.get(name)
+
+    @cached_property
     def replicas(self) -> tuple[LiveContainer, ...]:
         return tuple(c for c in self.containers if not c.role)
 
-    @property
+    @cached_property
+    def replicas_by_deployment(self) -> dict[str, tuple[LiveContainer, ...]]:
+        out: dict[str, list[LiveContainer]] = {}
+        for c in self.replicas:
+            out.setdefault(c.deployment, []).append(c)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @cached_property
     def proxies(self) -> tuple[LiveContainer, ...]:
         return tuple(c for c in self.containers if c.role == L.ROLE_PROXY)
 

@@ -22,6 +22,8 @@ API_VERSION = "gitsync.io/v1"
 MAX_FILE_BYTES = 1024 * 1024
 MAX_TOTAL_BYTES = 32 * 1024 * 1024
 MAX_FILES = 2000
+MAX_OBJECTS = 5000  # deployments, services and volumes, all told
+MAX_TOTAL_REPLICAS = 10_000  # a fleet of a few hundred hosts; each deployment has at most MAX_REPLICAS
 
 
 def is_manifest_file(path: str) -> bool:
@@ -88,6 +90,22 @@ def too_large(size: int) -> Unreadable:
 
 
 NOT_READ = Unreadable("not read: there are too many manifest files")
+TOO_MUCH = Unreadable(f"not read: the files gitsync reads (manifests, compose and env files) add up to more than {MAX_TOTAL_BYTES} bytes")
+
+
+class Budget:
+    """What may still be read of one repository: each file's size is known before its content is
+    read, so the total is bounded before it is spent (a blob repeated under many names costs its
+    size each time)."""
+
+    def __init__(self) -> None:
+        self.left = MAX_TOTAL_BYTES
+
+    def take(self, size: int) -> bool:
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
 LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
 
 
@@ -141,6 +159,11 @@ def load_files(
             got = _document(ctx, doc, line)
             if got is not None:
                 objects[got[0].name].append(got[1])
+    for path, data in sorted(files.items()):  # an env file that was not read is a problem too, never an empty file
+        if isinstance(data, Unreadable) and path not in manifest_files:
+            problems.append(Problem(path, None, data.why))
+    if _too_much(objects, problems):
+        raise ManifestError(problems)  # nothing more is built from so much: no plan is made of it
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
@@ -188,6 +211,25 @@ def _compose_documents(
     return loaded.warnings
 
 
+def _too_much(objects: Mapping[str, list[Any]], problems: list[Problem]) -> bool:
+    """Whether the desired state is larger than an agent plans: each bound is checked before any
+    plan is made, so a small file cannot ask for work without end (a problem names where it tips)."""
+    every = [o for objs in objects.values() for o in objs]
+    if len(every) > MAX_OBJECTS:
+        o = every[MAX_OBJECTS]
+        problems.append(Problem(o.origin.file if o.origin else "?", o.origin.line if o.origin else None,
+                                f"{len(every)} objects (deployments, services, volumes); one agent plans at most {MAX_OBJECTS}: split the fleet over agents"))
+        return True
+    total = 0
+    for d in objects.get("Deployment", ()):
+        total += d.replicas
+        if total > MAX_TOTAL_REPLICAS:
+            problems.append(Problem(d.origin.file if d.origin else "?", d.options.lines.get("spec.replicas") or (d.origin.line if d.origin else None),
+                                    f"{d.name}: replicas add up to more than {MAX_TOTAL_REPLICAS} here; one agent runs at most {MAX_TOTAL_REPLICAS}: split the fleet over agents"))
+            return True
+    return False
+
+
 def _check_unique(kind: str, objects: list[Any], problems: list[Problem]) -> None:
     seen: dict[str, Origin | None] = {}
     for obj in objects:
@@ -205,6 +247,7 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
     import os
 
     out: dict[str, bytes] = {}
+    budget = Budget()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in sorted(filenames):
@@ -221,6 +264,9 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
             size = os.path.getsize(full)
             if size > MAX_FILE_BYTES:
                 out[rel] = too_large(size)  # reported by load_files, never read whole
+                continue
+            if not budget.take(size):
+                out[rel] = TOO_MUCH
                 continue
             with open(full, "rb") as fh:
                 out[rel] = reader(full) if reader else fh.read()

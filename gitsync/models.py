@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NewType
 
 HostName = NewType("HostName", str)
@@ -237,9 +238,29 @@ class DesiredState:
     def volumes(self) -> tuple[Volume, ...]:
         return self.of("Volume")
 
+    # Indexes, built once per desired state (it never changes): a plan asks them per replica.
+    @cached_property
+    def _by_name(self) -> dict[tuple[str, str], Any]:
+        return {(kind, o.name): o for kind, objs in self.objects.items() for o in reversed(objs)}
+
+    @cached_property
+    def _by_label(self) -> dict[tuple[str, str], frozenset[str]]:
+        out: dict[tuple[str, str], set[str]] = {}
+        for d in self.deployments:
+            for pair in d.labels:
+                out.setdefault(pair, set()).add(d.name)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def selected(self, svc: Service) -> dict[str, Deployment]:
+        """The deployments a Service selects, by name: from the label index, not by asking each."""
+        if not svc.selector:
+            return {}
+        names = frozenset.intersection(*(self._by_label.get(pair, frozenset()) for pair in svc.selector))
+        return {n: self._by_name[("Deployment", n)] for n in sorted(names)}
+
     def volume(self, name: str) -> Volume:
         """The declared volume, or the implicit one a deployment mounts by that name."""
-        return next((v for v in self.volumes if v.name == name), None) or Volume(name)
+        return self._by_name.get(("Volume", name)) or Volume(name)
 
     def data_volumes(self, d: Deployment, replica: int) -> list[tuple[str, Volume]]:
         """The volumes (Docker name, declaration) holding this replica's data on its host: mounted
@@ -256,10 +277,8 @@ class DesiredState:
         return next((m.name for m in d.volumes if not m.read_only and self.volume(m.name).access_mode == AccessMode.READ_WRITE_ONCE), None)
 
     def deployment(self, name: str) -> Deployment | None:
-        for d in self.deployments:
-            if d.name == name:
-                return d
-        return None
+        got: Deployment | None = self._by_name.get(("Deployment", name))
+        return got
 
     def levels(self) -> list[list[str]]:
         """Deployments grouped so that each one comes after everything it depends on (validated acyclic)."""

@@ -15,7 +15,7 @@ def gist(state: State, description: str) -> tuple[State, str]:
     """What a status says, for heal syncs to post again only when it changes: for success the state
     alone; otherwise the reason without its numbers (counts and seconds change with every restart,
     the words only when the situation does)."""
-    return state, "" if state == State.SUCCESS else re.sub(r"\d+(\.\d+)?", "#", description)
+    return state, "" if state == State.SUCCESS else re.sub(r"\d+(\.\d+)?", "#", re.sub(r"\b[0-9a-f]{12,64}\b", "ID", description))
 
 
 OUTCOME_STATE = {

@@ -22,7 +22,7 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError
-from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, Unreadable, is_source_file, read_folder, too_large
+from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, Unreadable, is_source_file, read_folder, too_large
 
 _GIT_TIMEOUT = 120
 LINK_MODE = 0o120000  # a symbolic link in a git tree
@@ -311,6 +311,7 @@ class Source:
                 raise FetchError(f"source.path {prefix!r} is not a folder in {where}")
         files: dict[str, bytes] = {}
         notes: list[str] = []
+        budget = Budget()
         base = len(prefix) + 1 if prefix else 0
         hidden = lambda i, d: i.type != "blob" and str(i.path).rsplit("/", 1)[-1].startswith(".")  # noqa: E731  # by path: a submodule has no name
         for item in tree.traverse(prune=hidden):  # type: ignore[arg-type]
@@ -330,6 +331,9 @@ class Source:
                 continue
             if item.size > MAX_FILE_BYTES:  # type: ignore[union-attr]
                 files[rel] = too_large(item.size)  # type: ignore[union-attr]
+                continue
+            if not budget.take(item.size):  # type: ignore[union-attr]
+                files[rel] = TOO_MUCH
                 continue
             files[rel] = item.data_stream.read()  # type: ignore[union-attr]
         return files, tuple(notes)

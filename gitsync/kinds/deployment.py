@@ -314,13 +314,15 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
     # stay, for those of desired deployments), then by those placed; a host where another deployment
     # holds one of a deployment's ports is no place for it.
     held_ports: dict[tuple[str, int, str], str] = {}
+    labels_of = {h.name: h.label_map for h in up}
     for d in desired.deployments:
         for c in live_by_dep.get(d.name, ()):
-            if c.replica is not None and c.replica < d.replicas and d.placement.matches(next((h.label_map for h in up if h.name == c.host), {})):
+            if c.replica is not None and c.replica < d.replicas and d.placement.matches(labels_of.get(c.host, {})):
                 for port, proto in _host_ports(d):
                     held_ports.setdefault((c.host, port, proto), d.name)
 
     for d in desired.deployments:
+        first_action = len(actions)  # d's actions are appended from here
         want = L.spec_hash(d)
         eligible_all = [h for h in up if d.placement.matches(h.label_map)]
         eligible_names = {h.name for h in eligible_all}
@@ -432,7 +434,7 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
             actions.append(Action(ActionKind.REMOVE, c.host, d.name, c.replica, why, c.id, c.name, PHASE_MOVED))
 
         placement[d.name] = {h: n for h, n in sorted(per_host.items()) if n}
-        if not any(a.deployment == d.name for a in actions) and not unplaced and not waiting:
+        if len(actions) == first_action and not unplaced and not waiting:
             noops.append(f"{d.name}: {d.replicas}/{d.replicas} replicas up to date")
 
     for dep in sorted(live_by_dep):

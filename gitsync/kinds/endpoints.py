@@ -16,7 +16,7 @@ from typing import Any
 from .. import labels as L
 from ..config import HostSettings
 from ..live import HostObservation, LiveContainer
-from ..models import Deployment, Service
+from ..models import Deployment, DesiredState, Service
 from ..proxyconf import Endpoint, render
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
@@ -41,24 +41,20 @@ def endpoint_name(c: LiveContainer) -> str:
     return f"{c.name}.{c.host}"
 
 
-def selected(svc: Service, deployments: Sequence[Deployment]) -> dict[str, Deployment]:
-    return {d.name: d for d in deployments if svc.selects(d)}
-
-
-def members(svc: Service, deployments: Sequence[Deployment], observed: Mapping[str, HostObservation]) -> list[tuple[LiveContainer, Deployment]]:
-    """The live replicas of the deployments a Service selects, on hosts seen (or last seen)."""
-    sel = selected(svc, deployments)
+def members(svc: Service, desired: DesiredState, observed: Mapping[str, HostObservation]) -> list[tuple[LiveContainer, Deployment]]:
+    """The live replicas of the deployments a Service selects, on hosts seen (or last seen): from
+    the indexes of both sides, so a plan stays linear in Services and replicas."""
+    sel = desired.selected(svc)
     return [
-        (c, sel[c.deployment])
+        (c, d)
         for _, obs in sorted(observed.items()) if obs.reachable
-        for c in obs.replicas if c.deployment in sel
+        for name, d in sel.items() for c in obs.replicas_by_deployment.get(name, ())
     ]
 
 
 def endpoints(
     from_host: str,
-    services: Sequence[Service],
-    deployments: Sequence[Deployment],
+    desired: DesiredState,
     observed: Mapping[str, HostObservation],
     settings: Mapping[str, HostSettings],
     network: str,
@@ -68,8 +64,8 @@ def endpoints(
     is not among them. Replicas whose id is in `draining` stay, at weight 0 (no new connections)."""
     out: dict[tuple[str, int], list[Endpoint]] = {}
     notes: list[str] = []
-    for svc in services:
-        for c, d in members(svc, deployments, observed):
+    for svc in desired.services:
+        for c, d in members(svc, desired, observed):
             if not ready(c, d):
                 continue
             for p in svc.ports:
@@ -92,19 +88,19 @@ def endpoints(
     return out, notes
 
 
-def hard_stop(deployments: Sequence[Deployment], services: Sequence[Service]) -> int:
+def hard_stop(desired: DesiredState) -> int:
     """How long a reloaded proxy's old worker may finish connections: the longest stop grace period
     of the replicas served, at least 10 s."""
-    graces = [d.stop_grace_period for s in services for d in deployments if s.selects(d)]
+    graces = [d.stop_grace_period for s in desired.services for d in desired.selected(s).values()]
     return int(max([10.0, *graces])) + 1
 
 
 def config_for(
-    host: str, services: Sequence[Service], deployments: Sequence[Deployment], observed: Mapping[str, HostObservation],
+    host: str, desired: DesiredState, observed: Mapping[str, HostObservation],
     settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (),
 ) -> tuple[str, list[str]]:
-    eps, notes = endpoints(host, services, deployments, observed, settings, network, draining)
-    return render(services, eps, hard_stop(deployments, services)), notes
+    eps, notes = endpoints(host, desired, observed, settings, network, draining)
+    return render(desired.services, eps, hard_stop(desired)), notes
 
 
 def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings) -> dict[str, Any]:

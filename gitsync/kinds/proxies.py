@@ -67,7 +67,7 @@ class Proxies:
     # -- configuration ---------------------------------------------------
     def config(self, host: str, observed: Mapping[str, HostObservation]) -> str:
         d = self.run.desired
-        text, _ = config_for(host, d.services, d.deployments, observed, self.settings, self.network, self.draining)
+        text, _ = config_for(host, d, observed, self.settings, self.network, self.draining)
         return text
 
     def reconfigure(self, observed: Mapping[str, HostObservation], only: set[str] | None = None) -> dict[str, str | BaseException]:
@@ -137,7 +137,7 @@ class Proxies:
         engine.ensure_network(self.network, {L.MANAGED_BY: self.agent})
         obs = self.run.hosts.observe_one(host)
         d = self.run.desired
-        for c in {c.id: c for s in d.services for c, _ in members(s, d.deployments, {host: obs})}.values():
+        for c in {c.id: c for s in d.services for c, _ in members(s, d, {host: obs})}.values():
             if c.address_on(self.network) is None:
                 engine.join(c.id, self.network)
 
@@ -148,7 +148,7 @@ class Proxies:
         deadline = time.monotonic() + max([0.0, *(x.gate_timeout() for x in d.deployments)])
         while True:
             observed = self.run.hosts.observe()
-            waiting = [c for s in d.services for c, dep in members(s, d.deployments, observed) if starting(c, dep)]
+            waiting = [c for s in d.services for c, dep in members(s, d, observed) if starting(c, dep)]
             if not waiting or time.monotonic() >= deadline or self.run.stopping():
                 return observed
             time.sleep(0.25)

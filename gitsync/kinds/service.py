@@ -62,10 +62,16 @@ class ServiceKind(Kind):
 
     def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
         deployments: Sequence[Deployment] = loaded.get("Deployment", ())
+        index = DesiredState({"Deployment": tuple(deployments)})  # selection by label index: linear in Services
+        tcp_host_ports: dict[int, list[Deployment]] = {}
+        for d in deployments:
+            for c in d.ports:
+                if c.host_port is not None and c.protocol == "tcp" and d not in tcp_host_ports.get(c.host_port, []):
+                    tcp_host_ports.setdefault(c.host_port, []).append(d)
         claimed: dict[int, Service] = {}
-        published: list[tuple[int, Service]] = []
+        published: dict[int, list[Service]] = {}
         for svc in sorted(objects, key=lambda s: (s.origin.file, s.origin.line) if s.origin else ("", 0)):
-            selected = [d for d in deployments if svc.selects(d)]
+            selected = list(index.selected(svc).values())
             for d in selected:
                 if d.options.network_mode != NetworkMode.BRIDGE:
                     o = svc.origin
@@ -84,18 +90,18 @@ class ServiceKind(Kind):
                     problems.append(Problem(*at, f"Service {svc.name}: targetPort {p.target_port} is not a containerPort of the deployment(s) it selects ({names})"))
                 if p.host_port is None:
                     continue
-                for other_port, other in published:
-                    if other_port == p.host_port and selectors_overlap(svc.host_selector, other.host_selector):
+                for other in published.get(p.host_port, []):
+                    if selectors_overlap(svc.host_selector, other.host_selector):
                         problems.append(Problem(*at, f"Service {svc.name}: hostPort {p.host_port} is also published by Service {other.name} ({other.origin}) on hosts both may use"))
-                published.append((p.host_port, svc))
-                for d in deployments:
-                    if any(c.host_port == p.host_port and c.protocol == "tcp" for c in d.ports) and selectors_overlap(svc.host_selector, d.placement.host_selector):
+                published.setdefault(p.host_port, []).append(svc)
+                for d in tcp_host_ports.get(p.host_port, []):
+                    if selectors_overlap(svc.host_selector, d.placement.host_selector):
                         problems.append(Problem(*at, f"Service {svc.name}: hostPort {p.host_port} is also a hostPort of deployment {d.name} ({d.origin}), on hosts both may use"))
 
     def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
         out = KindPlan()
         for svc in desired.services:
-            if not any(svc.selects(d) for d in desired.deployments):
+            if not desired.selected(svc):
                 wanted = ",".join(f"{k}={v}" for k, v in svc.selector)
                 out.warnings.append(f"Service {svc.name}: selector {wanted} matches no deployment, so it has no endpoints")
         plan_proxies(desired, view, out)
@@ -121,14 +127,14 @@ class ServiceKind(Kind):
 def service_status(svc: Service, desired: DesiredState, observed: Mapping[str, HostObservation]) -> ServiceStatus:
     """A Service's endpoints and how they stand; degraded when not every replica it selects is ready
     or a reachable host has no running proxy."""
-    chosen = [d for d in desired.deployments if svc.selects(d)]
+    chosen = list(desired.selected(svc).values())
     wanted = sum(d.replicas for d in chosen)
     draining = {
         name for o in observed.values() if o.proxy_config
         for p in svc.ports for name, (_, weight0) in servers(o.proxy_config).get(backend_name(svc.name, p.port), {}).items() if weight0
     }
     eps: list[EndpointStatus] = []
-    for c, d in members(svc, desired.deployments, observed):
+    for c, d in members(svc, desired, observed):
         if endpoint_name(c) in draining:
             state = "draining"
         elif ready(c, d):
@@ -180,7 +186,7 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
     services, deployments = desired.services, desired.deployments
     network = L.network_name(view.agent)
     settings = {h.name: h for h in view.hosts}
-    spread = {c.host for s in services for c, _ in members(s, deployments, view.observed)}
+    spread = {c.host for s in services for c, _ in members(s, desired, view.observed)}
     for h in view.hosts:
         if h.reach is None and len(spread) > 1 and h.name in spread:
             out.problems.append(PlacementProblem(PROXY, f"host {h.name} has no address the other hosts' proxies can reach its replicas on: set hosts[].address for it (its url is {h.url})"))
@@ -205,10 +211,10 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
             out.actions.append(Action(ActionKind.REPLACE, h.name, PROXY, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
         elif not proxy.running:
             out.actions.append(Action(ActionKind.START, h.name, PROXY, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, "Service"))
-        eps, _ = endpoints(h.name, services, deployments, view.observed, settings, network)
-        text = render(services, eps, hard_stop(deployments, services))
+        eps, _ = endpoints(h.name, desired, view.observed, settings, network)
+        text = render(services, eps, hard_stop(desired))
         have = servers(obs.proxy_config or "") if not fresh_proxy else {}
-        unjoined = sorted({c.name for s in services for c, _ in members(s, deployments, {h.name: obs}) if c.address_on(network) is None})
+        unjoined = sorted({c.name for s in services for c, _ in members(s, desired, {h.name: obs}) if c.address_on(network) is None})
         for svc in sorted(services, key=lambda s: s.name):
             changes: list[str] = []
             for p in sorted(svc.ports, key=lambda p: p.port):
@@ -229,7 +235,7 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
                 out.actions.append(Action(ActionKind.RELOAD, h.name, PROXY, None, "configuration changed" if obs.proxy_config else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
     for svc in services:
         if not any(a.deployment == svc.name and a.object_kind == "Service" for a in out.actions):
-            n = sum(1 for c, d in members(svc, deployments, view.observed) if ready(c, d))
+            n = sum(1 for c, d in members(svc, desired, view.observed) if ready(c, d))
             out.noops.append(f"Service {svc.name}: {n} endpoint(s) ready")
 
 

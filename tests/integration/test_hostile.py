@@ -4,6 +4,7 @@ can get the agent to show, or get a container on a host."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def test_a_link_planted_by_a_replica_under_a_writable_prefix_is_never_followed(f
     fleet.repo.write("apps/reader.yaml", reader.replace("/escape/etc", "/app"))
     fleet.repo.commit("read a folder")
     assert apply(fleet).code == 0
+
+
+def test_a_host_port_held_by_something_else_backs_off_and_posts_once(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    from tests import testbed
+    from tests.integration.test_services import SERVICE, web
+
+    squatter = fleet.clients["h3"].create_container(
+        "gitsync-test/busybox:1", ["sleep", "600"], name=f"{fleet.agent}-squatter", ports=[80],
+        host_config=fleet.clients["h3"].create_host_config(port_bindings={80: 8080}),
+    )["Id"]
+    fleet.clients["h3"].start(squatter)
+    upstream = GitRepo(tmp_path / "up" / "deploy")
+    upstream.write("apps/web.yaml", web(2, placement="{hostSelector: {role: web}}"))
+    upstream.write("apps/web-service.yaml", SERVICE)
+    c1 = upstream.commit("web behind a Service, 8080 on every host")
+    agent = AgentProc(fleet, upstream, github_forge, tmp_path, config_extra=f"services: {{proxyImage: '{testbed.PROXY_IMAGE}'}}\n")
+    try:
+        wait_for(lambda: any(s == "failure" for s, _ in statuses(github_forge, c1)), 60)
+        first = len(agent.syncs())
+        time.sleep(12)
+        syncs = agent.syncs()[: len(agent.syncs()) - first + 1]
+        # retried after 1, 2, 4, 8 s: a handful of syncs, not one a second; the status said once
+        assert len(agent.syncs()) - first <= 6, [(s["trigger"], s["message"][:80]) for s in syncs]
+        failures = [d for s, d in statuses(github_forge, c1) if s == "failure"]
+        assert len(failures) == 1 and "8080" in failures[0], failures
+        # and it heals once the port is free
+        fleet.clients["h3"].remove_container(squatter, force=True)
+        assert agent.hook(push_body(c1)).status_code == 202
+        wait_for(lambda: statuses(github_forge, c1)[-1][0] == "success", 60)
+    finally:
+        agent.stop()
+        fleet.clients["h3"].remove_container(squatter, force=True) if fleet.clients["h3"].containers(all=True, filters={"id": squatter}) else None

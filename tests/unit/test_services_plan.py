@@ -70,7 +70,7 @@ def test_a_proxy_per_host_publishing_only_on_edge_hosts() -> None:
 def test_endpoints_local_by_network_address_remote_by_published_port() -> None:
     desired = load_files(FILES)
     obs = observed(desired, with_proxy=True)
-    text, notes = config_for("h1", desired.services, desired.deployments, obs, {h.name: h for h in CFG.hosts}, NET)
+    text, notes = config_for("h1", desired, obs, {h.name: h for h in CFG.hosts}, NET)
     assert "server t-web-0.h1 172.20.0.2:80\n" in text  # on h1: its address on the network
     assert "server t-web-1.h2 10.0.0.2:32769\n" in text  # on h2: the port published on h2's address
     assert notes == []
@@ -81,7 +81,7 @@ def test_endpoints_local_by_network_address_remote_by_published_port() -> None:
     assert reloads["h1"] == "endpoints +t-web-1.h2"
     assert "+t-web-0.h1" in reloads["h2"] and "+t-web-1.h2" in reloads["h2"]
     # in sync: no action, and the noop says how many endpoints are ready
-    now = {h: config_for(h, desired.services, desired.deployments, obs, {x.name: x for x in CFG.hosts}, NET)[0] for h in ("h1", "h2")}
+    now = {h: config_for(h, desired, obs, {x.name: x for x in CFG.hosts}, NET)[0] for h in ("h1", "h2")}
     plan = make_plan(desired, observed(desired, with_proxy=True, config=now), CFG.hosts, "t", CFG.services)
     assert plan.in_sync and "Service web: 2 endpoint(s) ready" in plan.noops
 
@@ -110,7 +110,7 @@ def test_status_counts_ready_endpoints_and_says_why_the_others_are_not() -> None
     assert down.message == "0 of 2 endpoints ready: t-web-0 on h1 is down; t-web-1 on h2 is down"
     # draining: the proxy runs it at weight 0
     obs = observed(desired, with_proxy=True)
-    text, _ = config_for("h1", desired.services, desired.deployments, obs, {h.name: h for h in CFG.hosts}, NET, draining={"id-h2-1"})
+    text, _ = config_for("h1", desired, obs, {h.name: h for h in CFG.hosts}, NET, draining={"id-h2-1"})
     assert "t-web-1.h2 10.0.0.2:32769 weight 0" in text
     st = assess(desired, observed(desired, with_proxy=True, config={"h1": text}), "Service")["web"]
     assert [(e.name, e.state) for e in st.endpoints] == [("t-web-0", "ready"), ("t-web-1", "draining")]
@@ -130,10 +130,10 @@ def test_without_a_healthcheck_a_replica_is_an_endpoint_once_it_ran_min_ready_se
     obs = observed(desired, with_proxy=True)
     young = {h: replace(o, containers=tuple(replace(c, uptime=3.0) if not c.role else c for c in o.containers)) for h, o in obs.items()}
     settings = {h.name: h for h in CFG.hosts}
-    text, _ = config_for("h1", desired.services, desired.deployments, young, settings, NET)
+    text, _ = config_for("h1", desired, young, settings, NET)
     assert "    server " not in text  # up 3 s of 10: no endpoint yet
     st = assess(desired, young, "Service")["web"]
     assert [e.state for e in st.endpoints] == ["starting", "starting"] and st.health == Health.PROGRESSING
     grown = {h: replace(o, containers=tuple(replace(c, uptime=15.0) if not c.role else c for c in o.containers)) for h, o in obs.items()}
-    text, _ = config_for("h1", desired.services, desired.deployments, grown, settings, NET)
+    text, _ = config_for("h1", desired, grown, settings, NET)
     assert text.count("    server ") == 2
