@@ -31,6 +31,9 @@ from .webhooks import Preview
 log = logging.getLogger("gitsync.previews")
 
 MAX_WAITING = 100
+MAX_TEXT = 256 * 1024  # characters of one kept plan's text; `gitsync plan --ref` prints it whole
+MAX_KEPT = 32 * 1024 * 1024  # characters of every kept preview's text and plan, all told
+GC_EVERY = 10  # previews between two prunes of the preview mirror
 MAX_COMMENT = 60_000  # characters of a comment, all told (GitHub takes 65,536; Gitea and GitLab more)
 
 
@@ -46,6 +49,21 @@ class PreviewResult:
     queued: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    size: int = 0  # characters it holds (its text and plan), for the bound on what is kept
+
+    def bound(self) -> None:
+        """Cut what a stranger's commit can make large (a plan of thousands of replicas) to what a
+        page needs: the text to MAX_TEXT, the plan's JSON to its counts when it is larger."""
+        if len(self.text) > MAX_TEXT:
+            cut = self.text[:MAX_TEXT].rsplit("\n", 1)[0]
+            more = self.text.count("\n") - cut.count("\n")
+            self.text = f"{cut}\n... cut: {more} more line(s); `gitsync plan --ref {self.preview.sha}` prints the whole plan\n"
+        plan_size = len(json.dumps(self.plan)) if self.plan is not None else 0
+        if self.plan is not None and plan_size > MAX_TEXT:
+            self.plan = {"counts": self.plan.get("counts"), "in_sync": self.plan.get("in_sync"), "cut": f"the plan's JSON was {plan_size} characters"}
+            plan_size = len(json.dumps(self.plan))
+        self.size = len(self.text) + plan_size + sum(len(p) for p in self.problems[:1000])
+        del self.problems[1000:]
 
     def to_json(self) -> dict[str, Any]:
         p = self.preview
@@ -172,7 +190,11 @@ class Previews:
     def _remember(self, result: PreviewResult) -> None:
         self._results.pop(result.preview.sha, None)
         self._results[result.preview.sha] = result
-        while len(self._results) > self.config.previews.keep:
+        self._trim()
+
+    def _trim(self) -> None:
+        """At most previews.keep results and MAX_KEPT characters of them, the oldest dropped first."""
+        while len(self._results) > self.config.previews.keep or (len(self._results) > 1 and sum(r.size for r in self._results.values()) > MAX_KEPT):
             self._results.popitem(last=False)
 
     def _run(self) -> None:
@@ -199,8 +221,10 @@ class Previews:
         description = r.text(description)
         with self._cond:
             result.text, result.plan, result.problems = r.text(result.text), r.data(result.plan), r.data(result.problems)
+            result.bound()
             result.state, result.summary, result.finished = str(state), description, time.time()
             self.done += 1
+            self._trim()
             self._save()
         self._post(result, state, description)
         log.info("preview of %s (%s): %s: %s", result.preview.sha[:12], result.preview.key, state, description)
@@ -218,6 +242,15 @@ class Previews:
             except Exception as exc:  # a forge never fails a preview
                 log.warning("preview of %s: cannot comment on pull request #%s on %r: %s", p.sha[:12], p.pull, provider, exc)
 
+    def _prune_mirror(self, preview: Preview) -> None:
+        """The preview mirror keeps no stranger's objects: the ref a preview fetched goes once it is
+        read, and every GC_EVERY previews what nothing refers to any more is pruned from disk."""
+        assert self._syncer is not None
+        try:
+            self._syncer.source.forget_preview(preview.ref, prune=self.done % GC_EVERY == GC_EVERY - 1)
+        except GitsyncError as exc:
+            log.warning("preview mirror: %s", exc)
+
     def _preview(self, preview: Preview, result: PreviewResult) -> None:
         self._post(result, State.PENDING, f"planning {preview.sha[:7]} against the fleet")
         if self._syncer is None:  # its own mirror and engine clients: never shared with the sync of the tracked branch
@@ -232,6 +265,7 @@ class Previews:
         except GitsyncError as exc:
             self._finish(result, State.ERROR, f"could not tell: {exc}")
             return
+        self._prune_mirror(preview)
         plan = seen.plan
         result.revision, result.plan = seen.snapshot.revision, plan.to_json()
         result.text = plan_text(plan, seen.snapshot.revision, host_labels(self.config.hosts))

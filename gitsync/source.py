@@ -44,6 +44,12 @@ class Snapshot:
         return (self.commit or self.revision.split(":")[-1])[:12]
 
 
+def _preview_ref(ref: str) -> str:
+    """Where the preview mirror keeps a fetched branch or pull request, while it is planned."""
+    name = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+    return "refs/gitsync/preview/" + re.sub(r"[^A-Za-z0-9._/-]", "_", name[5:])
+
+
 def _is_remote(url: str) -> bool:
     return "://" in url or (":" in url and "@" in url.split(":", 1)[0]) or url.startswith("file:")
 
@@ -178,7 +184,7 @@ class Source:
             url = str(p.resolve())
         repo = self._open_mirror(url)
         name = ref if ref.startswith("refs/") else f"refs/heads/{ref}"
-        local = "refs/gitsync/preview/" + re.sub(r"[^A-Za-z0-9._/-]", "_", name[5:])
+        local = _preview_ref(ref)
         wanted = sha or ref
         if _SHA.match(wanted) and self._has(repo, wanted):
             return self._snapshot_of(repo, wanted, ref, url)
@@ -196,6 +202,21 @@ class Source:
         if sha and not self._has(repo, sha):
             raise FetchError(f"commit {sha[:12]} is no longer on {ref} of {url} (pushed over?); its newest commit is {repo.commit(local).hexsha[:12]}")
         return self._snapshot_of(repo, sha or local, ref, url)
+
+    def forget_preview(self, ref: str, prune: bool = False) -> None:
+        """Drop the ref a preview fetched (its commit is read); with `prune`, also every object no
+        branch of the mirror needs any more (a pull request's, a force-pushed branch's)."""
+        repo = self._repo
+        if repo is None:  # previews of a local work tree fetch nothing
+            return
+        try:
+            if _SHA.match(ref) is None:
+                repo.git.update_ref("-d", _preview_ref(ref))
+            if prune:
+                repo.git.reflog("expire", "--expire=now", "--all", kill_after_timeout=_GIT_TIMEOUT)
+                repo.git.gc("--prune=now", "--quiet", kill_after_timeout=_GIT_TIMEOUT)
+        except git.GitCommandError as exc:
+            raise FetchError(f"cannot prune {repo.git_dir}: {str(exc.stderr or exc).strip()[:200]}") from None
 
     @staticmethod
     def _has(repo: git.Repo, sha: str) -> bool:

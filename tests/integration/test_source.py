@@ -273,3 +273,30 @@ def test_console_script_never_shows_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in p.stderr and "does not exist" in p.stderr
     p = subprocess.run([str(exe), "validate", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and p.stderr.strip() == f"gitsync: {tmp_path / 'nope'}: not a folder"
+
+
+def test_the_preview_mirror_keeps_no_strangers_objects(upstream: GitRepo, daemon: str, tmp_path: Path) -> None:
+    """Issue 20, item 7: a pull request's objects leave the preview mirror once planned and pruned."""
+    s = Source(SourceSettings(url=daemon, branch="main"), str(tmp_path / "st"))
+    s.fetch()
+    mirror = tmp_path / "st" / "source.git"
+
+    def kib() -> int:
+        stats = dict(line.split(": ") for line in git(mirror, "count-objects", "-v").splitlines())
+        return int(stats["size"]) + int(stats["size-pack"])
+
+    base = kib()
+    for n in range(1, 7):
+        git(upstream.path, "checkout", "-q", "-B", f"pr{n}", "main")
+        upstream.write("apps/blob.yaml", "# " + os.urandom(300_000).hex() + "\n")  # 600 KB no branch of the mirror needs
+        git(upstream.path, "update-ref", f"refs/pull/{n}/head", upstream.commit(f"pull request {n}"))
+        git(upstream.path, "checkout", "-q", "main")
+        git(upstream.path, "branch", "-q", "-D", f"pr{n}")
+        snap = s.fetch_ref(f"refs/pull/{n}/head")
+        assert "apps/blob.yaml" in snap.files
+        s.forget_preview(f"refs/pull/{n}/head", prune=n == 6)
+        if n == 5:
+            assert kib() > base + 5 * 290, kib()  # what it fetched waits for the next prune (compressed: about half)
+    assert git(mirror, "for-each-ref", "refs/gitsync/") == ""
+    assert kib() < base + 200, (base, kib())
+    assert s.fetch().files["apps/web.yaml"]  # the tracked branch is intact

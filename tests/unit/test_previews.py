@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gitsync import config as config_mod
 from gitsync.previews import Previews
-from gitsync.status import Notifier
+from gitsync.status import Notifier, State
 from gitsync.webhooks import Preview
 
 
@@ -51,8 +51,6 @@ def test_a_comment_keeps_what_a_commit_decides_inside_one_fence_and_fits_the_for
 
 
 def test_what_a_stopped_agent_left_unfinished_is_planned_after_a_restart_and_never_left_pending(tmp_path: Path) -> None:
-    from gitsync.status import State
-
     class Provider:
         kind = "fake"
 
@@ -92,3 +90,20 @@ def test_what_a_stopped_agent_left_unfinished_is_planned_after_a_restart_and_nev
     notifier.flush(5)
     assert sorted((s, st) for s, st, _ in provider.posted if st == State.SUCCESS) == [("b", State.SUCCESS), ("c", State.SUCCESS)]
     assert json.loads((tmp_path / "previews-pending.json").read_text()) == []
+
+
+def test_what_previews_keep_is_bounded_whatever_a_commit_plans() -> None:
+    from gitsync.previews import MAX_KEPT, MAX_TEXT, PreviewResult
+
+    p = previews()
+    for i in range(40):  # each a stranger's plan of thousands of replicas
+        sha = f"{i:040x}"
+        r = PreviewResult(Preview(f"refs/pull/{i}/head", sha, "x", i), state="success",
+                          text="".join(f"  + t-web-{n:<5} create replica {n}\n" for n in range(40_000)),
+                          plan={"counts": {"create": 40_000}, "hosts": {"h1": [{"name": f"t-web-{n}"} for n in range(40_000)]}})
+        p._remember(r)
+        p._finish(r, State.SUCCESS, "would create 40000")
+        assert len(r.text) <= MAX_TEXT + 200 and "more line(s); `gitsync plan --ref" in r.text
+        assert r.plan is not None and "hosts" not in r.plan and r.plan["counts"] == {"create": 40_000}
+    kept = p.recent()
+    assert sum(r.size for r in kept) <= MAX_KEPT and len(kept) <= 50
