@@ -182,7 +182,17 @@ class ApplyResult:
         return not self.failed
 
 
-Progress = Callable[[ActionResult], None]
+@dataclass(frozen=True)
+class Waiting:
+    """Long work in hand, said while it lasts: what a change waits for, and for how long at most."""
+
+    host: str
+    subject: str  # the container
+    what: str  # "ready: healthy by its healthcheck", "draining from the Services", ...
+    up_to: float  # seconds, at most
+
+
+Progress = Callable[["ActionResult | Waiting"], None]
 
 
 class Run:
@@ -222,6 +232,10 @@ class Run:
         it lets go first (the Services drain it, within `grace`)."""
         for hook in self.before_retire:
             hook(host, container, grace)
+
+    def waiting(self, host: str, subject: str, what: str, up_to: float) -> None:
+        if self.progress is not None:
+            self.progress(Waiting(host, subject, what, up_to))
 
     def record(self, r: ActionResult) -> ActionResult:
         with self._lock:

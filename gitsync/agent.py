@@ -30,7 +30,8 @@ from .live import HostObservation
 from .liveness import HostTracker
 from .metrics import Metrics
 from .models import DesiredState
-from .actions import Action, ActionKind, Plan
+from .plantext import progress_line
+from .actions import Action, ActionKind, ActionResult, Plan, Waiting
 from .reconcile import Outcome, SyncResult, Syncer
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
@@ -40,6 +41,8 @@ from .triggers import Debouncer, SyncQueue, is_heal
 from .webhooks import Preview
 
 log = logging.getLogger("gitsync.agent")
+
+MAX_PROGRESS = 200  # progress lines kept with a sync
 
 @dataclass
 class LiveView:
@@ -202,10 +205,18 @@ class Agent:
             if result.commit and (result.commit, self.context()) not in self._final_posted:
                 self._post(result.commit, State.PENDING, f"syncing {result.commit[:7]}: {_plan_summary(result)}", target)
 
+        said: list[str] = []
+
+        def progress(item: ActionResult | Waiting) -> None:
+            # kept with the running sync, for a `gitsync apply` that asked for it to print as it goes
+            said.append(progress_line(item))
+            self.history.update(sync_id, detail={"progress": said[-MAX_PROGRESS:]})
+
         syncer = self.syncer
         with self.metrics.duration.time():
             result = syncer.sync(
-                trigger=trigger, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back, degraded=self._crash_looping
+                trigger=trigger, progress=progress, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back,
+                degraded=self._crash_looping,
             )
         self._remember_rollouts(result)
         self.history.update(
@@ -216,7 +227,7 @@ class Agent:
             outcome=str(result.outcome),
             reason=str(result.reason) if result.reason else None,
             message=result.message,
-            detail=result.to_json(),
+            detail=result.to_json() | {"progress": said[-MAX_PROGRESS:]},
         )
         self.metrics.syncs.labels(str(result.outcome)).inc()
         if result.outcome == Outcome.SUCCESS:

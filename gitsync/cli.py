@@ -14,13 +14,13 @@ from typing import Any, TextIO
 
 from . import __version__
 from . import labels as L
-from .actions import ActionResult
+from .actions import ActionResult, Waiting
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
-from .plantext import host_labels, render_plan
+from .plantext import host_labels, progress_line, render_plan
 from .redact import MaskedStream, Masking, MaskingFilter
 from .units import format_duration
 
@@ -226,12 +226,9 @@ def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _apply_here(cfg: Config, args: argparse.Namespace, timeout: float, out: TextIO, err: TextIO) -> int:
     syncer = Syncer(cfg, args.path)
 
-    def progress(r: ActionResult) -> None:
-        if args.json:
-            return
-        a = r.action
-        mark = "ok" if r.ok else ("skipped" if r.skipped else "FAILED")
-        print(f"  {a.kind.symbol} {a.host}/{a.container_name}: {a.kind} {mark} ({format_duration(r.seconds)}){'' if r.ok else ': ' + r.message}", file=out, flush=True)
+    def progress(r: ActionResult | Waiting) -> None:
+        if not args.json:
+            print(progress_line(r), file=out, flush=True)
 
     try:
         result = syncer.sync(trigger="cli", progress=progress, timeout=timeout)
@@ -275,8 +272,14 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
             ) from None
         print(f"{running}: asked it to sync now; waiting for the result", file=out, flush=True)
         deadline = time.monotonic() + timeout + 60  # the agent's own sync has its timeouts; allow for a sync already running
+        said: dict[int, int] = {}  # sync id -> progress lines printed
         while time.monotonic() < deadline:
             mine = [r for r in history.recent(10) if r.id > before and "apply" in r.trigger.split(",")]
+            for r in mine:  # the agent's progress as it goes, as if it were this command's own
+                lines = r.detail.get("progress") or []
+                for line in lines[said.get(r.id, 0):]:
+                    print(line, file=out, flush=True)
+                said[r.id] = len(lines)
             done = [r for r in mine if r.outcome != "running"]
             if done:
                 r = done[-1]

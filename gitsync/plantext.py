@@ -9,8 +9,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TextIO
 
-from .actions import ActionKind, Plan
+from .actions import ActionKind, ActionResult, Plan, Waiting
 from .config import HostSettings
+from .units import format_duration
 
 
 def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
@@ -45,6 +46,15 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
     else:
         reload = f", {c['reload']} to reload" if c["reload"] else ""
         print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
+
+
+def progress_line(item: ActionResult | Waiting) -> str:
+    """One line of `apply`'s progress: a change done, or what one in hand waits for."""
+    if isinstance(item, Waiting):
+        return f"  … {item.host}/{item.subject}: {item.what} (up to {format_duration(item.up_to)})"
+    a = item.action
+    mark = "ok" if item.ok else ("skipped" if item.skipped else "FAILED")
+    return f"  {a.kind.symbol} {a.host}/{a.container_name}: {a.kind} {mark} ({format_duration(item.seconds)}){'' if item.ok else ': ' + item.message}"
 
 
 def host_labels(hosts: Sequence[HostSettings]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from .actions import ActionResult, ApplyResult, Plan
+from .actions import ActionResult, ApplyResult, Plan, Progress
 from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
@@ -93,7 +93,7 @@ class _Sync:
     result: SyncResult
     t0: float
     timeout: float
-    progress: Callable[[ActionResult], None] | None
+    progress: Progress | None
     on_start: Callable[[SyncResult], None] | None
     on_planned: Callable[[SyncResult], None] | None
     stop: threading.Event | None
@@ -242,7 +242,7 @@ class Syncer:
     def sync(
         self,
         trigger: str = "cli",
-        progress: Callable[[ActionResult], None] | None = None,
+        progress: Progress | None = None,
         timeout: float = 120.0,
         on_start: Callable[[SyncResult], None] | None = None,
         on_planned: Callable[[SyncResult], None] | None = None,

@@ -102,6 +102,7 @@ class Proxies:
                 return  # no proxy serves it
             self.draining.add(found.id)
             self.reconfigure(observed)  # a proxy that fails here is retried by the Service's own step
+        self.run.waiting(host, found.name, "draining: out of the Services' rotation, finishing what is in flight", max(0.0, min(DRAIN, grace)))
         time.sleep(max(0.0, min(DRAIN, grace)))
 
     def settle(self) -> None:

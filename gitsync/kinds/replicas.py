@@ -86,6 +86,7 @@ def _publish_address(reach: str | None) -> str | None:
 
 
 Retire = Callable[[str, float], None]  # (container, stop grace): before a replica is stopped for good
+Say = Callable[[str, str, float], None]  # (container, what it waits for, for how long at most): progress
 
 
 def stop_first(d: Deployment, desired: DesiredState) -> bool:
@@ -99,11 +100,12 @@ class HostApplier:
 
     def __init__(
         self, hosts: Hosts, host: str, agent: str, revision: str, retire: Retire | None = None, desired: DesiredState | None = None,
-        policy: PolicySettings = PolicySettings(),
+        policy: PolicySettings = PolicySettings(), say: Say | None = None,
     ) -> None:
         self.host = host
         self.desired = desired or DesiredState()
         self.policy = policy
+        self.say: Say = say or (lambda subject, what, up_to: None)
         self.engine = hosts.engine(host)
         self.agent = agent
         self.revision = revision
@@ -181,11 +183,13 @@ class HostApplier:
 
     def stop_remove(self, container: str, grace: float) -> None:
         """Stop and remove a replica for good: first out of every Service's endpoints (drained)."""
-        if self.owned(container) is None:
+        info = self.owned(container)
+        if info is None:
             return
         if self.retire is not None:
             self.retire(container, grace)
         try:
+            self.say(str(info.get("Name") or container).lstrip("/"), f"stopping: SIGTERM, then SIGKILL after {grace:g}s", grace)
             self.engine.stop(container, grace)
             self.engine.remove(container)
         except NotFound:
@@ -200,6 +204,11 @@ class HostApplier:
         """Wait until the new replica counts: healthy (with a healthcheck), or running minReadySeconds."""
         start = time.monotonic()
         deadline = start + d.gate_timeout()
+        subject = L.container_name(self.agent, d.name, replica)
+        if d.healthcheck is not None:
+            self.say(subject, "waiting until healthy by its healthcheck", d.gate_timeout())
+        elif d.min_ready_seconds > 0:
+            self.say(subject, f"waiting until it has run {d.min_ready_seconds:g}s (minReadySeconds)", d.min_ready_seconds + 1.0)
         if d.healthcheck is None and d.min_ready_seconds > 0:
             # and a second more: Docker reports uptime in whole seconds, which is what the Services read
             time.sleep(d.min_ready_seconds + 1.0)
@@ -334,7 +343,7 @@ class Replicas:
             try:
                 got = HostApplier(
                     self.run.hosts, host, self.run.agent, self.run.revision, lambda c, grace: self.run.retiring(host, c, grace), self.run.desired,
-                    self.run.policy,
+                    self.run.policy, lambda subject, what, up_to: self.run.waiting(host, subject, what, up_to),
                 )
             except Exception as exc:  # unreachable: every action there fails with the reason
                 self.run.hosts.forget(host)
