@@ -81,10 +81,10 @@ class Agent:
         self.tracker = HostTracker(config, lambda: self.syncer.hosts)
         self._install_tracker(self.syncer)
         self.debouncer = Debouncer(tunables.debounce, self.nudge)
-        self.backoff = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
+        self.backoff: Backoff[tuple[str, str, int]] = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
         # changes that failed (a proxy whose hostPort something else holds, a create Docker refuses):
         # tried again after 1 s, 2 s, 4 s ... up to the cap, until one works
-        self.retries = Backoff(tunables.backoff_base, tunables.backoff_cap, reset_after=float("inf"))
+        self.retries: Backoff[tuple[str, str, str, str]] = Backoff(tunables.backoff_base, tunables.backoff_cap, reset_after=float("inf"))
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self.events_seen = 0
@@ -205,12 +205,12 @@ class Agent:
             if result.commit and (result.commit, self.context()) not in self._final_posted:
                 self._post(result.commit, State.PENDING, f"syncing {result.commit[:7]}: {_plan_summary(result)}", target)
 
-        said: list[str] = []
+        lines: list[str] = []
 
         def progress(item: ActionResult | Waiting) -> None:
             # kept with the running sync, for a `gitsync apply` that asked for it to print as it goes
-            said.append(progress_line(item))
-            self.history.update(sync_id, detail={"progress": said[-MAX_PROGRESS:]})
+            lines.append(progress_line(item))
+            self.history.update(sync_id, detail={"progress": lines[-MAX_PROGRESS:]})
 
         syncer = self.syncer
         with self.metrics.duration.time():
@@ -227,7 +227,7 @@ class Agent:
             outcome=str(result.outcome),
             reason=str(result.reason) if result.reason else None,
             message=result.message,
-            detail=result.to_json() | {"progress": said[-MAX_PROGRESS:]},
+            detail=result.to_json() | {"progress": lines[-MAX_PROGRESS:]},
         )
         self.metrics.syncs.labels(str(result.outcome)).inc()
         if result.outcome == Outcome.SUCCESS:

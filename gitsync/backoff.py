@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)  # what is backed off: a replica (host, deployment, index), a change
 
 def crash_loop_reason(host: str, replica: int, restarts: int, forgive_after: float) -> str:
     return f"replica {replica} on {host} is crash-looping ({restarts} restarts); healthy again once it stays up {forgive_after:.0f}s"
 
 
-class Backoff:
+class Backoff(Generic[K]):
     """Exponential backoff for the restarts the agent itself makes (a crash loop is never a hot loop)."""
 
     def __init__(self, base: float = 1.0, cap: float = 60.0, reset_after: float = 30.0) -> None:
         self.base, self.cap, self.reset_after = base, cap, reset_after
-        self._tries: dict[Hashable, tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
-        self._seen: dict[tuple[str, str, int], tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
+        self._tries: dict[K, tuple[int, float, float]] = {}  # key -> (restarts, last start, next allowed)
+        self._seen: dict[K, tuple[int, float]] = {}  # key -> (restarts seen in events, last one)
         self._lock = threading.Lock()  # the sync thread asks, the event watchers report
 
     def _forget(self, now: float) -> None:
@@ -26,16 +29,16 @@ class Backoff:
         for k in [k for k, v in self._seen.items() if v[1] < old]:
             del self._seen[k]
 
-    def known(self, key: Hashable) -> bool:
+    def known(self, key: K) -> bool:
         with self._lock:
             return key in self._tries
 
-    def forget(self, key: Hashable) -> None:
+    def forget(self, key: K) -> None:
         """It worked: the next failure starts the backoff afresh."""
         with self._lock:
             self._tries.pop(key, None)
 
-    def allow(self, key: Hashable, now: float) -> tuple[bool, int, float]:
+    def allow(self, key: K, now: float) -> tuple[bool, int, float]:
         with self._lock:
             self._forget(now)
             restarts, last, next_at = self._tries.get(key, (0, 0.0, 0.0))
@@ -47,7 +50,7 @@ class Backoff:
             self._tries[key] = (restarts + 1, now, now + delay)
             return True, restarts + 1, delay
 
-    def restarted(self, key: tuple[str, str, int], now: float) -> None:
+    def restarted(self, key: K, now: float) -> None:
         """A replica started again after it died, by whoever: Docker's restart policy, the agent, a person."""
         with self._lock:
             self._forget(now)
@@ -56,13 +59,13 @@ class Backoff:
                 n = 0
             self._seen[key] = (n + 1, now)
 
-    def looping(self, now: float) -> dict[tuple[str, str, int], tuple[int, float]]:
+    def looping(self, now: float) -> dict[K, tuple[int, float]]:
         """Replicas restarted at least twice and not yet up for `reset_after`: key -> (restarts, seconds until forgiven).
 
         One restart is a blip; a second within the window is a crash loop, even while the
         replica happens to be running between two crashes.
         """
-        out: dict[tuple[str, str, int], tuple[int, float]] = {}
+        out: dict[K, tuple[int, float]] = {}
         with self._lock:
             counts = [(k, n, last) for k, (n, last, _) in self._tries.items()] + [(k, n, last) for k, (n, last) in self._seen.items()]
         for k, n, last in counts:

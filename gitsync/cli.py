@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from . import __version__
 from . import labels as L
@@ -79,8 +79,8 @@ MASKING = Masking()  # what this process must never show; grows as configuration
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    out = MaskedStream(out or sys.stdout, MASKING)
-    err = MaskedStream(err or sys.stderr, MASKING)
+    out = cast(TextIO, MaskedStream(out or sys.stdout, MASKING))
+    err = cast(TextIO, MaskedStream(err or sys.stderr, MASKING))
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=err,
     )
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
-            handler.addFilter(MaskingFilter(MASKING))
+    for log_handler in logging.getLogger().handlers:
+        if not any(isinstance(f, MaskingFilter) for f in log_handler.filters):
+            log_handler.addFilter(MaskingFilter(MASKING))
     try:
         handler = {
             "validate": cmd_validate,

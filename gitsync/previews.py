@@ -234,6 +234,7 @@ class Previews:
     def _comment(self, result: PreviewResult) -> None:
         """The plan as one comment on the pull request, edited in place on each new push."""
         p = result.preview
+        assert p.pull is not None
         marker = f"<!-- gitsync:{self.config.name}:plan -->"
         body = comment_body(self.config.name, result, self._target_url(p.sha), marker)
         for provider in self._notifier().providers:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from .actions import ActionResult, ApplyResult, Plan, Progress
+from .actions import ApplyResult, Plan, Progress
 from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason

@@ -183,7 +183,7 @@ def _proxy_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
 def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
     """Per reachable host: the proxy (created, replaced, started or removed) and each Service's
     endpoints on it (a reload when they changed)."""
-    services, deployments = desired.services, desired.deployments
+    services = desired.services
     network = L.network_name(view.agent)
     settings = {h.name: h for h in view.hosts}
     spread = {c.host for s in services for c, _ in members(s, desired, view.observed)}

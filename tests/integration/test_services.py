@@ -155,6 +155,9 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
         out = apply(fleet)
         time.sleep(0.5)
     assert out.count("remove ok") == 2, out
+    # and it said what it waited for while it worked: the drain, then the stop with its grace
+    assert f"… h1/{fleet.agent}-canary-0: draining: out of the Services' rotation" in out or f"/{fleet.agent}-canary-0: draining" in out, out
+    assert "stopping: SIGTERM, then SIGKILL after 2s (up to 2s)" in out, out
     assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
 
 
