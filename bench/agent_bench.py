@@ -22,7 +22,6 @@ import hmac
 import json
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import docker
 import requests
 
 from bench import record, rss_mb
+from bench.tools import need
 from bench.sync_bench import clients, wipe
 from tests import testbed
 
@@ -156,8 +156,7 @@ def main() -> int:
     ap.add_argument("--wrk-seconds", type=int, default=8)
     ap.add_argument("--push-only", action="store_true", help="measure push to converged only (no webhook load, no rollouts)")
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    need("wrk")
     testbed.up(3)
     apis = clients()
     wipe(apis, f"io.gitsync.managed-by={AGENT}")

@@ -22,7 +22,6 @@ import os
 import platform
 import resource
 import selectors
-import shutil
 import signal
 import socket
 import statistics
@@ -36,6 +35,7 @@ from pathlib import Path
 import requests
 
 from bench import record, rss_mb
+from bench.tools import need
 from bench.agent_bench import AGENT, SECRET, Bed, wrk
 from bench.sync_bench import clients, wipe
 from tests import testbed
@@ -144,8 +144,7 @@ def main() -> int:
     ap.add_argument("--code", default=None, help="run the agent from this checkout (a baseline)")
     ap.add_argument("--label", default="this checkout")
     args = ap.parse_args()
-    if shutil.which("wrk") is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    need("wrk")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     testbed.up(3)

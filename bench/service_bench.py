@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from bench import record, swarm
+from bench.tools import need
 from bench.agent_bench import GIT_ENV
 from bench.sync_bench import clients, wipe
 from gitsync.config import load as load_config
@@ -158,6 +159,8 @@ def main() -> int:
     ap.add_argument("--swarm", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    need("wrk")
+    need("docker-compose")
     engines = testbed.up(3)
     # wrk and the load open a connection per request from this namespace: let it reuse its
     # TIME_WAIT ports (as the proxies do), or later rounds run out of them and measure that

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import docker
 
 from bench import record
+from bench.tools import need
 from gitsync import config as config_mod
 from gitsync.reconcile import Syncer
 from tests import testbed
@@ -112,13 +112,7 @@ def sdk_floor(apis: dict[str, docker.APIClient], per_host: int, workers: int) ->
 
 
 def compose_run(apis: dict[str, docker.APIClient], per_host: int, tmp: Path) -> float | None:
-    exe = shutil.which("docker-compose")
-    if exe is None and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "docker-compose"], check=False, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        exe = shutil.which("docker-compose")
-    if exe is None:
-        print("docker-compose not available (apt-get install docker-compose); skipping that comparison")
-        return None
+    exe = need("docker-compose")
     per_service = per_host // DEPLOYMENTS
     services = "".join(
         f"  app{i}:\n    image: gitsync-test/busybox:1\n    command: {json.dumps(LOOP)}\n    environment: {{INDEX: '{i}'}}\n"
