@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .models import DesiredState
 from .plantext import progress_line
 from .actions import Action, ActionKind, ActionResult, Plan, Waiting
-from .reconcile import Outcome, SyncResult, Syncer
+from .reconcile import Outcome, SyncResult, Syncer, failure_text
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State
@@ -85,6 +85,7 @@ class Agent:
         # changes that failed (a proxy whose hostPort something else holds, a create Docker refuses):
         # tried again after 1 s, 2 s, 4 s ... up to the cap, until one works
         self.retries: Backoff[tuple[str, str, str, str]] = Backoff(tunables.backoff_base, tunables.backoff_cap, reset_after=float("inf"))
+        self._failures: dict[tuple[str, str, str, str], str] = {}  # what each backed-off change said when it failed
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self.events_seen = 0
@@ -279,8 +280,9 @@ class Agent:
         for a in plan.actions:
             if self.retries.known(_retry_key(a)):
                 ok, tries, wait = self.retries.allow(_retry_key(a), now)
-                if not ok:
-                    held.append(f"{a.object_kind.lower()} {a.container_name or a.deployment} on {a.host}: {a.kind} failed {tries} time(s); tried again in {wait:.0f}s")
+                if not ok:  # said as the failure itself: its status does not change while nothing does
+                    held.append(self._failures.get(_retry_key(a), f"{a.deployment} {a.kind} failed on {a.host}"))
+                    log.info("%s %s on %s failed %d time(s); tried again in %.0fs", a.deployment, a.kind, a.host, tries, wait)
                     retry_in = wait if retry_in is None else min(retry_in, wait)
                     continue
             if a.object_kind != "Deployment":
@@ -326,10 +328,14 @@ class Agent:
             return
         now = time.monotonic()
         for r in result.applied.results:  # what failed backs off; what worked starts afresh
+            key = _retry_key(r.action)
             if r.ok:
-                self.retries.forget(_retry_key(r.action))
-            elif not r.skipped and not self.retries.known(_retry_key(r.action)):
-                self.retries.allow(_retry_key(r.action), now)  # counts this try: the next waits 1 s
+                self.retries.forget(key)
+                self._failures.pop(key, None)
+            elif not r.skipped:
+                self._failures[key] = failure_text(r)
+                if not self.retries.known(key):
+                    self.retries.allow(key, now)  # counts this try: the next waits 1 s
         loaded = self.syncer.loaded
         for r in result.applied.failed:
             if r.action.kind == ActionKind.REPLACE and r.reason == Reason.HEALTH_CHECK_FAILED:

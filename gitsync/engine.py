@@ -15,6 +15,7 @@ import io
 import ipaddress
 import json
 import posixpath
+import re
 import socket
 import tarfile
 import time
@@ -76,7 +77,11 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, GitsyncError):
         return str(exc)  # our own words, whole: they say what to do
     if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc)
+        said = str(exc.explanation or exc)
+        taken = _PORT_TAKEN.search(said)
+        if taken:  # Docker's words lead with the endpoint's id; what matters is the port
+            return f"port {taken.group(2)} is taken on this host by something else ({taken.group(1)}:{taken.group(2)}: {taken.group(3)})"
+        return said
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connection timed out"
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -156,6 +161,7 @@ class ContainerSpec:
     sysctls: Mapping[str, str] | None = None  # namespaced kernel settings of the container
 
 
+_PORT_TAKEN = re.compile(r"(?:Bind for|listen tcp4?6?) \[?([0-9a-fA-F.:]*?)\]?:(\d+)(?: failed)?: (port is already allocated|bind: address already in use)")
 _GO_MODE_SYMLINK = 1 << 27  # os.ModeSymlink in the file mode the archive API reports
 
 

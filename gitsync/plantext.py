@@ -51,7 +51,8 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
 def progress_line(item: ActionResult | Waiting) -> str:
     """One line of `apply`'s progress: a change done, or what one in hand waits for."""
     if isinstance(item, Waiting):
-        return f"  … {item.host}/{item.subject}: {item.what} (up to {format_duration(item.up_to)})"
+        up_to = f"{round(item.up_to, 1):g}s" if item.up_to < 60 else format_duration(item.up_to)
+        return f"  … {item.host}/{item.subject}: {item.what} (up to {up_to})"
     a = item.action
     mark = "ok" if item.ok else ("skipped" if item.skipped else "FAILED")
     return f"  {a.kind.symbol} {a.host}/{a.container_name}: {a.kind} {mark} ({format_duration(item.seconds)}){'' if item.ok else ': ' + item.message}"

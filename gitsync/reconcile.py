@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from .actions import ApplyResult, Plan, Progress
+from .actions import ActionResult, ApplyResult, Plan, Progress
 from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
@@ -126,6 +126,15 @@ class Observed:
     desired: DesiredState
     observed: dict[str, HostObservation]
     plan: Plan
+
+
+def failure_text(r: ActionResult) -> str:
+    """A failed change as a sync's message says it (the same words when a retry is held back)."""
+    a = r.action
+    if r.reason == Reason.HEALTH_CHECK_FAILED:
+        return r.message
+    who = f"{a.deployment}: replica {a.replica}" if a.replica is not None else a.deployment
+    return f"{who} {a.kind} failed on {a.host}: {r.message}"
 
 
 class Syncer:
@@ -362,12 +371,10 @@ class Syncer:
         failed = [r for r in applied.failed if not r.skipped]
         if failed:
             first = failed[0]
-            a = first.action
             gate = first.reason == Reason.HEALTH_CHECK_FAILED
-            who = f"{a.deployment}: replica {a.replica}" if a.replica is not None else a.deployment
             result.outcome = Outcome.FAILURE
             result.reason = Reason.HEALTH_CHECK_FAILED if gate else Reason.APPLY_FAILED
-            result.message = first.message if gate else f"{who} {a.kind} failed on {a.host}: {first.message}"
+            result.message = failure_text(first)
             if applied.rollbacks:
                 result.message += f"; rolled back {len(applied.rollbacks)} replica(s)"
             result.problems = [

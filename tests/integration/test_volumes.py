@@ -113,6 +113,7 @@ def test_per_replica_volumes_and_a_shared_volume_that_moves_with_its_replica(fle
     # what NFS (or any network storage) gives a real fleet, one path every host mounts.
     shared = tmp_path / "shared"
     shared.mkdir()
+    fleet.write_config(f"policy:\n  bindMounts: [{{path: '{shared}', readOnly: false}}]\n")  # a volume that binds is judged as a bind mount
     loop = "trap \"exit 0\" TERM; while :; do sleep 1; done"
     fleet.repo.write("apps/kv.yaml", (
         "apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: kvdata}\nspec: {perReplica: true}\n---\n"
