@@ -164,6 +164,21 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
     assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
 
 
+def test_a_stop_first_rollout_with_a_healthcheck_fails_no_request_through_an_edge_host_without_replicas(fleet: Fleet) -> None:
+    """Issue 20, item 15: 3 replicas on 2 hosts, each endpoint remote to the edge host the load goes to."""
+    health = "  healthcheck: {test: [CMD, wget, -q, -O, /dev/null, 'http://127.0.0.1/'], interval: 1s, retries: 3}\n  update: {order: stop-first}\n"
+    setup(fleet, replicas=3, extra=health, placement="{hostSelector: {role: web}}")
+    apply(fleet)
+    fleet.repo.write("apps/web.yaml", web(3, image="gitsync-test/busybox:2", extra=health, placement="{hostSelector: {role: web}}"))
+    fleet.repo.commit("new image, stop-first")
+    with Load(addr(fleet, "h3"), 8080, workers=8) as load:
+        time.sleep(0.5)
+        out = apply(fleet)
+        time.sleep(0.5)
+    assert out.count("replace ok") == 3, out
+    assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
+
+
 def _failing_window(load: Load, since: float) -> float:
     """How long after `since` requests still failed (0 when none did)."""
     t = load.tally
