@@ -92,7 +92,9 @@ def container_labels(agent: str, d: Deployment, replica: int, revision: str) -> 
 
 
 def container_name(agent: str, deployment: str, replica: int) -> str:
-    return f"{agent}-{deployment}-{replica}"
+    """``<agent>_<deployment>-<replica>``: '_' is in neither an agent's nor a deployment's name, so no
+    two agents' replicas share a name (with '-' agent ca's x-0 and agent ca-x's 0 would)."""
+    return f"{agent}_{deployment}-{replica}"
 
 
 def deployment_from_spec(base: Deployment, doc: dict[str, Any]) -> Deployment:

@@ -57,7 +57,10 @@ def render(services: Sequence[Service], endpoints: Mapping[tuple[str, int], Sequ
         for p in sorted(svc.ports, key=lambda p: p.port):
             name = backend_name(svc.name, p.port)
             out.append(f"\nfrontend {name}\n    bind :{p.port}\n    default_backend {name}\n")
-            out.append(f"\nbackend {name}\n    balance roundrobin\n")
+            # the replica with the fewest open connections: none is piled on past what it accepts
+            # (round robin sent bursts to one, its listen queue overflowed, and HAProxy's retry waited
+            # a second: 1 in 100 requests), and long-lived connections spread as they should
+            out.append(f"\nbackend {name}\n    balance leastconn\n")
             for e in sorted(endpoints.get((svc.name, p.port), ()), key=lambda e: e.name):
                 host = f"[{e.address}]" if ":" in e.address else e.address
                 out.append(f"    server {_ident(e.name)} {host}:{e.port}{' weight 0' if e.draining else ''}\n")

@@ -165,6 +165,12 @@ class HostApplier:
         self.engine.start(container_id)
         return container_id
 
+    def _holder(self, name: str, info: dict[str, Any] | None = None) -> str:
+        """Who has a container name: another gitsync agent's container, or one gitsync does not manage."""
+        info = info if info is not None else self.engine.inspect(name)
+        owner = ((info or {}).get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY)
+        return f"a container of gitsync agent {owner}" if owner and owner != self.agent else "a container gitsync does not manage"
+
     def _no_planted_links(self, d: Deployment) -> None:
         """A bind mount below a prefix that replicas may write (policy.bindMounts readOnly: false) must
         not pass through a symbolic link: a replica could have planted one there that Docker would
@@ -300,7 +306,7 @@ class HostApplier:
             try:
                 self.engine.rename(a.container_id, a.container_name)
             except Conflict:
-                raise HostError(self.host, f"cannot take the name {a.container_name}: a container gitsync does not manage has it") from None
+                raise HostError(self.host, f"cannot take the name {a.container_name}: {self._holder(a.container_name)} has it") from None
             return "renamed"
         d = desired.deployment(a.deployment)
         assert d is not None and a.replica is not None
@@ -318,7 +324,7 @@ class HostApplier:
             return "created"
         lbl = info.get("Config", {}).get("Labels") or {}
         if lbl.get(L.MANAGED_BY) != self.agent:
-            raise HostError(self.host, f"the name {name} is taken by a container gitsync does not manage; rename or remove it")
+            raise HostError(self.host, f"the name {name} is taken by {self._holder(name, info)}; rename or remove it")
         if lbl.get(L.DEPLOYMENT) == d.name and lbl.get(L.REPLICA) == str(replica) and lbl.get(L.SPEC_HASH) == L.spec_hash(d):
             if not info.get("State", {}).get("Running"):
                 self.engine.start(info["Id"])

@@ -22,6 +22,7 @@ from pathlib import Path
 import docker
 
 from gitsync import config as config_mod
+from gitsync import labels as L
 from gitsync.reconcile import Syncer
 from tests import testbed
 
@@ -58,9 +59,9 @@ def main() -> int:
         assert s.sync().outcome == "success"
         _dump(HERE / "live" / "steady.json")
         api = docker.APIClient(base_url=testbed.engines(3)[1].tcp_url, version="auto")
-        api.stop(f"{AGENT}-web-1", timeout=5)
+        api.stop(L.container_name(AGENT, "web", 1), timeout=5)
         _dump(HERE / "live" / "stopped.json")
-        api.start(f"{AGENT}-web-1")
+        api.start(L.container_name(AGENT, "web", 1))
         without_h1 = dataclasses.replace(cfg, hosts=tuple(h for h in cfg.hosts if h.name != "h1"))
         assert Syncer(without_h1).sync().outcome == "success"
         _dump(HERE / "live" / "duplicates.json")

@@ -69,7 +69,7 @@ def test_a_compose_project_runs_across_hosts_by_service_name_and_converges_on_ch
     assert replicas(fleet, "web") == [] and len(replicas(fleet, "api")) == 3
     assert [img for _, img in replicas(fleet, "db")] == ["gitsync-example/busybox:2"] and replicas(fleet, "db")[0][0] == db_host
     api = fleet.clients[db_host]
-    ex = api.exec_create(f"{fleet.agent}-db-0", ["cat", "/data/www/rows"])
+    ex = api.exec_create(f"{fleet.agent}_db-0", ["cat", "/data/www/rows"])
     assert api.exec_start(ex["Id"]).decode() == "order 1\n"  # the row outlived the database's replacement
     r = cli("plan", "-c", str(fleet.config))
     assert r.code == 0 and "in sync" in r.out, r.out + r.err

@@ -65,7 +65,7 @@ def test_container_fields_reach_docker_never_drift_and_policy_refuses_what_it_do
     fleet.repo.commit("web with every field")
     r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
     assert r.code == 0, r.out + r.err
-    name = f"{fleet.agent}-web-0"
+    name = f"{fleet.agent}_web-0"
     info = fleet.clients["h3"].inspect_container(name)
     cfg, hc = info["Config"], info["HostConfig"]
     assert (cfg["Entrypoint"], cfg["WorkingDir"], cfg["User"], cfg["Hostname"], cfg["StopSignal"]) == (["sh", "-c"], "/www", "1000:1000", "box", "SIGINT")
@@ -123,7 +123,7 @@ spec:
     r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
     assert r.code == 0, r.out + r.err
     for host, mode in (("h1", "host"), ("h3", "none")):
-        info = fleet.clients[host].inspect_container(f"{fleet.agent}-on-{mode}-0")
+        info = fleet.clients[host].inspect_container(f"{fleet.agent}_on-{mode}-0")
         assert info["HostConfig"]["NetworkMode"] == mode and info["State"]["Running"], info["HostConfig"]["NetworkMode"]
         assert list(info["NetworkSettings"]["Networks"]) == [mode]
     r = cli("plan", "-c", str(fleet.config))

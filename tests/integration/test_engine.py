@@ -64,7 +64,7 @@ def test_a_proxy_on_a_network_serves_a_name_after_a_checked_reload(fleet: Fleet)
         while fetch()[0] != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert fetch() == (0, "hello from the replica\n")
-        engine.put_file(proxy, "/tmp/bad.cfg", new.replace("balance roundrobin", "balance nonsense").encode())
+        engine.put_file(proxy, "/tmp/bad.cfg", new.replace("balance leastconn", "balance nonsense").encode())
         code, out = engine.run(proxy, ["haproxy", "-c", "-f", "/tmp/bad.cfg"])
         assert code != 0 and "[ALERT]" in out and "/tmp/bad.cfg" in out  # refused, in HAProxy's words
         assert (engine.inspect(proxy) or {}).get("State", {}).get("Running")

@@ -32,7 +32,7 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     r = cli("apply", "-c", str(fleet.config), "--timeout", "90s")
     assert r.code == 0, r.out + r.err
     placed = fleet.by_host()
-    web = {h: [n for n in names if "-web-" in n] for h, names in placed.items()}
+    web = {h: [n for n in names if "_web-" in n] for h, names in placed.items()}
     assert sum(len(v) for v in web.values()) == 2 and not web["h3"], placed  # hostSelector role=web: h1 and h2 only
     assert all(len(v) <= 2 for v in web.values())  # maxPerHost
     worker = [(h, n) for h, names in placed.items() for n in names if "-worker-" in n]

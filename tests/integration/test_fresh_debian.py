@@ -97,9 +97,9 @@ def test_quick_start_and_walk_through_on_a_fresh_debian_12(machine: freshdebian.
         assert "asked it to sync now" in r.stdout and "success:" in r.stdout, r.stdout  # apply went through the agent
 
         ps = machine.sh("docker ps --format '{{.Names}} {{.Image}} {{.Status}}'")
-        web = sorted(line for line in ps.stdout.splitlines() if line.startswith("example-web-"))
+        web = sorted(line for line in ps.stdout.splitlines() if line.startswith("example_web-"))
         assert len(web) == 1 and "gitsync-example/busybox:2" in web[0] and "(healthy)" in web[0], ps.stdout
-        assert any(line.startswith("example-worker-0 ") for line in ps.stdout.splitlines()), ps.stdout
+        assert any(line.startswith("example_worker-0 ") for line in ps.stdout.splitlines()), ps.stdout
         # The three-tier shop the quick start applied too: a row through web -> api -> db on port 8000.
         shop = machine.sh("busybox wget -q -O- --post-data 'order 1' http://127.0.0.1:8000/cgi-bin/add"
                           " && busybox wget -q -O- http://127.0.0.1:8000/cgi-bin/rows")
@@ -117,7 +117,7 @@ def test_quick_start_and_walk_through_on_a_fresh_debian_12(machine: freshdebian.
 
     # The engine and the example outlived the agent; nothing of gitsync still runs.
     ps = machine.sh("docker ps --format '{{.Names}}'; pgrep -a -f 'gitsync run' || echo no-agent")
-    assert "example-web-0" in ps.stdout and "example-worker-0" in ps.stdout and "no-agent" in ps.stdout, ps.stdout + ps.stderr
+    assert "example_web-0" in ps.stdout and "example_worker-0" in ps.stdout and "no-agent" in ps.stdout, ps.stdout + ps.stderr
 
     # Run again: idempotent, installs nothing, keeps the config repository and its commits.
     again = machine.sh(f"GITSYNC_QUICKSTART_NO_RUN=1 {first}", timeout=600, cwd=CHECKOUT)

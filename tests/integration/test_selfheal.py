@@ -77,7 +77,7 @@ def test_drift_is_healed_within_seconds(fleet: Fleet, github_forge: FakeForge, t
         fleet.clients["h1"].start(extra["Id"])
         wait_for(lambda: not any(c["Id"] == extra["Id"] for c in fleet.containers("h1")), 10, 0.05)
         assert len(running(fleet, "web")) == 3
-        assert all(c["Names"][0].lstrip("/").startswith(f"{fleet.agent}-web-") for c in running(fleet, "web"))
+        assert all(c["Names"][0].lstrip("/").startswith(f"{fleet.agent}_web-") for c in running(fleet, "web"))
     finally:
         assert agent.stop() == 0
 
@@ -165,7 +165,7 @@ def test_a_crash_loop_under_dockers_restart_policy_reads_as_degraded(fleet: Flee
         assert status["deployments"]["crash"]["health"] == "Degraded", status["deployments"]
         assert "crash-looping" in status["deployments"]["crash"]["message"]
         (c,) = fleet.containers("h3")  # Docker restarts it in place; the agent neither starts nor replaces it
-        assert c["Names"] == [f"/{fleet.agent}-crash-0"]
+        assert c["Names"] == [f"/{fleet.agent}_crash-0"]
     finally:
         assert agent.stop() == 0
 
@@ -324,7 +324,7 @@ def test_sigkill_during_apply_always_converges(fleet: Fleet) -> None:
         r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
         assert r.code == 0, r.out + r.err
         names = sorted(c["Names"][0].lstrip("/") for h in ("h1", "h2", "h3") for c in fleet.containers(h))
-        assert names == sorted(f"{fleet.agent}-web-{i}" for i in range(replicas)), names  # no duplicates, orphans or temporaries
+        assert names == sorted(f"{fleet.agent}_web-{i}" for i in range(replicas)), names  # no duplicates, orphans or temporaries
         assert {c["Image"] for c in running(fleet, "web")} == {image}
         assert len(running(fleet, "web")) == replicas
     assert kills >= 4
@@ -349,7 +349,7 @@ def test_the_agent_sigkilled_during_rollouts_converges_when_it_restarts(fleet: F
             agent = AgentProc(fleet, up, github_forge, tmp_path)  # the same state_dir: its history goes on
             wait_for(lambda: statuses(github_forge, sha) and statuses(github_forge, sha)[-1][0] == "success", 60)
             names = sorted(c["Names"][0].lstrip("/") for h in ("h1", "h2", "h3") for c in fleet.containers(h))
-            assert names == sorted(f"{fleet.agent}-web-{i}" for i in range(4)), names  # no duplicates, orphans or -next
+            assert names == sorted(f"{fleet.agent}_web-{i}" for i in range(4)), names  # no duplicates, orphans or -next
             assert {c["Image"] for c in running(fleet, "web")} == {image} and len(running(fleet, "web")) == 4
         history = json.loads(cli("status", "-c", str(agent.config), "--json", "-n", "100").out)
         assert any(x["outcome"] == "interrupted" for x in history), [x["outcome"] for x in history]
@@ -365,7 +365,7 @@ def test_depends_on_brings_the_dependency_up_healthy_first(fleet: Fleet) -> None
     fleet.repo.commit("api on db")
     r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
     assert r.code == 0, r.out + r.err
-    dbc = fleet.clients["h3"].inspect_container(f"{fleet.agent}-db-0")
+    dbc = fleet.clients["h3"].inspect_container(f"{fleet.agent}_db-0")
     healthy_at = min(e["End"] for e in dbc["State"]["Health"]["Log"] if e["ExitCode"] == 0)
     for c in running(fleet, "api"):
         host = next(h for h in ("h1", "h2") if any(x["Id"] == c["Id"] for x in fleet.containers(h)))

@@ -88,7 +88,7 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     # by name, from h3, whose replicas all run elsewhere
     answered = set()
     for _ in range(6):
-        code, body = in_container(fleet, "h3", f"{fleet.agent}-client-0", BY_NAME.format(name="web", port=80))
+        code, body = in_container(fleet, "h3", f"{fleet.agent}_client-0", BY_NAME.format(name="web", port=80))
         assert code == 0, body
         answered.add(body.strip())
     assert len(answered) == 2, answered  # both replicas, on the two other hosts
@@ -107,7 +107,7 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     proxy = f"{fleet.agent}-proxy"
     running = engine.read_file(proxy, CONFIG_PATH)
     with pytest.raises(ConfigRefused, match="HAProxy refused") as refused:
-        put_config(engine, proxy, running.decode().replace("balance roundrobin", "balance no-such-algorithm"))
+        put_config(engine, proxy, running.decode().replace("balance leastconn", "balance no-such-algorithm"))
     assert "haproxy.cfg:22" in str(refused.value) and "balance only supports" in str(refused.value)  # HAProxy's own words
     assert engine.read_file(proxy, CONFIG_PATH) == running
     with Load(addr(fleet, "h3"), 8080, workers=1) as load:
@@ -141,8 +141,8 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
         assert "FAILED" not in out, out
         if what == "stop-first rolling update":  # what each replica waited for, as it went
             for n in range(3):
-                assert f"/{fleet.agent}-web-{n}: draining: out of the Services' rotation, finishing what is in flight (up to 1s)" in out, out
-                assert f"/{fleet.agent}-web-{n}: stopping: SIGTERM, then SIGKILL after 2s (up to 2s)" in out, out
+                assert f"/{fleet.agent}_web-{n}: draining: out of the Services' rotation, finishing what is in flight (up to 1s)" in out, out
+                assert f"/{fleet.agent}_web-{n}: stopping: SIGTERM, then SIGKILL after 2s (up to 2s)" in out, out
         assert load.tally.ok > 50, (what, load.tally)
         assert load.tally.failed == 0, (what, load.tally.failed, load.tally.errors, out)
     with Load(addr(fleet, "h2"), 8080, workers=2) as load:
@@ -160,7 +160,7 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
         time.sleep(0.5)
     assert out.count("remove ok") == 2, out
     # and it said what it waited for while it worked (a pruned deployment's endpoints left with the reload)
-    assert f"/{fleet.agent}-canary-0: stopping: SIGTERM, then SIGKILL after" in out, out
+    assert f"/{fleet.agent}_canary-0: stopping: SIGTERM, then SIGKILL after" in out, out
     assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
 
 

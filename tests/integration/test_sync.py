@@ -46,9 +46,9 @@ def test_apply_places_replicas_by_selector_and_labels_them(fleet: Fleet) -> None
     assert r.code == 0, r.out + r.err
     assert "success: 2/2 deployments converged" in r.out
     placed = fleet.by_host()
-    web_on = {h: [n for n in names if "-web-" in n] for h, names in placed.items()}
+    web_on = {h: [n for n in names if "_web-" in n] for h, names in placed.items()}
     assert sorted(len(v) for v in web_on.values()) == [0, 1, 2]  # spread over the two web hosts
-    assert web_on["h3"] == [] and placed["h3"] == [f"{fleet.agent}-db-0"]
+    assert web_on["h3"] == [] and placed["h3"] == [f"{fleet.agent}_db-0"]
     (c,) = fleet.containers("h3")
     commit = fleet.repo.commit.__self__  # noqa: B018 - just to show the repo exists
     assert commit is not None
@@ -78,7 +78,7 @@ def test_image_change_and_scaling_through_git(fleet: Fleet) -> None:
     after = fleet.ids()
     for name, cid in before.items():
         assert after[name] == cid, f"{name} was recreated by a scale-up"
-    assert sum("-web-" in n for n in after) == 4
+    assert sum("_web-" in n for n in after) == 4
     # an image change is planned as a replace naming the image, then rolled out
     fleet.repo.write("apps/web.yaml", deployment("web", 4, image="gitsync-test/busybox:2", extra=WEB, labels="{app: web}"))
     fleet.repo.commit("web 2")
@@ -93,7 +93,7 @@ def test_image_change_and_scaling_through_git(fleet: Fleet) -> None:
     fleet.repo.write("apps/web.yaml", deployment("web", 1, image="gitsync-test/busybox:2", extra=WEB, labels="{app: web}"))
     fleet.repo.commit("web down to 1")
     assert apply(fleet).code == 0
-    assert sorted(n for n in fleet.ids() if "-web-" in n) == [f"{fleet.agent}-web-0"]
+    assert sorted(n for n in fleet.ids() if "_web-" in n) == [f"{fleet.agent}_web-0"]
 
 
 def test_invalid_repository_applies_nothing(fleet: Fleet) -> None:
@@ -126,7 +126,7 @@ def test_prune_removes_containers_never_volumes(fleet: Fleet) -> None:
 
 def test_unmanaged_containers_are_never_touched(fleet: Fleet) -> None:
     api = fleet.clients["h3"]
-    squatter = api.create_container("gitsync-test/busybox:1", command=LOOP, name=f"{fleet.agent}-db-0")
+    squatter = api.create_container("gitsync-test/busybox:1", command=LOOP, name=f"{fleet.agent}_db-0")
     other = api.create_container(
         "gitsync-test/busybox:1", command=LOOP, name=f"{fleet.agent}-other", labels={"io.gitsync.managed-by": "someone-else", "io.gitsync.deployment": "x"}
     )
@@ -134,11 +134,19 @@ def test_unmanaged_containers_are_never_touched(fleet: Fleet) -> None:
         seed(fleet)
         r = apply(fleet)
         assert r.code == 1
-        assert f"the name {fleet.agent}-db-0 is taken by a container gitsync does not manage" in r.out + r.err
+        assert f"the name {fleet.agent}_db-0 is taken by a container gitsync does not manage" in r.out + r.err
         # the web deployment on the other hosts still converged
-        assert sum("-web-" in n for n in fleet.ids()) == 3
+        assert sum("_web-" in n for n in fleet.ids()) == 3
         assert api.inspect_container(squatter["Id"])["Config"]["Labels"].get("io.gitsync.managed-by") is None
         assert api.inspect_container(other["Id"])["Id"] == other["Id"]
+        # the name held by another agent's container: said so (names cannot collide by construction,
+        # but an agent renamed by hand, or one sharing a name, meets its fellow's containers)
+        api.remove_container(squatter["Id"], force=True)
+        squatter = api.create_container(
+            "gitsync-test/busybox:1", command=LOOP, name=f"{fleet.agent}_db-0", labels={"io.gitsync.managed-by": "someone-else", "io.gitsync.deployment": "db"}
+        )
+        r = apply(fleet)
+        assert r.code == 1 and f"the name {fleet.agent}_db-0 is taken by a container of gitsync agent someone-else" in r.out + r.err, r.out + r.err
     finally:
         api.remove_container(squatter["Id"], force=True)
         api.remove_container(other["Id"], force=True)
@@ -150,7 +158,7 @@ def test_unreachable_host_is_named_and_others_still_sync(fleet: Fleet) -> None:
     r = apply(fleet)
     assert r.code == 1
     assert "host gone unreachable (connection refused)" in r.out
-    assert sum("-web-" in n for n in fleet.ids()) == 3  # placed on the reachable web hosts
+    assert sum("_web-" in n for n in fleet.ids()) == 3  # placed on the reachable web hosts
     r = cli("hosts", "-c", str(fleet.config))
     assert r.code == 1 and "gone" in r.out and "UNREACHABLE" in r.out
 
@@ -162,7 +170,7 @@ def test_impossible_placement_names_the_deployment(fleet: Fleet) -> None:
     assert r.code == 1 and "web: 1 of 3 replicas cannot be placed; a fixed hostPort allows 1 per host" in r.out
     r = apply(fleet)
     assert r.code == 1 and "web: 1 of 3 replicas cannot be placed" in r.out
-    assert sum("-web-" in n for n in fleet.ids()) == 2  # what fits runs
+    assert sum("_web-" in n for n in fleet.ids()) == 2  # what fits runs
 
 
 def test_stopped_replica_is_started_and_stop_first_update(fleet: Fleet) -> None:
@@ -170,16 +178,16 @@ def test_stopped_replica_is_started_and_stop_first_update(fleet: Fleet) -> None:
     fleet.repo.commit("w")
     assert apply(fleet).code == 0
     api = fleet.clients["h3"]
-    api.stop(f"{fleet.agent}-w-0", timeout=5)
+    api.stop(f"{fleet.agent}_w-0", timeout=5)
     r = cli("plan", "-c", str(fleet.config))
     assert r.code == 2 and "start" in r.out and "replica is exited" in r.out
     assert apply(fleet).code == 0
-    assert api.inspect_container(f"{fleet.agent}-w-0")["State"]["Running"]
+    assert api.inspect_container(f"{fleet.agent}_w-0")["State"]["Running"]
     fleet.repo.write("apps/w.yaml", deployment("w", 1, image="gitsync-test/busybox:3", extra="  update: {order: stop-first}\n  placement: {hostSelector: {role: db}}\n"))
     fleet.repo.commit("w3")
     r = apply(fleet)
     assert r.code == 0 and "replace ok" in r.out
-    assert api.inspect_container(f"{fleet.agent}-w-0")["Config"]["Image"] == "gitsync-test/busybox:3"
+    assert api.inspect_container(f"{fleet.agent}_w-0")["Config"]["Image"] == "gitsync-test/busybox:3"
 
 
 def test_image_is_pulled_when_missing(fleet: Fleet) -> None:
@@ -192,7 +200,7 @@ def test_image_is_pulled_when_missing(fleet: Fleet) -> None:
     fleet.repo.commit("p")
     r = apply(fleet)
     assert r.code == 0, r.out + r.err
-    assert api.inspect_container(f"{fleet.agent}-p-0")["Config"]["Image"] == testbed.REGISTRY_IMAGE
+    assert api.inspect_container(f"{fleet.agent}_p-0")["Config"]["Image"] == testbed.REGISTRY_IMAGE
 
 
 def test_missing_image_is_a_clear_failure(fleet: Fleet) -> None:
@@ -203,4 +211,4 @@ def test_missing_image_is_a_clear_failure(fleet: Fleet) -> None:
     assert r.code == 1
     assert f"x: replica 0 create failed on h3: cannot pull {missing}" in r.out
     with pytest.raises(docker.errors.NotFound):
-        fleet.clients["h3"].inspect_container(f"{fleet.agent}-x-0")
+        fleet.clients["h3"].inspect_container(f"{fleet.agent}_x-0")

@@ -46,7 +46,7 @@ def rows(fleet: Fleet, via: str = "h1", within: float = 5.0) -> str:
 
 def write(fleet: Fleet, host: str, line: str) -> None:
     api = fleet.clients[host]
-    ex = api.exec_create(f"{fleet.agent}-db-0", ["sh", "-c", f"echo {line} >> /data/www/rows"])
+    ex = api.exec_create(f"{fleet.agent}_db-0", ["sh", "-c", f"echo {line} >> /data/www/rows"])
     api.exec_start(ex["Id"])
     assert api.exec_inspect(ex["Id"])["ExitCode"] == 0
 
@@ -68,7 +68,7 @@ def test_a_databases_data_survives_image_changes_kills_and_its_hosts_death(fleet
     assert where(fleet) == [home] and rows(fleet) == "row1\n"
     write(fleet, home, "row2")
     # killed: back on its host with its data
-    fleet.clients[home].kill(f"{fleet.agent}-db-0")
+    fleet.clients[home].kill(f"{fleet.agent}_db-0")
     apply(fleet)
     assert where(fleet) == [home] and rows(fleet) == "row1\nrow2\n"
     # its host's engine dies: the replica waits for it and runs nowhere else in between
@@ -83,7 +83,7 @@ def test_a_databases_data_survives_image_changes_kills_and_its_hosts_death(fleet
     apply(fleet)
     # back on its host with its data (read in the container: right after its engine restarts, the
     # host's published ports may still be held by the killed engine's orphaned port proxies)
-    assert where(fleet) == [home] and cat(fleet, home, f"{fleet.agent}-db-0", "/data/www/rows") == "row1\nrow2\n"
+    assert where(fleet) == [home] and cat(fleet, home, f"{fleet.agent}_db-0", "/data/www/rows") == "row1\nrow2\n"
     # a placement that leaves its host: refused, until Git allows the move; the old volume stays
     other = next(h for h in ("h1", "h2", "h3") if h != home)
     roles = {h: ("db" if h == other else "web") for h in ("h1", "h2", "h3")}
@@ -133,12 +133,12 @@ def test_per_replica_volumes_and_a_shared_volume_that_moves_with_its_replica(fle
     kv = {c["Labels"]["io.gitsync.replica"]: h for h in fleet.clients for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "kv"}
     assert sorted(kv) == ["0", "1"]
     for i, h in kv.items():
-        write_in = fleet.clients[h].exec_create(f"{fleet.agent}-kv-{i}", ["sh", "-c", f"echo replica {i} > /data/me"])
+        write_in = fleet.clients[h].exec_create(f"{fleet.agent}_kv-{i}", ["sh", "-c", f"echo replica {i} > /data/me"])
         fleet.clients[h].exec_start(write_in["Id"])
-        fleet.clients[h].remove_container(f"{fleet.agent}-kv-{i}", force=True)  # both gone
+        fleet.clients[h].remove_container(f"{fleet.agent}_kv-{i}", force=True)  # both gone
     apply(fleet)
     for i, h in kv.items():  # each back on its host, with its own data
-        assert cat(fleet, h, f"{fleet.agent}-kv-{i}", "/data/me") == f"replica {i}\n"
+        assert cat(fleet, h, f"{fleet.agent}_kv-{i}", "/data/me") == f"replica {i}\n"
     r = cli("volumes", "-c", str(fleet.config))
     assert r.code == 0, r.out + r.err
     for i, h in kv.items():
@@ -151,7 +151,7 @@ def test_per_replica_volumes_and_a_shared_volume_that_moves_with_its_replica(fle
     try:
         apply(fleet, code=1)  # exit 1: a host is unreachable; `gitsync apply` places its replicas elsewhere at once
         (now,) = [h for h in fleet.clients if h != home for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "files"]
-        assert cat(fleet, now, f"{fleet.agent}-files-0", "/data/hello") == "kept\n"
+        assert cat(fleet, now, f"{fleet.agent}_files-0", "/data/hello") == "kept\n"
     finally:
         testbed.start(engine)
     # kv leaves Git: its volumes stay, listed as kept

@@ -70,7 +70,7 @@ def test_every_field_parses_to_what_docker_is_given() -> None:
     assert [(b.host_path, b.mount_path, b.read_only) for b in o.binds] == [("/srv/static", "/www", True)]
     assert [v.name for v in d.volumes] == ["cache"]
 
-    spec = container_spec("t", d, 0, "t-web-0", "r")
+    spec = container_spec("t", d, 0, "t_web-0", "r")
     assert spec.mounts == (("cache", "/cache", False), ("/srv/static", "/www", True))
     assert spec.host_options == {
         "cap_add": ["CHOWN", "NET_ADMIN"], "cap_drop": ["ALL"], "read_only": True, "tmpfs": {"/run": "size=64m,mode=1777", "/tmp": ""},
@@ -104,7 +104,7 @@ def test_a_changed_field_replaces_the_replica_and_the_plan_names_it(line: str, n
     old = load_files({"web.yaml": HEAD.encode()}).deployments[0]
     new = load_files({"web.yaml": (HEAD + line).encode()}, config_mod.PolicySettings(allow_capabilities=("SYS_TIME",), bind_mounts=(config_mod.BindRule("/srv", False),))).deployments[0]
     assert L.spec_hash(old) != L.spec_hash(new)
-    live = LiveContainer("id", "t-web-0", "h1", "web", 0, L.spec_hash(old), "r", "running", None, 1, "web:1", spec=L.canonical_spec(old))
+    live = LiveContainer("id", "t_web-0", "h1", "web", 0, L.spec_hash(old), "r", "running", None, 1, "web:1", spec=L.canonical_spec(old))
     assert describe_change(live, new) == f"changed: {named}"
 
 

@@ -311,3 +311,12 @@ def test_a_service_is_checked_against_the_deployments_and_the_other_services() -
     assert "svc/b.yaml:49: spec.selector: must name at least one label (an empty selector would pick every deployment)" in got
     assert not any("apart" in p or "nothing" in p for p in got), got
     assert len(got) == 5, got
+
+
+def test_container_names_never_collide_across_agents() -> None:
+    """Issue 20, item 14: with '-' between agent and deployment, agent ca's x-0 and agent ca-x's 0 met."""
+    from gitsync.labels import container_name
+
+    assert container_name("ca", "x-0", 0) != container_name("ca-x", "0", 0)
+    names = {container_name(a, d, r) for a in ("ca", "ca-x", "ca.x", "c") for d in ("x", "x-0", "0", "a-x") for r in (0, 10)}
+    assert len(names) == 4 * 4 * 2

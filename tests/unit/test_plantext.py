@@ -20,7 +20,7 @@ def dep(name: str, image: str, replicas: int = 1) -> bytes:
 def test_the_summary_says_what_would_change_and_which_fields() -> None:
     old = load_files({"a.yaml": dep("web", "web:1", 2), "b.yaml": dep("api", "api:1")})
     live = tuple(
-        LiveContainer(f"id{n}{i}", f"t-{n}-{i}", "h1", n, i, L.spec_hash(d), "r", "running", None, 1, d.image, spec=L.canonical_spec(d))
+        LiveContainer(f"id{n}{i}", f"t_{n}-{i}", "h1", n, i, L.spec_hash(d), "r", "running", None, 1, d.image, spec=L.canonical_spec(d))
         for d in old.deployments for n in [d.name] for i in range(d.replicas)
     )
     obs = {"h1": HostObservation("h1", True, live)}

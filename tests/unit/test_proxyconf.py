@@ -32,7 +32,7 @@ def test_the_configuration_serves_each_port_over_its_endpoints_and_is_stable() -
     assert "server web-1.h2 10.231.0.2:49154" in web80 and "49154 weight" not in web80
     assert "frontend svc-api_v2-81\n    bind :81\n" in text
     assert "server api-0.h3 [fd00::3]:9000" in text
-    assert "backend svc-db-5432\n    balance roundrobin\n" in text and "svc-db-5432\n    balance roundrobin\n    server" not in text
+    assert "backend svc-db-5432\n    balance leastconn\n" in text and "svc-db-5432\n    balance leastconn\n    server" not in text
 
 
 def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
@@ -45,5 +45,5 @@ def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
     cfg.write_text(render(SERVICES, ENDPOINTS))
     r = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
-    cfg.write_text(render(SERVICES, ENDPOINTS).replace("balance roundrobin", "balance nonsense", 1))
+    cfg.write_text(render(SERVICES, ENDPOINTS).replace("balance leastconn", "balance nonsense", 1))
     assert subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30).returncode != 0  # the check can fail

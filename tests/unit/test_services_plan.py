@@ -35,7 +35,7 @@ FILES = {
 
 def replica(host: str, index: int, ip: str, public: int, state: str, spec_hash: str) -> LiveContainer:
     return LiveContainer(
-        f"id-{host}-{index}", f"t-web-{index}", host, "web", index, spec_hash, "", state, None, 1, "web:1",
+        f"id-{host}-{index}", f"t_web-{index}", host, "web", index, spec_hash, "", state, None, 1, "web:1",
         networks=((NET, ip),), published=((80, "tcp", public, "10.0.0." + host[-1]),),
     )
 
@@ -71,15 +71,15 @@ def test_endpoints_local_by_network_address_remote_by_published_port() -> None:
     desired = load_files(FILES)
     obs = observed(desired, with_proxy=True)
     text, notes = config_for("h1", desired, obs, {h.name: h for h in CFG.hosts}, NET)
-    assert "server t-web-0.h1 172.20.0.2:80\n" in text  # on h1: its address on the network
-    assert "server t-web-1.h2 10.0.0.2:32769\n" in text  # on h2: the port published on h2's address
+    assert "server t_web-0.h1 172.20.0.2:80\n" in text  # on h1: its address on the network
+    assert "server t_web-1.h2 10.0.0.2:32769\n" in text  # on h2: the port published on h2's address
     assert notes == []
     # the proxies run an older configuration: a reload per host, saying which endpoints change
-    old = {"h1": text.replace("    server t-web-1.h2 10.0.0.2:32769\n", ""), "h2": None}
+    old = {"h1": text.replace("    server t_web-1.h2 10.0.0.2:32769\n", ""), "h2": None}
     plan = make_plan(desired, observed(desired, with_proxy=True, config=old), CFG.hosts, "t", CFG.services)
     reloads = {a.host: a.reason for a in plan.actions if a.kind == ActionKind.RELOAD}
-    assert reloads["h1"] == "endpoints +t-web-1.h2"
-    assert "+t-web-0.h1" in reloads["h2"] and "+t-web-1.h2" in reloads["h2"]
+    assert reloads["h1"] == "endpoints +t_web-1.h2"
+    assert "+t_web-0.h1" in reloads["h2"] and "+t_web-1.h2" in reloads["h2"]
     # in sync: no action, and the noop says how many endpoints are ready
     now = {h: config_for(h, desired, obs, {x.name: x for x in CFG.hosts}, NET)[0] for h in ("h1", "h2")}
     plan = make_plan(desired, observed(desired, with_proxy=True, config=now), CFG.hosts, "t", CFG.services)
@@ -107,13 +107,13 @@ def test_status_counts_ready_endpoints_and_says_why_the_others_are_not() -> None
     assert up.health == Health.HEALTHY and up.message == "2 of 2 endpoints ready"
     down = assess(desired, observed(desired, with_proxy=True, web_state="exited"), "Service")["web"]
     assert down.health == Health.DEGRADED
-    assert down.message == "0 of 2 endpoints ready: t-web-0 on h1 is down; t-web-1 on h2 is down"
+    assert down.message == "0 of 2 endpoints ready: t_web-0 on h1 is down; t_web-1 on h2 is down"
     # draining: the proxy runs it at weight 0
     obs = observed(desired, with_proxy=True)
     text, _ = config_for("h1", desired, obs, {h.name: h for h in CFG.hosts}, NET, draining={"id-h2-1"})
-    assert "t-web-1.h2 10.0.0.2:32769 weight 0" in text
+    assert "t_web-1.h2 10.0.0.2:32769 weight 0" in text
     st = assess(desired, observed(desired, with_proxy=True, config={"h1": text}), "Service")["web"]
-    assert [(e.name, e.state) for e in st.endpoints] == [("t-web-0", "ready"), ("t-web-1", "draining")]
+    assert [(e.name, e.state) for e in st.endpoints] == [("t_web-0", "ready"), ("t_web-1", "draining")]
     m = Metrics("t")
     m.services({"web": st})
     text_metrics = m.render().decode()

@@ -61,7 +61,7 @@ def test_one_writer_per_read_write_once_volume_and_read_only_mounts() -> None:
 
 def replica(host: str, desired, state: str = "running") -> LiveContainer:  # type: ignore[no-untyped-def]
     d = desired.deployment("db")
-    return LiveContainer(f"id-{host}", "t-db-0", host, "db", 0, L.spec_hash(d), "r", state, None, 1, "db:1")
+    return LiveContainer(f"id-{host}", "t_db-0", host, "db", 0, L.spec_hash(d), "r", state, None, 1, "db:1")
 
 
 def vol(name: str = "pgdata", owner: str = "t", driver: str = "local") -> LiveVolume:
