@@ -35,7 +35,7 @@ def test_the_readme_walk_through_on_examples_repo(fleet: Fleet) -> None:
     web = {h: [n for n in names if "_web-" in n] for h, names in placed.items()}
     assert sum(len(v) for v in web.values()) == 2 and not web["h3"], placed  # hostSelector role=web: h1 and h2 only
     assert all(len(v) <= 2 for v in web.values())  # maxPerHost
-    worker = [(h, n) for h, names in placed.items() for n in names if "-worker-" in n]
+    worker = [(h, n) for h, names in placed.items() for n in names if "_worker-" in n]
     assert len(worker) == 1, placed
     worker_id = fleet.ids()[worker[0][1]]
     assert all(f"{fleet.agent}-proxy" in names for names in placed.values())  # the Service web: a proxy on every host
