@@ -55,6 +55,15 @@ def apply(fleet: Fleet) -> str:
     return r.out
 
 
+def apply_under_load(fleet: Fleet, host: str, workers: int = 4) -> tuple[str, Load]:
+    """`gitsync apply` while requests stream to `host`:8080, half a second of them before and after."""
+    with Load(addr(fleet, host), 8080, workers=workers) as load:
+        time.sleep(0.5)
+        out = apply(fleet)
+        time.sleep(0.5)
+    return out, load
+
+
 def addr(fleet: Fleet, host: str) -> str:
     return next(e.addr for e in fleet.engines if e.name == host)
 
@@ -134,10 +143,7 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
     for what, doc in steps:
         fleet.repo.write("apps/web.yaml", doc)
         fleet.repo.commit(what)
-        with Load(addr(fleet, "h1"), 8080, workers=4) as load:
-            time.sleep(0.5)
-            out = apply(fleet)
-            time.sleep(0.5)
+        out, load = apply_under_load(fleet, "h1")
         assert "FAILED" not in out, out
         if what == "stop-first rolling update":  # what each replica waited for, as it went
             for n in range(3):
@@ -154,10 +160,7 @@ def test_rollouts_and_scale_down_behind_a_service_fail_no_request(fleet: Fleet) 
     apply(fleet)
     (fleet.repo.path / "apps" / "canary.yaml").unlink()
     fleet.repo.commit("no canary")
-    with Load(addr(fleet, "h1"), 8080, workers=4) as load:
-        time.sleep(0.5)
-        out = apply(fleet)
-        time.sleep(0.5)
+    out, load = apply_under_load(fleet, "h1")
     assert out.count("remove ok") == 2, out
     # and it said what it waited for while it worked (a pruned deployment's endpoints left with the reload)
     assert f"/{fleet.agent}_canary-0: stopping: SIGTERM, then SIGKILL after" in out, out
@@ -171,10 +174,7 @@ def test_a_stop_first_rollout_with_a_healthcheck_fails_no_request_through_an_edg
     apply(fleet)
     fleet.repo.write("apps/web.yaml", web(3, image="gitsync-test/busybox:2", extra=health, placement="{hostSelector: {role: web}}"))
     fleet.repo.commit("new image, stop-first")
-    with Load(addr(fleet, "h3"), 8080, workers=8) as load:
-        time.sleep(0.5)
-        out = apply(fleet)
-        time.sleep(0.5)
+    out, load = apply_under_load(fleet, "h3", workers=8)
     assert out.count("replace ok") == 3, out
     assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, out)
 
