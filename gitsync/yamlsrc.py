@@ -8,6 +8,7 @@ collapses, are errors here. Only the safe tags are understood.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +48,34 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
 # libyaml's parser where PyYAML was built with it (its wheels are): a 1 MiB manifest parses in a
 # second instead of half a minute of pure Python. The constructors below are the same either way.
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    pass
+    # Plain scalars as docker compose reads them (go-yaml v3: YAML 1.2 with 1.1's octals): booleans
+    # are only true/false, null only ~/null/empty, no base 60 (`- 22:22` stays the string "22:22",
+    # not 1342), and `yes`/`no`/`on`/`off` and timestamps stay strings.
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+
+_CORE_SCHEMA = (
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|0[0-7_]*|[1-9][0-9_]*)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9_]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", "~nN"),
+    ("tag:yaml.org,2002:merge", r"^<<$", "<"),
+)
+for _tag, _pattern, _first in _CORE_SCHEMA:
+    _Loader.add_implicit_resolver(_tag, re.compile(_pattern), [*_first, ""] if _tag.endswith("null") else list(_first))
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """As go-yaml v3 reads an integer: underscores ignored, 0b binary, 0o or a leading 0 octal, 0x hexadecimal."""
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+    for prefix, base in (("0b", 2), ("0o", 8), ("0x", 16)):
+        if digits.startswith(prefix):
+            return sign * int(digits[2:], base)
+    return sign * int(digits, 8 if len(digits) > 1 and digits.startswith("0") else 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)  # type: ignore[arg-type]
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[Node]:

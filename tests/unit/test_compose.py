@@ -365,3 +365,25 @@ def test_hostile_interpolation_is_a_problem_not_a_crash() -> None:
     assert len(msg) < 300 and "'${' must be followed by a variable name" in msg
     env_escape = "services:\n  web: {image: 'web:1', env_file: ../../etc/passwd.env}\n"
     assert "not in the repository" in refused({"p/compose.yaml": env_escape})[0]  # never read outside the repository
+
+
+def test_yaml_is_read_as_compose_reads_it_yaml_1_2() -> None:
+    """Issue 21, item 1: nothing docker compose reads as a string becomes a number or a boolean."""
+    text = (
+        "services:\n  git:\n    image: gitea/gitea:1\n    restart: no\n"
+        "    ports:\n      - 2222:22\n      - 3000:3000\n"
+        "    environment:\n      FLAG: yes\n      OTHER: off\n      WHEN: 2024-01-01\n      OCTAL: 010\n"
+    )
+    d = load_files({"compose.yaml": text.encode()}, config_mod.PolicySettings())
+    git = d.deployment("git")
+    assert git is not None
+    assert str(git.restart) == "no"
+    svc = next(s for s in d.services if s.name == "git")
+    assert sorted((p.host_port, p.target_port) for p in svc.ports) == [(2222, 22), (3000, 3000)]  # not the base-60 number 133342
+    ssh = load_files({"compose.yaml": b"services:\n  ssh:\n    image: ssh:1\n    ports:\n      - 22:22\n"}).services[0]
+    assert [(p.host_port, p.target_port) for p in ssh.ports] == [(22, 22)]  # not port 1342
+    assert dict(git.env) == {"FLAG": "yes", "OTHER": "off", "WHEN": "2024-01-01", "OCTAL": "8"}  # as go-yaml v3 reads 010 (octal, as YAML 1.1 did)
+    manifest = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: m}\nspec:\n  image: web:1\n  env: {DEBUG: no}\n  init: yes\n"
+    with pytest.raises(ManifestError) as err:
+        load_files({"m.yaml": manifest.encode()})
+    assert [str(p) for p in err.value.problems] == ["m.yaml:7: spec.init: must be true or false, not a string"]
