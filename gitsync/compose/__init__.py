@@ -57,6 +57,23 @@ def project_name(file: str, declared: object) -> str:
     return re.sub(r"[^a-z0-9_-]", "", folder.lower()).lstrip("_-") or "default"
 
 
+def _non_string_keys(node: object, path: str = "") -> list[tuple[int, str]]:
+    """Mapping keys that are not strings (`123:` as a service's name), refused as compose refuses them;
+    x- extensions are the file's own business."""
+    out: list[tuple[int, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            at = node.line_of(k) if isinstance(node, yamlsrc.Node) else 0
+            if not isinstance(k, str):
+                out.append((at, f"{path or 'the top level'}: the key {k!r} is not a string; quote it ('{k}') if it is a name"))
+            elif not k.startswith("x-"):
+                out += _non_string_keys(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for item in node:
+            out += _non_string_keys(item, path)
+    return out
+
+
 def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset()) -> Loaded:
     out = Loaded(file)
 
@@ -76,6 +93,9 @@ def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, 
     if len(docs) != 1 or not isinstance(docs[0][1], dict):
         return refuse(Stage.YAML, [(docs[1][0] if len(docs) > 1 else 1, "a compose file is one YAML mapping (services: ...)")])
     root = docs[0][1]
+    keys = _non_string_keys(root)
+    if keys:
+        return refuse(Stage.YAML, keys)
 
     folder = file.rpartition("/")[0]
     scope = dict(variables)

@@ -110,6 +110,8 @@ class Project:
             return str(decl["name"])
         if isinstance(decl, dict) and decl.get("external") in (True, "true"):
             return key  # an external volume is found by its own name
+        if isinstance(decl, dict) and isinstance(decl.get("external"), dict) and isinstance(decl["external"].get("name"), str):
+            return str(decl["external"]["name"])  # compose's older spelling, external: {name: ...}
         return f"{self.name}_{key}"  # compose's own naming: data docker compose made on a host is found
 
     def map(self) -> None:
@@ -158,6 +160,10 @@ class Project:
             elif str(opt).startswith("x-"):
                 continue
             elif opt == "external":
+                if isinstance(value, dict) and value.get("name") is not None:
+                    if "name" in decl:  # as compose refuses it
+                        self.fail(at, f"volumes.{key}.external.name", "conflicts with name: only use name (and external: true)")
+                    value = True
                 if value in (True, "true"):
                     if "driver" in decl or "driver_opts" in decl:
                         self.fail(at, f"volumes.{key}.external", "conflicts with driver and driver_opts: an external volume exists already")

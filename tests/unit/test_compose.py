@@ -387,3 +387,21 @@ def test_yaml_is_read_as_compose_reads_it_yaml_1_2() -> None:
     with pytest.raises(ManifestError) as err:
         load_files({"m.yaml": manifest.encode()})
     assert [str(p) for p in err.value.problems] == ["m.yaml:7: spec.init: must be true or false, not a string"]
+
+
+def test_excessive_aliasing_non_string_keys_and_two_names_are_refused_as_compose_refuses_them() -> None:
+    """Issue 21, item 2."""
+    laughs = 'x-a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+        f"x-{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n" for i in range(8)
+    ) + "services:\n  web: {image: 'a:1'}\n"
+    loaded = compose.load_project("compose.yaml", {"compose.yaml": laughs.encode()})  # refused at once, never expanded
+    assert loaded.stage == compose.Stage.YAML and "excessive aliasing" in str(loaded.problems[0]), loaded.problems
+    shared = "x-base: &base {image: 'a:1', environment: {A: '1'}}\nservices:\n  a: *base\n  b: *base\n"
+    assert sorted(d.name for d in load_files({"compose.yaml": shared.encode()}).deployments) == ["a", "b"]  # anchors as people use them
+    assert refused({"compose.yaml": "services:\n  123:\n    image: a:1\n"}) == [
+        "compose.yaml:2: services: the key 123 is not a string; quote it ('123') if it is a name"
+    ]
+    two = "services:\n  web:\n    image: a:1\n    volumes: ['d:/d']\nvolumes:\n  d:\n    name: x\n    external:\n      name: y\n"
+    assert refused({"compose.yaml": two}) == ["compose.yaml:8: volumes.d.external.name: conflicts with name: only use name (and external: true)"]
+    old = "services:\n  web:\n    image: a:1\n    volumes: ['d:/d']\nvolumes:\n  d:\n    external:\n      name: y\n"
+    assert [(v.name, v.external) for v in load_files({"compose.yaml": old.encode()}).volumes] == [("y", True)]  # the older spelling, understood

@@ -243,8 +243,10 @@ def test_a_yaml_alias_bomb_is_refused_quickly_and_never_expanded_into_a_message(
     found = problems(text)
     assert time.monotonic() - t < 2
     assert sum(len(p) for p in found) < 2000, [p[:200] for p in found]
-    assert any(p.startswith("apps/web.yaml:10: apiVersion: a list is not supported") for p in found), found
-    assert any(p.startswith("apps/web.yaml:11: kind: a list is not one of") for p in found), found
+    assert found == [  # refused before anything walks it, as docker compose refuses it (issue 21)
+        "apps/web.yaml:1: excessive aliasing: its anchors and aliases expand 39 written values to 3456790141; "
+        "write the repeated parts out, or use fewer levels of aliases"
+    ]
 
 
 def test_a_reserved_label_is_located_at_its_key() -> None:
