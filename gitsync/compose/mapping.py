@@ -640,6 +640,11 @@ class ServiceMapper:
         renumber = {number(k): number(v) for k, v in (x.get("servicePorts") or {}).items()}
         targets: dict[int, tuple[int | None, int]] = {}
         for target, published, line in self.service_ports:
+            was = targets.get(target, (None, line))[0]
+            if was is not None and published is not None and published != was:  # never one of them dropped without a word
+                self.p.fail(line, f"services.{self.name}.ports", f"container port {target} is published twice ({was} and {published}); "
+                            "a Service publishes one hostPort per port: keep one, or let the container listen on a second port")
+                continue
             if target not in targets or published is not None:
                 targets[target] = (published, line)
         if not targets or x.get("service") in (False, "false"):

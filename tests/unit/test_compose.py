@@ -382,6 +382,10 @@ def test_yaml_is_read_as_compose_reads_it_yaml_1_2() -> None:
     assert sorted((p.host_port, p.target_port) for p in svc.ports) == [(2222, 22), (3000, 3000)]  # not the base-60 number 133342
     ssh = load_files({"compose.yaml": b"services:\n  ssh:\n    image: ssh:1\n    ports:\n      - 22:22\n"}).services[0]
     assert [(p.host_port, p.target_port) for p in ssh.ports] == [(22, 22)]  # not port 1342
+    assert refused({"compose.yaml": "services:\n  git:\n    image: g:1\n    ports:\n      - 2222:22\n      - 22:22\n"}) == [
+        "compose.yaml:6: services.git.ports: container port 22 is published twice (2222 and 22); a Service publishes one hostPort per port: "
+        "keep one, or let the container listen on a second port"
+    ]  # never one of them dropped without a word
     assert dict(git.env) == {"FLAG": "yes", "OTHER": "off", "WHEN": "2024-01-01", "OCTAL": "8"}  # as go-yaml v3 reads 010 (octal, as YAML 1.1 did)
     manifest = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: m}\nspec:\n  image: web:1\n  env: {DEBUG: no}\n  init: yes\n"
     with pytest.raises(ManifestError) as err:
