@@ -219,7 +219,7 @@ class Agent:
                 trigger=trigger, progress=progress, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back,
                 degraded=self._crash_looping,
             )
-        self._remember_rollouts(result)
+        self._remember_failures(result)
         self.history.update(
             sync_id,
             revision=result.revision,
@@ -278,10 +278,11 @@ class Agent:
         held: list[str] = []
         retry_in: float | None = None
         for a in plan.actions:
-            if self.retries.known(_retry_key(a)):
-                ok, tries, wait = self.retries.allow(_retry_key(a), now)
+            key = _retry_key(a)
+            if self.retries.known(key):
+                ok, tries, wait = self.retries.allow(key, now)
                 if not ok:  # said as the failure itself: its status does not change while nothing does
-                    held.append(self._failures.get(_retry_key(a), f"{a.deployment} {a.kind} failed on {a.host}"))
+                    held.append(self._failures.get(key, f"{a.deployment} {a.kind} failed on {a.host}"))
                     log.info("%s %s on %s failed %d time(s); tried again in %.0fs", a.deployment, a.kind, a.host, tries, wait)
                     retry_in = wait if retry_in is None else min(retry_in, wait)
                     continue
@@ -323,7 +324,8 @@ class Agent:
                 self._nudge_later(due + 0.2, "backoff")
         return out
 
-    def _remember_rollouts(self, result: SyncResult) -> None:
+    def _remember_failures(self, result: SyncResult) -> None:
+        """What failed in this apply: changes to back off (any), rollouts not to retry on the same spec."""
         if result.applied is None:
             return
         now = time.monotonic()

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -158,9 +159,10 @@ class ComposeSettings:
             env = {n: placeholder(n) for n in env}
         return {**env, **dict(self.variables)}
 
-    @property
+    @cached_property
     def redactor(self) -> Redactor:
-        """What shows the environment's values, and their stand-ins, as ``${NAME}`` in everything gitsync shows."""
+        """What shows the environment's values, and their stand-ins, as ``${NAME}`` in everything gitsync shows
+        (read once: the agent's environment does not change while it runs)."""
         env = self.environment()
         return Redactor(env, named=frozenset((n, placeholder(n)) for n in env))
 

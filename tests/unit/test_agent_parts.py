@@ -210,7 +210,7 @@ def test_an_unforeseen_error_still_ends_the_sync_recorded_and_reported(tmp_path:
                 result = agent.run_one("api")
                 assert result.outcome == "error" and result.message == "internal error: KeyError: 'a case nobody foresaw'"
             else:
-                monkeypatch.setattr(agent, "_remember_rollouts", boom)
+                monkeypatch.setattr(agent, "_remember_failures", boom)
                 with pytest.raises(KeyError):
                     agent.run_one("api")
             row = agent.history.recent(1)[0]
