@@ -4,6 +4,9 @@ can get the agent to show, or get a container on a host."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -78,6 +81,17 @@ def test_values_from_the_agents_environment_are_never_shown(fleet: Fleet, github
             r = requests.get(f"{agent.url}{path}", timeout=10, headers=auth)
             assert r.status_code == 200, path
             shown.append(r.text)
+        # and the command line, as a person runs it beside the agent's configuration (the agent stopped: one process acts)
+        assert agent.stop() == 0
+        env = {**os.environ, "TOKEN": TOKEN, "HOSTVAL": HOSTVAL, "GH_TOKEN": "x"}
+        said = []
+        for argv in (["plan", str(upstream.path)], ["plan", "--json", str(upstream.path)], ["plan", "--ref", pr, str(upstream.path)],
+                     ["status"], ["status", "--json", c2[:12]], ["hosts"]):
+            run = subprocess.run([sys.executable, "-m", "gitsync", *argv, "-c", str(agent.config)], env=env, capture_output=True, text=True, timeout=120)
+            said.append(run.stdout + run.stderr)
+        assert "'${HOSTVAL}' is not a port" in said[0] and "'${HOSTVAL}' is not a port" in said[1]  # main is the failing commit: named
+        assert "gitsync-test/busybox:${TOKEN}" in said[2] and "'${HOSTVAL}' is not a port" in said[3] + said[4] and "h1" in said[5], said
+        shown += said
         history = (tmp_path / "state" / "history.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "state").glob("history.db-*"))
         for value in (TOKEN, HOSTVAL):
             assert all(value not in text for text in shown), [text[max(0, text.find(value) - 200) : text.find(value) + 50] for text in shown if value in text]
