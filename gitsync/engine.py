@@ -14,6 +14,7 @@ import errno
 import io
 import ipaddress
 import json
+import os
 import posixpath
 import re
 import socket
@@ -58,7 +59,10 @@ def _is_loopback(hostname: str) -> bool:
 
 
 def check_transport(h: HostSettings) -> None:
-    """Plain TCP is unauthenticated root access to the engine: only to loopback or when asked for."""
+    """Plain TCP is unauthenticated root access to the engine: only to loopback or when asked for.
+    A missing unix socket is said at once (the SDK would leave the socket it tried open)."""
+    if h.url.startswith("unix://") and not os.path.exists(h.url.removeprefix("unix://")):
+        raise HostError(h.name, "socket not found")
     if not h.url.startswith("tcp://") or h.tls is not None or h.insecure:
         return
     host = urlparse(h.url).hostname or ""

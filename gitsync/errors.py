@@ -93,6 +93,14 @@ class FetchError(GitsyncError):
     transient = True
 
 
+class PushedOver(FetchError):
+    """The commit asked for is no longer on its branch or pull request: a newer one replaced it."""
+
+    def __init__(self, message: str, newest: str) -> None:
+        super().__init__(message)
+        self.newest = newest
+
+
 class HostError(GitsyncError):
     """A Docker host could not be reached or answered with an error."""
 

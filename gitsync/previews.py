@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .errors import GitsyncError, ManifestError
+from .errors import GitsyncError, ManifestError, PushedOver
 from .plantext import host_labels, plan_text, summary
 from .reconcile import Syncer
 from .status import CommitStatus, Notifier, State
@@ -216,13 +216,13 @@ class Previews:
     def _post(self, result: PreviewResult, state: State, description: str) -> None:
         self._notifier().send(CommitStatus(result.preview.sha, state, self.context, description, self._target_url(result.preview.sha)))
 
-    def _finish(self, result: PreviewResult, state: State, description: str) -> None:
+    def _finish(self, result: PreviewResult, state: State, description: str, *, state_shown: str | None = None) -> None:
         r = self.config.redactor  # live state may hold values of the environment (a tracked commit's image tag)
         description = r.text(description)
         with self._cond:
             result.text, result.plan, result.problems = r.text(result.text), r.data(result.plan), r.data(result.problems)
             result.bound()
-            result.state, result.summary, result.finished = str(state), description, time.time()
+            result.state, result.summary, result.finished = state_shown or str(state), description, time.time()
             self.done += 1
             self._trim()
             self._save()
@@ -262,6 +262,11 @@ class Previews:
             result.problems = [str(p) for p in exc.problems]
             more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
             self._finish(result, State.FAILURE, f"invalid: {exc.problems[0]}{more}")
+            return
+        except PushedOver as exc:  # overtaken after it left the queue: as if while it waited
+            with self._cond:
+                self.superseded += 1
+            self._finish(result, State.ERROR, f"not planned: {exc.newest[:12]}, newer on {preview.key}, came while it waited", state_shown="superseded")
             return
         except GitsyncError as exc:
             self._finish(result, State.ERROR, f"could not tell: {exc}")

@@ -158,6 +158,7 @@ class Syncer:
     def close(self) -> None:
         self._observer.shutdown(wait=False, cancel_futures=True)
         self.hosts.close()
+        self.source.close()
 
     # -- steps -----------------------------------------------------------
     def fetch(self) -> Snapshot:

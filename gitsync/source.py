@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import git
 
 from .config import SourceSettings
-from .errors import FetchError
+from .errors import FetchError, PushedOver
 from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, Unreadable, is_source_file, read_folder, too_large
 
 _GIT_TIMEOUT = 120
@@ -159,9 +159,7 @@ class Source:
                 raise FetchError(f"source {url} does not exist")
             if p.is_file():
                 raise FetchError(f"source {url} is a file; point source.url at a folder or repository")
-            work_tree = self._work_trees.get(url) or self._work_tree(p)
-            if work_tree is not None:
-                self._work_trees[url] = work_tree
+            work_tree = self._cached_work_tree(url)
             if work_tree is not None:
                 return self._read_head(work_tree, p)
             if (p / "HEAD").is_file() and (p / "objects").is_dir():
@@ -176,7 +174,7 @@ class Source:
         url = self.settings.url
         if not _is_remote(url):
             p = Path(url)
-            work_tree = self._work_tree(p) if p.exists() else None
+            work_tree = self._cached_work_tree(url)
             if work_tree is not None:
                 return self._snapshot_of(work_tree, sha or ref, ref, str(work_tree.working_tree_dir), local=p)
             if not ((p / "HEAD").is_file() and (p / "objects").is_dir()):
@@ -200,7 +198,8 @@ class Source:
                 raise FetchError(f"{ref!r} is neither a branch nor a commit of {url}") from None
             raise FetchError(_classify(said, self.settings)) from None
         if sha and not self._has(repo, sha):
-            raise FetchError(f"commit {sha[:12]} is no longer on {ref} of {url} (pushed over?); its newest commit is {repo.commit(local).hexsha[:12]}")
+            newest = repo.commit(local).hexsha
+            raise PushedOver(f"commit {sha[:12]} is no longer on {ref} of {url} (pushed over?); its newest commit is {newest[:12]}", newest)
         return self._snapshot_of(repo, sha or local, ref, url)
 
     def forget_preview(self, ref: str, prune: bool = False) -> None:
@@ -237,6 +236,19 @@ class Source:
         return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, where, notes, _about(commit))
 
     # -- a local work tree: its HEAD commit
+    def close(self) -> None:
+        """End the git processes the open repositories keep."""
+        for repo in [self._repo, *self._work_trees.values()]:
+            if repo is not None:
+                repo.close()
+        self._repo, self._work_trees = None, {}
+
+    def _cached_work_tree(self, url: str) -> git.Repo | None:
+        work_tree = self._work_trees.get(url) or self._work_tree(Path(url))
+        if work_tree is not None:
+            self._work_trees[url] = work_tree
+        return work_tree
+
     @staticmethod
     def _work_tree(p: Path) -> git.Repo | None:
         try:

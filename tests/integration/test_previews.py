@@ -108,10 +108,11 @@ def test_branch_pushes_and_pull_requests_are_planned_on_their_commits_never_appl
         wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, name, burst[-1])), 30)
         assert plan_statuses(github_forge, name, burst[-1])[-1]["description"] == "would create 4"
         time.sleep(1)
-        for sha in burst[1:-1]:  # overtaken while waiting: never planned, and its status says so (never left pending)
+        for sha in burst[1:-1]:  # overtaken while waiting (or pushed over as its planning began): never planned, and its status says so
             settled = [(p["state"], p["description"]) for p in plan_statuses(github_forge, name, sha)]
-            assert settled[0][0] == "pending" and settled[-1][0] == "error" and "came while it waited" in settled[-1][1], settled
-            assert all("planning" not in d for _, d in settled)
+            assert settled[0][0] == "pending" and settled[-1][0] == "error", settled
+            assert settled[-1][1].startswith("not planned: ") and "newer on branch burst, came while it waited" in settled[-1][1], settled
+            assert [s for s, _ in settled].count("error") == 1 and "success" not in [s for s, _ in settled]
         listed = requests.get(f"{agent.url}/api/plans", timeout=5).json()
         assert [p["sha"] for p in listed][:1] == [burst[-1]] and {feature, broken, pr_sha} <= {p["sha"] for p in listed}
         assert "Previews" in requests.get(f"{agent.url}/plans", timeout=5).text

@@ -107,3 +107,28 @@ def test_what_previews_keep_is_bounded_whatever_a_commit_plans() -> None:
         assert r.plan is not None and "hosts" not in r.plan and r.plan["counts"] == {"create": 40_000}
     kept = p.recent()
     assert sum(r.size for r in kept) <= MAX_KEPT and len(kept) <= 50
+
+
+def test_a_commit_pushed_over_before_its_planning_began_is_settled_as_overtaken_naming_the_newer(tmp_path: Path) -> None:
+    from tests.conftest import GitRepo, git
+
+    work = GitRepo(tmp_path / "work")
+    work.write("apps/a.yaml", "kind: Deployment\nmetadata: {name: a}\nspec: {image: x:1}\n")
+    work.commit("main")
+    git(work.path, "checkout", "-q", "-B", "feature")
+    old = work.commit("first")
+    git(work.path, "checkout", "-q", "-B", "feature", "main")
+    new = work.commit("second, pushed over the first")
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(work.path), str(bare))
+
+    cfg = config_mod.parse(f"name: t\nstate_dir: {tmp_path / 'state'}\nsource: {{url: {bare}}}\nhosts: [{{name: h1, url: 'unix:///nowhere.sock'}}]\n")
+    p = Previews(cfg, lambda: Notifier([]), lambda sha: None)
+    result = p.get(old) if p.submit(Preview("refs/heads/feature", old, "feature")) else None
+    assert result is not None
+    try:
+        p._preview(p._waiting.popitem()[1], result)
+    finally:
+        p.stop()
+    assert result.state == "superseded" and p.superseded == 1
+    assert result.summary == f"not planned: {new[:12]}, newer on branch feature, came while it waited"
