@@ -17,11 +17,9 @@ from .errors import ManifestError, Problem
 from .fields import LABEL_KEY_RE, Ctx, Obj, read_str, read_str_map, shown
 from .models import DesiredState, Origin
 from .policy import check as policy_check
+from .repofiles import LINK, MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, NOT_READ, TOO_MUCH, Budget, DiskTree, RepoFiles, Unreadable, too_large  # noqa: F401  (re-exported)
 
 API_VERSION = "gitsync.io/v1"
-MAX_FILE_BYTES = 1024 * 1024
-MAX_TOTAL_BYTES = 32 * 1024 * 1024
-MAX_FILES = 2000
 MAX_OBJECTS = 5000  # deployments, services and volumes, all told
 MAX_TOTAL_REPLICAS = 10_000  # a fleet of a few hundred hosts; each deployment has at most MAX_REPLICAS
 
@@ -30,12 +28,13 @@ def is_manifest_file(path: str) -> bool:
     parts = path.split("/")
     if any(p.startswith(".") for p in parts):
         return False
-    return path.endswith((".yaml", ".yml")) and not compose.is_compose_file(path)
+    return path.endswith((".yaml", ".yml")) and not compose.is_compose_file(path) and not compose.is_override_file(path)
 
 
 def is_source_file(path: str) -> bool:
     """What a sync reads of the repository: manifests, compose files and the env files they use."""
-    return is_manifest_file(path) or compose.is_env_file(path) or (compose.is_compose_file(path) and not any(p.startswith(".") for p in path.split("/")))
+    compose_file = compose.is_compose_file(path) or compose.is_override_file(path)
+    return is_manifest_file(path) or compose.is_env_file(path) or (compose_file and not any(p.startswith(".") for p in path.split("/")))
 
 
 def _document(ctx: Ctx, doc: Any, line: int) -> tuple[kinds.Kind, Any] | None:
@@ -74,39 +73,6 @@ def _document(ctx: Ctx, doc: Any, line: int) -> tuple[kinds.Kind, Any] | None:
     return (known, obj) if obj is not None and name is not None and api == API_VERSION else None
 
 
-class Unreadable(bytes):
-    """A manifest file that was not read, and why (a link, too large): load_files reports it by name."""
-
-    why: str
-
-    def __new__(cls, why: str) -> "Unreadable":
-        obj = super().__new__(cls, b"")
-        obj.why = why
-        return obj
-
-
-def too_large(size: int) -> Unreadable:
-    return Unreadable(f"file is {size} bytes; manifests may be at most {MAX_FILE_BYTES} bytes")
-
-
-NOT_READ = Unreadable("not read: there are too many manifest files")
-TOO_MUCH = Unreadable(f"not read: the files gitsync reads (manifests, compose and env files) add up to more than {MAX_TOTAL_BYTES} bytes")
-
-
-class Budget:
-    """What may still be read of one repository: each file's size is known before its content is
-    read, so the total is bounded before it is spent (a blob repeated under many names costs its
-    size each time)."""
-
-    def __init__(self) -> None:
-        self.left = MAX_TOTAL_BYTES
-
-    def take(self, size: int) -> bool:
-        if size > self.left:
-            return False
-        self.left -= size
-        return True
-LINK = "is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)"
 
 
 def load_files(
@@ -128,6 +94,15 @@ def load_files(
     for found in folders.values():
         if len(found) > 1:
             problems.append(Problem(found[1], None, f"a folder holds one compose project; {found[0]} is there too: keep one of them"))
+    overrides: dict[str, str] = {}  # compose file -> the override file beside it
+    for path in sorted(p for p in files if compose.is_override_file(p) and is_source_file(p)):
+        folder = path.rpartition("/")[0]
+        if not folders.get(folder):
+            problems.append(Problem(path, None, f"an override file, and {folder or 'the top folder'} has no compose file for it to override (compose.yaml)"))
+        elif folders[folder][0] in overrides:
+            problems.append(Problem(path, None, f"{overrides[folders[folder][0]]} is there too: docker compose reads only one override file; keep one of them"))
+        else:
+            overrides[folders[folder][0]] = path
     total = 0
     for path in manifest_files:
         data = files[path]
@@ -142,7 +117,7 @@ def load_files(
             problems.append(Problem(path, None, f"manifests add up to more than {MAX_TOTAL_BYTES} bytes"))
             break
         if compose.is_compose_file(path):
-            warnings += _compose_documents(path, files, variables, profiles, problems, objects)
+            warnings += _compose_documents(path, overrides.get(path), files, variables, profiles, problems, objects)
             continue
         try:
             text = data.decode("utf-8")
@@ -171,7 +146,7 @@ def load_files(
     problems.extend(policy_check(desired, policy))
     if problems:
         # a compose file's problems in its own words (stop_signal, not spec.stopSignal)
-        problems = [Problem(p.file, p.line, compose.compose_words(p.message)) if compose.is_compose_file(p.file) else p for p in problems]
+        problems = [Problem(*compose.where(p.file, overrides.get(p.file), p.line), compose.compose_words(p.message)) if compose.is_compose_file(p.file) or compose.is_override_file(p.file) else p for p in problems]
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
     return desired
 
@@ -187,10 +162,11 @@ class _ComposeCtx(Ctx):
 
 
 def _compose_documents(
-    path: str, files: Mapping[str, bytes], variables: Mapping[str, str], profiles: frozenset[str], problems: list[Problem], objects: dict[str, list[Any]]
+    path: str, override: str | None, files: Mapping[str, bytes], variables: Mapping[str, str], profiles: frozenset[str],
+    problems: list[Problem], objects: dict[str, list[Any]],
 ) -> list[str]:
-    """The compose file's documents into `objects`, its problems into `problems`; its warnings."""
-    loaded = compose.load_project(path, files, variables, profiles)
+    """The compose file's documents (its override merged) into `objects`, its problems into `problems`; its warnings."""
+    loaded = compose.load_project(path, files, variables, profiles, override)
     problems.extend(loaded.problems)
     if loaded.problems:
         return []
@@ -242,8 +218,9 @@ def _check_unique(kind: str, objects: list[Any], problems: list[Problem]) -> Non
             seen[obj.name] = obj.origin
 
 
-def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict[str, bytes]:
-    """Manifest files under a folder on disk, by path relative to it (hidden folders skipped)."""
+def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> RepoFiles:
+    """Manifest files under a folder on disk, by path relative to it (hidden folders skipped); the
+    others there read when they are named (env files, files mounted into replicas)."""
     import os
 
     out: dict[str, bytes] = {}
@@ -270,4 +247,4 @@ def read_folder(root: str, reader: Callable[[str], bytes] | None = None) -> dict
                 continue
             with open(full, "rb") as fh:
                 out[rel] = reader(full) if reader else fh.read()
-    return out
+    return RepoFiles(out, DiskTree(root), budget)

@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
@@ -22,7 +23,8 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError, PushedOver
-from .manifest import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, Unreadable, is_source_file, read_folder, too_large
+from .manifest import is_source_file, read_folder
+from .repofiles import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, RepoFiles, Unreadable, too_large
 
 _GIT_TIMEOUT = 120
 LINK_MODE = 0o120000  # a symbolic link in a git tree
@@ -101,6 +103,37 @@ def _classify(stderr: str, settings: SourceSettings) -> str:
 
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
+
+
+class GitTree:
+    """The other files of a commit's tree (under source.path), read when a sync names them."""
+
+    def __init__(self, tree: git.Tree) -> None:
+        self.tree = tree
+
+    def _at(self, path: str) -> Any:
+        try:
+            return self.tree / path if path else self.tree
+        except KeyError:
+            return None
+
+    def entry(self, path: str) -> tuple[str, int] | None:
+        item = self._at(path)
+        if item is None or item.type == "submodule":
+            return None
+        if item.type == "tree":
+            return ("folder", 0)
+        return ("link", 0) if item.mode == LINK_MODE else ("file", int(item.size))
+
+    def read(self, path: str) -> bytes:
+        data: bytes = self._at(path).data_stream.read()
+        return data
+
+    def below(self, folder: str) -> Iterator[str]:
+        base = self._at(folder)
+        for item in base.traverse() if base is not None and base.type == "tree" else ():
+            if item.type == "blob":
+                yield str(item.path)[len(str(self.tree.path)) + 1:] if self.tree.path else str(item.path)
 
 
 def _about(commit: git.Commit) -> dict[str, Any]:
@@ -369,4 +402,4 @@ class Source:
                 files[rel] = TOO_MUCH
                 continue
             files[rel] = item.data_stream.read()  # type: ignore[union-attr]
-        return files, tuple(notes)
+        return RepoFiles(files, GitTree(tree), budget), tuple(notes)

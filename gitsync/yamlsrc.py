@@ -19,6 +19,7 @@ class Node(dict[Any, Any]):
     """A mapping with the line of each key (1-based)."""
 
     line: int = 0
+    override = False  # tagged !override in a compose file: replaces what it merges onto
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,6 +33,7 @@ class NodeList(list[Any]):
     """A sequence with the line of each item (1-based)."""
 
     line: int = 0
+    override = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -134,10 +136,11 @@ def _construct_reset(loader: _Loader, suffix: str, node: yaml.Node) -> Reset:
 
 
 def _construct_override(loader: _Loader, suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_object(yaml.MappingNode("tag:yaml.org,2002:map", node.value, node.start_mark, node.end_mark), deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_object(yaml.SequenceNode("tag:yaml.org,2002:seq", node.value, node.start_mark, node.end_mark), deep=True)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        plain = type(node)("tag:yaml.org,2002:" + ("map" if isinstance(node, yaml.MappingNode) else "seq"), node.value, node.start_mark, node.end_mark)
+        value = loader.construct_object(plain, deep=True)
+        value.override = True
+        return value
     return loader.construct_scalar(node)
 
 

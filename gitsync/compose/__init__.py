@@ -9,13 +9,16 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 from .. import yamlsrc
 from ..errors import Problem
+from ..repofiles import RepoFiles
 from . import schema
 from .interpolate import interpolate_tree, parse_env_file
 from .mapping import Doc, Project
+from .override import LINE_BASE, OVERRIDE_FILES, merge, shift_lines, where
 
 COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 PROJECT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -30,6 +33,10 @@ class Stage(enum.StrEnum):
 
 def is_compose_file(path: str) -> bool:
     return path.rpartition("/")[2] in COMPOSE_FILES
+
+
+def is_override_file(path: str) -> bool:
+    return path.rpartition("/")[2] in OVERRIDE_FILES
 
 
 def is_env_file(path: str) -> bool:
@@ -74,28 +81,39 @@ def _non_string_keys(node: object, path: str = "") -> list[tuple[int, str]]:
     return out
 
 
-def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset()) -> Loaded:
+def _read_root(text: bytes) -> tuple[Any, list[tuple[int, str]]]:
+    """A compose file's one mapping, or why it is none."""
+    try:
+        docs = yamlsrc.load_all(bytes(text).decode("utf-8"), compose=True)
+    except UnicodeDecodeError as exc:
+        return None, [(0, f"not UTF-8 text (byte {exc.start})")]
+    except yamlsrc.YamlSyntaxError as exc:
+        return None, [(exc.line or 0, exc.message)]
+    if len(docs) != 1 or not isinstance(docs[0][1], dict):
+        return None, [(docs[1][0] if len(docs) > 1 else 1, "a compose file is one YAML mapping (services: ...)")]
+    return docs[0][1], _non_string_keys(docs[0][1])
+
+
+def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset(), override: str | None = None) -> Loaded:
+    """The compose file `file` (with the `override` file beside it merged onto it, as docker compose
+    merges compose.override.yaml) read, interpolated, validated and mapped."""
     out = Loaded(file)
+    files = files if isinstance(files, RepoFiles) else RepoFiles(files)
 
     def refuse(stage: Stage, found: list[tuple[int, str]]) -> Loaded:
         out.stage = stage
-        out.problems = [Problem(file, line or None, message) for line, message in found]
+        out.problems = [Problem(*where(file, override, line or None), message) for line, message in found]
         return out
 
-    try:
-        text = bytes(files[file]).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return refuse(Stage.YAML, [(0, f"not UTF-8 text (byte {exc.start})")])
-    try:
-        docs = yamlsrc.load_all(text, compose=True)
-    except yamlsrc.YamlSyntaxError as exc:
-        return refuse(Stage.YAML, [(exc.line or 0, exc.message)])
-    if len(docs) != 1 or not isinstance(docs[0][1], dict):
-        return refuse(Stage.YAML, [(docs[1][0] if len(docs) > 1 else 1, "a compose file is one YAML mapping (services: ...)")])
-    root = docs[0][1]
-    keys = _non_string_keys(root)
-    if keys:
-        return refuse(Stage.YAML, keys)
+    root, found = _read_root(files[file])
+    if root is None or found:
+        return refuse(Stage.YAML, found)
+    if override is not None:
+        over, found = _read_root(files[override])
+        if over is None or found:
+            return refuse(Stage.YAML, [(line + LINE_BASE, message) for line, message in found])
+        shift_lines(over)
+        root = merge(root, over)
 
     folder = file.rpartition("/")[0]
     scope = dict(variables)
@@ -118,7 +136,7 @@ def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, 
     name = project_name(file, root.get("name"))
     if not PROJECT_RE.match(name):
         return refuse(Stage.SEMANTIC, [(root.line_of("name"), f"name: {name!r} is not a project name (lower-case letters, digits, '-' and '_')")])
-    project = Project(file, name, root, files, scope, profiles)
+    project = Project(file, name, root, files, scope, profiles, override)
     project.map()
     out.project = name
     out.docs = project.docs

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import yamlsrc
+from ..repofiles import MISSING, RepoFiles, Unreadable, inside
 from .interpolate import parse_env_file
+from .override import where
 
 PROJECT_LABEL = "compose.project"
 SERVICE_LABEL = "compose.service"
@@ -87,9 +89,10 @@ class Project:
     file: str
     name: str
     root: Any
-    files: Mapping[str, bytes]
+    files: RepoFiles
     variables: Mapping[str, str]
     profiles: frozenset[str] = frozenset()
+    override: str | None = None  # the override file merged onto this one, for messages
     docs: list[Doc] = field(default_factory=list)
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -248,7 +251,7 @@ class ServiceMapper:
             "cpus": lambda v, at: self._resource("limits", "cpus", v, at),
             "x-gitsync": self._x_gitsync,
             "container_name": lambda v, at: self.p.warnings.append(
-                f"{self.p.file}:{at}: {self.path('container_name')}: ignored, as Swarm does: gitsync names replicas <agent>-{self.name}-<n>; reach it by its service name"),
+                "{}:{}: ".format(*where(self.p.file, self.p.override, at)) + f"{self.path('container_name')}: ignored, as Swarm does: gitsync names replicas <agent>-{self.name}-<n>; reach it by its service name"),
         }
         for key, value in svc.items():
             key = str(key)
@@ -315,12 +318,12 @@ class ServiceMapper:
         for i, e in enumerate(entries):
             path = e if isinstance(e, str) else e.get("path")
             required = True if isinstance(e, str) else e.get("required", True) not in (False, "false")
-            full = _join(self.p.folder, str(path))
+            full = inside(self.p.folder, str(path))
             line = line_of(value, i, at) if not isinstance(value, str) else at
-            data = self.p.files.get(full) if full is not None else None
-            if data is None:
-                if required:
-                    self.p.fail(line, self.path("env_file"), f"{path}: not in the repository (looked for {full}; gitsync reads files named .env or *.env)")
+            data = self.p.files.file(full) if full is not None else Unreadable("is outside the repository")
+            if isinstance(data, Unreadable):
+                if required or data is not MISSING:
+                    self.p.fail(line, self.path("env_file"), f"{path}: {data.why}" + (f" (looked for {full})" if data is MISSING else ""))
                 continue
             values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
             for n, msg in problems:
@@ -666,19 +669,6 @@ def _merge(base: Any, over: Any) -> Any:
             out.lines[k] = line_of(over, k) if k in over else line_of(base, k)
         return out
     return over
-
-
-def _join(folder: str, path: str) -> str | None:
-    parts = [p for p in (folder.split("/") if folder else []) + path.split("/") if p and p != "."]
-    out: list[str] = []
-    for p in parts:
-        if p == "..":
-            if not out:
-                return None
-            out.pop()
-        else:
-            out.append(p)
-    return "/".join(out)
 
 
 def _range(text: str) -> Any:

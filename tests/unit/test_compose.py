@@ -364,7 +364,7 @@ def test_hostile_interpolation_is_a_problem_not_a_crash() -> None:
     (msg,) = refused({"p/compose.yaml": 'services:\n  web:\n    image: "' + "x" * 5000 + '${"\n'})
     assert len(msg) < 300 and "'${' must be followed by a variable name" in msg
     env_escape = "services:\n  web: {image: 'web:1', env_file: ../../etc/passwd.env}\n"
-    assert "not in the repository" in refused({"p/compose.yaml": env_escape})[0]  # never read outside the repository
+    assert "is outside the repository" in refused({"p/compose.yaml": env_escape})[0]  # never read outside the repository
 
 
 def test_yaml_is_read_as_compose_reads_it_yaml_1_2() -> None:
@@ -409,3 +409,114 @@ def test_excessive_aliasing_non_string_keys_and_two_names_are_refused_as_compose
     assert refused({"compose.yaml": two}) == ["compose.yaml:8: volumes.d.external.name: conflicts with name: only use name (and external: true)"]
     old = "services:\n  web:\n    image: a:1\n    volumes: ['d:/d']\nvolumes:\n  d:\n    external:\n      name: y\n"
     assert [(v.name, v.external) for v in load_files({"compose.yaml": old.encode()}).volumes] == [("y", True)]  # the older spelling, understood
+
+
+BASE = """\
+services:
+  web:
+    image: nginx:1.25
+    command: ["nginx", "-g", "daemon off;"]
+    ports: ["8080:80", "127.0.0.1:9000:9000"]
+    environment: [A=1, B=2]
+    labels: {tier: front}
+    volumes: ["data:/data", "logs:/logs"]
+    depends_on: [cache]
+    healthcheck: {test: ["CMD", "true"], interval: 5s}
+    cap_add: [CHOWN]
+  cache:
+    image: redis:7
+volumes: {data: {}, logs: {}, other: {}}
+"""
+
+OVERRIDE = """\
+services:
+  web:
+    image: nginx:1.27
+    command: ["nginx-debug", "-g", "daemon off;"]
+    ports: ["8081:81"]
+    environment: {B: "3", C: "4"}
+    labels: [owner=ops]
+    volumes: ["other:/data"]
+    depends_on: {db: {condition: service_healthy}}
+    healthcheck: {test: ["CMD", "false"]}
+    cap_add: [KILL]
+  cache:
+    ports: !reset []
+    restart: always
+  db:
+    image: postgres:16
+    healthcheck: {test: ["CMD", "pg_isready"]}
+"""
+
+
+def test_an_override_file_beside_the_compose_file_merges_as_docker_compose_merges_it() -> None:
+    """Issue 21, item 3: compose.override.yaml is merged (the compose specification's rules), never read as a manifest."""
+    from gitsync.compose.override import merge
+    from gitsync import yamlsrc
+
+    merged = merge(yamlsrc.load_all(BASE, compose=True)[0][1], yamlsrc.load_all(OVERRIDE, compose=True)[0][1])
+    web = merged["services"]["web"]
+    assert web["image"] == "nginx:1.27" and web["command"] == ["nginx-debug", "-g", "daemon off;"]  # replaced, never appended
+    assert web["ports"] == ["8080:80", "127.0.0.1:9000:9000", "8081:81"]  # appended: a new unique key
+    assert dict(web["environment"]) == {"A": "1", "B": "3", "C": "4"} and dict(web["labels"]) == {"tier": "front", "owner": "ops"}
+    assert web["volumes"] == ["other:/data", "logs:/logs"]  # the same target: replaced where it was
+    assert set(web["depends_on"]) == {"cache", "db"} and web["depends_on"]["db"] == {"condition": "service_healthy"}
+    assert web["healthcheck"] == {"test": ["CMD", "false"], "interval": "5s"}  # test replaced, the rest kept
+    assert web["cap_add"] == ["CHOWN", "KILL"]
+    assert "ports" not in merged["services"]["cache"] and merged["services"]["cache"]["restart"] == "always"
+    replaced = merge(yamlsrc.load_all(BASE, compose=True)[0][1], yamlsrc.load_all("services:\n  web:\n    ports: !override ['1:1']\n", compose=True)[0][1])
+    assert replaced["services"]["web"]["ports"] == ["1:1"]
+
+    both = {"app/compose.yaml": BASE.replace(', "127.0.0.1:9000:9000"', "").encode(), "app/compose.override.yaml": OVERRIDE.encode()}
+    d = load_files(both, config_mod.PolicySettings())
+    assert sorted(x.name for x in d.deployments) == ["cache", "db", "web"]  # not a manifest: no "apiVersion is required"
+    web_d = d.deployment("web")
+    assert web_d is not None and web_d.image == "nginx:1.27" and dict(web_d.env) == {"A": "1", "B": "3", "C": "4"}
+    assert sorted(p.host_port for s in d.services if s.name == "web" for p in s.ports) == [8080, 8081]
+
+    # a problem in the override names the override file and its line
+    bad = {**both, "app/compose.override.yaml": OVERRIDE.replace("restart: always", "restart: sometimes").encode()}
+    with pytest.raises(ManifestError) as err:
+        load_files(bad)
+    assert ("app/compose.override.yaml", 14) in [(p.file, p.line) for p in err.value.problems], err.value.problems
+    assert "services.cache.restart: 'sometimes' is not one of" in str(err.value.problems)
+    alone = {"solo/compose.override.yml": OVERRIDE.encode()}
+    with pytest.raises(ManifestError) as err:
+        load_files(alone)
+    assert [str(p) for p in err.value.problems] == ["solo/compose.override.yml: an override file, and solo has no compose file for it to override (compose.yaml)"]
+    two = {**both, "app/docker-compose.override.yml": b"services: {}\n"}
+    with pytest.raises(ManifestError) as err:
+        load_files(two)
+    assert "docker compose reads only one override file" in str(err.value.problems[0])
+
+
+def test_env_file_reads_any_file_of_the_repository_in_git_and_on_disk_but_no_link_nor_a_path_out(tmp_path: Path) -> None:
+    """Issue 21, item 3: env_file takes any file name (.env.production), read from the commit itself."""
+    from gitsync.config import SourceSettings
+    from gitsync.manifest import read_folder
+    from gitsync.source import Source
+    from tests.conftest import GitRepo
+
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("app/compose.yaml", "services:\n  web:\n    image: web:1\n    env_file: [.env.production, ../shared/common.vars]\n")
+    repo.write("app/.env.production", "MODE=production\nTOKEN=abc\n")
+    repo.write("shared/common.vars", "REGION=eu\nMODE=overridden-by-the-later-file\n")
+    repo.commit("env files")
+    snap = Source(SourceSettings(url=str(repo.path)), str(tmp_path / "state")).fetch()
+    assert ".env.production" not in " ".join(snap.files)  # not read at once: only when a project names it
+    for files in (snap.files, read_folder(str(repo.path))):
+        web = load_files(files).deployment("web")
+        assert web is not None and dict(web.env) == {"MODE": "overridden-by-the-later-file", "TOKEN": "abc", "REGION": "eu"}
+
+    (repo.path / "app" / "linked.vars").symlink_to("/etc/hostname")
+    (repo.path / "app" / "compose.yaml").write_text("services:\n  web:\n    image: web:1\n    env_file: [linked.vars, missing.env]\n")
+    assert refused_files(read_folder(str(repo.path))) == [
+        "app/compose.yaml:4: services.web.env_file: linked.vars: is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)",
+        "app/compose.yaml:4: services.web.env_file: missing.env: not in the repository (looked for app/missing.env)",
+    ]
+
+
+def refused_files(files: dict[str, bytes]) -> list[str]:
+    with pytest.raises(ManifestError) as err:
+        load_files(files)
+    return [str(p) for p in err.value.problems]

@@ -223,7 +223,7 @@ def test_links_are_refused_by_name_and_never_followed(tmp_path: Path) -> None:
     found = [str(p) for p in info.value.problems]
     assert "apps/leak.yaml: is a symbolic link; gitsync reads only regular files of the repository (commit the file itself)" in found
     assert any(p.startswith("apps/gone.yaml: is a symbolic link") for p in found)
-    assert f"apps/big.yaml: file is {50 * 1024 * 1024} bytes; manifests may be at most {MAX_FILE_BYTES} bytes" in found
+    assert f"apps/big.yaml: file is {50 * 1024 * 1024} bytes; files gitsync reads may be at most {MAX_FILE_BYTES} bytes" in found
     assert "the-secret-content" not in " ".join(found)
 
 
