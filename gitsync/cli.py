@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO, cast
 
 from . import __version__
@@ -139,7 +139,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.path is not None:
         if not os.path.isdir(args.path):
             raise ConfigError(f"{args.path}: not a folder")
-        files = read_folder(args.path)
+        files: Mapping[str, bytes] = read_folder(args.path)
         where = args.path
     else:
         cfg = _config(args)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields as dc_fields, replace
 from typing import Any
 
 from .fields import Ctx, Obj, path_problem, read_bool, read_command, read_enum, read_list, read_parsed, read_str, read_str_map, shown, type_name
-from .models import BindMount, ContainerOptions, NetworkMode
+from .models import BindMount, ContainerOptions, FileMount, NetworkMode
 from .units import parse_cpus, parse_size
 
 CAPABILITIES = frozenset(
@@ -192,7 +192,7 @@ def _devices(ctx: Ctx, spec: Obj) -> tuple[tuple[str, str, str], ...]:
     return tuple(sorted(out))
 
 
-def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...]) -> ContainerOptions:
+def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...], files: tuple[FileMount, ...] = ()) -> ContainerOptions:
     """The container fields of a Deployment's spec (each key taken from `spec`)."""
     lines = {f"spec.{k}": spec.line_of(k) for k in spec.node if isinstance(k, str)}
     user = spec.get("user", None)
@@ -232,6 +232,7 @@ def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...]) -> Containe
         privileged=read_bool(ctx, spec, "privileged"),
         network_mode=read_enum(ctx, spec, "networkMode", NetworkMode.BRIDGE),
         binds=binds,
+        files=files,
         lines=lines,
     )
     if opts.network_mode != NetworkMode.BRIDGE and opts.hostname is not None:
@@ -282,6 +283,7 @@ FIELDS = (
     Field("privileged", "privileged"),
     Field("networkMode", "network_mode", str, NetworkMode),
     Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] for b in v), lambda v: tuple(BindMount(*b) for b in v)),
+    Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] for f in v), lambda v: tuple(FileMount(*f) for f in v)),
 )
 _DEFAULTS = ContainerOptions()
 assert {f.attr for f in FIELDS} == {f.name for f in dc_fields(ContainerOptions)} - {"lines"}, "every option has a FIELDS entry"

@@ -126,6 +126,39 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
+def _files_tar(entries: Sequence[tuple[str, bytes, int]], folder: bool) -> bytes:
+    """`data` (the file, or a folder of them), then `done`: what a files volume holds."""
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        def add(name: str, data: bytes | None, mode: int) -> None:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.mode = now, mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+        if folder:
+            add("data", None, 0o555)
+            made: set[str] = set()
+            for name, data, mode in entries:
+                parts = name.split("/")
+                for i in range(1, len(parts)):
+                    sub = "/".join(parts[:i])
+                    if sub not in made:
+                        made.add(sub)
+                        add(f"data/{sub}", None, 0o555)
+                add(f"data/{name}", data, mode)
+        else:
+            (_, data, mode), = entries
+            add("data", data, mode)
+        add("done", b"", 0o444)
+    return buf.getvalue()
+
+
 @contextlib.contextmanager
 def _translated(host: str) -> Iterator[None]:
     """SDK and transport errors in, gitsync's errors out."""
@@ -316,6 +349,50 @@ class Engine:
                 return None
             finally:
                 api.remove_container(helper, force=True)
+
+    def ensure_files(self, volume: str, labels: Mapping[str, str], image: str, entries: Sequence[tuple[str, bytes, int]], folder: bool) -> str:
+        """The host path of a FileMount's content: the volume `volume`, filled once through a container
+        that never starts (`image`, there already; the archive API writes into its volumes), the marker
+        `done` written after the content, so that a half-written volume is filled again."""
+        self.ensure_volume(volume, labels)
+        api = self._api
+        with _translated(self.host):
+            helper = api.create_container(
+                image, entrypoint=["/gitsync-never-started"], labels={"io.gitsync.role": "files-helper"}, network_disabled=True,
+                host_config=api.create_host_config(binds=[f"{volume}:/gitsync-files"], network_mode="none"),
+            )["Id"]
+            try:
+                r = api.head(api._url("/containers/{0}/archive", helper), params={"path": "/gitsync-files/done"}, timeout=30)
+                if r.status_code == 404:
+                    if not entries:
+                        raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again")
+                    if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder)):
+                        raise EngineError(self.host, f"could not write the files of {volume}")
+                else:
+                    r.raise_for_status()
+            finally:
+                api.remove_container(helper, force=True)
+            mountpoint = str(api.inspect_volume(volume).get("Mountpoint") or "")
+        if not mountpoint.startswith("/"):
+            raise EngineError(self.host, f"volume {volume} has no mount point on the host (driver local expected)")
+        return mountpoint + "/data"
+
+    def prune_files(self, agent: str, timeout: float) -> list[str]:
+        """Remove this agent's files volumes that no container of it mounts any more; their names."""
+        in_use: set[str] = set()
+        for c in self.list_containers(f"io.gitsync.managed-by={agent}", timeout):
+            in_use.update(v for v in str((c.get("Labels") or {}).get("io.gitsync.files", "")).split(",") if v)
+        removed = []
+        for v in self.list_volumes(timeout):
+            labels = v.get("Labels") or {}
+            if labels.get("io.gitsync.managed-by") == agent and labels.get("io.gitsync.role") == "files" and v.get("Name") not in in_use:
+                try:
+                    with _translated(self.host):
+                        self._api.remove_volume(v["Name"])
+                    removed.append(str(v["Name"]))
+                except HostError:
+                    pass  # in use after all (a create in flight): the next sync looks again
+        return removed
 
     def start(self, container: str) -> None:
         with _translated(self.host):

@@ -33,6 +33,7 @@ class Ctx:
 
     file: str
     problems: list[Problem]
+    repo: Any = None  # the revision's RepoFiles, for what a document names in the repository (spec.files)
 
     def add(self, line: int | None, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, line, f"{path}: {message}" if path else message))

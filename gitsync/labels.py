@@ -29,6 +29,14 @@ VOLUME = "io.gitsync.volume"
 # What a container is to gitsync when it is no replica: "proxy" (the host's Services' proxy).
 ROLE = "io.gitsync.role"
 ROLE_PROXY = "proxy"
+ROLE_FILES = "files"  # a volume holding files of the repository that replicas mount (spec.files)
+# On a replica: the files volumes it mounts, comma-separated (what keeps them from being pruned).
+FILES = "io.gitsync.files"
+
+
+def files_volume(agent: str, digest: str) -> str:
+    """The volume on a host that holds one FileMount's content: named by the content."""
+    return f"gitsync-{agent}-files-{digest[:24]}"
 
 
 def network_name(agent: str) -> str:
@@ -88,6 +96,8 @@ def container_labels(agent: str, d: Deployment, replica: int, revision: str) -> 
             REVISION: revision,
         }
     )
+    if d.options.files:
+        labels[FILES] = ",".join(sorted({files_volume(agent, f.digest) for f in d.options.files}))
     return labels
 
 

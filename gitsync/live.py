@@ -76,6 +76,7 @@ class LiveVolume:
     owner: str  # the agent whose managed-by label it carries; "" when no gitsync made it
     deployment: str = ""  # the deployment whose replica first mounted it
     replica: int | None = None
+    role: str = ""  # "files": it holds files from Git that replicas mount (spec.files), not data
 
     @staticmethod
     def of(entry: dict[str, Any]) -> LiveVolume:
@@ -85,6 +86,7 @@ class LiveVolume:
             str(entry.get("Name", "")), str(entry.get("Driver", "local")),
             tuple(sorted((str(k), str(v)) for k, v in (entry.get("Options") or {}).items())),
             str(labels.get(L.MANAGED_BY, "")), str(labels.get(L.DEPLOYMENT, "")), int(replica) if replica.isdigit() else None,
+            str(labels.get(L.ROLE, "")),
         )
 
 

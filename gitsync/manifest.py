@@ -81,6 +81,7 @@ def load_files(
     """Validate every manifest and compose project (interpolated from `variables` and each project's
     .env; services of `profiles` enabled), and what they ask of the hosts against the agent's policy
     (the safe default unless given); return the desired state or raise ManifestError with every problem."""
+    files = files if isinstance(files, RepoFiles) else RepoFiles(files)
     problems: list[Problem] = []
     warnings: list[str] = []
     objects: dict[str, list[Any]] = {k.name: [] for k in kinds.ordered()}
@@ -129,7 +130,7 @@ def load_files(
         except yamlsrc.YamlSyntaxError as exc:
             problems.append(Problem(path, exc.line, exc.message))
             continue
-        ctx = Ctx(path, problems)
+        ctx = Ctx(path, problems, files)
         for line, doc in docs:
             got = _document(ctx, doc, line)
             if got is not None:
@@ -172,7 +173,7 @@ def _compose_documents(
         return []
     for doc in loaded.docs:
         where = f"volumes.{doc.name}" if doc.kind == "Volume" else f"services.{doc.name}"
-        ctx = _ComposeCtx(path, problems, f"{where}.")
+        ctx = _ComposeCtx(path, problems, files, f"{where}.")
         kind = kinds.REGISTRY[doc.kind]
         if not kind.valid_name(doc.name):
             ctx.add(doc.line, where, f"{doc.name!r} cannot name a {doc.kind}: {kind.name_rule}, at most 63 characters; rename it")

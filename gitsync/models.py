@@ -90,6 +90,20 @@ class BindMount:
 
 
 @dataclass(frozen=True)
+class FileMount:
+    """Files of the repository mounted read-only into every replica (``spec.files``): one file, or a
+    folder's files. On each host that runs a replica they rest in a Docker volume of their own,
+    named by `digest`, so a commit that changes them rolls the replicas onto a new one."""
+
+    mount_path: str
+    digest: str  # sha256 of the paths, modes and contents: what a change rolls on
+    folder: bool = False
+    entries: tuple[tuple[str, bytes, int], ...] = field(default=(), compare=False, repr=False)  # (path inside, content, mode)
+    source: str = field(default="", compare=False)  # where in the repository, for messages
+    line: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
 class ContainerOptions:
     """The container fields beyond image, command, env, ports and volumes; defaults are Docker's.
 
@@ -119,6 +133,7 @@ class ContainerOptions:
     privileged: bool = False
     network_mode: NetworkMode = NetworkMode.BRIDGE
     binds: tuple[BindMount, ...] = ()
+    files: tuple[FileMount, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -70,7 +70,7 @@ class RepoFiles(dict[str, bytes]):
 
     def __init__(self, eager: Mapping[str, bytes] = {}, tree: Tree | None = None, budget: Budget | None = None) -> None:
         super().__init__(eager)
-        self._tree = tree
+        self._tree = tree if tree is not None else DictTree(eager)
         self._budget = budget or Budget()
         self._read: dict[str, bytes] = {}  # each path costs the budget once, however often it is asked for
 
@@ -131,6 +131,24 @@ def inside(folder: str, path: str) -> str | None:
     if joined.startswith("../") or joined == "..":
         return None
     return joined
+
+
+class DictTree:
+    """Files given as a mapping (a test's, a command line's): folders are the paths' prefixes."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.files = files
+
+    def entry(self, path: str) -> tuple[str, int] | None:
+        if path in self.files:
+            return ("file", len(self.files[path]))
+        return ("folder", 0) if any(p.startswith(f"{path}/") for p in self.files) or (path == "" and self.files) else None
+
+    def read(self, path: str) -> bytes:
+        return bytes(self.files[path])
+
+    def below(self, folder: str) -> Iterator[str]:
+        yield from sorted(p for p in self.files if p.startswith(f"{folder}/"))
 
 
 class DiskTree:

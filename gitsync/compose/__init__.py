@@ -105,13 +105,13 @@ def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, 
         out.problems = [Problem(*where(file, override, line or None), message) for line, message in found]
         return out
 
-    root, found = _read_root(files[file])
-    if root is None or found:
-        return refuse(Stage.YAML, found)
+    root, unread = _read_root(files[file])
+    if root is None or unread:
+        return refuse(Stage.YAML, unread)
     if override is not None:
-        over, found = _read_root(files[override])
-        if over is None or found:
-            return refuse(Stage.YAML, [(line + LINE_BASE, message) for line, message in found])
+        over, unread = _read_root(files[override])
+        if over is None or unread:
+            return refuse(Stage.YAML, [(line + LINE_BASE, message) for line, message in unread])
         shift_lines(over)
         root = merge(root, over)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import yamlsrc
-from ..repofiles import MISSING, RepoFiles, Unreadable, inside
+from ..repofiles import LINK, MISSING, RepoFiles, Unreadable, inside
 from .interpolate import parse_env_file
 from .override import where
 
@@ -27,7 +27,6 @@ UNSUPPORTED = "not supported by gitsync"
 WHY = {
     "build": "it deploys images from a registry: build and push in CI, then reference the image",
     "secrets": "mount the file with a host path volume, or pass the value in environment",
-    "configs": "mount the file with a host path volume",
     "volumes_from": "declare the volumes this service needs itself",
     "include": "put the included services in this file, or in a compose file of their own folder",
     "models": "AI models are not deployed by gitsync",
@@ -120,7 +119,7 @@ class Project:
     def map(self) -> None:
         root = self.root
         for key in root:
-            if key in ("services", "volumes", "networks", "name") or key in IGNORED or str(key).startswith("x-"):
+            if key in ("services", "volumes", "networks", "name", "configs") or key in IGNORED or str(key).startswith("x-"):
                 continue
             if key in ("secrets", "configs") and not root[key]:
                 continue
@@ -190,6 +189,7 @@ class ServiceMapper:
         self.container_ports: list[tuple[int, str, int | None, int]] = []  # (port, protocol, host port, line)
         self.service_ports: list[tuple[int, int | None, int]] = []  # (target port, published, line)
         self.volumes: list[Any] = []
+        self.files: list[tuple[int, dict[str, Any]]] = []  # spec.files entries (relative read-only binds, configs)
         self.tmpfs: list[str] = []
         self.x: Mapping[str, Any] = {}
 
@@ -218,6 +218,7 @@ class ServiceMapper:
             "ports": self._ports,
             "expose": self._expose,
             "volumes": self._volumes,
+            "configs": self._configs,
             "tmpfs": lambda v, at: self.tmpfs.extend([v] if isinstance(v, str) else list(v)),
             "restart": self._restart,
             "stop_grace_period": lambda v, at: self.put("stopGracePeriod", v, at),
@@ -411,8 +412,11 @@ class ServiceMapper:
                     self.p.fail(line, path, f"{target}: an anonymous volume would be lost with its container; give it a source and declare it under volumes")
                     continue
             if kind == "bind":
+                if str(source).startswith("~"):
+                    self.p.fail(line, path, f"{source}: a home folder means nothing on a host gitsync deploys to; use an absolute path the hosts have, or a path in the repository")
+                    continue
                 if not str(source).startswith("/"):
-                    self.p.fail(line, path, f"{source}: a path relative to the compose file means nothing on a host; use an absolute path the hosts have")
+                    self._from_repository(line, path, str(source), target, ro)
                     continue
                 self.volumes.append((line, {"hostPath": source, "mountPath": target, "readOnly": ro or None}))
             else:
@@ -420,6 +424,65 @@ class ServiceMapper:
                     self.p.fail(line, path, f"refers to volume {source!r}, which is not declared under the top-level volumes")
                     continue
                 self.volumes.append((line, {"name": self.p.volume_name(str(source)), "mountPath": target, "readOnly": ro or None}))
+
+    def _from_repository(self, line: int, path: str, source: str, target: Any, ro: bool) -> None:
+        """A relative bind mount: files of the repository (configuration) when read-only; data otherwise."""
+        if not ro:
+            self.p.fail(line, path, f"{source}: a writable path beside the compose file is data, which a commit should not hold: use a named volume "
+                        f"(data:{target}, declared under the top-level volumes), or add :ro to mount it from the repository as configuration")
+            return
+        if self._in_repository(line, path, source):
+            self.files.append((line, {"source": source, "mountPath": target}))
+
+    def _in_repository(self, line: int, path: str, source: str) -> bool:
+        """Whether `source` (relative to the compose file) is a file or folder of the repository; else says why not."""
+        full = inside(self.p.folder, source)
+        kind = self.p.files.kind(full) if full else None
+        if full is None or full == "":
+            self.p.fail(line, path, f"{source}: is outside the repository (or the repository itself): name a file or folder in it")
+        elif kind is None:
+            self.p.fail(line, path, f"{source}: not in the repository (looked for {full})")
+        elif kind == "link":
+            self.p.fail(line, path, f"{source}: {LINK}")
+        return kind in ("file", "folder")
+
+    def _configs(self, value: Any, at: int) -> None:
+        """Compose configs: files of the repository (file:), inline text (content:) or a project variable (environment:)."""
+        declared = self.p.root.get("configs") or {}
+        for i, entry in enumerate(value):
+            line = line_of(value, i, at)
+            long = isinstance(entry, dict)
+            name = str(entry.get("source") if long else entry)
+            target = entry.get("target") if long else None
+            for k in (entry if long else ()):
+                if k not in ("source", "target", "mode") and not str(k).startswith("x-"):
+                    self.p.refuse(line_of(entry, k, line), self.path("configs", i, k), "files from the repository belong to root and are readable by all (mode 0444 unless mode says otherwise)")
+            decl = declared.get(name)
+            if not isinstance(decl, dict):
+                self.p.fail(line, self.path("configs", i), f"refers to config {name!r}, which is not declared under the top-level configs")
+                continue
+            mount = str(target) if target else f"/{name}"
+            item: dict[str, Any] = {"mountPath": mount}
+            if long and entry.get("mode") is not None:
+                mode = entry["mode"]
+                item["mode"] = int(mode, 8) if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{1,4}", mode) else mode
+            if "file" in decl:
+                if not self._in_repository(line_of(decl, "file", line), f"configs.{name}.file", str(decl["file"])):
+                    continue
+                item["source"] = str(decl["file"])
+            elif "content" in decl:
+                item["content"] = str(decl["content"])
+            elif "environment" in decl:
+                variable = str(decl["environment"])
+                if variable not in self.p.variables:
+                    self.p.fail(line_of(decl, "environment", line), f"configs.{name}.environment", f"{variable} is not set (compose.variables, or the project's .env)")
+                    continue
+                item["content"] = self.p.variables[variable]
+            else:
+                why = "external" if "external" in decl else "name" if "name" in decl else "no source"
+                self.p.refuse(line_of(declared, name, line), f"configs.{name}", f"a config with {why}: give it file: (a file of the repository), content: or environment:")
+                continue
+            self.files.append((line, item))
 
     def _restart(self, value: Any, at: int) -> None:
         if isinstance(value, str) and value.startswith("on-failure:"):
@@ -633,6 +696,9 @@ class ServiceMapper:
             ], [line for _, line in ports.values()]), self.at("ports") or self.at("expose"))
         if self.volumes:
             self.put("volumes", nlist(self.at("volumes"), [node(line, v) for line, v in self.volumes], [line for line, _ in self.volumes]), self.at("volumes"))
+        if self.files:
+            at = self.at("volumes") or self.at("configs")
+            self.put("files", nlist(at, [node(line, v) for line, v in self.files], [line for line, _ in self.files]), at)
         if self.tmpfs:
             self.put("tmpfs", nlist(self.at("tmpfs") or self.at("volumes"), self.tmpfs), self.at("tmpfs") or self.at("volumes"))
         self.spec.setdefault("restart", "no")  # compose's default: Docker does not restart it (the agent still heals it)

@@ -127,6 +127,7 @@ def _as_mapping(value: Any, key: str) -> Any:
     out.line = getattr(value, "line", 0)
     for i, entry in enumerate(value):
         text = str(entry)
+        v: Any
         if key in ("depends_on",):
             k, v = text, _node({"condition": "service_started"}, _line(value, i))
         elif key == "networks":

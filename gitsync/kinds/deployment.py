@@ -25,6 +25,7 @@ One failing host never stops the others.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from typing import Any
 from .. import labels as L
 from ..actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
 from ..config import HostSettings
-from ..errors import Problem
+from ..errors import HostError, Problem
 from ..fields import (
     ENV_KEY_RE,
     IMAGE_RE,
@@ -60,8 +61,11 @@ from ..live import Health, HostObservation, LiveContainer
 from ..models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
 from . import Header, Kind, register
 from ..container import parse_options
+from .files import mount_paths, read_files
 from .replicas import Replicas
 from .volume import differs, external_refusal
+
+log = logging.getLogger("gitsync.apply")
 
 
 def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
@@ -190,6 +194,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
     env = read_str_map(ctx, spec, "env", ENV_KEY_RE, "environment variable")
     ports = _ports(ctx, spec)
     volumes, binds = _volumes(ctx, spec)
+    files = read_files(ctx, spec, mount_paths(volumes, binds))
     placement = _placement(ctx, spec)
     healthcheck = _healthcheck(ctx, spec)
     update = _update(ctx, spec)
@@ -207,7 +212,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
             ctx.add(dline, dpath, f"{item} is listed twice")
         else:
             depends.append(item)
-    options = parse_options(ctx, spec, binds)
+    options = parse_options(ctx, spec, binds, files)
     if options.network_mode != NetworkMode.BRIDGE and ports:
         ctx.add(spec.line_of("networkMode"), "spec.networkMode", f"{options.network_mode}: a container on the host's network (or none) publishes no ports; remove spec.ports")
     spec.finish()
@@ -571,6 +576,16 @@ class DeploymentKind(Kind):
 
     def health(self, desired: DesiredState, observed: Mapping[str, HostObservation]) -> dict[str, Any]:
         return dict(assess(desired, observed))
+
+    def finish(self, run: Run) -> None:
+        """Files volumes no replica mounts any more (their files changed in Git, or the deployment went)
+        go, on the hosts this run changed."""
+        for host in sorted({a.host for a in run.plan.actions if a.object_kind == self.name and a.host}):
+            try:
+                for name in run.hosts.engine(host).prune_files(run.agent, 30):
+                    log.info("%s: removed %s: no replica mounts these files from Git any more", host, name)
+            except HostError as exc:
+                log.warning("%s: files volumes not pruned: %s", host, exc.detail)
 
 
 def apply_deployments(run: Run, actions: list[Action]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,8 +48,9 @@ class Previous:
 
 def container_spec(
     agent: str, d: Deployment, replica: int, name: str, revision: str, extra_labels: dict[str, str] | None = None, publish_on: str | None = None,
-    desired: DesiredState | None = None,
+    desired: DesiredState | None = None, files_at: Mapping[str, str] | None = None,
 ) -> ContainerSpec:
+    """What Docker is asked to create; `files_at` is where each files volume's content is on the host."""
     labels = L.container_labels(agent, d, replica, revision)
     labels.update(extra_labels or {})
     hc = d.healthcheck
@@ -63,7 +64,8 @@ def container_spec(
         env=d.env,
         ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
         mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only) for v in d.volumes)
-        + tuple((b.host_path, b.mount_path, b.read_only) for b in d.options.binds),
+        + tuple((b.host_path, b.mount_path, b.read_only) for b in d.options.binds)
+        + tuple(((files_at or {}).get(L.files_volume(agent, f.digest), L.files_volume(agent, f.digest)), f.mount_path, True) for f in d.options.files),
         restart=str(d.restart),
         healthcheck=None if hc is None else {
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
@@ -114,6 +116,8 @@ class HostApplier:
         self._images_ok: set[str] = set()
         self._volumes_ok: set[str] = set()
         self._network_ok: set[str] = set()
+        self._files_ok: set[str] = set()
+        self._files_at: dict[str, str] = {}  # files volume -> its content's path on this host
         self._making: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
@@ -153,9 +157,13 @@ class HostApplier:
                 self._once(self._volumes_ok, vname, lambda vname=vname: self._external(vname, d))
                 continue
             self._once(self._volumes_ok, vname, lambda vname=vname, v=v, labels=labels: self.engine.ensure_volume(vname, labels, v.driver, dict(v.driver_opts)))
+        for f in d.options.files:
+            vname = L.files_volume(self.agent, f.digest)
+            self._once(self._files_ok, vname, lambda vname=vname, f=f: self._files_at.__setitem__(vname, self.engine.ensure_files(
+                vname, {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_FILES}, d.image, f.entries, f.folder)))
         network = L.network_name(self.agent)
         self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
-        spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on, self.desired)
+        spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on, self.desired, self._files_at)
         container_id = self.engine.create(spec)
         try:
             self._no_planted_links(d)  # last thing before the start: Docker resolves a bind's source as it mounts it

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .. import labels as L
 from ..actions import KindPlan, PlacementProblem, PlanView
 from ..live import HostObservation, LiveVolume
 from ..errors import Problem
@@ -99,7 +100,7 @@ def inventory(desired: DesiredState | None, observed: Mapping[str, HostObservati
     rows = []
     for host, obs in sorted(observed.items()):
         for v in sorted(obs.volumes, key=lambda v: v.name):
-            if v.owner != agent:
+            if v.owner != agent or v.role == L.ROLE_FILES:  # files from Git are no data: they come and go with their replicas
                 continue
             declared = wanted.get(v.name)
             rows.append({

@@ -226,7 +226,8 @@ services:
     assert refused({"p/compose.yaml": text}) == [
         "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image",
         "p/compose.yaml:6: services.web.tty: not supported by gitsync; remove it, or deploy this service with a manifest (README: compose)",
-        "p/compose.yaml:7: services.web.volumes[0]: ./conf: a path relative to the compose file means nothing on a host; use an absolute path the hosts have",
+        "p/compose.yaml:7: services.web.volumes[0]: ./conf: a writable path beside the compose file is data, which a commit should not hold: "
+        "use a named volume (data:/etc/app, declared under the top-level volumes), or add :ro to mount it from the repository as configuration",
     ]
     ok = text.replace("    build: .\n", "").replace("    tty: true\n", "").replace('"./conf:/etc/app", ', "")
     assert refused({"p/compose.yaml": ok}) == [
@@ -300,7 +301,7 @@ def corpus_summary(folder: Path) -> tuple[int, int, Counter[str]]:
             continue
         assert loaded.stage == compose.Stage.SEMANTIC, (path.name, problems)
         for p in problems:  # each refusal is for a documented unsupported feature, or a file the corpus left out
-            documented = (compose.mapping.UNSUPPORTED, "not in the repository", "relative to the compose file", "anonymous volume", "is empty (an unset variable?)", "not allowed by this agent's policy")
+            documented = (compose.mapping.UNSUPPORTED, "not in the repository", "beside the compose file is data", "anonymous volume", "is empty (an unset variable?)", "not allowed by this agent's policy")
             assert any(d in p for d in documented), (path.name, p)
         reasons.update({_reason(p) for p in problems})
     return loads, total, reasons
@@ -347,7 +348,8 @@ def test_awesome_compose_stacks_of_images_only_load_and_plan_or_are_refused_for_
             desired = load_files(files, open_policy)
         except ManifestError as exc:
             for p in exc.problems:
-                assert compose.mapping.UNSUPPORTED in str(p) or "relative to the compose file" in str(p) or "not declared" in str(p), (ex["example"], str(p))
+                documented = (compose.mapping.UNSUPPORTED, "beside the compose file is data", "not in the repository", "not declared", "a home folder means nothing")
+                assert any(d in str(p) for d in documented), (ex["example"], str(p))
             continue
         plan = make_plan(desired, empty_hosts(), HOSTS, "t")
         assert not plan.problems, (ex["example"], plan.problems)
