@@ -282,7 +282,7 @@ FIELDS = (
     Field("devices", "devices", _pairs, _tuples),
     Field("privileged", "privileged"),
     Field("networkMode", "network_mode", str, NetworkMode),
-    Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] for b in v), lambda v: tuple(BindMount(*b) for b in v)),
+    Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] + ([b.relabel] if b.relabel else []) for b in v), lambda v: tuple(BindMount(*b) for b in v)),
     Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] for f in v), lambda v: tuple(FileMount(*f) for f in v)),
 )
 _DEFAULTS = ContainerOptions()

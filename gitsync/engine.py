@@ -187,7 +187,7 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...] = ()
     ports: tuple[tuple[int, str, int | None], ...] = ()  # (container port, protocol, host port or None)
     publish_on: str | None = None  # the host address ports without a host port are published on (default: every one)
-    mounts: tuple[tuple[str, str, bool], ...] = ()  # (volume, path in the container, read-only)
+    mounts: tuple[tuple[str, str, bool, str], ...] = ()  # (volume or host path, path in the container, read-only, SELinux relabel)
     restart: str = "unless-stopped"  # no | always | on-failure | unless-stopped
     healthcheck: Mapping[str, Any] | None = None  # test, interval, timeout, retries, start_period (seconds)
     stop_grace: float = 10.0
@@ -293,7 +293,7 @@ class Engine:
                     f"{port}/{proto}": host_port if host_port is not None or spec.publish_on is None else (spec.publish_on,)
                     for port, proto, host_port in spec.ports
                 } or None,
-                binds=[f"{source}:{path}:{'ro' if ro else 'rw'}" for source, path, ro in spec.mounts] or None,
+                binds=[f"{source}:{path}:{'ro' if ro else 'rw'}{',' + relabel if relabel else ''}" for source, path, ro, relabel in spec.mounts] or None,
                 restart_policy=restart,
                 network_mode=spec.network,
                 sysctls=dict(spec.sysctls) if spec.sysctls else None,
@@ -309,7 +309,7 @@ class Engine:
                 labels=dict(spec.labels),
                 environment=[f"{k}={v}" for k, v in spec.env] or None,
                 ports=[(port, proto) for port, proto, _ in spec.ports] or None,
-                volumes=[path for _, path, _ in spec.mounts] or None,
+                volumes=[m[1] for m in spec.mounts] or None,
                 host_config=host_config,
                 healthcheck=None if hc is None else {
                     "test": list(hc["test"]),

@@ -85,6 +85,7 @@ class BindMount:
     host_path: str
     mount_path: str
     read_only: bool = False
+    relabel: str = ""  # SELinux: "z" (shared with other containers), "Z" (this container's own), "" none
     key: str = field(default="", compare=False)  # where it was written: spec.volumes[2].hostPath
     line: int = field(default=0, compare=False)
 

@@ -384,16 +384,18 @@ class ServiceMapper:
                 source, target, mode = parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"
                 kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
                 modes = set(mode.split(","))
-                if modes - {"ro", "rw"}:
-                    self.p.refuse(line, path, f"mode {mode}: ro or rw only")
+                if modes - {"ro", "rw", "z", "Z", "cached", "delegated", "consistent"} or {"z", "Z"} <= modes:
+                    self.p.refuse(line, path, f"mode {mode}: ro or rw, z or Z (SELinux), cached, delegated or consistent (ignored on Linux, as by docker)")
                     continue
                 ro = "ro" in modes
+                relabel = "z" if "z" in modes else "Z" if "Z" in modes else ""
             else:
                 kind, source, target, ro = entry.get("type"), entry.get("source"), entry.get("target"), entry.get("read_only", False) in (True, "true")
+                relabel = str((entry.get("bind") or {}).get("selinux") or "") if isinstance(entry.get("bind"), dict) else ""
                 for k in entry:
                     if k in ("type", "source", "target", "read_only", "consistency") or str(k).startswith("x-"):
                         continue
-                    if k == "bind" and set(entry["bind"]) <= {"create_host_path"}:
+                    if k == "bind" and set(entry["bind"]) <= {"create_host_path", "selinux"}:
                         continue
                     if k == "tmpfs" and kind == "tmpfs" and set(entry["tmpfs"]) <= {"size", "mode"}:
                         continue
@@ -418,7 +420,8 @@ class ServiceMapper:
                 if not str(source).startswith("/"):
                     self._from_repository(line, path, str(source), target, ro)
                     continue
-                self.volumes.append((line, {"hostPath": source, "mountPath": target, "readOnly": ro or None}))
+                shared = {"z": "shared", "Z": "private"}.get(relabel)
+                self.volumes.append((line, {"hostPath": source, "mountPath": target, "readOnly": ro or None, "seLinuxRelabel": shared}))
             else:
                 if source not in (self.p.root.get("volumes") or {}):
                     self.p.fail(line, path, f"refers to volume {source!r}, which is not declared under the top-level volumes")

@@ -92,6 +92,9 @@ def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
     return tuple(out)
 
 
+RELABEL = {"shared": "z", "private": "Z"}  # SELinux relabelling of a bind mount, as Docker's :z and :Z
+
+
 def _volumes(ctx: Ctx, obj: Obj) -> tuple[tuple[VolumeMount, ...], tuple[BindMount, ...]]:
     """Named volumes, and host paths (``hostPath``)."""
     out: list[VolumeMount] = []
@@ -105,7 +108,11 @@ def _volumes(ctx: Ctx, obj: Obj) -> tuple[tuple[VolumeMount, ...], tuple[BindMou
         name = read_str(ctx, v, "name", required=host_path is None)
         mount = read_str(ctx, v, "mountPath", required=True)
         ro = read_bool(ctx, v, "readOnly")
+        relabel = read_str(ctx, v, "seLinuxRelabel")
         v.finish()
+        if relabel is not None and (relabel not in RELABEL or host_path is None):
+            ctx.add(v.line_of("seLinuxRelabel"), f"{path}.seLinuxRelabel", f"{shown(relabel)}: shared or private, with a hostPath" if relabel not in RELABEL else "only with a hostPath")
+            continue
         if name is not None and host_path is not None:
             ctx.add(v.line_of("hostPath"), f"{path}.hostPath", "a volume has either a name (a Docker volume) or a hostPath (a bind mount), not both")
             continue
@@ -124,7 +131,7 @@ def _volumes(ctx: Ctx, obj: Obj) -> tuple[tuple[VolumeMount, ...], tuple[BindMou
             continue
         paths.add(mount)
         if host_path is not None:
-            binds.append(BindMount(host_path, mount, ro, f"{path}.hostPath", v.line_of("hostPath")))
+            binds.append(BindMount(host_path, mount, ro, RELABEL.get(relabel or "", ""), f"{path}.hostPath", v.line_of("hostPath")))
         elif name is not None:
             out.append(VolumeMount(name, mount, ro))
     return tuple(out), tuple(binds)

@@ -63,9 +63,9 @@ def container_spec(
         command=d.command,
         env=d.env,
         ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
-        mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only) for v in d.volumes)
-        + tuple((b.host_path, b.mount_path, b.read_only) for b in d.options.binds)
-        + tuple(((files_at or {}).get(L.files_volume(agent, f.digest), L.files_volume(agent, f.digest)), f.mount_path, True) for f in d.options.files),
+        mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only, "") for v in d.volumes)
+        + tuple((b.host_path, b.mount_path, b.read_only, b.relabel) for b in d.options.binds)
+        + tuple(((files_at or {}).get(L.files_volume(agent, f.digest), L.files_volume(agent, f.digest)), f.mount_path, True, "") for f in d.options.files),
         restart=str(d.restart),
         healthcheck=None if hc is None else {
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,

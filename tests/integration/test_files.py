@@ -5,6 +5,8 @@ replica mounts any more is removed from the hosts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import cli
@@ -20,7 +22,8 @@ services:
     deploy: {replicas: 2, placement: {max_replicas_per_node: 1, constraints: ["node.labels.role == web"]}}
     volumes:
       - ./site:/www:ro
-      - ./app.conf:/etc/app.conf:ro
+      - ./app.conf:/etc/app.conf:ro,cached
+      - HOSTDIR:/host:ro,z
     configs:
       - {source: motd, target: /etc/motd, mode: 0400}
 configs:
@@ -40,8 +43,10 @@ def files_volumes(fleet: Fleet, host: str) -> list[str]:
     return sorted(v["Name"] for v in found if (v.get("Labels") or {}).get("io.gitsync.role") == "files")
 
 
-def test_files_from_the_repository_reach_every_replica_read_only_and_a_commit_that_changes_them_rolls_the_replicas(fleet: Fleet) -> None:
-    fleet.repo.write("web/compose.yaml", COMPOSE)
+def test_files_from_the_repository_reach_every_replica_read_only_and_a_commit_that_changes_them_rolls_the_replicas(fleet: Fleet, tmp_path: Path) -> None:
+    (tmp_path / "hostdir").mkdir()
+    fleet.write_config(extra_hosts=f"policy:\n  bindMounts: [{{path: '{tmp_path}'}}]\n")
+    fleet.repo.write("web/compose.yaml", COMPOSE.replace("HOSTDIR", str(tmp_path / "hostdir")))
     fleet.repo.write("web/site/index.html", "<h1>v1</h1>\n")
     fleet.repo.write("web/site/css/main.css", "body {}\n")
     fleet.repo.write("web/app.conf", "level=1\n")
@@ -55,6 +60,8 @@ def test_files_from_the_repository_reach_every_replica_read_only_and_a_commit_th
                            " touch /www/x 2>/dev/null || echo read-only; echo more >> /etc/app.conf 2>/dev/null || echo read-only")
         assert code == 0 and out == "level=1\n<h1>v1</h1>\nbody {}\nwelcome\n400\n444\nread-only\nread-only\n", (host, out)
         assert len(files_volumes(fleet, host)) == 3
+        binds = fleet.clients[host].inspect_container(name)["HostConfig"]["Binds"]
+        assert f"{tmp_path / 'hostdir'}:/host:ro,z" in binds and sum(b.endswith(":ro") and "-files-" in b for b in binds) == 3, binds  # :z reaches Docker
     assert "files" not in cli("volumes", "-c", str(fleet.config)).out  # files from Git are no data volume
     r = cli("plan", "-c", str(fleet.config))
     assert r.code == 0, r.out  # in sync: nothing Docker filled in looks like drift

@@ -71,7 +71,7 @@ def test_every_field_parses_to_what_docker_is_given() -> None:
     assert [v.name for v in d.volumes] == ["cache"]
 
     spec = container_spec("t", d, 0, "t_web-0", "r")
-    assert spec.mounts == (("cache", "/cache", False), ("/srv/static", "/www", True))
+    assert spec.mounts == (("cache", "/cache", False, ""), ("/srv/static", "/www", True, ""))
     assert spec.host_options == {
         "cap_add": ["CHOWN", "NET_ADMIN"], "cap_drop": ["ALL"], "read_only": True, "tmpfs": {"/run": "size=64m,mode=1777", "/tmp": ""},
         "extra_hosts": ["db.internal:10.0.0.5", "gw:host-gateway"], "init": True,

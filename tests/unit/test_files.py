@@ -117,3 +117,17 @@ configs:
     ]
     gone = text.replace("./app.conf", "./gone.conf")
     assert problems({**files, "site/compose.yaml": gone.encode()}) == ["site/compose.yaml:11: configs.app_conf.file: ./gone.conf: not in the repository (looked for site/gone.conf)"]
+
+
+def test_compose_volume_suffixes_selinux_labels_reach_the_bind_and_cached_or_delegated_are_ignored_as_on_linux() -> None:
+    text = "services:\n  web:\n    image: a:1\n    volumes: ['/srv/a:/a:z', '/srv/b:/b:ro,Z', '/srv/c:/c:cached', '/srv/d:/d:delegated,ro']\n"
+    from gitsync import config as config_mod
+
+    web = load_files({"compose.yaml": text.encode()}, config_mod.PolicySettings(bind_mounts=(config_mod.BindRule("/srv", False),))).deployment("web")
+    assert web is not None
+    assert sorted((b.mount_path, b.read_only, b.relabel) for b in web.options.binds) == [("/a", False, "z"), ("/b", True, "Z"), ("/c", False, ""), ("/d", True, "")]
+    plain = load_files({"compose.yaml": text.replace(":z'", "'").encode()}, config_mod.PolicySettings(bind_mounts=(config_mod.BindRule("/srv", False),))).deployment("web")
+    assert plain is not None and L.spec_document(plain)["hostPaths"][0] == ["/srv/a", "/a", False]  # a bind without a label hashes as before
+    assert problems({"compose.yaml": text.replace(":z'", ":z,Z'").encode()}) == [
+        "compose.yaml:4: services.web.volumes[0]: not supported by gitsync: mode z,Z: ro or rw, z or Z (SELinux), cached, delegated or consistent (ignored on Linux, as by docker)"
+    ]
