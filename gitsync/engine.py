@@ -185,7 +185,7 @@ class ContainerSpec:
     labels: Mapping[str, str]
     command: tuple[str, ...] | None = None
     env: tuple[tuple[str, str], ...] = ()
-    ports: tuple[tuple[int, str, int | None], ...] = ()  # (container port, protocol, host port or None)
+    ports: tuple[tuple[int, str, int | tuple[str, int] | None], ...] = ()  # (container port, protocol, host port, (address, host port) or None)
     publish_on: str | None = None  # the host address ports without a host port are published on (default: every one)
     mounts: tuple[tuple[str, str, bool, str], ...] = ()  # (volume or host path, path in the container, read-only, SELinux relabel)
     restart: str = "unless-stopped"  # no | always | on-failure | unless-stopped

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -91,6 +92,22 @@ _TYPE_NAMES = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"
 
 def type_name(value: Any) -> str:
     return next((name for t, name in _TYPE_NAMES if isinstance(value, t)), type(value).__name__)
+
+
+def read_host_ip(ctx: Ctx, obj: Obj, host_port: int | None) -> str | None:
+    """`hostIP`: the host address a hostPort is published on (an IP address; 0.0.0.0 and :: mean every one)."""
+    value = read_str(ctx, obj, "hostIP")
+    if value is None:
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        ctx.add(obj.line_of("hostIP"), obj.sub("hostIP"), f"{shown(value)} is not an IP address (e.g. 127.0.0.1)")
+        return None
+    if host_port is None:
+        ctx.add(obj.line_of("hostIP"), obj.sub("hostIP"), "means nothing without hostPort")
+        return None
+    return None if address.is_unspecified else str(address)
 
 
 def read_int(ctx: Ctx, obj: Obj, key: str, default: int | None, minimum: int, maximum: int) -> int | None:

@@ -58,7 +58,7 @@ def spec_document(d: Deployment) -> dict[str, Any]:
         "image": d.image,
         "command": list(d.command) if d.command is not None else None,
         "env": sorted([k, v] for k, v in d.env),
-        "ports": sorted([p.container_port, p.host_port or 0, p.protocol] for p in d.ports),
+        "ports": sorted([p.container_port, p.host_port or 0, p.protocol] + ([p.host_ip] if p.host_ip else []) for p in d.ports),
         "volumes": sorted([v.name, v.mount_path, v.read_only] for v in d.volumes),
         "labels": sorted([k, v] for k, v in d.labels),
         "healthcheck": None
@@ -122,7 +122,7 @@ def deployment_from_spec(base: Deployment, doc: dict[str, Any]) -> Deployment:
         image=doc["image"],
         command=tuple(doc["command"]) if doc.get("command") is not None else None,
         env=tuple((k, v) for k, v in doc.get("env", [])),
-        ports=tuple(Port(c, h or None, p) for c, h, p in doc.get("ports", [])),
+        ports=tuple(Port(c, h or None, p, *ip) for c, h, p, *ip in doc.get("ports", [])),
         volumes=tuple(VolumeMount(n, m, ro) for n, m, ro in doc.get("volumes", [])),
         labels=tuple((k, v) for k, v in doc.get("labels", [])),
         healthcheck=None

@@ -40,6 +40,7 @@ class Port:
     container_port: int
     host_port: int | None = None
     protocol: str = "tcp"
+    host_ip: str | None = None  # the host address hostPort is published on (default: every address)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ class ServicePort:
     port: int  # what clients use: <service>:<port>
     target_port: int  # the replicas' container port
     host_port: int | None = None  # also published on the hosts the Service's hostSelector picks
+    host_ip: str | None = None  # on this address of theirs only (default: every address)
     origin: Origin | None = field(default=None, compare=False)
 
 

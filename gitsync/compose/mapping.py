@@ -186,8 +186,8 @@ class ServiceMapper:
         self.env: dict[str, str] = {}
         self.labels: dict[str, str] = {}
         self.label_lines: dict[str, int] = {}
-        self.container_ports: list[tuple[int, str, int | None, int]] = []  # (port, protocol, host port, line)
-        self.service_ports: list[tuple[int, int | None, int]] = []  # (target port, published, line)
+        self.container_ports: list[tuple[int, str, int | None, int, str | None]] = []  # (port, protocol, host port, line, host address)
+        self.service_ports: list[tuple[int, int | None, int, str | None]] = []  # (target port, published, line, host address)
         self.volumes: list[Any] = []
         self.files: list[tuple[int, dict[str, Any]]] = []  # spec.files entries (relative read-only binds, configs)
         self.tmpfs: list[str] = []
@@ -350,27 +350,28 @@ class ServiceMapper:
                 host_ip, published, target, proto = parsed
                 triples = _expand(target, published, self, line, i)
                 mode = "ingress"
-            if host_ip not in (None, "", "0.0.0.0", "::"):
-                self.p.refuse(line, self.path("ports", i), f"host_ip {host_ip}: a port is published on every address of the hosts")
+            ip = None if host_ip in (None, "", "0.0.0.0", "::") else str(host_ip)
+            if ip is not None and any(pub is None for _, pub in triples):
+                self.p.fail(line, self.path("ports", i), f"host address {ip} without a published port: give the port to publish on it")
                 continue
             if proto not in ("tcp", "udp"):
                 self.p.refuse(line, self.path("ports", i), f"protocol {proto}: tcp and udp only")
                 continue
             for t, pub in triples:
                 if proto == "tcp" and mode != "host":
-                    self.service_ports.append((t, pub, line))  # through the Service, on every host (as Swarm's ingress)
-                    self.container_ports.append((t, "tcp", None, line))
+                    self.service_ports.append((t, pub, line, ip))  # through the Service, on every host (as Swarm's ingress)
+                    self.container_ports.append((t, "tcp", None, line, None))
                 else:  # mode host, and udp (Services are TCP): on the hosts that run a replica
-                    self.container_ports.append((t, proto, pub, line))
+                    self.container_ports.append((t, proto, pub, line, ip))
 
     def _expose(self, value: Any, at: int) -> None:
         for i, entry in enumerate(value):
             line = line_of(value, i, at)
             text, _, proto = str(entry).partition("/")
             for t, _pub in _expand(_range(text), None, self, line, i):
-                self.container_ports.append((t, proto or "tcp", None, line))
+                self.container_ports.append((t, proto or "tcp", None, line, None))
                 if (proto or "tcp") == "tcp":
-                    self.service_ports.append((t, None, line))
+                    self.service_ports.append((t, None, line, None))
 
     def _volumes(self, value: Any, at: int) -> None:
         for i, entry in enumerate(value):
@@ -689,14 +690,19 @@ class ServiceMapper:
         p, x = self.p, self.x
         if self.env:
             self.put("env", node(self.line, self.env), self.at("environment") or self.at("env_file"))
-        ports: dict[tuple[int, str], tuple[int | None, int]] = {}
-        for port, proto, host, line in self.container_ports:
+        ports: dict[tuple[int, str], tuple[int | None, int, str | None]] = {}
+        for port, proto, host, line, ip in self.container_ports:
+            was = ports.get((port, proto), (None, line, None))
+            if was[0] is not None and host is not None and (was[0], was[2]) != (host, ip):  # never one of them dropped without a word
+                self.p.fail(line, f"services.{self.name}.ports", f"container port {port}/{proto} is published twice ({was[0]} and {host}); keep one")
+                continue
             if (port, proto) not in ports or host is not None:
-                ports[(port, proto)] = (host, line)
+                ports[(port, proto)] = (host, line, ip)
         if ports:
             self.put("ports", nlist(self.at("ports") or self.at("expose"), [
-                node(line, {"containerPort": port, "hostPort": host, "protocol": proto if proto != "tcp" else None}) for (port, proto), (host, line) in ports.items()
-            ], [line for _, line in ports.values()]), self.at("ports") or self.at("expose"))
+                node(line, {"containerPort": port, "hostPort": host, "hostIP": ip, "protocol": proto if proto != "tcp" else None})
+                for (port, proto), (host, line, ip) in ports.items()
+            ], [line for _, line, _ in ports.values()]), self.at("ports") or self.at("expose"))
         if self.volumes:
             self.put("volumes", nlist(self.at("volumes"), [node(line, v) for line, v in self.volumes], [line for line, _ in self.volumes]), self.at("volumes"))
         if self.files:
@@ -710,19 +716,19 @@ class ServiceMapper:
         labels = {**self.labels, PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}
         p.docs.append(Doc("Deployment", self.name, self.line, node(self.line, self.spec, self.lines), labels, self.label_lines))
         renumber = {number(k): number(v) for k, v in (x.get("servicePorts") or {}).items()}
-        targets: dict[int, tuple[int | None, int]] = {}
-        for target, published, line in self.service_ports:
-            was = targets.get(target, (None, line))[0]
+        targets: dict[int, tuple[int | None, int, str | None]] = {}
+        for target, published, line, ip in self.service_ports:
+            was = targets.get(target, (None, line, None))[0]
             if was is not None and published is not None and published != was:  # never one of them dropped without a word
                 self.p.fail(line, f"services.{self.name}.ports", f"container port {target} is published twice ({was} and {published}); "
                             "a Service publishes one hostPort per port: keep one, or let the container listen on a second port")
                 continue
             if target not in targets or published is not None:
-                targets[target] = (published, line)
+                targets[target] = (published, line, ip)
         if not targets or x.get("service") in (False, "false"):
             return
-        sports = [node(line, {"port": renumber.get(t, t), "targetPort": t, "hostPort": pub}) for t, (pub, line) in targets.items()]
-        spec = node(self.line, {"selector": node(self.line, {PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}), "ports": nlist(self.line, sports, [line for _, line in targets.values()])})
+        sports = [node(line, {"port": renumber.get(t, t), "targetPort": t, "hostPort": pub, "hostIP": ip}) for t, (pub, line, ip) in targets.items()]
+        spec = node(self.line, {"selector": node(self.line, {PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}), "ports": nlist(self.line, sports, [line for _, line, _ in targets.values()])})
         p.docs.append(Doc("Service", self.name, self.line, spec))
 
 

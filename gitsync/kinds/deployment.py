@@ -54,6 +54,7 @@ from ..fields import (
     read_str,
     read_str_map,
     path_problem,
+    read_host_ip,
     shown,
 )
 from ..health import DeploymentStatus
@@ -79,6 +80,7 @@ def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
         if cport is None and "containerPort" not in p.node:
             ctx.add(line, f"{path}.containerPort", "is required")
         hport = read_int(ctx, p, "hostPort", None, 1, 65535)
+        host_ip = read_host_ip(ctx, p, hport)
         proto = read_str(ctx, p, "protocol") or "tcp"
         if proto not in ("tcp", "udp", "sctp"):
             ctx.add(p.line_of("protocol"), f"{path}.protocol", "must be tcp, udp or sctp")
@@ -88,7 +90,7 @@ def _ports(ctx: Ctx, obj: Obj) -> tuple[Port, ...]:
                 if (hport, proto) in seen_host:
                     ctx.add(line, f"{path}.hostPort", f"{hport}/{proto} is used twice in this deployment")
                 seen_host.add((hport, proto))
-            out.append(Port(cport, hport, proto))
+            out.append(Port(cport, hport, proto, host_ip))
     return tuple(out)
 
 
@@ -292,6 +294,9 @@ def describe_change(live: LiveContainer, d: Deployment) -> str:
         if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
             if key == "image":
                 parts.append(f"image {old.get(key)} -> {new.get(key)}")
+            elif key == "files":  # which of them: their content is in Git, the plan names where they go
+                was, now = ({m: h for m, h, _ in doc.get("files") or []} for doc in (old, new))
+                parts.append("files " + " ".join(sorted(m for m in set(was) | set(now) if was.get(m) != now.get(m))))
             else:
                 parts.append(key)
     if not parts:

@@ -111,7 +111,7 @@ def proxy_document(image: str, network: str, services: Sequence[Service], host: 
         "network": network,
         "aliases": sorted(s.name for s in services),
         "published": sorted(
-            [p.host_port, p.port] for s in services if all(labels.get(k) == v for k, v in s.host_selector)
+            [p.host_port, p.port] + ([p.host_ip] if p.host_ip else []) for s in services if all(labels.get(k) == v for k, v in s.host_selector)
             for p in s.ports if p.host_port is not None
         ),
     }

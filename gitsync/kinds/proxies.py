@@ -222,7 +222,7 @@ class Proxies:
             name=L.proxy_name(self.agent),
             image=image,
             labels=proxy_labels(self.agent, doc, self.run.revision),
-            ports=tuple((port, "tcp", host_port) for host_port, port in doc["published"]),
+            ports=tuple((port, "tcp", (ip[0], host_port) if ip else host_port) for host_port, port, *ip in doc["published"]),
             restart="unless-stopped",
             network=self.network,
             aliases=tuple(doc["aliases"]),

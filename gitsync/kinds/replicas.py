@@ -62,7 +62,7 @@ def container_spec(
         labels=labels,
         command=d.command,
         env=d.env,
-        ports=tuple((p.container_port, p.protocol, p.host_port) for p in d.ports),
+        ports=tuple((p.container_port, p.protocol, (p.host_ip, p.host_port) if p.host_ip and p.host_port else p.host_port) for p in d.ports),
         mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only, "") for v in d.volumes)
         + tuple((b.host_path, b.mount_path, b.read_only, b.relabel) for b in d.options.binds)
         + tuple(((files_at or {}).get(L.files_volume(agent, f.digest), L.files_volume(agent, f.digest)), f.mount_path, True, "") for f in d.options.files),

@@ -11,7 +11,7 @@ from typing import Any
 from .. import labels as L
 from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
 from ..errors import Problem
-from ..fields import LABEL_KEY_RE, Ctx, Obj, read_int, read_list, read_str_map
+from ..fields import LABEL_KEY_RE, Ctx, Obj, read_host_ip, read_int, read_list, read_str_map
 from ..models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
 from ..health import EndpointStatus, ServiceStatus
 from ..live import Health, HostObservation
@@ -47,12 +47,13 @@ class ServiceKind(Kind):
                 ctx.add(pline, f"{path}.port", "is required")
             target = read_int(ctx, p, "targetPort", port, 1, 65535)
             host_port = read_int(ctx, p, "hostPort", None, 1, 65535)
+            host_ip = read_host_ip(ctx, p, host_port)
             p.finish()
             if port is not None and port in seen:
                 ctx.add(p.line_of("port"), f"{path}.port", f"{port} is listed twice")
             elif port is not None and target is not None:
                 seen.add(port)
-                ports.append(ServicePort(port, target, host_port, Origin(ctx.file, pline)))
+                ports.append(ServicePort(port, target, host_port, host_ip, Origin(ctx.file, pline)))
         if not ports and not spec.get("ports", None):
             ctx.add(spec.line, "spec.ports", "is required: at least one port (port, targetPort)")
         spec.finish()
@@ -174,10 +175,15 @@ def _proxy_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     was, now = set(old.get("aliases") or ()), set(new["aliases"])
     parts += [f"Service {n} added" for n in sorted(now - was)] + [f"Service {n} removed" for n in sorted(was - now)]
     if old.get("published") != new["published"]:
-        parts.append("publishes " + (", ".join(f"{h}->{p}" for h, p in new["published"]) or "no port"))
+        parts.append("publishes " + (", ".join(_published(e) for e in new["published"]) or "no port"))
     if old.get("network") != new["network"]:
         parts.append(f"network {new['network']}")
     return "; ".join(parts) or "spec hash differs (labels edited by hand?)"
+
+
+def _published(entry: Sequence[Any]) -> str:
+    """A published port of a proxy document: [hostPort, port] or [hostPort, port, hostIP]."""
+    return f"{entry[2]}:{entry[0]}->{entry[1]}" if len(entry) > 2 else f"{entry[0]}->{entry[1]}"
 
 
 def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
@@ -204,7 +210,7 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
         doc = proxy_document(view.services.proxy_image, network, services, h)
         fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
         if proxy is None:
-            published = ", ".join(f"{hp}->{p}" for hp, p in doc["published"])
+            published = ", ".join(_published(e) for e in doc["published"])
             why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(doc['aliases'])}" + (f"; publishes {published}" if published else "")
             out.actions.append(Action(ActionKind.CREATE, h.name, PROXY, None, why, None, proxy_name, PHASE_CREATE, "Service"))
         elif fresh_proxy:

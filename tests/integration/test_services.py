@@ -3,6 +3,7 @@ ready replicas, wherever they run; no failed request through rollouts, scaling a
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -122,6 +123,15 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     with Load(addr(fleet, "h3"), 8080, workers=1) as load:
         time.sleep(0.3)
     assert load.tally.ok > 0 and load.tally.failed == 0
+    # published on one address of the hosts only (compose's 127.0.0.1:8080:80): the proxies bind there
+    fleet.repo.write("apps/web-service.yaml", SERVICE.replace("hostPort: 8080}", "hostPort: 8080, hostIP: 127.0.0.1}"))
+    fleet.repo.commit("the Service on the hosts' loopback only")
+    r = cli("plan", "-c", str(fleet.config))
+    assert "publishes 127.0.0.1:8080->80" in r.out, r.out
+    apply(fleet)
+    assert fleet.clients["h3"].inspect_container(proxy)["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
+    with pytest.raises(OSError):
+        socket.create_connection((addr(fleet, "h3"), 8080), timeout=2).close()
     # the Service leaves Git: the proxies go, the replicas stay as they are
     before = {n: i for n, i in fleet.ids().items() if "-proxy" not in n}
     (fleet.repo.path / "apps/web-service.yaml").unlink()

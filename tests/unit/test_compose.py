@@ -165,11 +165,18 @@ services:
     ports: ["53:53/udp", "8053:53", {target: 9000, published: 9000, mode: host}, "127.0.0.1::7000"]
 """
     got = refused({"p/compose.yaml": text})
-    assert got == ["p/compose.yaml:4: services.dns.ports[3]: not supported by gitsync: host_ip 127.0.0.1: a port is published on every address of the hosts"]
+    assert got == ["p/compose.yaml:4: services.dns.ports[3]: host address 127.0.0.1 without a published port: give the port to publish on it"]
     d = load_files({"p/compose.yaml": text.replace(', "127.0.0.1::7000"', "").encode()})
     dep, svc = d.deployment("dns"), d.services[0]
     assert dep is not None and sorted((p.container_port, p.host_port or 0, p.protocol) for p in dep.ports) == [(53, 0, "tcp"), (53, 53, "udp"), (9000, 9000, "tcp")]
     assert [(p.port, p.target_port, p.host_port) for p in svc.ports] == [(53, 53, 8053)]  # TCP through the Service, on every host
+    # a host address: the Service's hostPort (or a udp port) published on that address of each host only
+    local = load_files({"p/compose.yaml": text.replace('"127.0.0.1::7000"', '"127.0.0.1:7000:7000", "[::1]:5353:54/udp"').encode()})
+    dep, svc = local.deployment("dns"), local.services[0]
+    assert [(p.port, p.host_port, p.host_ip) for p in svc.ports] == [(53, 8053, None), (7000, 7000, "127.0.0.1")]
+    assert dep is not None and (54, 5353, "udp", "::1") in [(p.container_port, p.host_port, p.protocol, p.host_ip) for p in dep.ports]
+    assert refused({"p/compose.yaml": text.replace('"127.0.0.1::7000"', '"[::1]:5353:53/udp"')}) == [
+        "p/compose.yaml:4: services.dns.ports: container port 53/udp is published twice (53 and 5353); keep one"]
 
 
 @pytest.mark.parametrize(
