@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields as dc_fields, replace
 from typing import Any
 
-from .fields import Ctx, Obj, path_problem, read_bool, read_command, read_enum, read_list, read_parsed, read_str, read_str_map, shown, type_name
+from .fields import Ctx, Obj, path_problem, read_bool, read_command, read_enum, read_int, read_list, read_parsed, read_str, read_str_map, shown, type_name
 from .models import BindMount, ContainerOptions, FileMount, NetworkMode
 from .units import parse_cpus, parse_size
 
@@ -192,6 +192,36 @@ def _devices(ctx: Ctx, spec: Obj) -> tuple[tuple[str, str, str], ...]:
     return tuple(sorted(out))
 
 
+# Kernel parameters a container has of its own (namespaced), as Docker allows them: net.* in its own
+# network namespace, IPC's in its own IPC namespace. Anything else would change the host's kernel.
+_SYSCTL_IPC = re.compile(r"^(kernel\.(msgmax|msgmnb|msgmni|sem|shmall|shmmax|shmmni|shm_rmid_forced)|fs\.mqueue\..+)$")
+
+
+def _sysctls(ctx: Ctx, spec: Obj, network_mode: str | None) -> tuple[tuple[str, str], ...]:
+    pairs = read_str_map(ctx, spec, "sysctls", re.compile(r"^[a-z0-9_]+(\.[a-zA-Z0-9_-]+)+$"), "kernel parameter")
+    node = spec.get("sysctls", None)
+    out = []
+    for name, value in pairs:
+        at = node.line_of(name) if hasattr(node, "line_of") else spec.line_of("sysctls")
+        if name.startswith("net.") and network_mode == "host":
+            ctx.add(at, f"spec.sysctls.{name}", "on the host's network it would change the host's kernel: not with networkMode host")
+        elif not (name.startswith("net.") or _SYSCTL_IPC.match(name)):
+            ctx.add(at, f"spec.sysctls.{name}", "is not a kernel parameter a container has of its own (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)")
+        else:
+            out.append((name, value))
+    return tuple(sorted(out))
+
+
+def _addresses(ctx: Ctx, spec: Obj, key: str) -> tuple[str, ...]:
+    out = []
+    for line, path, item in _strings(ctx, spec, key):
+        try:
+            out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            ctx.add(line, path, f"{shown(item)} is not an IP address (a name server is given by its address)")
+    return tuple(out)
+
+
 def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...], files: tuple[FileMount, ...] = ()) -> ContainerOptions:
     """The container fields of a Deployment's spec (each key taken from `spec`)."""
     lines = {f"spec.{k}": spec.line_of(k) for k in spec.node if isinstance(k, str)}
@@ -231,6 +261,13 @@ def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...], files: tupl
         devices=_devices(ctx, spec),
         privileged=read_bool(ctx, spec, "privileged"),
         network_mode=read_enum(ctx, spec, "networkMode", NetworkMode.BRIDGE),
+        dns=_addresses(ctx, spec, "dns"),
+        dns_search=tuple(s for _, _, s in _strings(ctx, spec, "dnsSearch", lambda s: None if _HOSTNAME_RE.match(s) else f"{shown(s)} is not a domain")),
+        dns_options=tuple(s for _, _, s in _strings(ctx, spec, "dnsOptions", lambda s: None if re.match(r"^[a-z0-9_-]+(:\d+)?$", s) else f"{shown(s)} is not a resolver option (e.g. ndots:2)")),
+        pids_limit=read_int(ctx, spec, "pidsLimit", None, -1, 1 << 22),
+        tty=read_bool(ctx, spec, "tty"),
+        stdin_open=read_bool(ctx, spec, "stdinOpen"),
+        sysctls=_sysctls(ctx, spec, str(spec.get("networkMode", "bridge"))),
         binds=binds,
         files=files,
         lines=lines,
@@ -282,6 +319,13 @@ FIELDS = (
     Field("devices", "devices", _pairs, _tuples),
     Field("privileged", "privileged"),
     Field("networkMode", "network_mode", str, NetworkMode),
+    Field("dns", "dns", list, tuple),
+    Field("dnsSearch", "dns_search", list, tuple),
+    Field("dnsOptions", "dns_options", list, tuple),
+    Field("pidsLimit", "pids_limit"),
+    Field("tty", "tty"),
+    Field("stdinOpen", "stdin_open"),
+    Field("sysctls", "sysctls", _pairs, _tuples),
     Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] + ([b.relabel] if b.relabel else []) for b in v), lambda v: tuple(BindMount(*b) for b in v)),
     Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] for f in v), lambda v: tuple(FileMount(*f) for f in v)),
 )
@@ -317,6 +361,10 @@ def docker_options(opts: ContainerOptions) -> tuple[dict[str, Any], dict[str, An
         "mem_reservation": opts.memory_reservation,
         "nano_cpus": int(opts.cpus * 1e9) if opts.cpus else None,
         "cpu_shares": max(2, int(opts.cpus_reservation * 1024)) if opts.cpus_reservation else None,
+        "dns": list(opts.dns) or None,
+        "dns_search": list(opts.dns_search) or None,
+        "dns_opt": list(opts.dns_options) or None,
+        "pids_limit": opts.pids_limit,
     }
     config: dict[str, Any] = {
         "entrypoint": list(opts.entrypoint) if opts.entrypoint is not None else None,
@@ -324,6 +372,8 @@ def docker_options(opts: ContainerOptions) -> tuple[dict[str, Any], dict[str, An
         "user": opts.user,
         "hostname": opts.hostname,
         "stop_signal": opts.stop_signal,
+        "tty": opts.tty or None,
+        "stdin_open": opts.stdin_open or None,
     }
     return {k: v for k, v in host.items() if v is not None}, {k: v for k, v in config.items() if v is not None}
 

@@ -134,6 +134,13 @@ class ContainerOptions:
     devices: tuple[tuple[str, str, str], ...] = ()  # (host path, container path, permissions)
     privileged: bool = False
     network_mode: NetworkMode = NetworkMode.BRIDGE
+    dns: tuple[str, ...] = ()  # name servers (addresses)
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    pids_limit: int | None = None
+    tty: bool = False
+    stdin_open: bool = False
+    sysctls: tuple[tuple[str, str], ...] = ()  # namespaced kernel parameters only (the container's own)
     binds: tuple[BindMount, ...] = ()
     files: tuple[FileMount, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)

@@ -153,6 +153,7 @@ COMPOSE_KEYS = {
     "allowDataMove": "x-gitsync.allowDataMove", "workingDir": "working_dir", "resources": "deploy.resources", "capAdd": "cap_add",
     "capDrop": "cap_drop", "readOnlyRootFilesystem": "read_only", "extraHosts": "extra_hosts", "shmSize": "shm_size",
     "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode", "driverOpts": "driver_opts",
+    "dnsSearch": "dns_search", "dnsOptions": "dns_opt", "pidsLimit": "pids_limit", "stdinOpen": "stdin_open",
 }
 _SPEC_KEY = re.compile(r"\bspec\.([A-Za-z]+)")
 

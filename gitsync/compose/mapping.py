@@ -34,7 +34,6 @@ WHY = {
     "extends": "extends from another file: copy the service into this file",
     "pid": "a container shares no process namespace under gitsync",
     "ipc": "a container shares no IPC namespace under gitsync",
-    "sysctls": "kernel parameters are not set by gitsync",
 }
 IGNORED = {"version", "develop"}  # compose itself ignores them (version is obsolete; develop needs `watch`)
 
@@ -246,6 +245,13 @@ class ServiceMapper:
             "network_mode": self._network_mode,
             "networks": self._service_networks,
             "pull_policy": self._pull_policy,
+            "dns": lambda v, at: self.put("dns", nlist(at, [v]) if isinstance(v, str) else v, at),
+            "dns_search": lambda v, at: self.put("dnsSearch", nlist(at, [v]) if isinstance(v, str) else v, at),
+            "dns_opt": lambda v, at: self.put("dnsOptions", v, at),
+            "pids_limit": lambda v, at: self.put("pidsLimit", number(v), at),
+            "tty": lambda v, at: self.put("tty", v, at),
+            "stdin_open": lambda v, at: self.put("stdinOpen", v, at),
+            "sysctls": self._sysctls,
             "profiles": lambda v, at: None,  # an active service: its profile is enabled
             "mem_limit": lambda v, at: self._resource("limits", "memory", v, at),
             "mem_reservation": lambda v, at: self._resource("reservations", "memory", v, at),
@@ -670,6 +676,17 @@ class ServiceMapper:
             for k in opts or {}:
                 self.p.refuse(line_of(opts, k, line), self.path("networks", net, k), "every service is on the agent's own network, reached by its service name")
 
+    def _sysctls(self, value: Any, at: int) -> None:
+        if isinstance(value, dict):
+            items = {str(k): str(v) for k, v in value.items()}
+            lines = {str(k): line_of(value, k, at) for k in value}
+        else:
+            items, lines = {}, {}
+            for i, e in enumerate(value):
+                k, _, v = str(e).partition("=")
+                items[k], lines[k] = v, line_of(value, i, at)
+        self.put("sysctls", node(at, items, lines), at)
+
     def _pull_policy(self, value: Any, at: int) -> None:
         if value not in ("missing", "if_not_present"):
             self.p.refuse(at, self.path("pull_policy"), f"{value}: gitsync pulls an image when the host does not have it (missing)")
@@ -718,9 +735,9 @@ class ServiceMapper:
         renumber = {number(k): number(v) for k, v in (x.get("servicePorts") or {}).items()}
         targets: dict[int, tuple[int | None, int, str | None]] = {}
         for target, published, line, ip in self.service_ports:
-            was = targets.get(target, (None, line, None))[0]
-            if was is not None and published is not None and published != was:  # never one of them dropped without a word
-                self.p.fail(line, f"services.{self.name}.ports", f"container port {target} is published twice ({was} and {published}); "
+            was_published = targets.get(target, (None, line, None))[0]
+            if was_published is not None and published is not None and published != was_published:  # never one of them dropped without a word
+                self.p.fail(line, f"services.{self.name}.ports", f"container port {target} is published twice ({was_published} and {published}); "
                             "a Service publishes one hostPort per port: keep one, or let the container listen on a second port")
                 continue
             if target not in targets or published is not None:

@@ -75,6 +75,7 @@ def container_spec(
         publish_on=publish_on,  # where the other hosts' proxies reach it
         host_options=host_options,
         create_options=create_options,
+        sysctls=dict(d.options.sysctls) or None,
     )
 
 

@@ -227,16 +227,16 @@ services:
     build: .
     image: web:1
     privileged: true
-    tty: true
+    cgroup_parent: custom
     volumes: ["./conf:/etc/app", "/srv/data:/data"]
 """
     assert refused({"p/compose.yaml": text}) == [
         "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image",
-        "p/compose.yaml:6: services.web.tty: not supported by gitsync; remove it, or deploy this service with a manifest (README: compose)",
+        "p/compose.yaml:6: services.web.cgroup_parent: not supported by gitsync; remove it, or deploy this service with a manifest (README: compose)",
         "p/compose.yaml:7: services.web.volumes[0]: ./conf: a writable path beside the compose file is data, which a commit should not hold: "
         "use a named volume (data:/etc/app, declared under the top-level volumes), or add :ro to mount it from the repository as configuration",
     ]
-    ok = text.replace("    build: .\n", "").replace("    tty: true\n", "").replace('"./conf:/etc/app", ', "")
+    ok = text.replace("    build: .\n", "").replace("    cgroup_parent: custom\n", "").replace('"./conf:/etc/app", ', "")
     assert refused({"p/compose.yaml": ok}) == [
         "p/compose.yaml:4: privileged: not allowed by this agent's policy (policy.allowPrivileged)",
         "p/compose.yaml:5: volumes[0].hostPath: not allowed by this agent's policy (/srv/data: no policy.bindMounts entry allows this path)",
@@ -355,7 +355,8 @@ def test_awesome_compose_stacks_of_images_only_load_and_plan_or_are_refused_for_
             desired = load_files(files, open_policy)
         except ManifestError as exc:
             for p in exc.problems:
-                documented = (compose.mapping.UNSUPPORTED, "beside the compose file is data", "not in the repository", "not declared", "a home folder means nothing")
+                documented = (compose.mapping.UNSUPPORTED, "beside the compose file is data", "not in the repository", "not declared", "a home folder means nothing",
+                              "not allowed by this agent's policy")
                 assert any(d in str(p) for d in documented), (ex["example"], str(p))
             continue
         plan = make_plan(desired, empty_hosts(), HOSTS, "t")
