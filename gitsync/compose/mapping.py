@@ -386,7 +386,7 @@ class ServiceMapper:
             if isinstance(entry, str):
                 parts = entry.split(":")
                 if len(parts) == 1:
-                    self.p.fail(line, path, f"{entry}: an anonymous volume would be lost with its container; name it (name:{entry}) and declare it under volumes")
+                    self._anonymous(line, path, entry, False)
                     continue
                 source, target, mode = parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"
                 kind = "bind" if source.startswith(("/", ".", "~")) else "volume"
@@ -418,7 +418,7 @@ class ServiceMapper:
                     self.p.refuse(line, f"{path}.type", f"type {kind}: volume, bind and tmpfs only")
                     continue
                 if source is None:
-                    self.p.fail(line, path, f"{target}: an anonymous volume would be lost with its container; give it a source and declare it under volumes")
+                    self._anonymous(line, path, str(target), ro)
                     continue
             if kind == "bind":
                 if str(source).startswith("~"):
@@ -434,6 +434,18 @@ class ServiceMapper:
                     self.p.fail(line, path, f"refers to volume {source!r}, which is not declared under the top-level volumes")
                     continue
                 self.volumes.append((line, {"name": self.p.volume_name(str(source)), "mountPath": target, "readOnly": ro or None}))
+
+    def _anonymous(self, line: int, path: str, target: str, ro: bool) -> None:
+        """An anonymous volume: each replica's own, kept across its replacements as docker compose keeps
+        it across a recreate (a Volume <project>_<service>_<path>, perReplica)."""
+        if not target.startswith("/"):
+            self.p.fail(line, path, f"{target}: a volume's path in the container must be absolute")
+            return
+        slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", target.strip("/")) or "root"
+        name = f"{self.p.name}_{self.name}_{slug}"[:200]
+        if all(d.name != name for d in self.p.docs):
+            self.p.docs.append(Doc("Volume", name, line, node(line, {"perReplica": True})))
+        self.volumes.append((line, {"name": name, "mountPath": target, "readOnly": ro or None}))
 
     def _from_repository(self, line: int, path: str, source: str, target: Any, ro: bool) -> None:
         """A relative bind mount: files of the repository (configuration) when read-only; data otherwise."""

@@ -530,3 +530,13 @@ def refused_files(files: dict[str, bytes]) -> list[str]:
     with pytest.raises(ManifestError) as err:
         load_files(files)
     return [str(p) for p in err.value.problems]
+
+
+def test_an_anonymous_volume_is_each_replicas_own_and_kept_across_replacements() -> None:
+    """Issue 21, item 5: `- /var/lib/mysql` (and long syntax without a source) as docker compose keeps it across a recreate."""
+    text = "name: shop\nservices:\n  db:\n    image: mysql:8\n    deploy: {replicas: 2}\n    volumes: [/var/lib/mysql, {type: volume, target: /cache}]\n"
+    d = load_files({"compose.yaml": text.encode()})
+    db = d.deployment("db")
+    assert db is not None and sorted((m.name, m.mount_path) for m in db.volumes) == [("shop_db_cache", "/cache"), ("shop_db_var-lib-mysql", "/var/lib/mysql")]
+    assert sorted((v.name, v.per_replica, v.docker_name(1)) for v in d.volumes) == [
+        ("shop_db_cache", True, "shop_db_cache-1"), ("shop_db_var-lib-mysql", True, "shop_db_var-lib-mysql-1")]
