@@ -212,6 +212,19 @@ def _sysctls(ctx: Ctx, spec: Obj, network_mode: str | None) -> tuple[tuple[str, 
     return tuple(sorted(out))
 
 
+_NETWORK_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,99}$")
+
+
+def _network_names(ctx: Ctx, spec: Obj, key: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for line, path, item in _strings(ctx, spec, key, lambda s: None if _NETWORK_RE.match(s) else f"{shown(s)} is not a network name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"):
+        if item in out:
+            ctx.add(line, path, f"{item} is listed twice")
+        else:
+            out.append(item)
+    return tuple(out)
+
+
 def _addresses(ctx: Ctx, spec: Obj, key: str) -> tuple[str, ...]:
     out = []
     for line, path, item in _strings(ctx, spec, key):
@@ -268,12 +281,17 @@ def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...], files: tupl
         tty=read_bool(ctx, spec, "tty"),
         stdin_open=read_bool(ctx, spec, "stdinOpen"),
         sysctls=_sysctls(ctx, spec, str(spec.get("networkMode", "bridge"))),
+        networks=_network_names(ctx, spec, "networks"),
+        external_networks=_network_names(ctx, spec, "externalNetworks"),
         binds=binds,
         files=files,
         lines=lines,
     )
     if opts.network_mode != NetworkMode.BRIDGE and opts.hostname is not None:
         ctx.add(spec.line_of("hostname"), "spec.hostname", f"cannot be set with networkMode {opts.network_mode}: the container has the host's (or no) network identity")
+    if opts.network_mode != NetworkMode.BRIDGE and (opts.networks or opts.external_networks):
+        key = "networks" if opts.networks else "externalNetworks"
+        ctx.add(spec.line_of(key), f"spec.{key}", f"cannot be set with networkMode {opts.network_mode}")
     if opts.network_mode != NetworkMode.BRIDGE and opts.extra_hosts and opts.network_mode == NetworkMode.NONE:
         ctx.add(spec.line_of("extraHosts"), "spec.extraHosts", "means nothing with networkMode none")
     return opts
@@ -326,6 +344,8 @@ FIELDS = (
     Field("tty", "tty"),
     Field("stdinOpen", "stdin_open"),
     Field("sysctls", "sysctls", _pairs, _tuples),
+    Field("networks", "networks", list, tuple),
+    Field("externalNetworks", "external_networks", list, tuple),
     Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] + ([b.relabel] if b.relabel else []) for b in v), lambda v: tuple(BindMount(*b) for b in v)),
     Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] for f in v), lambda v: tuple(FileMount(*f) for f in v)),
 )

@@ -193,6 +193,7 @@ class ContainerSpec:
     stop_grace: float = 10.0
     network: str | None = None  # a user-defined network to join instead of the default bridge
     aliases: tuple[str, ...] = ()  # names that resolve to this container on that network
+    more_networks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # other networks it joins before it starts, with its names there
     host_options: Mapping[str, Any] = field(default_factory=dict)  # more HostConfig, as Docker SDK keywords
     create_options: Mapping[str, Any] = field(default_factory=dict)  # more container config (entrypoint, user, ...)
     sysctls: Mapping[str, str] | None = None  # namespaced kernel settings of the container
@@ -323,6 +324,14 @@ class Engine:
                 **spec.create_options,
             )
         container_id: str = created["Id"]
+        try:
+            for network, aliases in spec.more_networks:
+                with _translated(self.host):
+                    api.connect_container_to_network(container_id, network, aliases=list(aliases) or None)
+        except HostError:
+            with contextlib.suppress(HostError), _translated(self.host):
+                api.remove_container(container_id, force=True)
+            raise
         return container_id
 
     def first_link(self, image: str, root: str, below: Sequence[str]) -> str | None:
@@ -394,6 +403,24 @@ class Engine:
                     pass  # in use after all (a create in flight): the next sync looks again
         return removed
 
+    def prune_networks(self, prefix: str, agent: str) -> list[str]:
+        """Remove the agent's networks named `prefix`... that no container is on; their names."""
+        removed = []
+        with _translated(self.host):
+            found = self._api.networks(filters={"label": f"io.gitsync.managed-by={agent}"})
+        for n in found:
+            if not str(n.get("Name", "")).startswith(prefix):
+                continue
+            try:
+                with _translated(self.host):
+                    if self._api.inspect_network(n["Id"]).get("Containers"):
+                        continue
+                    self._api.remove_network(n["Id"])
+                removed.append(str(n["Name"]))
+            except HostError:
+                pass  # joined meanwhile: the next apply looks again
+        return removed
+
     def start(self, container: str) -> None:
         with _translated(self.host):
             self._api.start(container)
@@ -453,6 +480,10 @@ class Engine:
             code = self._api.exec_inspect(exec_id).get("ExitCode")
         text = output.decode("utf-8", "replace") if isinstance(output, bytes) else str(output)
         return (code if isinstance(code, int) else -1), text
+
+    def has_network(self, name: str) -> bool:
+        with _translated(self.host):
+            return any(n.get("Name") == name for n in self._api.networks(names=[name]))
 
     def ensure_network(self, name: str, labels: Mapping[str, str]) -> str:
         """The id of the user-defined bridge network `name`, created unless it exists."""

@@ -44,6 +44,22 @@ def network_name(agent: str) -> str:
     return f"gitsync-{agent}"
 
 
+def group_network(agent: str, name: str) -> str:
+    """One of the agent's own networks on a host (spec.networks; a compose project's networks):
+    ``gitsync-<agent>_<name>`` ('_' is in no agent's name, so no two agents' names meet)."""
+    return f"gitsync-{agent}_{name}"
+
+
+def networks_of(agent: str, d: Deployment) -> tuple[str, ...]:
+    """The agent's networks a replica is on: its own networks', or the agent's one network."""
+    return networks_under(network_name(agent), d)
+
+
+def networks_under(agent_network: str, d: Deployment) -> tuple[str, ...]:
+    """networks_of, from the name of the agent's one network."""
+    return tuple(f"{agent_network}_{n}" for n in d.options.networks) or (agent_network,)
+
+
 def proxy_name(agent: str) -> str:
     return f"{agent}-proxy"
 

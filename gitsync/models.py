@@ -141,6 +141,8 @@ class ContainerOptions:
     tty: bool = False
     stdin_open: bool = False
     sysctls: tuple[tuple[str, str], ...] = ()  # namespaced kernel parameters only (the container's own)
+    networks: tuple[str, ...] = ()  # the agent's own networks it is on, by name (none: the agent's one network)
+    external_networks: tuple[str, ...] = ()  # Docker networks made by others it joins (a reverse proxy's)
     binds: tuple[BindMount, ...] = ()
     files: tuple[FileMount, ...] = ()
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)

@@ -91,6 +91,7 @@ class Project:
     variables: Mapping[str, str]
     profiles: frozenset[str] = frozenset()
     override: str | None = None  # the override file merged onto this one, for messages
+    network_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> ("own" | "external", name)
     docs: list[Doc] = field(default_factory=list)
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -133,12 +134,28 @@ class Project:
                 ServiceMapper(self, str(name), svc, line_of(services, name), services, active).map()
 
     def _networks(self) -> None:
+        """Each network of the project is one of the agent's networks on every host, named <project>_<key>
+        (or its name:), so projects stay apart as in compose; an external one is joined as it is."""
         nets = self.root.get("networks") or {}
         for key, decl in nets.items():
-            for opt in decl or {}:
-                if opt in ("driver",) and decl[opt] == "bridge" or opt == "name" or str(opt).startswith("x-"):
+            decl = decl or {}
+            external = decl.get("external")
+            if isinstance(external, dict) or external in (True, "true"):
+                name = external.get("name") if isinstance(external, dict) and external.get("name") else decl.get("name") or key
+                self.network_names[str(key)] = ("external", str(name))
+            else:
+                self.network_names[str(key)] = ("own", str(decl.get("name") or f"{self.name}_{key}"))
+            for opt in decl:
+                if opt in ("driver",) and decl[opt] == "bridge" or opt in ("name", "external") or str(opt).startswith("x-"):
                     continue
-                self.refuse(line_of(decl, opt), f"networks.{key}.{opt}", "every service is on the agent's own network (gitsync-<agent>) on every host")
+                why = {
+                    "internal": "an internal network would cut the published ports through which other hosts' proxies reach the replicas; "
+                                "the project's own networks are apart from other projects' already",
+                    "ipam": "addresses are Docker's to give on each host",
+                    "driver": "a bridge on each host, the agent's own",
+                }.get(str(opt), "a network of the project is a bridge on each host, made by gitsync")
+                self.refuse(line_of(decl, opt), f"networks.{key}.{opt}", why)
+        self.network_names.setdefault("default", ("own", f"{self.name}_default"))
 
     def _volume(self, key: str, decl: Any, line: int) -> None:
         spec: dict[str, Any] = {}
@@ -275,6 +292,9 @@ class ServiceMapper:
             self.p.fail(self.line, self.path("image"), "is required: gitsync deploys images from a registry")
         if "network_mode" in svc and "networks" in svc:
             self.p.fail(self.at("networks"), self.path("networks"), "cannot be set with network_mode")
+        elif "network_mode" not in svc and "networks" not in svc:  # compose's default network of the project
+            kind, name = self.p.network_names["default"]
+            self._networks_put([name] if kind == "own" else [], [name] if kind == "external" else [], self.line)
         self._finish()
 
     def _extends(self) -> None:
@@ -679,14 +699,25 @@ class ServiceMapper:
             self.p.refuse(at, self.path("network_mode"), f"{value}: host, none or bridge (the agent's network) only")
 
     def _service_networks(self, value: Any, at: int) -> None:
-        declared = set(self.p.root.get("networks") or {}) | {"default"}
+        own: list[str] = []
+        external: list[str] = []
         for i, net in enumerate(value if isinstance(value, list) else list(value)):
             line = line_of(value, i if isinstance(value, list) else net, at)
-            if net not in declared:
+            if net not in self.p.network_names:
                 self.p.fail(line, self.path("networks"), f"refers to network {net!r}, which is not declared under the top-level networks")
+                continue
             opts = value.get(net) if isinstance(value, dict) else None
             for k in opts or {}:
-                self.p.refuse(line_of(opts, k, line), self.path("networks", net, k), "every service is on the agent's own network, reached by its service name")
+                self.p.refuse(line_of(opts, k, line), self.path("networks", net, k), "services reach each other by service name, through the Services' proxy on the networks they share")
+            kind, name = self.p.network_names[str(net)]
+            (external if kind == "external" else own).append(name)
+        self._networks_put(own, external, at)
+
+    def _networks_put(self, own: list[str], external: list[str], at: int) -> None:
+        if own:
+            self.put("networks", nlist(at, own), at)
+        if external:
+            self.put("externalNetworks", nlist(at, external), at)
 
     def _sysctls(self, value: Any, at: int) -> None:
         if isinstance(value, dict):

@@ -591,11 +591,14 @@ class DeploymentKind(Kind):
 
     def finish(self, run: Run) -> None:
         """Files volumes no replica mounts any more (their files changed in Git, or the deployment went)
-        go, on the hosts this run changed."""
-        for host in sorted({a.host for a in run.plan.actions if a.object_kind == self.name and a.host}):
+        and the agent's own networks no container is on go, on the hosts this run changed."""
+        for host in sorted({a.host for a in run.plan.actions if a.host and a.object_kind in (self.name, "Service")}):  # (a proxy replaced leaves networks too)
             try:
-                for name in run.hosts.engine(host).prune_files(run.agent, 30):
+                engine = run.hosts.engine(host)
+                for name in engine.prune_files(run.agent, 30):
                     log.info("%s: removed %s: no replica mounts these files from Git any more", host, name)
+                for name in engine.prune_networks(L.group_network(run.agent, ""), run.agent):
+                    log.info("%s: removed network %s: no replica is on it any more", host, name)
             except HostError as exc:
                 log.warning("%s: files volumes not pruned: %s", host, exc.detail)
 

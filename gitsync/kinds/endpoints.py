@@ -71,9 +71,10 @@ def endpoints(
             for p in svc.ports:
                 address: str | None
                 if c.host == from_host:
-                    address, port = c.address_on(network), p.target_port
+                    nets = L.networks_under(network, d)
+                    address, port = next((a for a in map(c.address_on, nets) if a), None), p.target_port
                     if address is None:
-                        notes.append(f"{c.name} on {c.host} is not on the network {network} yet")
+                        notes.append(f"{c.name} on {c.host} is not on the network {nets[0]} yet")
                         continue
                 else:
                     port = c.published_port(p.target_port)
@@ -103,13 +104,25 @@ def config_for(
     return render(desired.services, eps, hard_stop(desired)), notes
 
 
-def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings) -> dict[str, Any]:
-    """What the host's proxy container is: changing any of it recreates the proxy (endpoints are not in it)."""
+def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings, desired: DesiredState | None = None) -> dict[str, Any]:
+    """What the host's proxy container is: changing any of it recreates the proxy (endpoints are not in it).
+    A Service's name resolves to the proxy on each network one of its deployments is on: on the agent's
+    one network, and on the agent's own networks (spec.networks), where only the Services of
+    deployments on that network have their names (compose's isolation between networks)."""
     labels = host.label_map
+    grouped: dict[str, set[str]] = {}  # network -> the Services with a deployment on it
+    shared = []
+    for s in services:
+        nets = {n for d in (desired.selected(s).values() if desired is not None else ()) for n in L.networks_under(network, d)}
+        for n in nets - {network}:
+            grouped.setdefault(n, set()).add(s.name)
+        if not nets or network in nets:
+            shared.append(s.name)
     return {
         "image": image,
         "network": network,
-        "aliases": sorted(s.name for s in services),
+        "aliases": sorted(shared),
+        **({"networks": {n: sorted(names) for n, names in sorted(grouped.items())}} if grouped else {}),
         "published": sorted(
             [p.host_port, p.port] + ([p.host_ip] if p.host_ip else []) for s in services if all(labels.get(k) == v for k, v in s.host_selector)
             for p in s.ports if p.host_port is not None

@@ -138,8 +138,8 @@ class Proxies:
         engine.ensure_network(self.network, {L.MANAGED_BY: self.agent})
         obs = self.run.hosts.observe_one(host)
         d = self.run.desired
-        for c in {c.id: c for s in d.services for c, _ in members(s, d, {host: obs})}.values():
-            if c.address_on(self.network) is None:
+        for c in {c.id: c for s in d.services for c, dep in members(s, d, {host: obs}) if not dep.options.networks}.values():
+            if c.address_on(self.network) is None:  # (one on networks of its own is reached there, by the proxy on them)
                 engine.join(c.id, self.network)
 
     def _settled(self) -> dict[str, HostObservation]:
@@ -215,9 +215,11 @@ class Proxies:
     def _create(self, engine: Engine, host: str, observed: Mapping[str, HostObservation]) -> None:
         d = self.run.desired
         image = self.run.services.proxy_image
-        doc = proxy_document(image, self.network, d.services, self.settings[host])
+        doc = proxy_document(image, self.network, d.services, self.settings[host], d)
         engine.ensure_image(image)
         engine.ensure_network(self.network, {L.MANAGED_BY: self.agent})
+        for network in doc.get("networks") or {}:
+            engine.ensure_network(network, {L.MANAGED_BY: self.agent})
         spec = ContainerSpec(
             name=L.proxy_name(self.agent),
             image=image,
@@ -226,6 +228,7 @@ class Proxies:
             restart="unless-stopped",
             network=self.network,
             aliases=tuple(doc["aliases"]),
+            more_networks=tuple((n, tuple(names)) for n, names in (doc.get("networks") or {}).items()),
             sysctls={
                 "net.ipv4.ip_unprivileged_port_start": "0",  # the official image's haproxy runs as a user
                 # one connection to a replica per client connection: many short ones to few addresses

@@ -71,7 +71,8 @@ def container_spec(
             "test": hc.test, "interval": hc.interval, "timeout": hc.timeout, "retries": hc.retries, "start_period": hc.start_period,
         },
         stop_grace=d.stop_grace_period,
-        network=L.network_name(agent) if own_network else str(d.options.network_mode),  # where the host's Services' proxy reaches it
+        network=L.networks_of(agent, d)[0] if own_network else str(d.options.network_mode),  # where the host's Services' proxy reaches it
+        more_networks=tuple((n, ()) for n in L.networks_of(agent, d)[1:] + d.options.external_networks) if own_network else (),
         publish_on=publish_on,  # where the other hosts' proxies reach it
         host_options=host_options,
         create_options=create_options,
@@ -162,8 +163,11 @@ class HostApplier:
             vname = L.files_volume(self.agent, f.digest)
             self._once(self._files_ok, vname, lambda vname=vname, f=f: self._files_at.__setitem__(vname, self.engine.ensure_files(
                 vname, {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_FILES}, d.image, f.entries, f.folder)))
-        network = L.network_name(self.agent)
-        self._once(self._network_ok, network, lambda: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
+        if d.options.network_mode == NetworkMode.BRIDGE:
+            for network in L.networks_of(self.agent, d):
+                self._once(self._network_ok, network, lambda network=network: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
+            for network in d.options.external_networks:  # another's: it must be there (Docker would not make it)
+                self._once(self._network_ok, network, lambda network=network: self._external_network(network, d))
         spec = container_spec(self.agent, d, replica, name, revision or self.revision, extra_labels, self.publish_on, self.desired, self._files_at)
         container_id = self.engine.create(spec)
         try:
@@ -190,6 +194,11 @@ class HostApplier:
                 link = self.engine.first_link(d.image, root, below)
                 if link is not None:
                     raise ApplyError(f"{link} on {self.host} is a symbolic link below {root}, where replicas may write: never followed (make it a folder)")
+
+    def _external_network(self, name: str, d: Deployment) -> None:
+        if not self.engine.has_network(name):
+            raise ApplyError(f"{d.name}: external network {name} does not exist on {self.host}; create it there (docker network create {name}), "
+                             "or list it under networks for gitsync to make one of its own")
 
     def _external(self, name: str, d: Deployment) -> None:
         if not self.engine.has_volume(name):

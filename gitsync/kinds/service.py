@@ -172,8 +172,11 @@ def _proxy_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     parts = []
     if old.get("image") != new["image"]:
         parts.append(f"image {old.get('image')} -> {new['image']}")
-    was, now = set(old.get("aliases") or ()), set(new["aliases"])
+    names = lambda doc: {*(doc.get("aliases") or ()), *(n for ns in (doc.get("networks") or {}).values() for n in ns)}  # noqa: E731
+    was, now = names(old), names(new)
     parts += [f"Service {n} added" for n in sorted(now - was)] + [f"Service {n} removed" for n in sorted(was - now)]
+    if old.get("networks") != new.get("networks") and was == now:
+        parts.append("networks " + (", ".join(new.get("networks") or {}) or "the agent's one network only"))
     if old.get("published") != new["published"]:
         parts.append("publishes " + (", ".join(_published(e) for e in new["published"]) or "no port"))
     if old.get("network") != new["network"]:
@@ -207,11 +210,12 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
             if proxy is not None:
                 out.actions.append(Action(ActionKind.REMOVE, h.name, PROXY, None, "no Service is left: the proxy goes", proxy.id, proxy.name, PHASE_SURPLUS, "Service"))
             continue
-        doc = proxy_document(view.services.proxy_image, network, services, h)
+        doc = proxy_document(view.services.proxy_image, network, services, h, desired)
         fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
         if proxy is None:
             published = ", ".join(_published(e) for e in doc["published"])
-            why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(doc['aliases'])}" + (f"; publishes {published}" if published else "")
+            names = sorted({*doc["aliases"], *(n for ns in (doc.get("networks") or {}).values() for n in ns)})
+            why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(names)}" + (f"; publishes {published}" if published else "")
             out.actions.append(Action(ActionKind.CREATE, h.name, PROXY, None, why, None, proxy_name, PHASE_CREATE, "Service"))
         elif fresh_proxy:
             out.actions.append(Action(ActionKind.REPLACE, h.name, PROXY, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
@@ -220,7 +224,7 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
         eps, _ = endpoints(h.name, desired, view.observed, settings, network)
         text = render(services, eps, hard_stop(desired))
         have = servers(obs.proxy_config or "") if not fresh_proxy else {}
-        unjoined = sorted({c.name for s in services for c, _ in members(s, desired, {h.name: obs}) if c.address_on(network) is None})
+        unjoined = sorted({c.name for s in services for c, dep in members(s, desired, {h.name: obs}) if not dep.options.networks and c.address_on(network) is None})
         for svc in sorted(services, key=lambda s: s.name):
             changes: list[str] = []
             for p in sorted(svc.ports, key=lambda p: p.port):

@@ -74,6 +74,7 @@ kind: Deployment
 metadata: {name: web, labels: {compose.project: shop, compose.service: web}}
 spec:
   image: registry.example.com/web:1.2
+  networks: [shop_default]
   replicas: 2
   ports: [{containerPort: 80}]
   dependsOn: [api]
@@ -93,6 +94,7 @@ kind: Deployment
 metadata: {name: api, labels: {compose.project: shop, compose.service: api}}
 spec:
   image: registry.example.com/api:3
+  networks: [shop_default]
   command: [app-api, --port, "8080"]
   env: {DB_HOST: db, DEBUG: "false"}
   ports: [{containerPort: 8080}]
@@ -115,6 +117,7 @@ kind: Deployment
 metadata: {name: db, labels: {compose.project: shop, compose.service: db}}
 spec:
   image: postgres:16.4
+  networks: [shop_default]
   volumes: [{name: shop_pgdata, mountPath: /var/lib/postgresql/data}]
   env: {POSTGRES_PASSWORD: secret}
   ports: [{containerPort: 5432}]
