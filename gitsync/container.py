@@ -225,6 +225,14 @@ def _network_names(ctx: Ctx, spec: Obj, key: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _domainname(ctx: Ctx, spec: Obj) -> str | None:
+    name = read_str(ctx, spec, "domainname")
+    if name is not None and not _HOSTNAME_RE.match(name):
+        ctx.add(spec.line_of("domainname"), "spec.domainname", f"{shown(name)} is not a domain name")
+        return None
+    return name
+
+
 def _addresses(ctx: Ctx, spec: Obj, key: str) -> tuple[str, ...]:
     out = []
     for line, path, item in _strings(ctx, spec, key):
@@ -281,6 +289,11 @@ def parse_options(ctx: Ctx, spec: Obj, binds: tuple[BindMount, ...], files: tupl
         tty=read_bool(ctx, spec, "tty"),
         stdin_open=read_bool(ctx, spec, "stdinOpen"),
         sysctls=_sysctls(ctx, spec, str(spec.get("networkMode", "bridge"))),
+        group_add=tuple(str(g) for _, _, g in _strings(ctx, spec, "groupAdd", lambda s: None if _USER_RE.match(s) and ":" not in s else f"{shown(s)} is not a group name or gid")),
+        domainname=_domainname(ctx, spec),
+        oom_score_adj=read_int(ctx, spec, "oomScoreAdj", None, -1000, 1000),
+        mem_swappiness=read_int(ctx, spec, "memSwappiness", None, 0, 100),
+        memswap_limit=-1 if spec.get("memswapLimit", None) in (-1, "-1") else _size(ctx, spec, "memswapLimit"),
         networks=_network_names(ctx, spec, "networks"),
         external_networks=_network_names(ctx, spec, "externalNetworks"),
         binds=binds,
@@ -344,6 +357,11 @@ FIELDS = (
     Field("tty", "tty"),
     Field("stdinOpen", "stdin_open"),
     Field("sysctls", "sysctls", _pairs, _tuples),
+    Field("groupAdd", "group_add", list, tuple),
+    Field("domainname", "domainname"),
+    Field("oomScoreAdj", "oom_score_adj"),
+    Field("memSwappiness", "mem_swappiness"),
+    Field("memswapLimit", "memswap_limit"),
     Field("networks", "networks", list, tuple),
     Field("externalNetworks", "external_networks", list, tuple),
     Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] + ([b.relabel] if b.relabel else []) for b in v), lambda v: tuple(BindMount(*b) for b in v)),
@@ -385,6 +403,10 @@ def docker_options(opts: ContainerOptions) -> tuple[dict[str, Any], dict[str, An
         "dns_search": list(opts.dns_search) or None,
         "dns_opt": list(opts.dns_options) or None,
         "pids_limit": opts.pids_limit,
+        "group_add": list(opts.group_add) or None,
+        "oom_score_adj": opts.oom_score_adj,
+        "mem_swappiness": opts.mem_swappiness,
+        "memswap_limit": opts.memswap_limit,
     }
     config: dict[str, Any] = {
         "entrypoint": list(opts.entrypoint) if opts.entrypoint is not None else None,
@@ -393,6 +415,7 @@ def docker_options(opts: ContainerOptions) -> tuple[dict[str, Any], dict[str, An
         "hostname": opts.hostname,
         "stop_signal": opts.stop_signal,
         "tty": opts.tty or None,
+        "domainname": opts.domainname,
         "stdin_open": opts.stdin_open or None,
     }
     return {k: v for k, v in host.items() if v is not None}, {k: v for k, v in config.items() if v is not None}

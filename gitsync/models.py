@@ -141,6 +141,11 @@ class ContainerOptions:
     tty: bool = False
     stdin_open: bool = False
     sysctls: tuple[tuple[str, str], ...] = ()  # namespaced kernel parameters only (the container's own)
+    group_add: tuple[str, ...] = ()  # supplementary groups of the main process (names or gids)
+    domainname: str | None = None
+    oom_score_adj: int | None = None  # -1000 (never killed first) .. 1000
+    mem_swappiness: int | None = None  # 0 .. 100
+    memswap_limit: int | None = None  # memory plus swap, bytes (-1: unlimited swap)
     networks: tuple[str, ...] = ()  # the agent's own networks it is on, by name (none: the agent's one network)
     external_networks: tuple[str, ...] = ()  # Docker networks made by others it joins (a reverse proxy's)
     binds: tuple[BindMount, ...] = ()

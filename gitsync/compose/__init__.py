@@ -154,7 +154,8 @@ COMPOSE_KEYS = {
     "capDrop": "cap_drop", "readOnlyRootFilesystem": "read_only", "extraHosts": "extra_hosts", "shmSize": "shm_size",
     "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode", "driverOpts": "driver_opts",
     "dnsSearch": "dns_search", "dnsOptions": "dns_opt", "pidsLimit": "pids_limit", "stdinOpen": "stdin_open",
-    "externalNetworks": "networks",
+    "externalNetworks": "networks", "groupAdd": "group_add", "oomScoreAdj": "oom_score_adj", "memSwappiness": "mem_swappiness",
+    "memswapLimit": "memswap_limit",
 }
 _SPEC_KEY = re.compile(r"\bspec\.([A-Za-z]+)")
 

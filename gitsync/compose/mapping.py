@@ -34,6 +34,35 @@ WHY = {
     "extends": "extends from another file: copy the service into this file",
     "pid": "a container shares no process namespace under gitsync",
     "ipc": "a container shares no IPC namespace under gitsync",
+    "uts": "a container shares no UTS namespace (the host's name) under gitsync",
+    "userns_mode": "a container keeps the engine's user namespace setting",
+    "use_api_socket": "a container never gets the engine's API (it would be root on the host)",
+    "cgroup": "a container keeps its own cgroup namespace",
+    "cgroup_parent": "a container's cgroup is the engine's to place",
+    "device_cgroup_rules": "devices are given one by one (devices:, under the policy)",
+    "runtime": "replicas run with the engine's default runtime",
+    "isolation": "Windows containers are not deployed by gitsync",
+    "credential_spec": "Windows containers are not deployed by gitsync",
+    "cpu_count": "a Windows setting: use cpus",
+    "cpu_percent": "a Windows setting: use cpus",
+    "cpu_period": "use cpus (deploy.resources.limits.cpus)",
+    "cpu_quota": "use cpus (deploy.resources.limits.cpus)",
+    "cpu_shares": "use deploy.resources.reservations.cpus (a relative weight, as CPU shares)",
+    "cpu_rt_period": "real-time scheduling is not given to replicas",
+    "cpu_rt_runtime": "real-time scheduling is not given to replicas",
+    "cpuset": "replicas are not pinned to CPUs: hosts differ",
+    "blkio_config": "block I/O weights are not set by gitsync",
+    "storage_opt": "the storage driver's options are the engine's",
+    "oom_kill_disable": "a replica that cannot be killed when memory runs out could take the host down",
+    "gpus": "GPUs are not given to replicas",
+    "mac_address": "addresses are Docker's to give on each host",
+    "external_links": "reach other containers through a shared network (externalNetworks) by their names",
+    "platform": "a host pulls the image for its own platform",
+    "pull_refresh_after": "gitsync pulls an image when the host does not have it (missing)",
+    "post_start": "lifecycle hooks are not run by gitsync: put the step in the image's entrypoint",
+    "pre_start": "lifecycle hooks are not run by gitsync: put the step in the image's entrypoint",
+    "pre_stop": "lifecycle hooks are not run by gitsync: use stop_signal and stop_grace_period",
+    "annotations": "the engines gitsync supports (Docker 20.10+) do not all keep annotations: use labels",
 }
 IGNORED = {"version", "develop"}  # compose itself ignores them (version is obsolete; develop needs `watch`)
 
@@ -269,6 +298,13 @@ class ServiceMapper:
             "tty": lambda v, at: self.put("tty", v, at),
             "stdin_open": lambda v, at: self.put("stdinOpen", v, at),
             "sysctls": self._sysctls,
+            "group_add": lambda v, at: self.put("groupAdd", nlist(at, [str(g) for g in v], [line_of(v, i, at) for i in range(len(v))]), at),
+            "domainname": lambda v, at: self.put("domainname", v, at),
+            "oom_score_adj": lambda v, at: self.put("oomScoreAdj", number(v), at),
+            "mem_swappiness": lambda v, at: self.put("memSwappiness", number(v), at),
+            "memswap_limit": lambda v, at: self.put("memswapLimit", number(v), at),
+            "label_file": self._label_file,
+            "attach": lambda v, at: None,  # which logs `docker compose up` shows: nothing to deploy
             "profiles": lambda v, at: None,  # an active service: its profile is enabled
             "mem_limit": lambda v, at: self._resource("limits", "memory", v, at),
             "mem_reservation": lambda v, at: self._resource("reservations", "memory", v, at),
@@ -531,6 +567,22 @@ class ServiceMapper:
             self.p.refuse(at, self.path("restart"), "a retry count: use on-failure (Docker retries without limit; gitsync backs off crash loops)")
             return
         self.put("restart", value, at)
+
+    def _label_file(self, value: Any, at: int) -> None:
+        """Labels from files of the repository (KEY=VALUE lines, as env files); labels: wins."""
+        for i, path in enumerate([value] if isinstance(value, str) else list(value)):
+            line = line_of(value, i, at) if not isinstance(value, str) else at
+            full = inside(self.p.folder, str(path))
+            data = self.p.files.file(full) if full else Unreadable("is outside the repository")
+            if isinstance(data, Unreadable):
+                self.p.fail(line, self.path("label_file"), f"{path}: {data.why}")
+                continue
+            values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
+            for n, msg in problems:
+                self.p.fail(line, self.path("label_file"), f"{full}:{n}: {msg}")
+            for k, v in values.items():
+                self.labels.setdefault(k, v)
+                self.label_lines.setdefault(k, line)
 
     def _labels(self, value: Any, at: int) -> None:
         items = value.items() if isinstance(value, dict) else (str(e).partition("=")[::2] for e in value)

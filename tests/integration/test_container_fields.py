@@ -49,6 +49,8 @@ spec:
   pidsLimit: 100
   tty: true
   sysctls: {{net.core.somaxconn: "1024"}}
+  groupAdd: ["1001"]
+  oomScoreAdj: 200
   volumes: [{{hostPath: STATIC, mountPath: /www, readOnly: true}}]
   placement: {{hostSelector: {{role: db}}}}
 {extra}"""
@@ -82,6 +84,7 @@ def test_container_fields_reach_docker_never_drift_and_policy_refuses_what_it_do
     assert hc["Devices"] == [{"PathOnHost": "/dev/null", "PathInContainer": "/dev/xnull", "CgroupPermissions": "rw"}]
     assert hc["Binds"] == [f"{static}:/www:ro"]
     assert (hc["Dns"], hc["DnsSearch"], hc["PidsLimit"], hc["Sysctls"], cfg["Tty"]) == (["10.9.9.53"], ["corp.example"], 100, {"net.core.somaxconn": "1024"}, True)
+    assert (hc["GroupAdd"], hc["OomScoreAdj"]) == (["1001"], 200)
     # and from inside: who it runs as, what it sees
     code, out = run_in(fleet, "h3", name, "id -u; hostname; cat /www/index.html; grep db.internal /etc/hosts; cat /tmp/up; ulimit -n; touch /x 2>&1 || echo read-only")
     assert code == 0, out
@@ -98,7 +101,7 @@ def test_container_fields_reach_docker_never_drift_and_policy_refuses_what_it_do
     fleet.repo.commit("make it privileged")
     r = cli("apply", "-c", str(fleet.config), "--timeout", "60s")
     assert r.code == 1, r.out + r.err
-    assert "apps/web.yaml:33: spec.privileged: not allowed by this agent's policy (policy.allowPrivileged)" in r.out + r.err, r.out + r.err
+    assert "apps/web.yaml:35: spec.privileged: not allowed by this agent's policy (policy.allowPrivileged)" in r.out + r.err, r.out + r.err
     assert fleet.clients["h3"].inspect_container(name)["Id"] == before and not fleet.clients["h3"].inspect_container(name)["HostConfig"]["Privileged"]
 
     # A changed field replaces the replica, and the plan names it.

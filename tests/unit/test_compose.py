@@ -235,7 +235,7 @@ services:
 """
     assert refused({"p/compose.yaml": text}) == [
         "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image",
-        "p/compose.yaml:6: services.web.cgroup_parent: not supported by gitsync; remove it, or deploy this service with a manifest (README: compose)",
+        "p/compose.yaml:6: services.web.cgroup_parent: not supported by gitsync: a container's cgroup is the engine's to place",
         "p/compose.yaml:7: services.web.volumes[0]: ./conf: a writable path beside the compose file is data, which a commit should not hold: "
         "use a named volume (data:/etc/app, declared under the top-level volumes), or add :ro to mount it from the repository as configuration",
     ]
@@ -543,3 +543,23 @@ def test_an_anonymous_volume_is_each_replicas_own_and_kept_across_replacements()
     assert db is not None and sorted((m.name, m.mount_path) for m in db.volumes) == [("shop_db_cache", "/cache"), ("shop_db_var-lib-mysql", "/var/lib/mysql")]
     assert sorted((v.name, v.per_replica, v.docker_name(1)) for v in d.volumes) == [
         ("shop_db_cache", True, "shop_db_cache-1"), ("shop_db_var-lib-mysql", True, "shop_db_var-lib-mysql-1")]
+
+
+def test_every_key_of_the_compose_specification_is_mapped_ignored_or_refused_with_a_reason_and_the_readme_says_which() -> None:
+    """Issue 21, item 5: the README's table names every service key of the schema gitsync validates with."""
+    schema = json.loads(compose.schema.SCHEMA_FILE.read_text())
+    keys = sorted(schema["$defs"]["service"]["properties"])
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Compose files"):]
+    assert [k for k in keys if f"`{k}`" not in section] == []
+    past_schema = set()
+    for key in keys:  # a key in a service, with a value the schema takes: loaded, or refused with a reason (never the generic refusal)
+        for value in ("x", "true", "1", "[x]", "{}", "[]"):
+            text = f"services:\n  s:\n    image: a:1\n    {key}: {value}\n"
+            loaded = compose.load_project("compose.yaml", {"compose.yaml": text.encode()})
+            if loaded.stage not in (compose.Stage.SCHEMA, compose.Stage.INTERPOLATION):
+                past_schema.add(key)
+                generic = [str(p) for p in loaded.problems if "remove it, or deploy this service with a manifest" in str(p)]
+                assert generic == [], (key, generic)
+                break
+    assert len(past_schema) > 80, sorted(set(keys) - past_schema)

@@ -216,11 +216,13 @@ def test_a_bad_policy_is_a_config_error_naming_the_key(text: str, message: str) 
 def test_dns_pids_limit_tty_and_namespaced_sysctls_from_a_manifest_and_a_compose_file() -> None:
     """Issue 21, item 5: everyday keys seen refused in real compose files."""
     text = ("services:\n  app:\n    image: a:1\n    dns: 10.0.0.53\n    dns_search: [corp.example]\n    dns_opt: [ndots:2]\n"
-            "    pids_limit: 200\n    tty: true\n    stdin_open: true\n    sysctls: [net.core.somaxconn=1024, kernel.shmmax=68719476736]\n")
+            "    pids_limit: 200\n    tty: true\n    stdin_open: true\n    sysctls: [net.core.somaxconn=1024, kernel.shmmax=68719476736]\n"
+            "    group_add: [audio, 1001]\n    domainname: corp.example\n    oom_score_adj: 200\n    mem_swappiness: 10\n    memswap_limit: 1g\n    attach: false\n")
     app = load_files({"compose.yaml": text.encode()}).deployments[0]
     o = app.options
     assert (o.dns, o.dns_search, o.dns_options, o.pids_limit, o.tty, o.stdin_open) == (("10.0.0.53",), ("corp.example",), ("ndots:2",), 200, True, True)
     assert o.sysctls == (("kernel.shmmax", "68719476736"), ("net.core.somaxconn", "1024"))
+    assert (o.group_add, o.domainname, o.oom_score_adj, o.mem_swappiness, o.memswap_limit) == (("audio", "1001"), "corp.example", 200, 10, 1 << 30)
     spec = container_spec("t", app, 0, "t_app-0", "r")
     assert spec.host_options["dns"] == ["10.0.0.53"] and spec.host_options["pids_limit"] == 200 and spec.create_options["tty"] is True
     assert spec.sysctls == {"kernel.shmmax": "68719476736", "net.core.somaxconn": "1024"}
