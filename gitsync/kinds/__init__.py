@@ -46,7 +46,7 @@ class Kind:
     order: ClassVar[int]  # volumes 10, services 15, deployments 20
     # What metadata.name may be (the names of containers, DNS names, Docker volumes differ).
     name_re: ClassVar[re.Pattern[str]] = NAME_RE
-    name_rule: ClassVar[str] = "lower-case letters, digits and '-', starting and ending with a letter or digit"
+    name_rule: ClassVar[str] = "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit"
 
     def valid_name(self, name: str) -> bool:
         return bool(self.name_re.match(name)) and len(name) <= 63

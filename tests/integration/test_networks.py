@@ -41,7 +41,7 @@ networks:
 """
 OTHER = f"""\
 services:
-  tool:
+  my_tool:
     image: gitsync-test/busybox:1
     command: ["sh", "-c", "{SERVE.replace('PORT', '84')}"]
     expose: [84]
@@ -75,8 +75,8 @@ def test_a_service_reaches_by_name_only_the_services_on_its_networks_and_project
         fleet.repo.commit("a shop of three networks, another project, a manifest")
         r = cli("apply", "-c", str(fleet.config), "--timeout", "90s")
         assert r.code == 0, r.out + r.err
-        everyone = ["web", "api", "db", "tool"]
-        expected = {"web": ["web", "api"], "api": ["web", "api", "db"], "db": ["api", "db"], "tool": ["tool"], "plain": []}
+        everyone = ["web", "api", "db", "my_tool"]  # ('_' in a name, as compose allows)
+        expected = {"web": ["web", "api"], "api": ["web", "api", "db"], "db": ["api", "db"], "my_tool": ["my_tool"], "plain": []}
         with ThreadPoolExecutor(len(expected)) as pool:  # each waits for a name that does not resolve: all at once
             seen = dict(zip(expected, pool.map(lambda d: resolves(fleet, *where(fleet, d), everyone), expected)))
         for deployment, sees in expected.items():

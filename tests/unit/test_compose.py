@@ -563,3 +563,11 @@ def test_every_key_of_the_compose_specification_is_mapped_ignored_or_refused_wit
                 assert generic == [], (key, generic)
                 break
     assert len(past_schema) > 80, sorted(set(keys) - past_schema)
+
+
+def test_a_service_name_with_an_underscore_is_a_deployment_and_service_of_that_name() -> None:
+    from gitsync import labels as L
+
+    d = load_files({"compose.yaml": b"services:\n  my_app:\n    image: a:1\n    expose: [80]\n"})
+    assert [x.name for x in d.deployments] == ["my_app"] and [s.name for s in d.services] == ["my_app"]
+    assert L.container_name("t", "my_app", 0) == "t_my_app-0"  # an agent's name has no '_': the first one ends it
