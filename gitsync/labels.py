@@ -88,6 +88,7 @@ def spec_document(d: Deployment) -> dict[str, Any]:
         },
         "restart": str(d.restart),
         "stop_grace_period": d.stop_grace_period,
+        **({"runOnce": True} if d.run_once else {}),  # only when set: a spec without it hashes as before
         **container.document(d.options),  # only the fields set: a spec without them hashes as before
     }
 
@@ -146,5 +147,6 @@ def deployment_from_spec(base: Deployment, doc: dict[str, Any]) -> Deployment:
         else Healthcheck(tuple(hc["test"]), hc["interval"], hc["timeout"], hc["retries"], hc["start_period"]),
         restart=RestartPolicy(doc.get("restart", "unless-stopped")),
         stop_grace_period=float(doc.get("stop_grace_period", 10.0)),
+        run_once=bool(doc.get("runOnce", False)),
         options=container.from_document(doc),
     )

@@ -48,6 +48,7 @@ class LiveContainer:
     networks: tuple[tuple[str, str], ...] = ()  # (network, address on it)
     published: tuple[tuple[int, str, int, str], ...] = ()  # (container port, protocol, host port, host address)
     uptime: float | None = None  # seconds running, at least (Docker's list gives it coarsely: "Up 5 seconds")
+    exit_code: int | None = None  # of an exited container ("Exited (1) 3 seconds ago")
 
     @property
     def running(self) -> bool:
@@ -155,6 +156,11 @@ def _uptime(status: str) -> float | None:
     return float(count * _UNITS[m.group(2)])
 
 
+def _exit_code(status: str) -> int | None:
+    m = re.match(r"Exited \((-?\d+)\)", status or "")
+    return int(m.group(1)) if m else None
+
+
 def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
     """A container as the Engine's list endpoint returns it (no inspect needed)."""
     labels = entry.get("Labels") or {}
@@ -177,6 +183,7 @@ def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
         successor_of=labels.get(L.SUCCESSOR),
         role=labels.get(L.ROLE, ""),
         uptime=_uptime(entry.get("Status", "")),
+        exit_code=_exit_code(entry.get("Status", "")),
         networks=tuple(sorted(
             (str(n), str((v or {}).get("IPAddress") or "")) for n, v in ((entry.get("NetworkSettings") or {}).get("Networks") or {}).items()
         )),

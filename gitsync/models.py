@@ -180,6 +180,9 @@ class UpdatePolicy:
     parallelism: int = 1
 
 
+JOB_TIMEOUT = 600.0  # how long a job's replica may run before its change counts as failed
+
+
 @dataclass(frozen=True)
 class Deployment:
     name: str
@@ -198,6 +201,7 @@ class Deployment:
     min_ready_seconds: float = 0.0
     depends_on: tuple[str, ...] = ()
     allow_data_move: bool = False  # a replica bound to its host-local data may be recreated elsewhere (the data stays)
+    run_once: bool = False  # a job: each replica runs to completion once per change of its spec (exit 0: done)
     options: ContainerOptions = field(default_factory=ContainerOptions)
     origin: Origin | None = field(default=None, compare=False)
 
@@ -207,7 +211,9 @@ class Deployment:
         return any(p.host_port is not None for p in self.ports)
 
     def gate_timeout(self) -> float:
-        """How long a new replica may take to count as ready before the rollout fails."""
+        """How long a new replica may take to count as ready (a job: to finish) before the rollout fails."""
+        if self.run_once:
+            return JOB_TIMEOUT
         if self.healthcheck is not None:
             hc = self.healthcheck
             return max(10.0, hc.start_period + (hc.interval + hc.timeout) * (hc.retries + 1) + 5.0)

@@ -155,7 +155,7 @@ COMPOSE_KEYS = {
     "stopSignal": "stop_signal", "securityOpt": "security_opt", "networkMode": "network_mode", "driverOpts": "driver_opts",
     "dnsSearch": "dns_search", "dnsOptions": "dns_opt", "pidsLimit": "pids_limit", "stdinOpen": "stdin_open",
     "externalNetworks": "networks", "groupAdd": "group_add", "oomScoreAdj": "oom_score_adj", "memSwappiness": "mem_swappiness",
-    "memswapLimit": "memswap_limit",
+    "memswapLimit": "memswap_limit", "runOnce": "depends_on (service_completed_successfully)",
 }
 _SPEC_KEY = re.compile(r"\bspec\.([A-Za-z]+)")
 

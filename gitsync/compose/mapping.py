@@ -121,6 +121,7 @@ class Project:
     profiles: frozenset[str] = frozenset()
     override: str | None = None  # the override file merged onto this one, for messages
     network_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> ("own" | "external", name)
+    jobs: dict[str, int] = field(default_factory=dict)  # services others wait for to complete successfully -> where it is said
     docs: list[Doc] = field(default_factory=list)
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -161,6 +162,9 @@ class Project:
         for name, svc in services.items():
             if name in active and isinstance(svc, dict):
                 ServiceMapper(self, str(name), svc, line_of(services, name), services, active).map()
+        for doc in self.docs:  # depends_on ... service_completed_successfully: that service is a job (runOnce)
+            if doc.kind == "Deployment" and doc.name in self.jobs:
+                doc.spec["runOnce"], doc.spec.lines["runOnce"] = True, self.jobs[doc.name]
 
     def _networks(self) -> None:
         """Each network of the project is one of the agent's networks on every host, named <project>_<key>
@@ -613,8 +617,10 @@ class ServiceMapper:
             for dep, cond in value.items():
                 line = line_of(value, dep, at)
                 cond = cond or {}
-                if cond.get("condition", "service_started") not in ("service_started", "service_healthy"):
-                    self.p.refuse(line, self.path("depends_on", dep, "condition"), f"{cond.get('condition')}: gitsync runs long-lived replicas and waits until a dependency is ready (healthy, where it has a healthcheck)")
+                if cond.get("condition") == "service_completed_successfully":
+                    self.p.jobs.setdefault(str(dep), line)  # a job: it runs to completion, and this one starts after
+                elif cond.get("condition", "service_started") not in ("service_started", "service_healthy"):
+                    self.p.refuse(line, self.path("depends_on", dep, "condition"), f"{cond.get('condition')}: started, healthy or completed successfully only")
                 if cond.get("restart") in (True, "true"):
                     self.p.refuse(line, self.path("depends_on", dep, "restart"), "restarting dependents when a dependency changes")
                 if cond.get("required") in (False, "false"):

@@ -211,6 +211,9 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
     grace = read_duration(ctx, spec, "stopGracePeriod", 10.0)
     min_ready = read_duration(ctx, spec, "minReadySeconds", 0.0)
     allow_data_move = read_bool(ctx, spec, "allowDataMove")
+    run_once = read_bool(ctx, spec, "runOnce")
+    if run_once and restart in (RestartPolicy.ALWAYS, RestartPolicy.UNLESS_STOPPED) and "restart" in spec.node:
+        ctx.add(spec.line_of("restart"), "spec.restart", f"{restart}: Docker would start a job again when it is done; use no or on-failure")
     depends: list[str] = []
     for dline, dpath, item in read_list(ctx, spec, "dependsOn"):
         if not isinstance(item, str) or not NAME_RE.match(item):
@@ -239,11 +242,12 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
         placement=placement,
         healthcheck=healthcheck,
         update=update,
-        restart=restart,
         stop_grace_period=grace,
         min_ready_seconds=min_ready,
         depends_on=tuple(depends),
         allow_data_move=allow_data_move,
+        run_once=run_once,
+        restart=RestartPolicy.NO if run_once and "restart" not in spec.node else restart,
         options=options,
         origin=origin,
     )
@@ -393,6 +397,10 @@ def plan_deployments(desired: DesiredState, view: PlanView) -> KindPlan:
                 actions.append(
                     Action(ActionKind.REPLACE, c.host, d.name, idx, describe_change(c, d) + forced_order, c.id, c.name, PHASE_REPLACE)
                 )
+            elif d.run_once and c.state == "exited" and c.exit_code == 0:
+                pass  # a job done: it ran to completion for this spec
+            elif d.run_once and c.state == "exited":
+                actions.append(Action(ActionKind.START, c.host, d.name, idx, f"job exited with code {c.exit_code}: run it again", c.id, c.name, PHASE_START))
             elif c.state in ("exited", "created"):
                 actions.append(Action(ActionKind.START, c.host, d.name, idx, f"replica is {c.state}", c.id, c.name, PHASE_START))
             elif c.state == "dead":
@@ -534,6 +542,9 @@ def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> di
     """How each deployment stands against its desired replicas. Pure."""
     out: dict[str, DeploymentStatus] = {}
     for d in desired.deployments:
+        if d.run_once:
+            out[d.name] = _assess_job(d, observed)
+            continue
         want = L.spec_hash(d)
         running = healthy = starting = unhealthy = 0
         seen: set[int] = set()
@@ -568,6 +579,36 @@ def assess(desired: DesiredState, observed: Mapping[str, HostObservation]) -> di
             health, msg = Health.DEGRADED, ", ".join(parts)
         out[d.name] = DeploymentStatus(d.name, d.replicas, running, healthy, health, msg, dict(sorted(per_host.items())))
     return out
+
+
+def _assess_job(d: Deployment, observed: Mapping[str, HostObservation]) -> DeploymentStatus:
+    """A job is healthy once each replica of its spec exited with code 0; degraded when one failed."""
+    want = L.spec_hash(d)
+    done = running = 0
+    failed: list[str] = []
+    per_host: dict[str, int] = {}
+    seen: set[int] = set()
+    for obs in observed.values():
+        for c in obs.replicas:
+            if c.deployment != d.name or c.replica is None or c.replica >= d.replicas or c.replica in seen or c.spec_hash != want:
+                continue
+            seen.add(c.replica)
+            per_host[c.host] = per_host.get(c.host, 0) + 1
+            if c.running:
+                running += 1
+            elif c.state == "exited" and c.exit_code == 0:
+                done += 1
+            elif c.state == "exited":
+                failed.append(f"replica {c.replica} exited with code {c.exit_code}")
+    if done == d.replicas:
+        health, msg = Health.HEALTHY, f"job done: {done}/{d.replicas} replicas exited with code 0"
+    elif failed:
+        health, msg = Health.DEGRADED, "job failed: " + ", ".join(failed)
+    elif running:
+        health, msg = Health.PROGRESSING, f"job running: {done}/{d.replicas} done, {running} running"
+    else:
+        health, msg = Health.MISSING, f"job not run: {done}/{d.replicas} done"
+    return DeploymentStatus(d.name, d.replicas, running, done, health, msg, dict(sorted(per_host.items())))
 
 
 class DeploymentKind(Kind):
@@ -646,7 +687,8 @@ def _wait_ready(run: Run, names: list[str], deadline: float) -> dict[str, str]:
     while True:
         status = assess(run.desired, run.observe())
         missing = {n: status[n].message for n in names if n in status and status[n].health != Health.HEALTHY}
-        if not missing or time.monotonic() >= deadline or run.stopping():
+        failed = {n for n in missing if status[n].message.startswith("job failed")}  # it will not finish by waiting
+        if not missing or set(missing) == failed or time.monotonic() >= deadline or run.stopping():
             return missing
         time.sleep(0.25)
 

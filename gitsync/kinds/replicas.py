@@ -96,7 +96,7 @@ Say = Callable[[str, str, float], None]  # (container, what it waits for, for ho
 def stop_first(d: Deployment, desired: DesiredState) -> bool:
     """Replaced stop-first: asked for, or forced by a fixed hostPort (bound once per host) or a
     writable ReadWriteOnce volume (two writers on one data directory corrupt it)."""
-    return d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host or desired.single_writer(d) is not None
+    return d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host or d.run_once or desired.single_writer(d) is not None
 
 
 class HostApplier:
@@ -233,6 +233,9 @@ class HostApplier:
             self.say(subject, "waiting until healthy by its healthcheck", d.gate_timeout())
         elif d.min_ready_seconds > 0:
             self.say(subject, f"waiting until it has run {d.min_ready_seconds:g}s (minReadySeconds)", d.min_ready_seconds + 1.0)
+        if d.run_once:
+            self._finished(container_id, d, replica, start, deadline, subject)
+            return
         if d.healthcheck is None and d.min_ready_seconds > 0:
             # and a second more: Docker reports uptime in whole seconds, which is what the Services read
             time.sleep(d.min_ready_seconds + 1.0)
@@ -258,6 +261,24 @@ class HostApplier:
                 raise GateFailed(f"{d.name}: replica {replica} unhealthy after {waited:.0f}s: {last}")
             if time.monotonic() >= deadline:
                 raise GateFailed(f"{d.name}: replica {replica} not healthy after {waited:.0f}s: {last}")
+            time.sleep(0.2)
+
+    def _finished(self, container_id: str, d: Deployment, replica: int, start: float, deadline: float, subject: str) -> None:
+        """A job's replica counts once it exited with code 0 (Docker's on-failure restarts included)."""
+        self.say(subject, "waiting until the job is done (exit code 0)", deadline - start)
+        while True:
+            info = self.engine.inspect(container_id)
+            waited = time.monotonic() - start
+            if info is None:
+                raise GateFailed(f"{d.name}: job replica {replica} was removed after {waited:.0f}s on {self.host}, before it was done")
+            state = info.get("State", {})
+            if not state.get("Running") and not state.get("Restarting") and state.get("Status") == "exited":
+                code = state.get("ExitCode")
+                if code == 0:
+                    return
+                raise GateFailed(f"{d.name}: job replica {replica} exited with code {code} after {waited:.0f}s on {self.host}")
+            if time.monotonic() >= deadline:
+                raise GateFailed(f"{d.name}: job replica {replica} still running after {waited:.0f}s on {self.host}")
             time.sleep(0.2)
 
     # -- replace ---------------------------------------------------------

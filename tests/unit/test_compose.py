@@ -571,3 +571,31 @@ def test_a_service_name_with_an_underscore_is_a_deployment_and_service_of_that_n
     d = load_files({"compose.yaml": b"services:\n  my_app:\n    image: a:1\n    expose: [80]\n"})
     assert [x.name for x in d.deployments] == ["my_app"] and [s.name for s in d.services] == ["my_app"]
     assert L.container_name("t", "my_app", 0) == "t_my_app-0"  # an agent's name has no '_': the first one ends it
+
+
+def test_a_service_others_wait_to_complete_successfully_is_a_job_that_runs_once_per_change() -> None:
+    """Issue 21, item 5: depends_on with condition service_completed_successfully (a migration)."""
+    from gitsync import labels as L
+    from gitsync.kinds.deployment import assess
+
+    text = ("services:\n  migrate:\n    image: app:1\n    command: [migrate]\n"
+            "  app:\n    image: app:1\n    depends_on:\n      migrate: {condition: service_completed_successfully}\n")
+    d = load_files({"compose.yaml": text.encode()})
+    migrate, app = d.deployment("migrate"), d.deployment("app")
+    assert migrate is not None and app is not None and migrate.run_once and not app.run_once and app.depends_on == ("migrate",)
+    assert L.spec_document(migrate)["runOnce"] is True and "runOnce" not in L.spec_document(app)
+
+    def job(state: str, code: int | None) -> dict[str, HostObservation]:
+        from gitsync.live import LiveContainer
+        c = LiveContainer("c1", "t_migrate-0", "h1", "migrate", 0, L.spec_hash(migrate), "r", state, None, 1, "app:1", spec=L.canonical_spec(migrate), exit_code=code)
+        return {"h1": HostObservation("h1", True, (c,)), "h2": HostObservation("h2", True), "h3": HostObservation("h3", True)}
+
+    assert assess(d, job("exited", 0))["migrate"].health == "Healthy"
+    assert assess(d, job("exited", 3))["migrate"].message == "job failed: replica 0 exited with code 3"
+    assert assess(d, job("running", None))["migrate"].health == "Progressing"
+    done = make_plan(d, job("exited", 0), HOSTS, "t")
+    assert not [a for a in done.actions if a.deployment == "migrate"]  # done: never run again for this spec
+    failed = make_plan(d, job("exited", 3), HOSTS, "t")
+    assert [a.reason for a in failed.actions if a.deployment == "migrate"] == ["job exited with code 3: run it again"]
+    always = text.replace("command: [migrate]\n", "command: [migrate]\n    restart: always\n")
+    assert "compose.yaml:5: services.migrate.restart: always: Docker would start a job again when it is done; use no or on-failure" in refused({"compose.yaml": always})
