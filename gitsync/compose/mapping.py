@@ -25,7 +25,8 @@ UNSUPPORTED = "not supported by gitsync"
 
 # Keys refused with the reason a user needs; any other compose key gitsync does not map is refused too.
 WHY = {
-    "build": "it deploys images from a registry: build and push in CI, then reference the image",
+    "build": "it deploys images from a registry: build and push in CI, then reference the image "
+             "(building on each host would run the repository's Dockerfile on every host and give each its own image)",
     "secrets": "mount the file with a host path volume, or pass the value in environment",
     "volumes_from": "declare the volumes this service needs itself",
     "include": "put the included services in this file, or in a compose file of their own folder",

@@ -234,7 +234,7 @@ services:
     volumes: ["./conf:/etc/app", "/srv/data:/data"]
 """
     assert refused({"p/compose.yaml": text}) == [
-        "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image",
+        "p/compose.yaml:3: services.web.build: not supported by gitsync: it deploys images from a registry: build and push in CI, then reference the image (building on each host would run the repository's Dockerfile on every host and give each its own image)",
         "p/compose.yaml:6: services.web.cgroup_parent: not supported by gitsync: a container's cgroup is the engine's to place",
         "p/compose.yaml:7: services.web.volumes[0]: ./conf: a writable path beside the compose file is data, which a commit should not hold: "
         "use a named volume (data:/etc/app, declared under the top-level volumes), or add :ro to mount it from the repository as configuration",
