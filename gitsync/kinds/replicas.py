@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -239,11 +239,7 @@ class HostApplier:
         if d.healthcheck is None and d.min_ready_seconds > 0:
             # and a second more: Docker reports uptime in whole seconds, which is what the Services read
             time.sleep(d.min_ready_seconds + 1.0)
-        while True:
-            info = self.engine.inspect(container_id)
-            waited = time.monotonic() - start
-            if info is None:
-                raise GateFailed(f"{d.name}: replica {replica} was removed after {waited:.0f}s on {self.host}, before it was ready")
+        for info, waited in self._inspections(container_id, d, replica, start, "ready"):
             state = info.get("State", {})
             restarts = int(info.get("RestartCount") or 0)
             if not state.get("Running") or state.get("Restarting") or restarts:
@@ -261,16 +257,21 @@ class HostApplier:
                 raise GateFailed(f"{d.name}: replica {replica} unhealthy after {waited:.0f}s: {last}")
             if time.monotonic() >= deadline:
                 raise GateFailed(f"{d.name}: replica {replica} not healthy after {waited:.0f}s: {last}")
+
+    def _inspections(self, container_id: str, d: Deployment, replica: int, start: float, until: str) -> Iterator[tuple[dict[str, Any], float]]:
+        """The new replica as inspected every 0.2 s (with the seconds waited), until the caller is content."""
+        while True:
+            info = self.engine.inspect(container_id)
+            waited = time.monotonic() - start
+            if info is None:
+                raise GateFailed(f"{d.name}: replica {replica} was removed after {waited:.0f}s on {self.host}, before it was {until}")
+            yield info, waited
             time.sleep(0.2)
 
     def _finished(self, container_id: str, d: Deployment, replica: int, start: float, deadline: float, subject: str) -> None:
         """A job's replica counts once it exited with code 0 (Docker's on-failure restarts included)."""
         self.say(subject, "waiting until the job is done (exit code 0)", deadline - start)
-        while True:
-            info = self.engine.inspect(container_id)
-            waited = time.monotonic() - start
-            if info is None:
-                raise GateFailed(f"{d.name}: job replica {replica} was removed after {waited:.0f}s on {self.host}, before it was done")
+        for info, waited in self._inspections(container_id, d, replica, start, "done"):
             state = info.get("State", {})
             if not state.get("Running") and not state.get("Restarting") and state.get("Status") == "exited":
                 code = state.get("ExitCode")
@@ -279,7 +280,6 @@ class HostApplier:
                 raise GateFailed(f"{d.name}: job replica {replica} exited with code {code} after {waited:.0f}s on {self.host}")
             if time.monotonic() >= deadline:
                 raise GateFailed(f"{d.name}: job replica {replica} still running after {waited:.0f}s on {self.host}")
-            time.sleep(0.2)
 
     # -- replace ---------------------------------------------------------
     def replace(self, container: str, d: Deployment, replica: int, revision: str | None = None, gate: bool = True) -> Previous | None:
