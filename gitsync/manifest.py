@@ -88,6 +88,16 @@ def load_files(
     manifest_files = sorted(p for p in files if is_manifest_file(p) or compose.is_compose_file(p))
     if len(manifest_files) > MAX_FILES:
         raise ManifestError([Problem(".", None, f"{len(manifest_files)} manifest files; at most {MAX_FILES} are read")])
+    includes = {p: compose.included_files(p, files) for p in manifest_files if compose.is_compose_file(p)}
+    named = {f for fs in includes.values() for f in fs}
+    included: set[str] = set()
+    todo = [f for p, fs in includes.items() if p not in named for f in fs]  # from the projects no file includes
+    while todo:
+        f = todo.pop()
+        if f not in included:
+            included.add(f)
+            todo += compose.included_files(f, files) if f in files else []
+    manifest_files = [p for p in manifest_files if p not in included]  # part of the project that includes them
     folders = defaultdict(list)
     for path in manifest_files:
         if compose.is_compose_file(path):
@@ -173,7 +183,7 @@ def _compose_documents(
         return []
     for doc in loaded.docs:
         where = f"volumes.{doc.name}" if doc.kind == "Volume" else f"services.{doc.name}"
-        ctx = _ComposeCtx(path, problems, files, f"{where}.")
+        ctx = _ComposeCtx(doc.file or path, problems, files, f"{where}.")
         kind = kinds.REGISTRY[doc.kind]
         if not kind.valid_name(doc.name):
             ctx.add(doc.line, where, f"{doc.name!r} cannot name a {doc.kind}: {kind.name_rule}, at most 63 characters; rename it")
@@ -181,7 +191,7 @@ def _compose_documents(
         for k in doc.labels:
             if not LABEL_KEY_RE.match(k) or k.startswith("io.gitsync."):
                 ctx.add(doc.label_lines.get(k, doc.line), f"{where}.labels.{k}", "is not a valid label name (the io.gitsync. prefix is reserved)")
-        head = kinds.Header(doc.name, tuple(sorted(doc.labels.items())), Obj(ctx, {}, "metadata", doc.line), doc.spec, doc.line, Origin(path, doc.line))
+        head = kinds.Header(doc.name, tuple(sorted(doc.labels.items())), Obj(ctx, {}, "metadata", doc.line), doc.spec, doc.line, Origin(doc.file or path, doc.line))
         obj = kind.parse(ctx, head)
         if obj is not None:
             objects[kind.name].append(obj)

@@ -10,11 +10,11 @@ import enum
 import re
 from collections.abc import Mapping
 from typing import Any
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import yamlsrc
 from ..errors import Problem
-from ..repofiles import RepoFiles
+from ..repofiles import RepoFiles, Unreadable, inside
 from . import schema
 from .interpolate import interpolate_tree, parse_env_file
 from .mapping import Doc, Project
@@ -94,7 +94,10 @@ def _read_root(text: bytes) -> tuple[Any, list[tuple[int, str]]]:
     return docs[0][1], _non_string_keys(docs[0][1])
 
 
-def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset(), override: str | None = None) -> Loaded:
+def load_project(
+    file: str, files: Mapping[str, bytes], variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset(), override: str | None = None,
+    _name: str | None = None, _seen: tuple[str, ...] = (),
+) -> Loaded:
     """The compose file `file` (with the `override` file beside it merged onto it, as docker compose
     merges compose.override.yaml) read, interpolated, validated and mapped."""
     out = Loaded(file)
@@ -133,16 +136,75 @@ def load_project(file: str, files: Mapping[str, bytes], variables: Mapping[str, 
     if found:
         return refuse(Stage.SCHEMA, found)
 
-    name = project_name(file, root.get("name"))
+    name = _name or project_name(file, root.get("name"))
     if not PROJECT_RE.match(name):
         return refuse(Stage.SEMANTIC, [(root.line_of("name"), f"name: {name!r} is not a project name (lower-case letters, digits, '-' and '_')")])
-    project = Project(file, name, root, files, scope, profiles, override)
+    included = _include(file, root, files, variables, profiles, name, _seen)
+    if included.problems:
+        out.stage, out.problems = included.stage, included.problems
+        return out
+    project = Project(file, name, root, files, scope, profiles, override, included=frozenset(d.name for d in included.docs if d.kind == "Deployment"))
     project.map()
     out.project = name
-    out.docs = project.docs
-    out.warnings = project.warnings
+    out.docs = included.docs + [replace(d, file=file) for d in project.docs]
+    out.warnings = included.warnings + project.warnings
     if project.problems:
         return refuse(Stage.SEMANTIC, [(line, f"{path}: {message}") for line, path, message in sorted(project.problems, key=lambda t: (t[0] or 0, t[1], t[2]))])
+    return out
+
+
+MAX_INCLUDE_DEPTH = 5
+
+
+def _include(file: str, root: Any, files: RepoFiles, variables: Mapping[str, str], profiles: frozenset[str], name: str, seen: tuple[str, ...]) -> Loaded:
+    """The compose files `include:` names (each read as compose reads it, relative to its own folder,
+    with its own .env), as part of this project: their services, networks and volumes join it."""
+    out = Loaded(file)
+    entries = root.get("include") or []
+    for i, entry in enumerate(entries):
+        at = entries.line_of(i) if isinstance(entries, yamlsrc.NodeList) else root.line_of("include")
+        path = entry if isinstance(entry, str) else entry.get("path") if isinstance(entry, dict) else None
+        extra = [k for k in (entry if isinstance(entry, dict) else ()) if k != "path" and not str(k).startswith("x-")]
+        paths = [path] if isinstance(path, str) else list(path) if isinstance(path, list) else []
+        why = ""
+        if extra:
+            why = f"include {', '.join(map(str, extra))}: an included file is read from its own folder, with its own .env"
+        elif len(paths) != 1:
+            why = "one file per include entry"
+        full = inside(file.rpartition("/")[0], str(paths[0])) if len(paths) == 1 else None
+        if not why and full is None:
+            why = f"{paths[0]}: is outside the repository"
+        elif not why and (full in seen or len(seen) >= MAX_INCLUDE_DEPTH):
+            why = f"{paths[0]}: includes itself (or more than {MAX_INCLUDE_DEPTH} levels)"
+        elif not why and isinstance(unread := files.file(full or ""), Unreadable):
+            why = f"{paths[0]}: {unread.why}"
+        if why:
+            out.stage, out.problems = Stage.SEMANTIC, [*out.problems, Problem(file, at or None, f"include[{i}]: {why}")]
+            continue
+        assert full is not None
+        loaded = load_project(full, files, variables, profiles, _name=name, _seen=(*seen, file))
+        if loaded.problems:
+            out.stage, out.problems = loaded.stage, [*out.problems, *loaded.problems]
+            continue
+        out.docs += loaded.docs
+        out.warnings += loaded.warnings
+    return out
+
+
+def included_files(path: str, files: Mapping[str, bytes]) -> list[str]:
+    """The compose files a compose file includes (read only as far as to find them): they are part of
+    its project, never projects of their own."""
+    try:
+        root = yamlsrc.load_all(bytes(files[path]).decode("utf-8"), compose=True)[0][1]
+    except (yamlsrc.YamlSyntaxError, UnicodeDecodeError, IndexError, KeyError):
+        return []
+    entries = root.get("include") if isinstance(root, dict) else None
+    out = []
+    for entry in entries if isinstance(entries, list) else []:
+        p = entry if isinstance(entry, str) else entry.get("path") if isinstance(entry, dict) else None
+        full = inside(path.rpartition("/")[0], p) if isinstance(p, str) else None
+        if full:
+            out.append(full)
     return out
 
 

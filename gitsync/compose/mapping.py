@@ -29,7 +29,6 @@ WHY = {
              "(building on each host would run the repository's Dockerfile on every host and give each its own image)",
     "secrets": "mount the file with a host path volume, or pass the value in environment",
     "volumes_from": "declare the volumes this service needs itself",
-    "include": "put the included services in this file, or in a compose file of their own folder",
     "models": "AI models are not deployed by gitsync",
     "provider": "services run by a provider plugin are not deployed by gitsync",
     "extends": "extends from another file: copy the service into this file",
@@ -78,6 +77,7 @@ class Doc:
     spec: yamlsrc.Node
     labels: dict[str, str] = field(default_factory=dict)
     label_lines: dict[str, int] = field(default_factory=dict)
+    file: str = ""  # the compose file it is written in (an included one's own)
 
 
 def node(line: int, items: Mapping[str, Any] | None = None, lines: Mapping[str, int] | None = None) -> yamlsrc.Node:
@@ -123,6 +123,7 @@ class Project:
     override: str | None = None  # the override file merged onto this one, for messages
     network_names: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> ("own" | "external", name)
     jobs: dict[str, int] = field(default_factory=dict)  # services others wait for to complete successfully -> where it is said
+    included: frozenset[str] = frozenset()  # the services of the files it includes, which its own may depend on
     docs: list[Doc] = field(default_factory=list)
     problems: list[tuple[int, str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -150,7 +151,7 @@ class Project:
     def map(self) -> None:
         root = self.root
         for key in root:
-            if key in ("services", "volumes", "networks", "name", "configs") or key in IGNORED or str(key).startswith("x-"):
+            if key in ("services", "volumes", "networks", "name", "configs", "include") or key in IGNORED or str(key).startswith("x-"):
                 continue
             if key in ("secrets", "configs") and not root[key]:
                 continue
@@ -630,11 +631,13 @@ class ServiceMapper:
         else:
             names = [str(d) for d in value]
         for dep in names:
+            if dep in self.p.included:
+                continue
             if dep not in self.services:
                 self.p.fail(at, self.path("depends_on"), f"depends on undefined service {dep!r}")
             elif dep not in self.active:
                 self.p.fail(at, self.path("depends_on"), f"depends on {dep!r}, whose profiles are not enabled (compose.profiles in the agent configuration)")
-        self.put("dependsOn", nlist(at, [d for d in names if d in self.active]), at)
+        self.put("dependsOn", nlist(at, [d for d in names if d in self.active or d in self.p.included]), at)
 
     def _links(self, value: Any, at: int) -> None:
         deps = list(self.spec.get("dependsOn") or [])

@@ -599,3 +599,22 @@ def test_a_service_others_wait_to_complete_successfully_is_a_job_that_runs_once_
     assert [a.reason for a in failed.actions if a.deployment == "migrate"] == ["job exited with code 3: run it again"]
     always = text.replace("command: [migrate]\n", "command: [migrate]\n    restart: always\n")
     assert "compose.yaml:5: services.migrate.restart: always: Docker would start a job again when it is done; use no or on-failure" in refused({"compose.yaml": always})
+
+
+def test_include_reads_another_compose_file_from_its_own_folder_into_the_project() -> None:
+    """Issue 21, item 5: include (compose's way to split a project), each file relative to its own folder."""
+    main = "name: shop\ninclude:\n  - ../db/compose.yaml\nservices:\n  web:\n    image: web:1\n    depends_on: [db]\n    env_file: .env.web\n"
+    db = "name: ignored\nservices:\n  db:\n    image: postgres:${PG:-15}\n    env_file: db.env\n    volumes: [data:/var/lib/postgresql/data]\nvolumes:\n  data: {}\n"
+    files = {"shop/compose.yaml": main.encode(), "shop/.env.web": b"A=1\n", "db/compose.yaml": db.encode(), "db/.env": b"PG=16\n", "db/db.env": b"B=2\n"}
+    d = load_files(files)
+    assert sorted(x.name for x in d.deployments) == ["db", "web"]  # db/compose.yaml is no project of its own
+    db_d, web = d.deployment("db"), d.deployment("web")
+    assert db_d is not None and web is not None
+    assert db_d.image == "postgres:16" and dict(db_d.env) == {"B": "2"} and dict(web.env) == {"A": "1"}  # each from its own folder
+    assert web.depends_on == ("db",) and [v.name for v in d.volumes] == ["shop_data"]  # one project: shop
+    assert db_d.origin is not None and db_d.origin.file == "db/compose.yaml"
+    assert dict(db_d.labels)["compose.project"] == "shop"
+    assert refused({"shop/compose.yaml": main.replace("../db/compose.yaml", "../../etc/compose.yaml")}) == [
+        "shop/compose.yaml:3: include[0]: ../../etc/compose.yaml: is outside the repository"]
+    loop = {"a/compose.yaml": "include: [../b/compose.yaml]\nservices: {a: {image: 'a:1'}}\n", "b/compose.yaml": "include: [../a/compose.yaml]\nservices: {b: {image: 'b:1'}}\n"}
+    assert any("includes itself" in p for p in refused(loop))
