@@ -662,8 +662,11 @@ def apply_deployments(run: Run, actions: list[Action]) -> None:
         needed = sorted({dep for later in levels[i + 1 :] for n in later for dep in (desired.deployment(n).depends_on or ()) if dep in names})  # type: ignore[union-attr]
         if needed:
             touched = {a.deployment for a in actions}
-            deadline = time.monotonic() + max(desired.deployment(n).gate_timeout() for n in needed)  # type: ignore[union-attr]
-            not_ready = _wait_ready(run, needed, deadline) if touched & (names | {n for lv in levels[i + 1 :] for n in lv}) else {}
+            broken = {n: "its change failed above" for n in needed if ("Deployment", n) in run.failed}  # waiting would not mend it
+            waited = [n for n in needed if n not in broken]
+            deadline = time.monotonic() + max([0.0, *(desired.deployment(n).gate_timeout() for n in waited)])  # type: ignore[union-attr]
+            ready_or_not = _wait_ready(run, waited, deadline) if waited and touched & (names | {n for lv in levels[i + 1 :] for n in lv}) else {}
+            not_ready = {**broken, **ready_or_not}
             if not not_ready:
                 run.level_ready()
             for n, why in not_ready.items():

@@ -41,7 +41,7 @@ def test_a_job_runs_to_completion_before_its_dependants_once_per_change_and_a_fa
     ex = api.exec_create(f"{fleet.agent}_app-0", ["cat", "/tmp/seen"])
     assert api.exec_start(ex["Id"]).decode() == "v1\n"  # the app started after the job was done
     r = cli("plan", "-c", str(fleet.config))
-    assert r.code == 0 and "job done: 1/1 replicas exited with code 0" in r.out, r.out  # done: not run again
+    assert r.code == 0 and "= migrate: 1/1 replicas up to date" in r.out, r.out  # done: not run again
     started = job["State"]["StartedAt"]
 
     fleet.repo.write("shop/compose.yaml", COMPOSE.replace("SCHEMA", "v1").replace("sleep 2; echo v1 > /data/schema", "exit 3"))
