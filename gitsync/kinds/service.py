@@ -11,6 +11,7 @@ from typing import Any
 from .. import labels as L
 from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
 from ..errors import Problem
+from ..compose import is_compose_file
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_host_ip, read_int, read_list, read_str_map
 from ..models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
 from ..health import EndpointStatus, ServiceStatus
@@ -83,8 +84,10 @@ class ServiceKind(Kind):
                 at = (where.file if where else "?", where.line if where else None)
                 first = claimed.setdefault(p.port, svc)
                 if first is not svc:
+                    hint = (f"; give one of them another port (in a compose file: services.{svc.name}.x-gitsync: {{servicePorts: {{{p.target_port}: {p.port + 8000 if p.port < 57535 else p.port - 1}}}}})"
+                            if where and is_compose_file(where.file) else "; give one of them another port (spec.ports[].port)")
                     problems.append(Problem(*at, f"Service {svc.name}: port {p.port} is also the port of Service {first.name} ({first.origin}); "
-                                            "one proxy per host serves every Service, so a port belongs to one Service"))
+                                            f"one proxy per host serves every Service, so a port belongs to one Service{hint}"))
                 declared = [d.name for d in selected if any(c.container_port == p.target_port for c in d.ports)]
                 if selected and not declared:
                     names = ", ".join(d.name for d in selected)

@@ -618,3 +618,12 @@ def test_include_reads_another_compose_file_from_its_own_folder_into_the_project
         "shop/compose.yaml:3: include[0]: ../../etc/compose.yaml: is outside the repository"]
     loop = {"a/compose.yaml": "include: [../b/compose.yaml]\nservices: {a: {image: 'a:1'}}\n", "b/compose.yaml": "include: [../a/compose.yaml]\nservices: {b: {image: 'b:1'}}\n"}
     assert any("includes itself" in p for p in refused(loop))
+
+
+def test_two_services_on_one_port_are_refused_with_the_key_that_gives_one_another_port() -> None:
+    text = "services:\n  web: {image: 'a:1', expose: [80]}\n  api: {image: 'a:1', expose: [80]}\n"
+    assert refused({"compose.yaml": text}) == [
+        "compose.yaml:3: Service api: port 80 is also the port of Service web (compose.yaml:2); one proxy per host serves every Service, "
+        "so a port belongs to one Service; give one of them another port (in a compose file: services.api.x-gitsync: {servicePorts: {80: 8080}})"]
+    fixed = text.replace("api: {image: 'a:1', expose: [80]}", "api: {image: 'a:1', expose: [80], x-gitsync: {servicePorts: {80: 8080}}}")
+    assert sorted((s.name, p.port, p.target_port) for s in load_files({"compose.yaml": fixed.encode()}).services for p in s.ports) == [("api", 8080, 80), ("web", 80, 80)]
