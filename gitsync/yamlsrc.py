@@ -125,6 +125,26 @@ class Reset:
     line: int = 0
 
 
+def without_resets(value: Any) -> Any:
+    """A tree with every value tagged ``!reset`` unset (a mapping's key dropped, a list's item dropped)."""
+    if isinstance(value, Node):
+        out = Node()
+        out.line, out.override = value.line, value.override
+        for k, v in value.items():
+            if not isinstance(v, Reset):
+                out[k], out.lines[k] = without_resets(v), value.line_of(k)
+        return out
+    if isinstance(value, NodeList):
+        items = NodeList()
+        items.line, items.override = value.line, value.override
+        for i, v in enumerate(value):
+            if not isinstance(v, Reset):
+                items.append(without_resets(v))
+                items.lines.append(value.line_of(i))
+        return items
+    return value
+
+
 class _ComposeLoader(_Loader):
     """Also reads the tags compose defines: ``!reset`` (unset) and ``!override`` (the value as is)."""
 

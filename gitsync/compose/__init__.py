@@ -81,6 +81,21 @@ def _non_string_keys(node: object, path: str = "") -> list[tuple[int, str]]:
     return out
 
 
+def _unset(root: Any) -> Any:
+    """What !reset unsets, gone: everywhere but inside a service, whose extends merges first (the
+    service mapper unsets after it)."""
+    out = yamlsrc.without_resets(yamlsrc.Node() if isinstance(root, yamlsrc.Reset) else root)
+    services = root.get("services") if isinstance(root, dict) else None
+    if isinstance(services, yamlsrc.Node):
+        kept = yamlsrc.Node()
+        kept.line = services.line
+        for k, v in services.items():
+            if not isinstance(v, yamlsrc.Reset):
+                kept[k], kept.lines[k] = v, services.line_of(k)
+        out["services"] = kept
+    return out
+
+
 def _read_root(text: bytes) -> tuple[Any, list[tuple[int, str]]]:
     """A compose file's one mapping, or why it is none."""
     try:
@@ -118,6 +133,7 @@ def load_project(
         shift_lines(over)
         root = merge(root, over)
 
+    root = _unset(root)
     folder = file.rpartition("/")[0]
     scope = dict(variables)
     dotenv = files.get(f"{folder}/.env" if folder else ".env")

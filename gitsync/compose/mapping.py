@@ -160,7 +160,8 @@ class Project:
         for key, decl in (root.get("volumes") or {}).items():
             self._volume(str(key), decl if isinstance(decl, dict) else {}, line_of(root["volumes"], key))
         services = root.get("services") or {}
-        active = {n for n, s in services.items() if not (isinstance(s, dict) and s.get("profiles")) or set(s.get("profiles") or ()) & self.profiles}
+        profiles = {n: yamlsrc.without_resets(s).get("profiles") or () if isinstance(s, dict) else () for n, s in services.items()}
+        active = {n for n in services if not profiles[n] or set(profiles[n]) & self.profiles}
         for name, svc in services.items():
             if name in active and isinstance(svc, dict):
                 ServiceMapper(self, str(name), svc, line_of(services, name), services, active).map()
@@ -204,6 +205,8 @@ class Project:
             elif opt == "name":
                 if not value:
                     self.fail(at, f"volumes.{key}.name", "is empty (an unset variable?)")
+            elif opt == "x-gitsync" and not isinstance(value, dict | None):
+                self.fail(at, f"volumes.{key}.x-gitsync", "must be a mapping (accessMode, perReplica, shared)")
             elif opt == "x-gitsync":
                 for k, v in (value or {}).items():
                     if k not in ("accessMode", "shared", "perReplica"):
@@ -257,9 +260,9 @@ class ServiceMapper:
 
     def map(self) -> None:
         before = len(self.p.problems)
-        if "extends" in self.svc:
+        if "extends" in self.svc and not isinstance(self.svc["extends"], yamlsrc.Reset):
             self._extends()
-        svc = self.svc
+        self.svc = svc = yamlsrc.without_resets(self.svc)  # after extends: what !reset unsets is gone
         handlers: dict[str, Callable[[Any, int], None]] = {
             "image": lambda v, at: self.put("image", v, at),
             "command": lambda v, at: self.put("command", self._argv("command", v, at), at),
@@ -650,7 +653,7 @@ class ServiceMapper:
         self.put("dependsOn", nlist(at, deps), at)
 
     def _deploy(self, value: Any, at: int) -> None:
-        for k, v in value.items():
+        for k, v in (value or {}).items():
             line = line_of(value, k, at)
             if k == "replicas":
                 self.put("replicas", number(v), line)
@@ -798,6 +801,9 @@ class ServiceMapper:
 
     def _x_gitsync(self, value: Any, at: int) -> None:
         known = ("hostSelector", "maxPerHost", "minReadySeconds", "allowDataMove", "servicePorts", "service")
+        if not isinstance(value, dict | None):
+            self.p.fail(at, self.path("x-gitsync"), f"must be a mapping ({', '.join(known)})")
+            return
         for k, v in (value or {}).items():
             line = line_of(value, k, at)
             if k in ("hostSelector", "maxPerHost"):

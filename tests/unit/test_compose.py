@@ -627,3 +627,19 @@ def test_two_services_on_one_port_are_refused_with_the_key_that_gives_one_anothe
         "so a port belongs to one Service; give one of them another port (in a compose file: services.api.x-gitsync: {servicePorts: {80: 8080}})"]
     fixed = text.replace("api: {image: 'a:1', expose: [80]}", "api: {image: 'a:1', expose: [80], x-gitsync: {servicePorts: {80: 8080}}}")
     assert sorted((s.name, p.port, p.target_port) for s in load_files({"compose.yaml": fixed.encode()}).services for p in s.ports) == [("api", 8080, 80), ("web", 80, 80)]
+
+
+@pytest.mark.parametrize("odd", [
+    "services:\n  web: {image: 'a:1', x-gitsync: 5}\n",
+    "services:\n  web: {image: 'a:1', deploy: null}\n",
+    "services:\n  web: {image: 'a:1'}\nvolumes: !reset null\nnetworks: !reset null\ninclude: !reset null\n",
+    "services:\n  web: {image: 'a:1', extends: !reset [], profiles: !reset null}\n",
+    "services:\n  web: {image: 'a:1', depends_on: {db: !reset null}}\n  db: {image: 'b:1'}\n",
+    "services:\n  web: {image: 'a:1'}\nvolumes:\n  d: {x-gitsync: [1]}\n",
+    "services:\n  web: {image: 'a:1'}\nnetworks:\n  n: !reset null\n",
+])
+def test_odd_compose_shapes_found_by_fuzzing_are_loaded_or_refused_never_a_crash(odd: str) -> None:
+    try:
+        load_files({"compose.yaml": odd.encode()})
+    except ManifestError as exc:
+        assert all(str(p).startswith("compose.yaml") for p in exc.problems), exc.problems
