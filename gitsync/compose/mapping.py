@@ -495,6 +495,9 @@ class ServiceMapper:
                 shared = {"z": "shared", "Z": "private"}.get(relabel)
                 self.volumes.append((line, {"hostPath": source, "mountPath": target, "readOnly": ro or None, "seLinuxRelabel": shared}))
             else:
+                if source == "":
+                    self.p.fail(line, path, f"{entry}: the source is empty (an unset variable?): set it in the project's .env or compose.variables")
+                    continue
                 if source not in (self.p.root.get("volumes") or {}):
                     self.p.fail(line, path, f"refers to volume {source!r}, which is not declared under the top-level volumes")
                     continue

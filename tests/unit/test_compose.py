@@ -358,7 +358,7 @@ def test_awesome_compose_stacks_of_images_only_load_and_plan_or_are_refused_for_
             desired = load_files(files, open_policy)
         except ManifestError as exc:
             for p in exc.problems:
-                documented = (compose.mapping.UNSUPPORTED, "beside the compose file is data", "not in the repository", "not declared", "a home folder means nothing",
+                documented = (compose.mapping.UNSUPPORTED, "beside the compose file is data", "not in the repository", "not declared", "a home folder means nothing", "the source is empty",
                               "not allowed by this agent's policy")
                 assert any(d in str(p) for d in documented), (ex["example"], str(p))
             continue
