@@ -340,24 +340,39 @@ class Engine:
         `root` bound read-only): the archive API stats a path without following its last component."""
         if not below:
             return None
+        with self._helper(image, f"{root}:/gitsync-root:ro", "path-check") as helper:
+            for i in range(1, len(below) + 1):
+                stat = self._stat(helper, "/gitsync-root/" + "/".join(below[:i]))
+                if stat is None:
+                    return None  # Docker makes what is missing, as folders
+                if int(stat.get("mode", 0)) & _GO_MODE_SYMLINK or stat.get("linkTarget"):
+                    return root.rstrip("/") + "/" + "/".join(below[:i])
+            return None
+
+    @contextlib.contextmanager
+    def _helper(self, image: str, bind: str, role: str) -> Iterator[str]:
+        """A container that never starts (`image`, there already, with `bind`): the archive API reads
+        and writes its file system and volumes all the same. Removed after use."""
         api = self._api
         with _translated(self.host):
-            helper = api.create_container(
-                image, entrypoint=["/gitsync-never-started"], labels={"io.gitsync.role": "path-check"}, network_disabled=True,
-                host_config=api.create_host_config(binds=[f"{root}:/gitsync-root:ro"], network_mode="none"),
+            helper: str = api.create_container(
+                image, entrypoint=["/gitsync-never-started"], labels={"io.gitsync.role": role}, network_disabled=True,
+                host_config=api.create_host_config(binds=[bind], network_mode="none"),
             )["Id"]
             try:
-                for i in range(1, len(below) + 1):
-                    r = api.head(api._url("/containers/{0}/archive", helper), params={"path": "/gitsync-root/" + "/".join(below[:i])}, timeout=30)
-                    if r.status_code == 404:
-                        return None  # Docker makes what is missing, as folders
-                    r.raise_for_status()
-                    stat = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
-                    if int(stat.get("mode", 0)) & _GO_MODE_SYMLINK or stat.get("linkTarget"):
-                        return root.rstrip("/") + "/" + "/".join(below[:i])
-                return None
+                yield helper
             finally:
                 api.remove_container(helper, force=True)
+
+    def _stat(self, container: str, path: str) -> dict[str, Any] | None:
+        """What the archive API says of a path in a container (without following a link at its end); None when absent."""
+        api = self._api
+        r = api.head(api._url("/containers/{0}/archive", container), params={"path": path}, timeout=30)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        stat: dict[str, Any] = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
+        return stat
 
     def ensure_files(self, volume: str, labels: Mapping[str, str], image: str, entries: Sequence[tuple[str, bytes, int]], folder: bool) -> str:
         """The host path of a FileMount's content: the volume `volume`, filled once through a container
@@ -365,22 +380,13 @@ class Engine:
         `done` written after the content, so that a half-written volume is filled again."""
         self.ensure_volume(volume, labels)
         api = self._api
+        with self._helper(image, f"{volume}:/gitsync-files", "files-helper") as helper:
+            if self._stat(helper, "/gitsync-files/done") is None:
+                if not entries:
+                    raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again")
+                if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder)):
+                    raise EngineError(self.host, f"could not write the files of {volume}")
         with _translated(self.host):
-            helper = api.create_container(
-                image, entrypoint=["/gitsync-never-started"], labels={"io.gitsync.role": "files-helper"}, network_disabled=True,
-                host_config=api.create_host_config(binds=[f"{volume}:/gitsync-files"], network_mode="none"),
-            )["Id"]
-            try:
-                r = api.head(api._url("/containers/{0}/archive", helper), params={"path": "/gitsync-files/done"}, timeout=30)
-                if r.status_code == 404:
-                    if not entries:
-                        raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again")
-                    if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder)):
-                        raise EngineError(self.host, f"could not write the files of {volume}")
-                else:
-                    r.raise_for_status()
-            finally:
-                api.remove_container(helper, force=True)
             mountpoint = str(api.inspect_volume(volume).get("Mountpoint") or "")
         if not mountpoint.startswith("/"):
             raise EngineError(self.host, f"volume {volume} has no mount point on the host (driver local expected)")
