@@ -390,18 +390,22 @@ class ServiceMapper:
         for i, e in enumerate(entries):
             path = e if isinstance(e, str) else e.get("path")
             required = True if isinstance(e, str) else e.get("required", True) not in (False, "false")
-            full = inside(self.p.folder, str(path))
             line = line_of(value, i, at) if not isinstance(value, str) else at
-            data = self.p.files.file(full) if full is not None else Unreadable("is outside the repository")
-            if isinstance(data, Unreadable):
-                if required or data is not MISSING:
-                    self.p.fail(line, self.path("env_file"), f"{path}: {data.why}" + (f" (looked for {full})" if data is MISSING else ""))
-                continue
-            values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
-            for n, msg in problems:
-                self.p.fail(line, self.path("env_file"), f"{full}:{n}: {msg}")
-            loaded.update(values)
+            loaded.update(self._pairs_file("env_file", str(path), line, required))
         self.env = {**loaded, **self.env}  # environment wins over env_file
+
+    def _pairs_file(self, key: str, path: str, line: int, required: bool = True) -> dict[str, str]:
+        """KEY=VALUE lines of a file of the repository (env_file, label_file), its problems said under `key`."""
+        full = inside(self.p.folder, path)
+        data = self.p.files.file(full) if full else Unreadable("is outside the repository")
+        if isinstance(data, Unreadable):
+            if required or data is not MISSING:
+                self.p.fail(line, self.path(key), f"{path}: {data.why}" + (f" (looked for {full})" if data is MISSING else ""))
+            return {}
+        values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
+        for n, msg in problems:
+            self.p.fail(line, self.path(key), f"{full}:{n}: {msg}")
+        return values
 
     def _ports(self, value: Any, at: int) -> None:
         for i, entry in enumerate(value):
@@ -584,15 +588,7 @@ class ServiceMapper:
         """Labels from files of the repository (KEY=VALUE lines, as env files); labels: wins."""
         for i, path in enumerate([value] if isinstance(value, str) else list(value)):
             line = line_of(value, i, at) if not isinstance(value, str) else at
-            full = inside(self.p.folder, str(path))
-            data = self.p.files.file(full) if full else Unreadable("is outside the repository")
-            if isinstance(data, Unreadable):
-                self.p.fail(line, self.path("label_file"), f"{path}: {data.why}")
-                continue
-            values, problems = parse_env_file(bytes(data).decode("utf-8", "replace"))
-            for n, msg in problems:
-                self.p.fail(line, self.path("label_file"), f"{full}:{n}: {msg}")
-            for k, v in values.items():
+            for k, v in self._pairs_file("label_file", str(path), line).items():
                 self.labels.setdefault(k, v)
                 self.label_lines.setdefault(k, line)
 
