@@ -131,3 +131,26 @@ def test_compose_volume_suffixes_selinux_labels_reach_the_bind_and_cached_or_del
     assert problems({"compose.yaml": text.replace(":z'", ":z,Z'").encode()}) == [
         "compose.yaml:4: services.web.volumes[0]: not supported by gitsync: mode z,Z: ro or rw, z or Z (SELinux), cached, delegated or consistent (ignored on Linux, as by docker)"
     ]
+
+
+def test_a_file_made_from_a_value_of_the_agents_environment_is_never_shown_in_a_plan_or_a_label() -> None:
+    """A compose config from `environment:` (a value the agent configuration lets in from its
+    environment) reaches the replica's file and nothing else: not the plan, its JSON, nor the labels."""
+    import json
+
+    from gitsync import config as config_mod
+    from gitsync.live import HostObservation, LiveContainer
+    from gitsync.plan import make_plan
+    from gitsync.plantext import plan_text
+
+    text = "services:\n  app:\n    image: a:1\n    configs: [{source: token, target: /run/token}]\nconfigs:\n  token: {environment: API_TOKEN}\n"
+    hosts = config_mod.parse("name: t\nhosts:\n  - {name: h1, url: 'tcp://10.0.0.1:2375'}\n").hosts
+    old = load_files({"compose.yaml": text.encode()}, variables={"API_TOKEN": "old-secret-value-41"}).deployment("app")
+    new_state = load_files({"compose.yaml": text.encode()}, variables={"API_TOKEN": "new-secret-value-42"})
+    new = new_state.deployment("app")
+    assert old is not None and new is not None and new.options.files[0].entries[0][1] == b"new-secret-value-42"  # delivered as it is
+    live = LiveContainer("c1", "t_app-0", "h1", "app", 0, L.spec_hash(old), "r", "running", None, 1, "a:1", spec=L.canonical_spec(old))
+    plan = make_plan(new_state, {"h1": HostObservation("h1", True, (live,))}, hosts, "t")
+    shown = plan_text(plan, "main@sha1:x", {}) + json.dumps(plan.to_json()) + json.dumps(L.container_labels("t", new, 0, "r"))
+    assert "changed: files /run/token" in shown
+    assert "secret-value" not in shown
