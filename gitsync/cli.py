@@ -153,7 +153,7 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             snap = syncer.fetch()
             files, where = snap.files, f"{snap.location} at {snap.revision}"
     cfg = _config(args)  # its policy and compose variables (the defaults without -c)
-    desired = load_files(files, cfg.policy, cfg.compose.resolved(), frozenset(cfg.compose.profiles))
+    desired = load_files(files, cfg.policy, cfg.compose.resolved(), frozenset(cfg.compose.profiles), cfg.secrets.reader)
     nd, ns, nv = len(desired.deployments), len(desired.services), len(desired.volumes)
     print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s), {nv} volume(s))", file=out)
     for warning in desired.warnings:

@@ -20,6 +20,8 @@ from . import yamlsrc
 from .fields import IMAGE_RE
 from .errors import ConfigError
 from .redact import MIN_LENGTH as MIN_SECRET_LENGTH, Redactor
+from .secrets import SEEN, SecretReader
+from .sops import AgeKeys
 from .units import parse_duration
 
 AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
@@ -174,6 +176,24 @@ def placeholder(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class SecretSettings:
+    """How Secrets are read: the age identities that decrypt SOPS files (secrets.ageKeyFile, else
+    SOPS_AGE_KEY_FILE / SOPS_AGE_KEY as sops reads them), and whether plain-text Secrets are allowed."""
+
+    age_key_file: str | None = None
+    allow_plaintext: bool = False
+
+    @cached_property
+    def reader(self) -> SecretReader:
+        """One per configuration: it remembers which ciphertexts it decrypted, for previews."""
+        try:
+            keys = AgeKeys.load(self.age_key_file)
+        except ValueError as exc:
+            raise ConfigError(f"secrets.ageKeyFile: {exc}") from None
+        return SecretReader(keys, self.allow_plaintext)
+
+
+@dataclass(frozen=True)
 class PreviewSettings:
     """Plans of other branches and pull requests, posted on their commits (never applied)."""
 
@@ -193,13 +213,15 @@ class Config:
     policy: PolicySettings = field(default_factory=PolicySettings)
     compose: ComposeSettings = field(default_factory=ComposeSettings)
     previews: PreviewSettings = field(default_factory=PreviewSettings)
+    secrets: SecretSettings = field(default_factory=SecretSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
     @property
     def redactor(self) -> Redactor:
-        """What masks, in everything gitsync shows, the values it holds but never tells."""
-        return self.compose.redactor
+        """What masks, in everything gitsync shows, the values it holds but never tells (the environment's,
+        and every value decrypted so far)."""
+        return self.compose.redactor | SEEN.redactor
 
     def host(self, name: str) -> HostSettings | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -303,7 +325,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -435,7 +457,8 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
         services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
-        compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")), state_dir=state_dir, path=file,
+        compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")),
+        secrets=_secrets(r, root, top.get("secrets"), file), state_dir=state_dir, path=file,
     )
 
 
@@ -445,6 +468,16 @@ def _previews(r: _Reader, root: Any, node: Any) -> PreviewSettings:
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
         raise r.fail(node, "keep", "previews.keep", "must be a whole number from 1 to 1000")
     return PreviewSettings(r.boolean(node, "enabled", "previews.enabled", True), keep, r.boolean(node, "comment", "previews.comment", False))
+
+
+def _secrets(r: _Reader, root: Any, node: Any, file: str | None) -> SecretSettings:
+    r.mapping(node, "secrets", ("ageKeyFile", "allowPlaintext"), root, "secrets")
+    key_file = r.string(node, "ageKeyFile", "secrets.ageKeyFile") if isinstance(node, dict) else None
+    if key_file and file and not os.path.isabs(os.path.expanduser(key_file)):
+        key_file = os.path.join(os.path.dirname(os.path.abspath(file)), key_file)  # beside the configuration
+    settings = SecretSettings(os.path.expanduser(key_file) if key_file else None, r.boolean(node, "allowPlaintext", "secrets.allowPlaintext", False))
+    settings.reader  # a key file that cannot be read is refused now, not at the first sync
+    return settings
 
 
 def _compose(r: _Reader, root: Any, node: Any) -> ComposeSettings:

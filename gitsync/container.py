@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields as dc_fields, replace
 from typing import Any
 
 from .fields import Ctx, Obj, path_problem, read_bool, read_command, read_enum, read_int, read_list, read_parsed, read_str, read_str_map, shown, type_name
-from .models import BindMount, ContainerOptions, FileMount, NetworkMode
+from .models import BindMount, ContainerOptions, FileMount, NetworkMode, Sealed
 from .units import parse_cpus, parse_size
 
 CAPABILITIES = frozenset(
@@ -365,7 +365,9 @@ FIELDS = (
     Field("networks", "networks", list, tuple),
     Field("externalNetworks", "external_networks", list, tuple),
     Field("hostPaths", "binds", lambda v: sorted([b.host_path, b.mount_path, b.read_only] + ([b.relabel] if b.relabel else []) for b in v), lambda v: tuple(BindMount(*b) for b in v)),
-    Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] for f in v), lambda v: tuple(FileMount(*f) for f in v)),
+    Field("files", "files", lambda v: sorted([f.mount_path, f.digest, f.folder] + ([f.secret] if f.secret else []) for f in v),
+          lambda v: tuple(FileMount(f[0], f[1], f[2], secret=f[3] if len(f) > 3 else "") for f in v)),
+    Field("secretEnv", "secret_env", lambda v: sorted([k, ref, s.digest] for k, ref, s in v), lambda v: tuple((k, ref, Sealed(None, dg, ref)) for k, ref, dg in v)),
 )
 _DEFAULTS = ContainerOptions()
 assert {f.attr for f in FIELDS} == {f.name for f in dc_fields(ContainerOptions)} - {"lines"}, "every option has a FIELDS entry"

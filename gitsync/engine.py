@@ -126,14 +126,16 @@ def explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
-def _files_tar(entries: Sequence[tuple[str, bytes, int]], folder: bool) -> bytes:
-    """`data` (the file, or a folder of them), then `done`: what a files volume holds."""
+def _files_tar(entries: Sequence[tuple[str, bytes, int]], folder: bool, owner: tuple[int, int] | None = None) -> bytes:
+    """`data` (the file, or a folder of them, owned by `owner`), then `done`: what a files volume holds."""
     buf = io.BytesIO()
     now = int(time.time())
     with tarfile.open(fileobj=buf, mode="w") as tar:
         def add(name: str, data: bytes | None, mode: int) -> None:
             info = tarfile.TarInfo(name)
             info.mtime, info.mode = now, mode
+            if owner is not None and name.startswith("data"):
+                info.uid, info.gid = owner
             if data is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
@@ -374,7 +376,8 @@ class Engine:
         stat: dict[str, Any] = json.loads(base64.b64decode(r.headers.get("X-Docker-Container-Path-Stat", "") or "e30="))
         return stat
 
-    def ensure_files(self, volume: str, labels: Mapping[str, str], image: str, entries: Sequence[tuple[str, bytes, int]], folder: bool) -> str:
+    def ensure_files(self, volume: str, labels: Mapping[str, str], image: str, entries: Sequence[tuple[str, bytes, int]], folder: bool,
+                     owner: tuple[int, int] | None = None) -> str:
         """The host path of a FileMount's content: the volume `volume`, filled once through a container
         that never starts (`image`, there already; the archive API writes into its volumes), the marker
         `done` written after the content, so that a half-written volume is filled again."""
@@ -384,7 +387,7 @@ class Engine:
             if self._stat(helper, "/gitsync-files/done") is None:
                 if not entries:
                     raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again")
-                if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder)):
+                if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder, owner)):
                     raise EngineError(self.host, f"could not write the files of {volume}")
         with _translated(self.host):
             mountpoint = str(api.inspect_volume(volume).get("Mountpoint") or "")

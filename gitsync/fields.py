@@ -35,6 +35,8 @@ class Ctx:
     file: str
     problems: list[Problem]
     repo: Any = None  # the revision's RepoFiles, for what a document names in the repository (spec.files)
+    secrets: Any = None  # the load's secrets.SecretReader (keys, whether it may decrypt)
+    encrypted: bool = False  # the document came from a file sops encrypted
 
     def add(self, line: int | None, path: str, message: str) -> None:
         self.problems.append(Problem(self.file, line, f"{path}: {message}" if path else message))

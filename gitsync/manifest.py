@@ -11,12 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import compose, kinds, yamlsrc
+from . import compose, kinds, sops, yamlsrc
 from .config import PolicySettings
 from .errors import ManifestError, Problem
 from .fields import LABEL_KEY_RE, Ctx, Obj, read_str, read_str_map, shown
 from .models import DesiredState, Origin
+from .kinds.secret import bind as bind_secrets
 from .policy import check as policy_check
+from .secrets import SecretReader, is_encrypted
 from .repofiles import LINK, MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, NOT_READ, TOO_MUCH, Budget, DiskTree, RepoFiles, Unreadable, too_large  # noqa: F401  (re-exported)
 
 API_VERSION = "gitsync.io/v1"
@@ -65,23 +67,28 @@ def _document(ctx: Ctx, doc: Any, line: int) -> tuple[kinds.Kind, Any] | None:
     meta.get("annotations", None)
     meta.finish()
     spec_node = top.get("spec", None)
+    body = {k: top.get(k, None) for k in rules.top_keys if k in top.node}
     top.finish()
     if known is None:
         return None  # the spec of an unknown kind has no rules to check
     # the spec is checked even when the header is wrong: every problem of a document in one run
-    obj = known.parse(ctx, kinds.Header(name or "", labels, meta, spec_node, top.line_of("spec"), Origin(ctx.file, line)))
+    head = kinds.Header(name or "", labels, meta, spec_node, top.line_of("spec"), Origin(ctx.file, line), body, {k: top.line_of(k) for k in body})
+    obj = known.parse(ctx, head)
     return (known, obj) if obj is not None and name is not None and api == API_VERSION else None
 
 
 
 
 def load_files(
-    files: Mapping[str, bytes], policy: PolicySettings = PolicySettings(), variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset()
+    files: Mapping[str, bytes], policy: PolicySettings = PolicySettings(), variables: Mapping[str, str] = {}, profiles: frozenset[str] = frozenset(),
+    secrets: SecretReader | None = None,
 ) -> DesiredState:
     """Validate every manifest and compose project (interpolated from `variables` and each project's
     .env; services of `profiles` enabled), and what they ask of the hosts against the agent's policy
-    (the safe default unless given); return the desired state or raise ManifestError with every problem."""
+    (the safe default unless given); SOPS files decrypted with `secrets` (none: no keys, no plain
+    text); return the desired state or raise ManifestError with every problem."""
     files = files if isinstance(files, RepoFiles) else RepoFiles(files)
+    secrets = secrets if secrets is not None else SecretReader()
     problems: list[Problem] = []
     warnings: list[str] = []
     objects: dict[str, list[Any]] = {k.name: [] for k in kinds.ordered()}
@@ -128,7 +135,7 @@ def load_files(
             problems.append(Problem(path, None, f"manifests add up to more than {MAX_TOTAL_BYTES} bytes"))
             break
         if compose.is_compose_file(path):
-            warnings += _compose_documents(path, overrides.get(path), files, variables, profiles, problems, objects)
+            warnings += _compose_documents(path, overrides.get(path), files, variables, profiles, problems, objects, secrets)
             continue
         try:
             text = data.decode("utf-8")
@@ -140,7 +147,15 @@ def load_files(
         except yamlsrc.YamlSyntaxError as exc:
             problems.append(Problem(path, exc.line, exc.message))
             continue
-        ctx = Ctx(path, problems, files)
+        ctx = Ctx(path, problems, files, secrets, is_encrypted([d for _, d in docs]))
+        if ctx.encrypted and not any(isinstance(d, dict) and "kind" in d for _, d in docs):
+            continue  # sops-encrypted data, no manifest (a compose secret's file): read where it is used
+        if ctx.encrypted:
+            try:
+                secrets.open_documents(path, [d for _, d in docs])
+            except sops.SopsError as exc:
+                problems.append(Problem(path, None, exc.why))
+                continue
         for line, doc in docs:
             got = _document(ctx, doc, line)
             if got is not None:
@@ -150,9 +165,11 @@ def load_files(
             problems.append(Problem(path, None, data.why))
     if _too_much(objects, problems):
         raise ManifestError(problems)  # nothing more is built from so much: no plan is made of it
+    objects["Deployment"] = bind_secrets(objects["Deployment"], objects["Secret"], secrets, problems)
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
+        warnings += kind.warnings(objects[kind.name])
     desired = DesiredState({name: tuple(sorted(objs, key=lambda o: o.name)) for name, objs in objects.items()}, tuple(warnings))
     problems.extend(policy_check(desired, policy))
     if problems:
@@ -174,7 +191,7 @@ class _ComposeCtx(Ctx):
 
 def _compose_documents(
     path: str, override: str | None, files: Mapping[str, bytes], variables: Mapping[str, str], profiles: frozenset[str],
-    problems: list[Problem], objects: dict[str, list[Any]],
+    problems: list[Problem], objects: dict[str, list[Any]], secrets: SecretReader,
 ) -> list[str]:
     """The compose file's documents (its override merged) into `objects`, its problems into `problems`; its warnings."""
     loaded = compose.load_project(path, files, variables, profiles, override)
@@ -183,7 +200,7 @@ def _compose_documents(
         return []
     for doc in loaded.docs:
         where = f"volumes.{doc.name}" if doc.kind == "Volume" else f"services.{doc.name}"
-        ctx = _ComposeCtx(doc.file or path, problems, files, f"{where}.")
+        ctx = _ComposeCtx(doc.file or path, problems, files, secrets, prefix=f"{where}.")
         kind = kinds.REGISTRY[doc.kind]
         if not kind.valid_name(doc.name):
             ctx.add(doc.line, where, f"{doc.name!r} cannot name a {doc.kind}: {kind.name_rule}, at most 63 characters; rename it")

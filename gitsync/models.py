@@ -24,6 +24,38 @@ class RestartPolicy(enum.StrEnum):
     UNLESS_STOPPED = "unless-stopped"
 
 
+class Sealed:
+    """A secret value: shown nowhere (its repr names the secret; JSON cannot take it), compared by its
+    keyed digest, and revealed only where a replica is made. A preview's holds no value at all."""
+
+    __slots__ = ("_value", "digest", "name")
+
+    def __init__(self, value: bytes | None, digest: str, name: str = "secret") -> None:
+        self._value = value
+        self.digest = digest  # keyed (sops.AgeKeys.digest): tells a change, not the value
+        self.name = name  # "db/password", for messages
+
+    def reveal(self) -> bytes:
+        if self._value is None:
+            raise RuntimeError(f"secret {self.name} was not decrypted (a preview never decrypts)")
+        return self._value
+
+    @property
+    def known(self) -> bool:
+        return self._value is not None
+
+    def __repr__(self) -> str:
+        return f"<secret {self.name}>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sealed) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where an object was declared: ``apps/web.yaml:12``."""
@@ -100,9 +132,11 @@ class FileMount:
     mount_path: str
     digest: str  # sha256 of the paths, modes and contents: what a change rolls on
     folder: bool = False
-    entries: tuple[tuple[str, bytes, int], ...] = field(default=(), compare=False, repr=False)  # (path inside, content, mode)
+    entries: tuple[tuple[str, bytes | Sealed, int], ...] = field(default=(), compare=False, repr=False)  # (path inside, content, mode)
     source: str = field(default="", compare=False)  # where in the repository, for messages
     line: int = field(default=0, compare=False)
+    secret: str = ""  # a secret's file ("db/password"): its digest is keyed, its content never shown
+    owner: tuple[int, int] | None = None  # uid, gid (default root)
 
 
 @dataclass(frozen=True)
@@ -150,7 +184,32 @@ class ContainerOptions:
     external_networks: tuple[str, ...] = ()  # Docker networks made by others it joins (a reverse proxy's)
     binds: tuple[BindMount, ...] = ()
     files: tuple[FileMount, ...] = ()
+    secret_env: tuple[tuple[str, str, Sealed], ...] = ()  # (variable, "db/password", value): asked for as environment
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A deployment's use of a Secret's key (or of all its keys, as a folder), as a file or a variable."""
+
+    secret: str
+    key: str | None
+    path: str | None = None  # a file (a folder when key is None)
+    env: str | None = None  # or an environment variable
+    mode: int = 0o400
+    owner: tuple[int, int] | None = None
+    line: int = 0
+    at: str = ""  # the manifest key, for messages
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Values that reach only the replicas that use them (decrypted from SOPS, or plain if allowed)."""
+
+    name: str
+    values: Mapping[str, Sealed] = field(default_factory=dict, repr=False)
+    encrypted: bool = True
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -204,6 +263,7 @@ class Deployment:
     run_once: bool = False  # a job: each replica runs to completion once per change of its spec (exit 0: done)
     options: ContainerOptions = field(default_factory=ContainerOptions)
     origin: Origin | None = field(default=None, compare=False)
+    secret_refs: tuple[SecretRef, ...] = field(default=(), compare=False, repr=False)  # uses of Secrets, until loading binds them
 
     @property
     def one_per_host(self) -> bool:

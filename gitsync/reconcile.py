@@ -171,7 +171,8 @@ class Syncer:
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
         c = self.config
-        desired = load_files(snapshot.files, c.policy, c.compose.resolved(placeholders), frozenset(c.compose.profiles))
+        reader = c.secrets.reader.preview() if placeholders else c.secrets.reader  # a preview never decrypts
+        desired = load_files(snapshot.files, c.policy, c.compose.resolved(placeholders), frozenset(c.compose.profiles), reader)
         hidden = sorted(c.compose.environment()) if placeholders else []
         if hidden and any(is_compose_file(p) for p in snapshot.files):
             note = f"a preview never sees the values of the agent's environment: {', '.join(f'${{{n}}}' for n in hidden)} stand in for them in this plan"

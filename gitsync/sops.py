@@ -373,7 +373,6 @@ def decrypt(data: bytes, file: str, keys: AgeKeys, format: str | None = None) ->
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SopsError(file, "format", f"not UTF-8 text (byte {exc.start})") from None
-    meta: Any
     if fmt in ("yaml", "json", "binary"):
         trees: list[Any]
         if fmt == "yaml":
@@ -383,22 +382,27 @@ def decrypt(data: bytes, file: str, keys: AgeKeys, format: str | None = None) ->
                 trees = [json.loads(text)]
             except ValueError as exc:
                 raise SopsError(file, "format", f"invalid JSON: {exc}") from None
-        metas = [t.pop("sops") for t in trees if isinstance(t, dict) and "sops" in t]
-        if not metas:
-            raise SopsError(file, "format", "has no sops: metadata")
-        meta = metas[-1]
-        trees = [t for t in trees if t is not None]
+        return decrypt_documents(trees, file, keys, fmt)
+    items = _dotenv_tree(text, file) if fmt == "dotenv" else _ini_tree(text, file)
+    if fmt == "dotenv":
+        flat = {k[5:]: v for k, v in items if isinstance(k, str) and k.startswith("sops_")}
+        items = Pairs((k, v) for k, v in items if not (isinstance(k, str) and k.startswith("sops_")))
     else:
-        items = _dotenv_tree(text, file) if fmt == "dotenv" else _ini_tree(text, file)
-        if fmt == "dotenv":
-            flat = {k[5:]: v for k, v in items if isinstance(k, str) and k.startswith("sops_")}
-            items = Pairs((k, v) for k, v in items if not (isinstance(k, str) and k.startswith("sops_")))
-        else:
-            found = [v for k, v in items if k == "sops"]
-            flat = {k: v.replace("\\n", "\n") for k, v in (found[0] if found else []) if isinstance(k, str)}
-            items = Pairs((k, v) for k, v in items if k != "sops")
-        meta = _unflatten(flat) if flat else None
-        trees = [items]
+        found = [v for k, v in items if k == "sops"]
+        flat = {k: v.replace("\\n", "\n") for k, v in (found[0] if found else []) if isinstance(k, str)}
+        items = Pairs((k, v) for k, v in items if k != "sops")
+    return _decrypt_trees(fmt, [items], _unflatten(flat) if flat else None, file, keys)
+
+
+def decrypt_documents(trees: list[Any], file: str, keys: AgeKeys, fmt: str = "yaml") -> Decrypted:
+    """Decrypt parsed YAML documents (or a JSON tree) in place: a yamlsrc.Node keeps its lines."""
+    metas = [t.pop("sops") for t in trees if isinstance(t, dict) and "sops" in t]
+    if not metas:
+        raise SopsError(file, "format", "has no sops: metadata")
+    return _decrypt_trees(fmt, [t for t in trees if t is not None], metas[-1], file, keys)
+
+
+def _decrypt_trees(fmt: str, trees: list[Any], meta: Any, file: str, keys: AgeKeys) -> Decrypted:
     if not isinstance(meta, dict):
         raise SopsError(file, "format", "its sops metadata is not a mapping")
     rules = _rules(meta, file)

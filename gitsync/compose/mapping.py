@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import yamlsrc
+from ..models import Sealed
 from ..repofiles import LINK, MISSING, RepoFiles, Unreadable, inside
 from .interpolate import parse_env_file
 from .override import where
@@ -27,7 +28,6 @@ UNSUPPORTED = "not supported by gitsync"
 WHY = {
     "build": "it deploys images from a registry: build and push in CI, then reference the image "
              "(building on each host would run the repository's Dockerfile on every host and give each its own image)",
-    "secrets": "mount the file with a host path volume, or pass the value in environment",
     "volumes_from": "declare the volumes this service needs itself",
     "models": "AI models are not deployed by gitsync",
     "provider": "services run by a provider plugin are not deployed by gitsync",
@@ -151,9 +151,7 @@ class Project:
     def map(self) -> None:
         root = self.root
         for key in root:
-            if key in ("services", "volumes", "networks", "name", "configs", "include") or key in IGNORED or str(key).startswith("x-"):
-                continue
-            if key in ("secrets", "configs") and not root[key]:
+            if key in ("services", "volumes", "networks", "name", "configs", "secrets", "include") or key in IGNORED or str(key).startswith("x-"):
                 continue
             self.refuse(line_of(root, key), str(key), WHY.get(str(key), ""))
         self._networks()
@@ -244,6 +242,7 @@ class ServiceMapper:
         self.service_ports: list[tuple[int, int | None, int, str | None]] = []  # (target port, published, line, host address)
         self.volumes: list[Any] = []
         self.files: list[tuple[int, dict[str, Any]]] = []  # spec.files entries (relative read-only binds, configs)
+        self.secrets: list[tuple[int, dict[str, Any]]] = []  # spec.secrets entries
         self.tmpfs: list[str] = []
         self.x: Mapping[str, Any] = {}
 
@@ -272,7 +271,8 @@ class ServiceMapper:
             "ports": self._ports,
             "expose": self._expose,
             "volumes": self._volumes,
-            "configs": self._configs,
+            "configs": lambda v, at: self._declared_files("configs", v, at),
+            "secrets": lambda v, at: self._declared_files("secrets", v, at),
             "tmpfs": lambda v, at: self.tmpfs.extend([v] if isinstance(v, str) else list(v)),
             "restart": self._restart,
             "stop_grace_period": lambda v, at: self.put("stopGracePeriod", v, at),
@@ -540,43 +540,56 @@ class ServiceMapper:
             self.p.fail(line, path, f"{source}: {LINK}")
         return kind in ("file", "folder")
 
-    def _configs(self, value: Any, at: int) -> None:
-        """Compose configs: files of the repository (file:), inline text (content:) or a project variable (environment:)."""
-        declared = self.p.root.get("configs") or {}
+    def _declared_files(self, kind: str, value: Any, at: int) -> None:
+        """Compose configs and secrets: files of the repository (file:), a project variable (environment:)
+        or, for configs, inline text (content:). Secrets (and configs of the environment, whose values are
+        never shown) become spec.secrets: decrypted when sops encrypted the file, never shown."""
+        declared = self.p.root.get(kind) or {}
         for i, entry in enumerate(value):
             line = line_of(value, i, at)
             long = isinstance(entry, dict)
             name = str(entry.get("source") if long else entry)
             target = entry.get("target") if long else None
+            allowed = ("source", "target", "mode") + (("uid", "gid") if kind == "secrets" else ())
             for k in (entry if long else ()):
-                if k not in ("source", "target", "mode") and not str(k).startswith("x-"):
-                    self.p.refuse(line_of(entry, k, line), self.path("configs", i, k), "files from the repository belong to root and are readable by all (mode 0444 unless mode says otherwise)")
+                if k not in allowed and not str(k).startswith("x-"):
+                    self.p.refuse(line_of(entry, k, line), self.path(kind, i, k), "files from the repository belong to root and are readable by all (mode 0444 unless mode says otherwise)")
             decl = declared.get(name)
             if not isinstance(decl, dict):
-                self.p.fail(line, self.path("configs", i), f"refers to config {name!r}, which is not declared under the top-level configs")
+                self.p.fail(line, self.path(kind, i), f"refers to {kind[:-1]} {name!r}, which is not declared under the top-level {kind}")
                 continue
-            mount = str(target) if target else f"/{name}"
-            item: dict[str, Any] = {"mountPath": mount}
-            if long and entry.get("mode") is not None:
-                mode = entry["mode"]
-                item["mode"] = int(mode, 8) if isinstance(mode, str) and re.fullmatch(r"0?[0-7]{1,4}", mode) else mode
+            default = f"/run/secrets/{name}" if kind == "secrets" else f"/{name}"
+            mount = str(target) if target else default
+            if kind == "secrets" and not mount.startswith("/"):
+                mount = f"/run/secrets/{mount}"  # compose: a relative target is under /run/secrets
+            item: dict[str, Any] = {"mountPath": mount} if kind == "configs" else {"name": name, "path": mount}
+            for k in ("mode", "uid", "gid"):
+                if long and entry.get(k) is not None:
+                    v = entry[k]
+                    item[k] = int(v, 8) if k == "mode" and isinstance(v, str) and re.fullmatch(r"0?[0-7]{1,4}", v) else int(v) if isinstance(v, str) and v.isdigit() else v
             if "file" in decl:
-                if not self._in_repository(line_of(decl, "file", line), f"configs.{name}.file", str(decl["file"])):
+                if not self._in_repository(line_of(decl, "file", line), f"{kind}.{name}.file", str(decl["file"])):
                     continue
-                item["source"] = str(decl["file"])
-            elif "content" in decl:
+                item["source" if kind == "configs" else "file"] = str(decl["file"])
+            elif "content" in decl and kind == "configs":
                 item["content"] = str(decl["content"])
             elif "environment" in decl:
                 variable = str(decl["environment"])
                 if variable not in self.p.variables:
-                    self.p.fail(line_of(decl, "environment", line), f"configs.{name}.environment", f"{variable} is not set (compose.variables, or the project's .env)")
+                    self.p.fail(line_of(decl, "environment", line), f"{kind}.{name}.environment", f"{variable} is not set (compose.variables, or the project's .env)")
                     continue
-                item["content"] = self.p.variables[variable]
+                value_text = self.p.variables[variable]
+                if kind == "configs":
+                    item = {"name": name, "path": mount, "mode": item.get("mode", 0o444)}
+                item["content"] = Sealed(value_text.encode(), "", name)  # sealed by the deployment's reader
+                self.secrets.append((line, item))
+                continue
             else:
                 why = "external" if "external" in decl else "name" if "name" in decl else "no source"
-                self.p.refuse(line_of(declared, name, line), f"configs.{name}", f"a config with {why}: give it file: (a file of the repository), content: or environment:")
+                self.p.refuse(line_of(declared, name, line), f"{kind}.{name}", f"a {kind[:-1]} with {why}: give it file: (a file of the repository)"
+                              + (", content: or environment:" if kind == "configs" else " or environment:"))
                 continue
-            self.files.append((line, item))
+            (self.files if kind == "configs" else self.secrets).append((line, item))
 
     def _restart(self, value: Any, at: int) -> None:
         if isinstance(value, str) and value.startswith("on-failure:"):
@@ -835,6 +848,9 @@ class ServiceMapper:
         if self.files:
             at = self.at("volumes") or self.at("configs")
             self.put("files", nlist(at, [node(line, v) for line, v in self.files], [line for line, _ in self.files]), at)
+        if self.secrets:
+            at = self.at("secrets") or self.at("configs")
+            self.put("secrets", nlist(at, [node(line, v) for line, v in self.secrets], [line for line, _ in self.secrets]), at)
         if self.tmpfs:
             self.put("tmpfs", nlist(self.at("tmpfs") or self.at("volumes"), self.tmpfs), self.at("tmpfs") or self.at("volumes"))
         self.spec.setdefault("restart", "no")  # compose's default: Docker does not restart it (the agent still heals it)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..actions import Action, KindPlan, PlanView, Run
@@ -30,6 +30,8 @@ class Header:
     spec: Any  # the spec node, as YAML gave it
     spec_line: int
     origin: Origin
+    body: Mapping[str, Any] = field(default_factory=dict)  # the kind's top-level keys besides spec (a Secret's stringData)
+    body_lines: Mapping[str, int] = field(default_factory=dict)
 
     def open_spec(self, ctx: Ctx) -> Obj | None:
         """The spec, to be read key by key; None (and a problem) when it is missing or no mapping."""
@@ -47,6 +49,7 @@ class Kind:
     # What metadata.name may be (the names of containers, DNS names, Docker volumes differ).
     name_re: ClassVar[re.Pattern[str]] = NAME_RE
     name_rule: ClassVar[str] = "lower-case letters, digits, '-' and '_', starting and ending with a letter or digit"
+    top_keys: ClassVar[tuple[str, ...]] = ()  # top-level keys of its documents besides apiVersion, kind, metadata, spec
 
     def valid_name(self, name: str) -> bool:
         return bool(self.name_re.match(name)) and len(name) <= 63
@@ -58,6 +61,10 @@ class Kind:
     def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
         """Rules across documents: this kind's `objects` among themselves (references, cycles) and
         against those of other kinds (`loaded`, by kind name)."""
+
+    def warnings(self, objects: Sequence[Any]) -> list[str]:
+        """What loading these objects should tell on every sync without refusing them."""
+        return []
 
     def plan(self, desired: DesiredState, view: PlanView) -> KindPlan:
         return KindPlan()
@@ -95,4 +102,4 @@ def names() -> list[str]:
     return [k.name for k in ordered()]
 
 
-from . import deployment, service, volume  # noqa: E402,F401  (the built-in kinds register themselves)
+from . import deployment, secret, service, volume  # noqa: E402,F401  (the built-in kinds register themselves)

@@ -63,6 +63,7 @@ from ..models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMo
 from . import Header, Kind, register
 from ..container import parse_options
 from .files import mount_paths, read_files
+from .secret import read_secret_env, read_secret_files
 from .replicas import Replicas
 from .volume import differs, external_refusal
 
@@ -200,10 +201,17 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
         if not IMAGE_RE.match(image) or len(image) > 512:
             ctx.add(spec.line_of("image"), "spec.image", f"{shown(image)} is not a valid image reference (e.g. registry.example.com/team/web:1.4.2)")
     command = read_command(ctx, spec, "command")
+    plain_env, secret_refs = read_secret_env(ctx, spec)
+    if secret_refs:
+        spec.node["env"] = plain_env  # the secretKeyRef entries are read; the rest as any env
     env = read_str_map(ctx, spec, "env", ENV_KEY_RE, "environment variable")
     ports = _ports(ctx, spec)
     volumes, binds = _volumes(ctx, spec)
-    files = read_files(ctx, spec, mount_paths(volumes, binds))
+    taken = mount_paths(volumes, binds)
+    files = read_files(ctx, spec, taken)
+    secret_files, file_refs = read_secret_files(ctx, spec, taken | mount_paths(files))
+    files += tuple(secret_files)
+    secret_refs += file_refs
     placement = _placement(ctx, spec)
     healthcheck = _healthcheck(ctx, spec)
     update = _update(ctx, spec)
@@ -250,6 +258,7 @@ def _deployment(ctx: Ctx, head: Header) -> Deployment | None:
         restart=RestartPolicy.NO if run_once and "restart" not in spec.node else restart,
         options=options,
         origin=origin,
+        secret_refs=tuple(secret_refs),
     )
 
 
@@ -298,9 +307,15 @@ def describe_change(live: LiveContainer, d: Deployment) -> str:
         if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):
             if key == "image":
                 parts.append(f"image {old.get(key)} -> {new.get(key)}")
-            elif key == "files":  # which of them: their content is in Git, the plan names where they go
-                was, now = ({m: h for m, h, _ in doc.get("files") or []} for doc in (old, new))
-                parts.append("files " + " ".join(sorted(m for m in set(was) | set(now) if was.get(m) != now.get(m))))
+            elif key == "files":  # which of them: their content is in Git, the plan names where they go (a secret by name)
+                was, now = ({f[0]: f for f in doc.get("files") or []} for doc in (old, new))
+                changed = [was.get(m) or now[m] for m in sorted(set(was) | set(now)) if was.get(m) != now.get(m)]
+                named = [(now.get(f[0]) or f) for f in changed]
+                plain = [f[0] for f in named if len(f) < 4]
+                parts += [f"secret {f[3]}" for f in named if len(f) > 3] + (["files " + " ".join(plain)] if plain else [])
+            elif key == "secretEnv":  # which secrets, never a value
+                was, now = ({e[0]: e for e in doc.get("secretEnv") or []} for doc in (old, new))
+                parts += sorted({f"secret {(now.get(k) or was[k])[1]}" for k in set(was) | set(now) if was.get(k) != now.get(k)})
             else:
                 parts.append(key)
     if not parts:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from ..errors import ApplyError, HostError, Reason
 from ..hosts import Hosts
 from ..config import PolicySettings
 from ..container import docker_options
-from ..models import AccessMode, Deployment, DesiredState, NetworkMode, UpdateOrder, Volume
+from ..models import AccessMode, Deployment, DesiredState, NetworkMode, Sealed, UpdateOrder, Volume
 from ..policy import writable_roots
 
 
@@ -61,7 +61,7 @@ def container_spec(
         image=d.image,
         labels=labels,
         command=d.command,
-        env=d.env,
+        env=d.env + tuple((k, s.reveal().decode("utf-8", "surrogateescape")) for k, _, s in d.options.secret_env),
         ports=tuple((p.container_port, p.protocol, (p.host_ip, p.host_port) if p.host_ip and p.host_port else p.host_port) for p in d.ports),
         mounts=tuple(((desired.volume(v.name) if desired else Volume(v.name)).docker_name(replica), v.mount_path, v.read_only, "") for v in d.volumes)
         + tuple((b.host_path, b.mount_path, b.read_only, b.relabel) for b in d.options.binds)
@@ -162,7 +162,7 @@ class HostApplier:
         for f in d.options.files:
             vname = L.files_volume(self.agent, f.digest)
             self._once(self._files_ok, vname, lambda vname=vname, f=f: self._files_at.__setitem__(vname, self.engine.ensure_files(
-                vname, {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_FILES}, d.image, f.entries, f.folder)))
+                vname, {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_FILES}, d.image, revealed(f.entries), f.folder, f.owner)))
         if d.options.network_mode == NetworkMode.BRIDGE:
             for network in L.networks_of(self.agent, d):
                 self._once(self._network_ok, network, lambda network=network: self.engine.ensure_network(network, {L.MANAGED_BY: self.agent}))
@@ -463,3 +463,8 @@ class Replicas:
                 rollbacks.append(f"{d.name}: replica {a.replica} on {a.host} rolled back to {old.image}")
             except Exception as exc:
                 rollbacks.append(f"{d.name}: replica {a.replica} on {a.host}: rollback failed: {explain(exc)}")
+
+
+def revealed(entries: Sequence[tuple[str, bytes | Sealed, int]]) -> tuple[tuple[str, bytes, int], ...]:
+    """A files volume's content as it is written: a secret's value only here, on its way to the host."""
+    return tuple((name, data.reveal() if isinstance(data, Sealed) else data, mode) for name, data, mode in entries)

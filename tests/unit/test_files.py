@@ -148,9 +148,9 @@ def test_a_file_made_from_a_value_of_the_agents_environment_is_never_shown_in_a_
     old = load_files({"compose.yaml": text.encode()}, variables={"API_TOKEN": "old-secret-value-41"}).deployment("app")
     new_state = load_files({"compose.yaml": text.encode()}, variables={"API_TOKEN": "new-secret-value-42"})
     new = new_state.deployment("app")
-    assert old is not None and new is not None and new.options.files[0].entries[0][1] == b"new-secret-value-42"  # delivered as it is
+    assert old is not None and new is not None and new.options.files[0].entries[0][1].reveal() == b"new-secret-value-42"  # delivered as it is, sealed until then
     live = LiveContainer("c1", "t_app-0", "h1", "app", 0, L.spec_hash(old), "r", "running", None, 1, "a:1", spec=L.canonical_spec(old))
     plan = make_plan(new_state, {"h1": HostObservation("h1", True, (live,))}, hosts, "t")
     shown = plan_text(plan, "main@sha1:x", {}) + json.dumps(plan.to_json()) + json.dumps(L.container_labels("t", new, 0, "r"))
-    assert "changed: files /run/token" in shown
+    assert "changed: secret token" in shown  # a value of the environment is a secret: keyed digest, named, never shown
     assert "secret-value" not in shown

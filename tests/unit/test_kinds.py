@@ -92,7 +92,7 @@ def test_a_registered_kinds_problems_are_located_and_listed_with_the_known_kinds
     text = [str(p) for p in err.value.problems]
     assert "n.yaml:4: spec.text: is required" in text
     assert any(t.startswith("n.yaml:5: spec.txt: unknown key") for t in text)
-    assert "n.yaml:8: kind: 'Nope' is not one of Note, Volume, Service, Deployment" in text
+    assert "n.yaml:8: kind: 'Nope' is not one of Secret, Note, Volume, Service, Deployment" in text
 
 
 def test_an_action_of_a_kind_the_agent_does_not_know_is_reported_not_dropped() -> None:

@@ -29,7 +29,7 @@ INVALID = [
     ("bad image", HEAD + "  image: 'Web App:latest'\n", "apps/web.yaml:6: spec.image: 'Web App:latest' is not a valid image reference"),
     ("bad image tag", HEAD + "  image: 'web:'\n", "apps/web.yaml:6: spec.image: 'web:' is not a valid image reference"),
     ("bad name", HEAD.replace("name: web", "name: Web_App") + "  image: a:1\n", "apps/web.yaml:4: metadata.name: 'Web_App' is not a valid name"),
-    ("unknown kind", HEAD.replace("Deployment", "StatefulSet") + "  image: a:1\n", "apps/web.yaml:2: kind: 'StatefulSet' is not one of Volume, Service, Deployment"),
+    ("unknown kind", HEAD.replace("Deployment", "StatefulSet") + "  image: a:1\n", "apps/web.yaml:2: kind: 'StatefulSet' is not one of Secret, Volume, Service, Deployment"),
     ("wrong apiVersion", HEAD.replace("gitsync.io/v1", "apps/v1") + "  image: a:1\n", "apps/web.yaml:1: apiVersion: 'apps/v1' is not supported; use gitsync.io/v1"),
     ("command as string", HEAD + "  image: a:1\n  command: httpd -f\n", "apps/web.yaml:7: spec.command: must be a list of strings"),
     ("env boolean", HEAD + "  image: a:1\n  env:\n    DEBUG: true\n", "apps/web.yaml:8: spec.env.DEBUG: must be a string; quote it (\"true\")"),
