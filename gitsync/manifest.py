@@ -122,6 +122,7 @@ def load_files(
         else:
             overrides[folders[folder][0]] = path
     total = 0
+    unopened: set[str] = set()  # Secrets in files that did not decrypt
     for path in manifest_files:
         data = files[path]
         if isinstance(data, Unreadable):
@@ -155,6 +156,7 @@ def load_files(
                 secrets.open_documents(path, [d for _, d in docs])
             except sops.SopsError as exc:
                 problems.append(Problem(path, None, exc.why))
+                unopened.update(_secret_names(d for _, d in docs))  # their users are not told "no Secret" on top
                 continue
         for line, doc in docs:
             got = _document(ctx, doc, line)
@@ -165,7 +167,7 @@ def load_files(
             problems.append(Problem(path, None, data.why))
     if _too_much(objects, problems):
         raise ManifestError(problems)  # nothing more is built from so much: no plan is made of it
-    objects["Deployment"] = bind_secrets(objects["Deployment"], objects["Secret"], secrets, problems)
+    objects["Deployment"] = bind_secrets(objects["Deployment"], objects["Secret"], secrets, problems, unopened)
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
@@ -177,6 +179,10 @@ def load_files(
         problems = [Problem(*compose.where(p.file, overrides.get(p.file), p.line), compose.compose_words(p.message)) if compose.is_compose_file(p.file) or compose.is_override_file(p.file) else p for p in problems]
         raise ManifestError(sorted(set(problems), key=lambda p: (p.file, p.line or 0, p.message)))
     return desired
+
+
+def _secret_names(docs: Any) -> set[str]:
+    return {str(d["metadata"].get("name")) for d in docs if isinstance(d, dict) and d.get("kind") == "Secret" and isinstance(d.get("metadata"), dict)}
 
 
 @dataclass

@@ -219,8 +219,10 @@ def secret_mount(reader: SecretReader, target: str, values: Mapping[str, Sealed]
                      secret=name, owner=owner)
 
 
-def bind(deployments: Sequence[Deployment], secrets: Sequence[Secret], reader: SecretReader, problems: list[Problem]) -> list[Deployment]:
-    """Each deployment with the Secrets it names filled in: files and environment variables."""
+def bind(deployments: Sequence[Deployment], secrets: Sequence[Secret], reader: SecretReader, problems: list[Problem],
+         unopened: set[str] = set()) -> list[Deployment]:
+    """Each deployment with the Secrets it names filled in: files and environment variables (`unopened`:
+    Secrets whose file did not decrypt, a problem of its own already)."""
     by_name = {s.name: s for s in secrets}
     out = []
     for d in deployments:
@@ -232,6 +234,9 @@ def bind(deployments: Sequence[Deployment], secrets: Sequence[Secret], reader: S
             file = d.origin.file if d.origin else "?"
             secret = by_name.get(ref.secret)
             if secret is None:
+                ok = False
+                if ref.secret in unopened:
+                    continue
                 problems.append(Problem(file, ref.line, f"{d.name}: {ref.at}: no Secret named {ref.secret}" + (f" (there are: {', '.join(sorted(by_name))})" if by_name else "")))
                 ok = False
                 continue
@@ -247,6 +252,6 @@ def bind(deployments: Sequence[Deployment], secrets: Sequence[Secret], reader: S
                 assert ref.path is not None
                 chosen = {"": secret.values[ref.key]} if ref.key else dict(secret.values)
                 files.append(secret_mount(reader, ref.path, chosen, ref.mode, ref.owner, ref.line, label))
-        if ok:
-            out.append(replace(d, options=replace(d.options, files=tuple(files), secret_env=tuple(sorted(env, key=lambda e: e[0]))), secret_refs=()))
+        # one that names a missing Secret stays (the load fails on its problem; others may depend on it)
+        out.append(replace(d, options=replace(d.options, files=tuple(files), secret_env=tuple(sorted(env, key=lambda e: e[0]))), secret_refs=()) if ok else d)
     return out

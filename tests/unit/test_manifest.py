@@ -143,8 +143,18 @@ def test_examples_repo_is_valid() -> None:
 
 @pytest.mark.parametrize("variant", ["three-tier", "three-tier-official", "compose-shop"])
 def test_the_three_tier_examples_are_valid(variant: str) -> None:
-    state = load_files(read_folder(str(EXAMPLES.parent / variant)))
+    from gitsync.secrets import SecretReader
+    from gitsync.sops import AgeKeys
+
+    reader = SecretReader(AgeKeys.load(str(EXAMPLES.parent / "keys" / "example-age.key")))
+    state = load_files(read_folder(str(EXAMPLES.parent / variant)), secrets=reader)
     assert {d.name for d in state.deployments} == {"web", "api", "db"} == {s.name for s in state.services}
+    if variant != "compose-shop":  # the database's password: an encrypted Secret, a file for db, a variable for api
+        assert [f.secret for f in state.deployment("db").options.files] == ["db/password"]  # type: ignore[union-attr]
+        assert [e[0] for e in state.deployment("api").options.secret_env] in (["DB_PASSWORD"], ["PGRST_DB_URI"])  # type: ignore[union-attr]
+        with pytest.raises(ManifestError) as err:
+            load_files(read_folder(str(EXAMPLES.parent / variant)), secrets=SecretReader())  # without the key: refused, naming the file
+        assert [str(p)[:44] for p in err.value.problems] == ["apps/db-secret.yaml: encrypted for age recip"]  # and only that
     assert state.deployment("api").depends_on == ("db",) and state.deployment("web").depends_on == ("api",)  # type: ignore[union-attr]
     (volume,) = state.volumes
     db = state.deployment("db")
