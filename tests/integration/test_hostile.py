@@ -71,34 +71,42 @@ def test_values_from_the_agents_environment_are_never_shown(fleet: Fleet, github
         doc = requests.get(f"{agent.url}/api/plans/{pr}", timeout=5).json()
         assert "gitsync-test/busybox:${TOKEN}" in json.dumps(doc) and "stand in for them" in json.dumps(doc), doc
 
-        # everything the agent shows, posts and logs
-        shown = [json.dumps(github_forge.state.posted()), json.dumps(github_forge.state.comments), agent.log.read_text()]
-        auth = {"Authorization": f"Bearer {API_TOKEN}"}
-        syncs = requests.get(f"{agent.url}/api/syncs", timeout=5, headers=auth).json()
-        for path in ["/", "/plans", f"/plans/{pr}", f"/api/plans/{pr}", "/api/plans", "/api/status", "/api/syncs", "/metrics"] + [
-            f"/syncs/{s['id']}" for s in syncs
-        ] + [f"/api/syncs/{s['id']}" for s in syncs]:
-            r = requests.get(f"{agent.url}{path}", timeout=10, headers=auth)
-            assert r.status_code == 200, path
-            shown.append(r.text)
-        # and the command line, as a person runs it beside the agent's configuration (the agent stopped: one process acts)
-        assert agent.stop() == 0
-        env = {**os.environ, "TOKEN": TOKEN, "HOSTVAL": HOSTVAL, "GH_TOKEN": "x"}
-        said = []
-        for argv in (["plan", str(upstream.path)], ["plan", "--json", str(upstream.path)], ["plan", "--ref", pr, str(upstream.path)],
-                     ["status"], ["status", "--json", c2[:12]], ["hosts"]):
-            run = subprocess.run([sys.executable, "-m", "gitsync", *argv, "-c", str(agent.config)], env=env, capture_output=True, text=True, timeout=120)
-            said.append(run.stdout + run.stderr)
+        shown, said = everything_shown(agent, github_forge, upstream, tmp_path, {"TOKEN": TOKEN, "HOSTVAL": HOSTVAL}, pr, c2)
         assert "'${HOSTVAL}' is not a port" in said[0] and "'${HOSTVAL}' is not a port" in said[1]  # main is the failing commit: named
         assert "gitsync-test/busybox:${TOKEN}" in said[2] and "'${HOSTVAL}' is not a port" in said[3] + said[4] and "h1" in said[5], said
-        shown += said
-        history = (tmp_path / "state" / "history.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "state").glob("history.db-*"))
-        for value in (TOKEN, HOSTVAL):
-            assert all(value not in text for text in shown), [text[max(0, text.find(value) - 200) : text.find(value) + 50] for text in shown if value in text]
-            assert value.encode() not in history
+        assert_never_shown((TOKEN, HOSTVAL), shown, tmp_path)
         assert any("${HOSTVAL}" in text for text in shown)
     finally:
         agent.stop()
+
+
+def everything_shown(agent: AgentProc, forge: FakeForge, upstream: GitRepo, tmp_path: Path, env: dict[str, str], pr: str, commit: str) -> tuple[list[str], list[str]]:
+    """Everything the agent shows, posts and logs, then (the agent stopped: one process acts) what the
+    command line says beside its configuration: plan (text, JSON, a pull request's), status, hosts."""
+    shown = [json.dumps(forge.state.posted()), json.dumps(forge.state.comments), agent.log.read_text()]
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    syncs = requests.get(f"{agent.url}/api/syncs", timeout=5, headers=auth).json()
+    for path in ["/", "/plans", f"/plans/{pr}", f"/api/plans/{pr}", "/api/plans", "/api/status", "/api/syncs", "/metrics"] + [
+        f"/syncs/{s['id']}" for s in syncs
+    ] + [f"/api/syncs/{s['id']}" for s in syncs]:
+        r = requests.get(f"{agent.url}{path}", timeout=10, headers=auth)
+        assert r.status_code == 200, path
+        shown.append(r.text)
+    assert agent.stop() == 0
+    said = []
+    for argv in (["plan", str(upstream.path)], ["plan", "--json", str(upstream.path)], ["plan", "--ref", pr, str(upstream.path)],
+                 ["status"], ["status", "--json", commit[:12]], ["hosts"]):
+        run = subprocess.run([sys.executable, "-m", "gitsync", *argv, "-c", str(agent.config)], env={**os.environ, **env, "GH_TOKEN": "x"},
+                             capture_output=True, text=True, timeout=120)
+        said.append(run.stdout + run.stderr)
+    return shown + said, said
+
+
+def assert_never_shown(values: tuple[str, ...], shown: list[str], tmp_path: Path) -> None:
+    history = (tmp_path / "state" / "history.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "state").glob("history.db-*"))
+    for value in values:
+        assert all(value not in text for text in shown), [text[max(0, text.find(value) - 200) : text.find(value) + 50] for text in shown if value in text]
+        assert value.encode() not in history
 
 
 def test_a_link_planted_by_a_replica_under_a_writable_prefix_is_never_followed(fleet: Fleet, tmp_path: Path) -> None:
