@@ -296,6 +296,8 @@ class Syncer:
                 s.on_start(s.result)
 
         s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched)
+        for warning in s.desired.warnings:  # every sync says it again (a plain-text Secret, a compose key ignored)
+            log.warning("sync %s: %s", s.result.revision or "-", warning)
 
     def _plan(self, s: _Sync) -> None:
         assert s.desired is not None and s.observed is not None

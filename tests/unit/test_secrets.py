@@ -165,3 +165,23 @@ secrets:
     assert (files["/run/secrets/api-token"].owner, files["/run/secrets/api-token"].entries[0][2]) == ((1000, 0), 0o440)
     plain = {"compose.yaml": compose.replace(b"./db.enc.yaml", b"./pw.txt"), "pw.txt": b"plain"}
     assert any(p.startswith("compose.yaml:5: services.app.secrets[0].file: ./pw.txt is plain text in Git") for p in problems(plain, variables={"TOKEN": "env-token-value"}))
+
+
+def test_a_whole_secret_as_a_folder_binary_data_and_what_a_secret_may_not_be():
+    import base64
+
+    files = repo()
+    doc = {"apiVersion": "gitsync.io/v1", "kind": "Secret", "metadata": {"name": "bin"},
+           "data": {"key.der": base64.b64encode(b"\x00\x01binary\xff").decode(), "other": base64.b64encode(b"two").decode()}}
+    files["secrets/bin.yaml"] = encrypt_yaml(doc, encrypted_regex="^(data|stringData)$").encode()
+    files["apps.yaml"] = APPS.replace(b"  image: web:1\n", b"  image: web:1\n  secrets: [{name: bin}]\n")
+    web = load_files(files, secrets=reader()).deployment("web")
+    (mount,) = web.options.files
+    assert (mount.mount_path, mount.folder, mount.secret) == ("/run/secrets/bin", True, "bin")
+    assert {name: data.reveal() for name, data, _ in mount.entries} == {"key.der": b"\x00\x01binary\xff", "other": b"two"}
+    bad = {**files, "secrets/x.yaml": b"apiVersion: gitsync.io/v1\nkind: Secret\nmetadata: {name: x}\nspec: {a: b}\nstringData: {'bad key': v}\n"}
+    found = problems(bad, SecretReader(AgeKeys([TEST_IDENTITY]), allow_plaintext=True))
+    assert "secrets/x.yaml:4: spec: a Secret has no spec: its values go under stringData (text) or data (base64)" in found, found
+    assert "secrets/x.yaml:5: stringData.bad key: is not a valid key: letters, digits, '-', '_' and '.' (it may become a file name)" in found, found
+    odd = {**files, "apps.yaml": APPS.replace(b"mode: 0400, uid: 999", b"mode: 0400, uid: 999, content: x")}
+    assert any("spec.secrets[0].content: is not a key of spec.secrets" in p for p in problems(odd)), problems(odd)
