@@ -91,18 +91,22 @@ class Hosts:
         containers = tuple(
             sorted((from_list_entry(name, e) for e in entries), key=lambda c: (c.deployment, c.replica or 0, c.name))
         )
-        return HostObservation(name, True, containers, None, time.monotonic() - start, proxy_config=self._proxy_config(name, containers), volumes=volumes)
+        return HostObservation(name, True, containers, None, time.monotonic() - start, proxy_configs=self._proxy_configs(name, containers), volumes=volumes)
 
-    def _proxy_config(self, name: str, containers: tuple[LiveContainer, ...]) -> str | None:
-        """What the host's proxy serves: its configuration file, read only on hosts that have a proxy."""
-        proxy = next((c for c in containers if c.role == L.ROLE_PROXY), None)
-        if proxy is None:
-            return None
-        try:
-            raw = self.engine(name).read_file(proxy.id, PROXY_CONFIG)
-        except HostError:
-            return None  # unknown: the plan writes it again
-        return raw.decode("utf-8", "replace") if raw is not None else None
+    def _proxy_configs(self, name: str, containers: tuple[LiveContainer, ...]) -> dict[int, str]:
+        """What each of the host's proxies serves, by slot: its configuration file (one unread is unknown: the plan writes it again)."""
+        out: dict[int, str] = {}
+        proxies = sorted((c for c in containers if c.role == L.ROLE_PROXY), key=lambda c: (not c.running, -c.created, c.id))
+        for proxy in proxies:
+            if proxy.slot in out:
+                continue
+            try:
+                raw = self.engine(name).read_file(proxy.id, PROXY_CONFIG)
+            except HostError:
+                continue
+            if raw is not None:
+                out[proxy.slot] = raw.decode("utf-8", "replace")
+        return out
 
     def observe(self) -> dict[str, HostObservation]:
         """Every host in parallel; an unreachable host is reported, never raised."""

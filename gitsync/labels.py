@@ -60,8 +60,9 @@ def networks_under(agent_network: str, d: Deployment) -> tuple[str, ...]:
     return tuple(f"{agent_network}_{n}" for n in d.options.networks) or (agent_network,)
 
 
-def proxy_name(agent: str) -> str:
-    return f"{agent}-proxy"
+def proxy_name(agent: str, slot: int = 0) -> str:
+    """The host's Services' proxy; a second (slot 1, ...) serves Services whose port the first one serves already."""
+    return f"{agent}-proxy" if not slot else f"{agent}-proxy-{slot}"
 
 
 def spec_document(d: Deployment) -> dict[str, Any]:

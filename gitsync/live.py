@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -61,6 +62,12 @@ class LiveContainer:
         """The host port a container port is published on (any address), if it is."""
         return next((hp for cp, proto, hp, _ in self.published if cp == port and proto == protocol), None)
 
+    @property
+    def slot(self) -> int:
+        """A proxy's slot (0: the first proxy; another serves Services whose port the first one serves)."""
+        slot = (self.spec_document() or {}).get("slot", 0)
+        return slot if isinstance(slot, int) and not isinstance(slot, bool) and slot >= 0 else 0
+
     def spec_document(self) -> dict[str, Any] | None:
         try:
             doc = json.loads(self.spec) if self.spec else None
@@ -101,8 +108,11 @@ class HostObservation:
     error: str | None = None
     seconds: float = 0.0
     stale: bool = False  # unreachable now: these are the last containers seen, within the host's grace
-    proxy_config: str | None = None  # the configuration the host's Services' proxy runs, when it has one
+    proxy_configs: Mapping[int, str] = field(default_factory=dict)  # the configuration each proxy runs, by slot, when it has one
     volumes: tuple[LiveVolume, ...] = ()  # every volume on the host, gitsync's or not
+
+    def proxy_config(self, slot: int = 0) -> str | None:
+        return self.proxy_configs.get(slot)
 
     # Indexes, built once per observation: a plan asks them per replica and per Service.
     @cached_property
@@ -126,6 +136,11 @@ class HostObservation:
     @cached_property
     def proxies(self) -> tuple[LiveContainer, ...]:
         return tuple(c for c in self.containers if c.role == L.ROLE_PROXY)
+
+    def proxy(self, slot: int = 0) -> LiveContainer | None:
+        """The slot's proxy: the running one, else the newest."""
+        found = sorted((c for c in self.proxies if c.slot == slot), key=lambda c: (not c.running, -c.created, c.id))
+        return found[0] if found else None
 
 
 def _health(status: str) -> str | None:

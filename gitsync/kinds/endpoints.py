@@ -2,6 +2,10 @@
 proxy is (its image, names and published ports). Pure: the same desired and live state always give
 the same configuration, so a proxy is reloaded only when what it serves changes.
 
+A proxy listens on each of its Services' ports on every network it is on, so two Services with the
+same port cannot share one: each host runs one proxy per *slot*, and a Service goes to the first
+slot (0, 1, ...) where none of its ports is taken, by name order. Most fleets have slot 0 only.
+
 A replica on the proxy's own host is reached by its address on the managed network, one on another
 host through the port its host publishes on that host's address (`hosts[].address`).
 """
@@ -89,6 +93,25 @@ def endpoints(
     return out, notes
 
 
+def slots(services: Sequence[Service]) -> dict[str, int]:
+    """Each Service's proxy slot: the first whose ports are free of its own (by name, so stable)."""
+    taken: list[set[int]] = []
+    out: dict[str, int] = {}
+    for s in sorted(services, key=lambda s: s.name):
+        ports = {p.port for p in s.ports}
+        slot = next((i for i, used in enumerate(taken) if not used & ports), len(taken))
+        if slot == len(taken):
+            taken.append(set())
+        taken[slot] |= ports
+        out[s.name] = slot
+    return out
+
+
+def in_slot(services: Sequence[Service], slot: int) -> list[Service]:
+    chosen = slots(services)
+    return [s for s in services if chosen[s.name] == slot]
+
+
 def hard_stop(desired: DesiredState) -> int:
     """How long a reloaded proxy's old worker may finish connections: the longest stop grace period
     of the replicas served, at least 10 s."""
@@ -98,13 +121,15 @@ def hard_stop(desired: DesiredState) -> int:
 
 def config_for(
     host: str, desired: DesiredState, observed: Mapping[str, HostObservation],
-    settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (),
+    settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (), slot: int = 0,
 ) -> tuple[str, list[str]]:
+    """The configuration of the slot's proxy on `host`: its Services' ports and endpoints."""
     eps, notes = endpoints(host, desired, observed, settings, network, draining)
-    return render(desired.services, eps, hard_stop(desired)), notes
+    return render(in_slot(desired.services, slot), eps, hard_stop(desired)), notes
 
 
-def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings, desired: DesiredState | None = None) -> dict[str, Any]:
+def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings, desired: DesiredState | None = None,
+                   slot: int = 0) -> dict[str, Any]:
     """What the host's proxy container is: changing any of it recreates the proxy (endpoints are not in it).
     A Service's name resolves to the proxy on each network one of its deployments is on: on the agent's
     one network, and on the agent's own networks (spec.networks), where only the Services of
@@ -119,6 +144,7 @@ def proxy_document(image: str, network: str, services: Sequence[Service], host: 
         if not nets or network in nets:
             shared.append(s.name)
     return {
+        **({"slot": slot} if slot else {}),  # the first proxy's document is as it was before slots
         "image": image,
         "network": network,
         "aliases": sorted(shared),

@@ -17,9 +17,9 @@ from .. import labels as L
 from ..actions import Action, ActionKind, ActionResult, Run
 from ..engine import ContainerSpec, Engine, explain
 from ..errors import ApplyError, HostError
-from ..live import HostObservation
+from ..live import HostObservation, LiveContainer
 from ..proxyconf import CONFIG_PATH
-from .endpoints import config_for, endpoint_name, members, proxy_document, proxy_labels, starting
+from .endpoints import config_for, endpoint_name, in_slot, members, proxy_document, proxy_labels, slots, starting
 
 NEXT_PATH = CONFIG_PATH + ".next"  # where a new configuration is checked before it replaces the running one
 DRAIN = 1.0  # seconds between taking a replica out of rotation and stopping it (at most its stop grace period)
@@ -65,9 +65,9 @@ class Proxies:
         return got
 
     # -- configuration ---------------------------------------------------
-    def config(self, host: str, observed: Mapping[str, HostObservation]) -> str:
+    def config(self, host: str, observed: Mapping[str, HostObservation], slot: int = 0) -> str:
         d = self.run.desired
-        text, _ = config_for(host, d, observed, self.settings, self.network, self.draining)
+        text, _ = config_for(host, d, observed, self.settings, self.network, self.draining, slot)
         return text
 
     def reconfigure(self, observed: Mapping[str, HostObservation], only: set[str] | None = None) -> dict[str, str | BaseException]:
@@ -77,16 +77,24 @@ class Proxies:
         return dict(self.run.hosts.map(lambda h: self.configure(h, observed), hosts))
 
     def configure(self, host: str, observed: Mapping[str, HostObservation]) -> str:
-        """The host's running proxy, given the configuration `observed` calls for, unless it has it."""
+        """The host's running proxies (one per slot), each given the configuration `observed` calls for, unless it has it."""
         obs = observed[host]
-        proxy = next((c for c in obs.proxies if c.running), None)
-        if proxy is None:
+        running: dict[int, LiveContainer] = {}
+        for c in sorted(obs.proxies, key=lambda c: (-c.created, c.id)):  # the newest running one of each slot
+            if c.running:
+                running.setdefault(c.slot, c)
+        wanted = set(slots(self.run.desired.services).values())
+        if not running:
             return "no proxy"
-        text = self.config(host, observed)
-        if text == obs.proxy_config:
-            return "unchanged"
-        put_config(self.run.hosts.engine(host), proxy.id, text)
-        return "reloaded"
+        done = "unchanged"
+        for slot, proxy in sorted(running.items()):
+            if slot not in wanted:
+                continue  # on its way out (the plan removes it)
+            text = self.config(host, observed, slot)
+            if text != obs.proxy_config(slot):
+                put_config(self.run.hosts.engine(host), proxy.id, text)
+                done = "reloaded"
+        return done
 
     # -- drain -----------------------------------------------------------
     def retire(self, host: str, container: str, grace: float) -> None:
@@ -98,7 +106,7 @@ class Proxies:
             if found is None:
                 return
             name = endpoint_name(found)
-            if not any(name in (o.proxy_config or "") for o in observed.values()):
+            if not any(name in text for o in observed.values() for text in o.proxy_configs.values()):
                 return  # no proxy serves it
             self.draining.add(found.id)
             self.reconfigure(observed)  # a proxy that fails here is retried by the Service's own step
@@ -113,7 +121,7 @@ class Proxies:
         for host, res in sorted(self.reconfigure(observed).items()):
             if res in ("no proxy", "unchanged"):
                 continue
-            proxy = next((c for c in observed[host].proxies if c.running), None)
+            proxy = observed[host].proxy(0)
             a = Action(ActionKind.RELOAD, host, "proxy", None, "endpoints after the changes above", proxy.id if proxy else None,
                        L.proxy_name(self.agent), object_kind="Service")
             self.run.record(ActionResult(a, not isinstance(res, BaseException), explain(res) if isinstance(res, BaseException) else "reloaded"))
@@ -175,9 +183,10 @@ class Proxies:
                 failed = explain(exc)
                 run.record(ActionResult(a, False, failed, time.monotonic() - t))
             if a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.START, ActionKind.RELOAD) and failed is None:
-                # one configuration serves every Service on the host: the rest of its reloads are done with it
+                # one configuration serves every Service of the proxy: the rest of its reloads are done with it
+                # (a RELOAD reconfigures every proxy of the host)
                 for b in actions:
-                    if b is not a and b.kind == ActionKind.RELOAD and id(b) not in run.done():
+                    if b is not a and b.kind == ActionKind.RELOAD and id(b) not in run.done() and (a.kind == ActionKind.RELOAD or b.container_name == a.container_name):
                         run.record(ActionResult(b, True, "reloaded", 0.0))
 
     def _do(self, a: Action, observed: Mapping[str, HostObservation]) -> str:
@@ -191,15 +200,16 @@ class Proxies:
             if done == "no proxy":
                 raise HostError(a.host, "the proxy is not running")
             return done
+        slot = _slot_of(a.deployment)
         if a.kind == ActionKind.START:
             assert a.container_id is not None
-            engine.put_file(a.container_id, CONFIG_PATH, self.config(a.host, observed).encode())
+            engine.put_file(a.container_id, CONFIG_PATH, self.config(a.host, observed, slot).encode())
             engine.start(a.container_id)
             self._running(engine, a.container_id)
             return "started"
         if a.kind == ActionKind.REPLACE and a.container_id is not None:
             self._remove(engine, a.container_id)
-        self._create(engine, a.host, observed)
+        self._create(engine, a.host, observed, slot)
         return "created" if a.kind == ActionKind.CREATE else "replaced"
 
     def _remove(self, engine: Engine, container: str) -> None:
@@ -212,16 +222,16 @@ class Proxies:
         engine.stop(container, 10.0)
         engine.remove(container)
 
-    def _create(self, engine: Engine, host: str, observed: Mapping[str, HostObservation]) -> None:
+    def _create(self, engine: Engine, host: str, observed: Mapping[str, HostObservation], slot: int = 0) -> None:
         d = self.run.desired
         image = self.run.services.proxy_image
-        doc = proxy_document(image, self.network, d.services, self.settings[host], d)
+        doc = proxy_document(image, self.network, in_slot(d.services, slot), self.settings[host], d, slot)
         engine.ensure_image(image)
         engine.ensure_network(self.network, {L.MANAGED_BY: self.agent})
         for network in doc.get("networks") or {}:
             engine.ensure_network(network, {L.MANAGED_BY: self.agent})
         spec = ContainerSpec(
-            name=L.proxy_name(self.agent),
+            name=L.proxy_name(self.agent, slot),
             image=image,
             labels=proxy_labels(self.agent, doc, self.run.revision),
             ports=tuple((port, "tcp", (ip[0], host_port) if ip else host_port) for host_port, port, *ip in doc["published"]),
@@ -238,7 +248,7 @@ class Proxies:
         )
         container = engine.create(spec)
         try:
-            engine.put_file(container, CONFIG_PATH, self.config(host, observed).encode())
+            engine.put_file(container, CONFIG_PATH, self.config(host, observed, slot).encode())
             engine.start(container)
             self._running(engine, container)
         except Exception:
@@ -260,3 +270,9 @@ class Proxies:
             if time.monotonic() >= deadline:
                 raise HostError(engine.host, f"the proxy is not running after {STARTED:.0f}s")
             time.sleep(0.1)
+
+
+def _slot_of(name: str) -> int:
+    """The slot of a proxy's action from its object name ("proxy": 0, "proxy-2": 2)."""
+    tail = name.rpartition("-")[2]
+    return int(tail) if name.startswith("proxy-") and tail.isdigit() else 0

@@ -10,15 +10,15 @@ from typing import Any
 
 from .. import labels as L
 from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
+from ..config import HostSettings
 from ..errors import Problem
-from ..compose import is_compose_file
 from ..fields import LABEL_KEY_RE, Ctx, Obj, read_host_ip, read_int, read_list, read_str_map
 from ..models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
 from ..health import EndpointStatus, ServiceStatus
 from ..live import Health, HostObservation
 from ..proxyconf import backend_name, render, servers
 from . import Header, Kind, register
-from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, members, proxy_document, ready, starting
+from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, in_slot, members, proxy_document, ready, slots, starting
 from .proxies import Proxies
 
 
@@ -70,7 +70,6 @@ class ServiceKind(Kind):
             for c in d.ports:
                 if c.host_port is not None and c.protocol == "tcp" and d not in tcp_host_ports.get(c.host_port, []):
                     tcp_host_ports.setdefault(c.host_port, []).append(d)
-        claimed: dict[int, Service] = {}
         published: dict[int, list[Service]] = {}
         for svc in sorted(objects, key=lambda s: (s.origin.file, s.origin.line) if s.origin else ("", 0)):
             selected = list(index.selected(svc).values())
@@ -82,12 +81,6 @@ class ServiceKind(Kind):
             for p in svc.ports:
                 where = p.origin or svc.origin
                 at = (where.file if where else "?", where.line if where else None)
-                first = claimed.setdefault(p.port, svc)
-                if first is not svc:
-                    hint = (f"; give one of them another port (in a compose file: services.{svc.name}.x-gitsync: {{servicePorts: {{{p.target_port}: {p.port + 8000 if p.port < 57535 else p.port - 1}}}}})"
-                            if where and is_compose_file(where.file) else "; give one of them another port (spec.ports[].port)")
-                    problems.append(Problem(*at, f"Service {svc.name}: port {p.port} is also the port of Service {first.name} ({first.origin}); "
-                                            f"one proxy per host serves every Service, so a port belongs to one Service{hint}"))
                 declared = [d.name for d in selected if any(c.container_port == p.target_port for c in d.ports)]
                 if selected and not declared:
                     names = ", ".join(d.name for d in selected)
@@ -133,9 +126,10 @@ def service_status(svc: Service, desired: DesiredState, observed: Mapping[str, H
     or a reachable host has no running proxy."""
     chosen = list(desired.selected(svc).values())
     wanted = sum(d.replicas for d in chosen)
+    slot = slots(desired.services).get(svc.name, 0)
     draining = {
-        name for o in observed.values() if o.proxy_config
-        for p in svc.ports for name, (_, weight0) in servers(o.proxy_config).get(backend_name(svc.name, p.port), {}).items() if weight0
+        name for o in observed.values() if o.proxy_config(slot)
+        for p in svc.ports for name, (_, weight0) in servers(o.proxy_config(slot) or "").get(backend_name(svc.name, p.port), {}).items() if weight0
     }
     eps: list[EndpointStatus] = []
     for c, d in members(svc, desired, observed):
@@ -152,7 +146,7 @@ def service_status(svc: Service, desired: DesiredState, observed: Mapping[str, H
         why.append("the selector matches no deployment")
     elif wanted > len(eps):
         why.append(f"{wanted - len(eps)} replica(s) not running")
-    no_proxy = sorted(h for h, o in observed.items() if o.reachable and not o.stale and not any(c.running for c in o.proxies))
+    no_proxy = sorted(h for h, o in observed.items() if o.reachable and not o.stale and not any(c.running and c.slot == slot for c in o.proxies))
     if no_proxy:
         why.append(f"no proxy running on {', '.join(no_proxy)}")
     message = f"{n_ready} of {max(wanted, len(eps))} endpoints ready" + (": " + "; ".join(why[:4]) if why else "")
@@ -192,6 +186,63 @@ def _published(entry: Sequence[Any]) -> str:
     return f"{entry[2]}:{entry[0]}->{entry[1]}" if len(entry) > 2 else f"{entry[0]}->{entry[1]}"
 
 
+def proxy_object(slot: int) -> str:
+    """The object name of a proxy's own actions: "proxy", "proxy-1", ..."""
+    return PROXY if not slot else f"{PROXY}-{slot}"
+
+
+def _plan_proxy(desired: DesiredState, view: PlanView, out: KindPlan, h: HostSettings, obs: HostObservation, slot: int,
+                services: list[Service], settings: Mapping[str, HostSettings], network: str) -> None:
+    """One slot's proxy on one host (created, replaced, started or removed) and its Services' endpoints."""
+    proxy_name, obj = L.proxy_name(view.agent, slot), proxy_object(slot)
+    live = sorted((c for c in obs.proxies if c.slot == slot), key=lambda c: (not c.running, -c.created, c.id))
+    for extra in live[1:]:
+        out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, "a second proxy of this slot on this host", extra.id, extra.name, PHASE_SURPLUS, "Service"))
+    proxy = live[0] if live else None
+    if not services:
+        if proxy is not None:
+            why = "no Service is left: the proxy goes" if not desired.services else "no Service needs this proxy any more (its Services' ports are free on another)"
+            out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, why, proxy.id, proxy.name, PHASE_SURPLUS, "Service"))
+        return
+    doc = proxy_document(view.services.proxy_image, network, services, h, desired, slot)
+    fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
+    if proxy is None:
+        published = ", ".join(_published(e) for e in doc["published"])
+        names = sorted({*doc["aliases"], *(n for ns in (doc.get("networks") or {}).values() for n in ns)})
+        why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(names)}" + (f"; publishes {published}" if published else "")
+        if slot:
+            why += f" (a proxy of its own: another one serves their port{'s' if len(names) > 1 else ''} already)"
+        out.actions.append(Action(ActionKind.CREATE, h.name, obj, None, why, None, proxy_name, PHASE_CREATE, "Service"))
+    elif fresh_proxy:
+        out.actions.append(Action(ActionKind.REPLACE, h.name, obj, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
+    elif not proxy.running:
+        out.actions.append(Action(ActionKind.START, h.name, obj, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, "Service"))
+    eps, _ = endpoints(h.name, desired, view.observed, settings, network)
+    text = render(services, eps, hard_stop(desired))
+    have = servers(obs.proxy_config(slot) or "") if not fresh_proxy else {}
+    unjoined = sorted({c.name for s in services for c, dep in members(s, desired, {h.name: obs}) if not dep.options.networks and c.address_on(network) is None})
+    reloads = 0
+    for svc in sorted(services, key=lambda s: s.name):
+        changes: list[str] = []
+        for p in sorted(svc.ports, key=lambda p: p.port):
+            now = {e.name: f"[{e.address}]:{e.port}" if ":" in e.address else f"{e.address}:{e.port}" for e in eps.get((svc.name, p.port), ())}
+            was = {n: a for n, (a, _) in have.get(backend_name(svc.name, p.port), {}).items()}
+            tag = f":{p.port}" if len(svc.ports) > 1 else ""
+            changes += [f"+{n}{tag}" for n in sorted(set(now) - set(was))]
+            changes += [f"-{n}{tag}" for n in sorted(set(was) - set(now))]
+            changes += [f"~{n}{tag}" for n in sorted(set(now) & set(was)) if now[n] != was[n]]
+        if fresh_proxy:
+            continue  # the new proxy starts with them
+        if changes:
+            reloads += 1
+            out.actions.append(Action(ActionKind.RELOAD, h.name, svc.name, None, "endpoints " + ", ".join(changes), proxy.id if proxy else None, proxy_name, PHASE_REPLACE, "Service"))
+    if not fresh_proxy and proxy is not None and not reloads:
+        if unjoined:
+            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, f"{', '.join(unjoined)} join(s) the network {network}", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+        elif obs.proxy_config(slot) != text:
+            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, "configuration changed" if obs.proxy_config(slot) else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+
+
 def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
     """Per reachable host: the proxy (created, replaced, started or removed) and each Service's
     endpoints on it (a reload when they changed)."""
@@ -202,50 +253,12 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
     for h in view.hosts:
         if h.reach is None and len(spread) > 1 and h.name in spread:
             out.problems.append(PlacementProblem(PROXY, f"host {h.name} has no address the other hosts' proxies can reach its replicas on: set hosts[].address for it (its url is {h.url})"))
-    proxy_name = L.proxy_name(view.agent)
+    chosen = slots(services)
     for h in view.fresh:
         obs = view.observed[h.name]
-        live = sorted(obs.proxies, key=lambda c: (not c.running, -c.created, c.id))
-        for extra in live[1:]:
-            out.actions.append(Action(ActionKind.REMOVE, h.name, PROXY, None, "a second proxy on this host", extra.id, extra.name, PHASE_SURPLUS, "Service"))
-        proxy = live[0] if live else None
-        if not services:
-            if proxy is not None:
-                out.actions.append(Action(ActionKind.REMOVE, h.name, PROXY, None, "no Service is left: the proxy goes", proxy.id, proxy.name, PHASE_SURPLUS, "Service"))
-            continue
-        doc = proxy_document(view.services.proxy_image, network, services, h, desired)
-        fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
-        if proxy is None:
-            published = ", ".join(_published(e) for e in doc["published"])
-            names = sorted({*doc["aliases"], *(n for ns in (doc.get("networks") or {}).values() for n in ns)})
-            why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(names)}" + (f"; publishes {published}" if published else "")
-            out.actions.append(Action(ActionKind.CREATE, h.name, PROXY, None, why, None, proxy_name, PHASE_CREATE, "Service"))
-        elif fresh_proxy:
-            out.actions.append(Action(ActionKind.REPLACE, h.name, PROXY, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
-        elif not proxy.running:
-            out.actions.append(Action(ActionKind.START, h.name, PROXY, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, "Service"))
-        eps, _ = endpoints(h.name, desired, view.observed, settings, network)
-        text = render(services, eps, hard_stop(desired))
-        have = servers(obs.proxy_config or "") if not fresh_proxy else {}
-        unjoined = sorted({c.name for s in services for c, dep in members(s, desired, {h.name: obs}) if not dep.options.networks and c.address_on(network) is None})
-        for svc in sorted(services, key=lambda s: s.name):
-            changes: list[str] = []
-            for p in sorted(svc.ports, key=lambda p: p.port):
-                now = {e.name: f"[{e.address}]:{e.port}" if ":" in e.address else f"{e.address}:{e.port}" for e in eps.get((svc.name, p.port), ())}
-                was = {n: a for n, (a, _) in have.get(backend_name(svc.name, p.port), {}).items()}
-                tag = f":{p.port}" if len(svc.ports) > 1 else ""
-                changes += [f"+{n}{tag}" for n in sorted(set(now) - set(was))]
-                changes += [f"-{n}{tag}" for n in sorted(set(was) - set(now))]
-                changes += [f"~{n}{tag}" for n in sorted(set(now) & set(was)) if now[n] != was[n]]
-            if fresh_proxy:
-                continue  # the new proxy starts with them
-            if changes:
-                out.actions.append(Action(ActionKind.RELOAD, h.name, svc.name, None, "endpoints " + ", ".join(changes), proxy.id if proxy else None, proxy_name, PHASE_REPLACE, "Service"))
-        if not fresh_proxy and proxy is not None and not any(a.host == h.name and a.kind == ActionKind.RELOAD for a in out.actions):
-            if unjoined:
-                out.actions.append(Action(ActionKind.RELOAD, h.name, PROXY, None, f"{', '.join(unjoined)} join(s) the network {network}", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
-            elif obs.proxy_config != text:
-                out.actions.append(Action(ActionKind.RELOAD, h.name, PROXY, None, "configuration changed" if obs.proxy_config else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+        wanted = set(chosen.values())
+        for slot in sorted({c.slot for c in obs.proxies} | wanted):
+            _plan_proxy(desired, view, out, h, obs, slot, in_slot(services, slot), settings, network)
     for svc in services:
         if not any(a.deployment == svc.name and a.object_kind == "Service" for a in out.actions):
             n = sum(1 for c, d in members(svc, desired, view.observed) if ready(c, d))

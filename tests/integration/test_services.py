@@ -43,6 +43,14 @@ SERVICE = (
 )
 
 
+OTHER = (
+    "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: other, labels: {app: other}}\n"
+    "spec:\n  image: gitsync-test/busybox:1\n  command: [sh, -c, 'echo other > /www/index.html; trap \"exit 0\" TERM; httpd -f -p 80 -h /www & wait']\n"
+    "  ports: [{containerPort: 80}]\n  stopGracePeriod: 2s\n---\n"
+    "apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: web2}\nspec:\n  selector: {app: other}\n  ports: [{port: 80, targetPort: 80}]\n"
+)
+
+
 def setup(fleet: Fleet, replicas: int = 3, extra: str = "", placement: str = "") -> None:
     fleet.write_config(extra_hosts=f"services: {{proxyImage: '{testbed.PROXY_IMAGE}'}}\n")
     fleet.repo.write("apps/web.yaml", web(replicas, extra=extra, placement=placement))
@@ -132,6 +140,23 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     assert fleet.clients["h3"].inspect_container(proxy)["HostConfig"]["PortBindings"] == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}
     with pytest.raises(OSError):
         socket.create_connection((addr(fleet, "h3"), 8080), timeout=2).close()
+    # a second Service on the same port (two compose services that both listen on 80): a proxy of its
+    # own on each host, so each name reaches its own replicas; when it goes, so does that proxy
+    fleet.repo.write("apps/other.yaml", OTHER)
+    fleet.repo.commit("another Service on port 80")
+    r = cli("plan", "-c", str(fleet.config))
+    assert r.out.count(f"+ {fleet.agent}-proxy-1") == 3 and f"~ {fleet.agent}-proxy " not in r.out, r.out
+    apply(fleet)
+    for _ in range(3):
+        assert in_container(fleet, "h3", f"{fleet.agent}_client-0", BY_NAME.format(name="web2", port=80)) == (0, "other\n")
+        code, body = in_container(fleet, "h3", f"{fleet.agent}_client-0", BY_NAME.format(name="web", port=80))
+        assert code == 0 and body.strip() and body != "other\n", body
+    (fleet.repo.path / "apps/other.yaml").unlink()
+    fleet.repo.commit("the other Service goes")
+    r = cli("plan", "-c", str(fleet.config))
+    assert r.out.count(f"- {fleet.agent}-proxy-1") == 3, r.out
+    apply(fleet)
+    assert not any(f"{fleet.agent}-proxy-1" in names for names in fleet.by_host().values())
     # the Service leaves Git: the proxies go, the replicas stay as they are
     before = {n: i for n, i in fleet.ids().items() if "-proxy" not in n}
     (fleet.repo.path / "apps/web-service.yaml").unlink()

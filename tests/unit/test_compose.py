@@ -620,13 +620,17 @@ def test_include_reads_another_compose_file_from_its_own_folder_into_the_project
     assert any("includes itself" in p for p in refused(loop))
 
 
-def test_two_services_on_one_port_are_refused_with_the_key_that_gives_one_another_port() -> None:
-    text = "services:\n  web: {image: 'a:1', expose: [80]}\n  api: {image: 'a:1', expose: [80]}\n"
-    assert refused({"compose.yaml": text}) == [
-        "compose.yaml:3: Service api: port 80 is also the port of Service web (compose.yaml:2); one proxy per host serves every Service, "
-        "so a port belongs to one Service; give one of them another port (in a compose file: services.api.x-gitsync: {servicePorts: {80: 8080}})"]
+def test_two_services_on_one_port_each_get_their_name_on_a_proxy_of_their_own_or_another_port_if_asked() -> None:
+    from gitsync.kinds.endpoints import in_slot, slots
+
+    text = "services:\n  web: {image: 'a:1', expose: [80]}\n  api: {image: 'a:1', expose: [80]}\n  db: {image: 'a:1', expose: [5432]}\n"
+    state = load_files({"compose.yaml": text.encode()})
+    assert slots(state.services) == {"api": 0, "db": 0, "web": 1}  # by name: api first; web's port 80 is taken there
+    assert [s.name for s in in_slot(state.services, 1)] == ["web"]
     fixed = text.replace("api: {image: 'a:1', expose: [80]}", "api: {image: 'a:1', expose: [80], x-gitsync: {servicePorts: {80: 8080}}}")
-    assert sorted((s.name, p.port, p.target_port) for s in load_files({"compose.yaml": fixed.encode()}).services for p in s.ports) == [("api", 8080, 80), ("web", 80, 80)]
+    state = load_files({"compose.yaml": fixed.encode()})
+    assert sorted((s.name, p.port, p.target_port) for s in state.services for p in s.ports) == [("api", 8080, 80), ("db", 5432, 5432), ("web", 80, 80)]
+    assert set(slots(state.services).values()) == {0}
 
 
 @pytest.mark.parametrize("odd", [

@@ -54,7 +54,7 @@ def observed(desired, with_proxy: bool, web_state: str = "running", config: dict
     out = {}
     for h in ("h1", "h2"):
         p, cfg = proxy(h, desired, (config or {}).get(h)) if with_proxy else (None, None)
-        out[h] = HostObservation(h, True, tuple(x for x in (reps[h], p) if x is not None), proxy_config=cfg)
+        out[h] = HostObservation(h, True, tuple(x for x in (reps[h], p) if x is not None), proxy_configs={0: cfg} if cfg is not None else {})
     return out
 
 
@@ -137,3 +137,32 @@ def test_without_a_healthcheck_a_replica_is_an_endpoint_once_it_ran_min_ready_se
     grown = {h: replace(o, containers=tuple(replace(c, uptime=15.0) if not c.role else c for c in o.containers)) for h, o in obs.items()}
     text, _ = config_for("h1", desired, grown, settings, NET)
     assert text.count("    server ") == 2
+
+
+def test_two_services_on_one_port_get_a_proxy_each_and_one_left_alone_goes() -> None:
+    both = {**FILES, "svc2.yaml": (
+        "apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: web2}\n"
+        "spec: {selector: {app: web}, ports: [{port: 80, targetPort: 80}]}\n"
+    ).encode()}
+    desired = load_files(both)
+    plan = make_plan(desired, observed(desired, with_proxy=False), CFG.hosts, "t", CFG.services)
+    made = sorted((a.host, a.container_name, a.deployment) for a in plan.actions if a.kind == ActionKind.CREATE)
+    assert made == [("h1", "t-proxy", "proxy"), ("h1", "t-proxy-1", "proxy-1"), ("h2", "t-proxy", "proxy"), ("h2", "t-proxy-1", "proxy-1")]
+    second = next(a for a in plan.actions if a.container_name == "t-proxy-1")
+    assert "for web2" in second.reason and "another one serves their port already" in second.reason
+    settings = {h.name: h for h in CFG.hosts}
+    first, other = (config_for("h1", desired, observed(desired, True), settings, NET, slot=s)[0] for s in (0, 1))
+    assert "frontend svc-web-80" in first and "web2" not in first and "frontend svc-web2-80" in other and "frontend svc-web-80" not in other
+    doc = proxy_document("haproxy:3.0.5", NET, [s for s in desired.services if s.name == "web2"], CFG.hosts[0], desired, 1)
+    assert doc["slot"] == 1 and doc["aliases"] == ["web2"] and doc["published"] == []
+    # web2 gone: the second proxy of each host goes, the first stays as it was
+    h = CFG.hosts[0]
+    extra = LiveContainer("p1", "t-proxy-1", "h1", "", None, document_hash(doc), "r", "running", None, 1, "haproxy:3.0.5",
+                          spec=proxy_labels("t", doc, "r")[L.SPEC], role=L.ROLE_PROXY)
+    assert extra.slot == 1 and h.name == "h1"
+    single = load_files(FILES)
+    obs = observed(single, with_proxy=True)
+    obs["h1"] = HostObservation("h1", True, (*obs["h1"].containers, extra))
+    plan = make_plan(single, obs, CFG.hosts, "t", CFG.services)
+    gone = [(a.kind, a.host, a.container_name, a.reason) for a in plan.actions if a.container_name == "t-proxy-1"]
+    assert gone == [(ActionKind.REMOVE, "h1", "t-proxy-1", "no Service needs this proxy any more (its Services' ports are free on another)")]
