@@ -28,6 +28,7 @@ from .manifest import load_files
 from .models import DesiredState
 from .plan import make_plan
 from .source import Snapshot, Source
+from .triggers import is_heal
 from .units import format_duration
 
 log = logging.getLogger("gitsync.sync")
@@ -57,6 +58,7 @@ class SyncResult:
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
     about: dict[str, Any] = field(default_factory=dict)  # the commit: subject, author, time
+    notes: list[str] = field(default_factory=list)  # what reading the source says besides (the remote was unreachable)
 
     @property
     def seconds(self) -> float:
@@ -76,6 +78,7 @@ class SyncResult:
             "message": self.message,
             "problems": self.problems,
             "warnings": list(self.plan.warnings) if self.plan else [],
+            "notes": self.notes,
             "unreachable": self.unreachable,
             "deployments": {k: v.to_json() for k, v in self.deployments.items()},
             "services": {k: v.to_json() for k, v in self.services.items()},
@@ -137,6 +140,20 @@ def failure_text(r: ActionResult) -> str:
     return f"{who} {a.kind} failed on {a.host}: {r.message}"
 
 
+SOURCE_RETRY = (5.0, 300.0)  # while the remote is unreachable: seconds to the first retry of a fetch, and the longest wait
+SOURCE_UNREACHABLE = "source unreachable"
+
+
+@dataclass
+class SourceDown:
+    """The remote could not be fetched: since when, how often, and when to try again."""
+
+    error: FetchError
+    since: float  # wall time of the first failure
+    tries: int
+    retry_at: float  # monotonic
+
+
 class Syncer:
     """Holds the long-lived parts of a sync (git mirror, host clients) between syncs."""
 
@@ -148,6 +165,7 @@ class Syncer:
         self.source = Source(settings, config.state_dir)
         self.hosts = Hosts(config.hosts, config.name)
         self._loaded: tuple[tuple[str, bool], DesiredState] | None = None  # the last revision loaded: commits are immutable
+        self.source_down: SourceDown | None = None
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitsync-observe")
 
     @property
@@ -161,8 +179,37 @@ class Syncer:
         self.source.close()
 
     # -- steps -----------------------------------------------------------
-    def fetch(self) -> Snapshot:
-        return self.source.fetch()
+    def fetch(self, retry: bool = True) -> Snapshot:
+        """The tracked branch's newest commit; while the remote cannot be reached, the commit fetched
+        last (from the mirror in state_dir), with a note saying so, so that healing goes on. A request
+        (`retry`: a poll, a webhook, a person) always tries the remote; a heal tries it only once its
+        backoff is over, so that it never waits on a fetch that times out. The outage is logged once,
+        and its end."""
+        down = self.source_down
+        if down is not None and not retry and time.monotonic() < down.retry_at:
+            return self._last_fetched(down)
+        try:
+            snapshot = self.source.fetch()
+        except FetchError as exc:
+            tries = down.tries + 1 if down is not None else 1
+            wait = min(SOURCE_RETRY[0] * 2 ** (tries - 1), SOURCE_RETRY[1])
+            self.source_down = SourceDown(exc, down.since if down is not None else time.time(), tries, time.monotonic() + wait)
+            if down is None or down.error.message != exc.message:
+                log.warning("source unreachable: %s; syncs use the commit fetched last until it answers (next try in %.0fs, then less often)", exc.message, wait)
+            return self._last_fetched(self.source_down)
+        if down is not None:
+            log.info("source reachable again, after %s", format_duration(time.time() - down.since))
+            self.source_down = None
+        return snapshot
+
+    def _last_fetched(self, down: SourceDown) -> Snapshot:
+        last = self.source.last_fetched()
+        if last is None:
+            raise down.error  # nothing fetched before (or no remote): the sync fails as it always did
+        snapshot, when = last
+        short = f"{snapshot.revision.split('@')[0]}@sha1:{(snapshot.commit or '')[:12]}"
+        note = f"{SOURCE_UNREACHABLE}: applied {short} from {format_duration(max(0.0, time.time() - when))} ago ({down.error.message})"
+        return dc_replace(snapshot, notes=(*snapshot.notes, note))
 
     def load(self, snapshot: Snapshot, placeholders: bool = False) -> DesiredState:
         """The desired state of a snapshot; with `placeholders`, as a preview sees it: the variables
@@ -180,14 +227,14 @@ class Syncer:
         self._loaded = (key, desired)
         return desired
 
-    def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None) -> tuple[Snapshot, DesiredState, dict[str, HostObservation]]:
+    def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None, retry: bool = True) -> tuple[Snapshot, DesiredState, dict[str, HostObservation]]:
         """fetch and load, with observe running alongside: live state does not depend on the desired.
 
         If fetch or load fails, the observation is simply dropped.
         """
         observing = self._observer.submit(self.observe)
         try:
-            snapshot = self.fetch()
+            snapshot = self.fetch(retry)
             if on_fetched is not None:
                 on_fetched(snapshot)
             desired = self.load(snapshot)
@@ -292,10 +339,11 @@ class Syncer:
     def _read(self, s: _Sync) -> None:
         def fetched(snapshot: Snapshot) -> None:
             s.result.revision, s.result.commit, s.result.about = snapshot.revision, snapshot.commit, snapshot.about
+            s.result.notes = list(snapshot.notes)
             if s.on_start is not None:
                 s.on_start(s.result)
 
-        s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched)
+        s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched, retry=not is_heal(s.result.trigger))
         for warning in s.desired.warnings:  # every sync says it again (a plain-text Secret, a compose key ignored)
             log.warning("sync %s: %s", s.result.revision or "-", warning)
 
@@ -366,6 +414,7 @@ class Syncer:
         else:
             assert s.desired is not None and s.plan is not None and s.applied is not None
             self._summarise(r, s.desired, s.plan, s.applied, time.monotonic() - s.t0, s.held)
+        r.message += "".join(f"; {n}" for n in r.notes if n.startswith(SOURCE_UNREACHABLE))  # said wherever the sync is shown
         r.finished = time.time()
 
     @staticmethod

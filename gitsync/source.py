@@ -10,9 +10,11 @@ HEAD commit) or a plain folder (the revision is a hash of the content).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from .manifest import is_source_file, read_folder
 from .repofiles import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, RepoFiles, Unreadable, too_large
 
 _GIT_TIMEOUT = 120
+LAST_FETCH = "gitsync-last-fetch"  # in the mirror: "<sha> <unix time>" of the last successful fetch
 LINK_MODE = 0o120000  # a symbolic link in a git tree
 
 
@@ -357,7 +360,27 @@ class Source:
         except (git.BadName, ValueError):
             raise FetchError(f"branch {branch!r} does not exist on {url}; check source.branch") from None
         files, notes = self._read_tree(commit, self.settings.path, url)
+        try:  # when and what was fetched last: a sync heals from it while the remote is away, even after a restart
+            (Path(repo.git_dir) / LAST_FETCH).write_text(json.dumps({"commit": commit.hexsha, "time": time.time(), "url": url}) + "\n")
+        except OSError:
+            pass
         return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes, _about(commit))
+
+    def last_fetched(self) -> tuple[Snapshot, float] | None:
+        """The commit fetched last from a remote (kept in the mirror in state_dir) and when, if any."""
+        url = self.settings.url
+        path = self.state_dir / "source.git"
+        try:
+            last = json.loads((path / LAST_FETCH).read_text())
+            sha, when = str(last["commit"]), float(last["time"])
+            if last.get("url") not in (url, str(Path(url).resolve())):
+                return None  # fetched from another source than the configured one
+            repo = self._repo if self._repo is not None else git.Repo(path)
+            commit = repo.commit(sha)
+            files, notes = self._read_tree(commit, self.settings.path, url)
+        except (OSError, ValueError, KeyError, TypeError, git.GitError, FetchError):
+            return None
+        return Snapshot(f"{self.settings.branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes, _about(commit)), float(when)
 
     def _read_tree(self, commit: git.Commit, prefix: str, where: str) -> tuple[dict[str, bytes], tuple[str, ...]]:
         if self._files is not None and self._files[:2] == (commit.hexsha, prefix):

@@ -45,16 +45,16 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.1):  # type: ign
 class AgentProc:
     def __init__(
         self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
-        server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None,
+        server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None, source_port: int | None = None, source_up: bool = True,
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        daemon_port = _free_port()
-        self.daemon = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1", f"--port={daemon_port}", str(upstream.path.parent)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        daemon_port = self.source_port = source_port or _free_port()
+        self._daemon_argv = ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1",
+                             f"--port={daemon_port}", str(upstream.path.parent)]
+        self.daemon: subprocess.Popen[bytes] | None = None
+        if source_up:
+            self.start_source()
         hosts = "".join(
             f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, grace: {grace}, labels: {{role: {r}}}}}\n"
             for e, r in zip(fleet.engines[:engines], ("web", "web", "db"))
@@ -83,6 +83,18 @@ class AgentProc:
             self.stop()
             raise AssertionError("agent never became ready:\n" + self.log.read_text()[-3000:]) from None
 
+    def start_source(self) -> None:
+        """The remote's git daemon (again, on the same port)."""
+        self.daemon = subprocess.Popen(self._daemon_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+
+    def stop_source(self) -> None:
+        """The remote goes away: connections to it are refused."""
+        if self.daemon is not None:
+            self.daemon.terminate()
+            self.daemon.wait(10)
+            self.daemon = None
+
     def _ready(self) -> bool:
         try:
             return requests.get(f"{self.url}/readyz", timeout=1).status_code == 200
@@ -106,8 +118,7 @@ class AgentProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.daemon.terminate()
-        self.daemon.wait(10)
+        self.stop_source()
         self._log.close()
         return self.proc.returncode
 

@@ -432,3 +432,49 @@ def test_an_agent_starved_of_cpu_does_not_take_itself_for_dead_hosts(fleet: Flee
         if group.exists():
             group.rmdir()
         assert agent.stop() == 0
+
+
+def test_healing_goes_on_while_the_remote_is_down_and_from_the_mirror_after_a_restart(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    """Issue 24, item 2: a failed fetch no longer ends the sync: the commit fetched last is applied (the
+    history says so), a killed replica and a lost host are healed as usual, and a restarted agent heals
+    from the mirror in its state directory. The remote back, the next commit is applied."""
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/web.yaml", spec("web", 2, extra="  restart: \"no\"\n"))
+    c1 = up.commit("web")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, grace="3s")
+    h2 = fleet.engines[1]
+    try:
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, c1)), 30)
+        agent.stop_source()
+        victim = running(fleet, "web")[0]
+        host = next(h for h in ("h1", "h2") if any(c["Id"] == victim["Id"] for c in fleet.containers(h)))
+        t = time.monotonic()
+        fleet.clients[host].kill(victim["Id"])
+        wait_for(lambda: len(running(fleet, "web")) == 2, 15, 0.1)
+        assert time.monotonic() - t < 8
+        wait_for(lambda: any("source unreachable: applied main@sha1:" + c1[:12] in (s.get("message") or "") for s in agent.syncs()), 10)
+        assert not any(s == "failure" or s == "error" for s, _ in statuses(github_forge, c1))  # the commit's status is not flipped
+        testbed.set_link(h2, False)  # a host lost while the remote is down: its replicas run elsewhere
+        wait_for(lambda: len(running(fleet, "web", ("h1",))) == 2, 25, 0.2)
+        testbed.set_link(h2, True)
+        wait_for(lambda: len(running(fleet, "web")) == 2 and not running(fleet, "web", ("h2",)), 30, 0.2)
+        log = agent.log.read_text()
+        assert log.count("source unreachable:") >= 1 and log.count("syncs use the commit fetched last") == 1, log[-3000:]  # told once
+
+        # restarted with the remote still down: it heals from the mirror it kept
+        assert agent.stop() == 0
+        agent = AgentProc(fleet, up, github_forge, tmp_path, grace="3s", source_port=agent.source_port, source_up=False)
+        victim = running(fleet, "web")[0]
+        fleet.clients["h1"].kill(victim["Id"])
+        wait_for(lambda: len(running(fleet, "web")) == 2, 20, 0.1)
+
+        # the remote back: the next commit is applied
+        agent.start_source()
+        up.write("apps/web.yaml", spec("web", 3, extra="  restart: \"no\"\n"))
+        c2 = up.commit("three")
+        assert agent.hook(push_body(c2)).status_code == 202
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, c2)), 60)
+        assert len(running(fleet, "web")) == 3
+    finally:
+        testbed.set_link(h2, True)
+        agent.stop()
