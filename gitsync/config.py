@@ -66,6 +66,16 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
+class VerifySettings:
+    """Which commits may be applied: `head`, the tip of the branch must carry a good signature by one
+    of these keys (SSH: git's allowed-signers file; OpenPGP: armored public keys)."""
+
+    mode: str = "head"
+    allowed_signers: str | None = None
+    gpg_keys: str | None = None
+
+
+@dataclass(frozen=True)
 class SourceSettings:
     """Where the desired state comes from."""
 
@@ -76,6 +86,7 @@ class SourceSettings:
     token_env: str | None = None
     username: str = "x-access-token"
     ssh_key: str | None = None
+    verify: VerifySettings | None = None
 
 
 @dataclass(frozen=True)
@@ -330,7 +341,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     assert name is not None
 
     src_node = top.get("source")
-    src = r.mapping(src_node, "source", ("url", "branch", "path", "interval", "token_env", "username", "ssh_key"), root, "source")
+    src = r.mapping(src_node, "source", ("url", "branch", "path", "interval", "token_env", "username", "ssh_key", "verify"), root, "source")
     url = r.string(src_node, "url", "source.url", ".") or "."
     if _is_path_like(url):
         url = _resolve(base, url) or url
@@ -351,6 +362,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         token_env=token_env,
         username=r.string(src_node, "username", "source.username", "x-access-token") or "x-access-token",
         ssh_key=_resolve(base, r.string(src_node, "ssh_key", "source.ssh_key")),
+        verify=_verify(r, src_node, base, url),
     )
     del src
 
@@ -468,6 +480,28 @@ def _previews(r: _Reader, root: Any, node: Any) -> PreviewSettings:
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 1000:
         raise r.fail(node, "keep", "previews.keep", "must be a whole number from 1 to 1000")
     return PreviewSettings(r.boolean(node, "enabled", "previews.enabled", True), keep, r.boolean(node, "comment", "previews.comment", False))
+
+
+def _verify(r: _Reader, src: Any, base: Path, url: str) -> VerifySettings | None:
+    node = src.get("verify") if isinstance(src, dict) else None
+    if node is None:
+        return None
+    r.mapping(node, "source.verify", ("mode", "allowedSigners", "gpgKeys"), src, "verify")
+    mode = r.string(node, "mode", "source.verify.mode", "head")
+    if mode != "head":
+        raise r.fail(node, "mode", "source.verify.mode", f"{mode!r}: head is the mode there is (the commit applied must be signed by a trusted key)")
+    files = {}
+    for key in ("allowedSigners", "gpgKeys"):
+        given = r.string(node, key, f"source.verify.{key}")
+        path = _resolve(base, given) if given else None
+        if path is not None and not os.path.isfile(path):
+            raise r.fail(node, key, f"source.verify.{key}", f"{given} is not a file (relative paths are relative to this configuration)")
+        files[key] = path
+    if not any(files.values()):
+        raise r.fail(src, "verify", "source.verify", "names no keys: give allowedSigners (SSH signatures, git's allowed-signers file) and/or gpgKeys (armored OpenPGP public keys)")
+    if _is_path_like(url) and os.path.isdir(url) and not (os.path.exists(os.path.join(url, ".git")) or os.path.isfile(os.path.join(url, "HEAD"))):
+        raise r.fail(src, "verify", "source.verify", f"{url} is a plain folder: it has no commits to verify")
+    return VerifySettings(mode or "head", files["allowedSigners"], files["gpgKeys"])
 
 
 def _secrets(r: _Reader, root: Any, node: Any, file: str | None) -> SecretSettings:

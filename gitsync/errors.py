@@ -20,6 +20,7 @@ class Reason(enum.StrEnum):
     APPLY_FAILED = "ApplyFailed"
     HEALTH_CHECK_FAILED = "HealthCheckFailed"
     LOCKED = "Locked"
+    UNVERIFIED = "Unverified"  # the commit is not signed by a key the agent trusts
     INTERNAL = "InternalError"  # a bug or a case not foreseen: the sync still ends recorded
 
 

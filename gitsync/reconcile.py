@@ -27,8 +27,9 @@ from .compose import is_compose_file
 from .manifest import load_files
 from .models import DesiredState
 from .plan import make_plan
-from .source import Snapshot, Source
+from .source import SIGNATURE, Snapshot, Source
 from .triggers import is_heal
+from .verify import Unverified
 from .units import format_duration
 
 log = logging.getLogger("gitsync.sync")
@@ -58,7 +59,8 @@ class SyncResult:
     services: dict[str, ServiceStatus] = field(default_factory=dict)
     unreachable: dict[str, str] = field(default_factory=dict)
     about: dict[str, Any] = field(default_factory=dict)  # the commit: subject, author, time
-    notes: list[str] = field(default_factory=list)  # what reading the source says besides (the remote was unreachable)
+    notes: list[str] = field(default_factory=list)  # what reading the source says besides (who signed the commit)
+    fallback: str = ""  # why the commit fetched last was applied, not the newest (the remote unreachable, an unsigned commit)
 
     @property
     def seconds(self) -> float:
@@ -154,6 +156,12 @@ class SourceDown:
     retry_at: float  # monotonic
 
 
+def _short(revision: str) -> str:
+    """main@sha1:<12 hex>"""
+    branch, _, sha = revision.partition("@sha1:")
+    return f"{branch}@sha1:{sha[:12]}" if sha else revision
+
+
 class Syncer:
     """Holds the long-lived parts of a sync (git mirror, host clients) between syncs."""
 
@@ -187,29 +195,35 @@ class Syncer:
         and its end."""
         down = self.source_down
         if down is not None and not retry and time.monotonic() < down.retry_at:
-            return self._last_fetched(down)
+            return self._last_fetched(down.error, f"{SOURCE_UNREACHABLE} ({down.error.message})")
         try:
             snapshot = self.source.fetch()
+        except Unverified as exc:
+            if retry:
+                raise  # a request: the commit gets its failure ("not signed by a trusted key: ...")
+            refused = exc.snapshot.revision if isinstance(exc.snapshot, Snapshot) else "the newest commit"
+            return self._last_fetched(exc, f"{_short(refused)} not applied ({exc.message})")
         except FetchError as exc:
             tries = down.tries + 1 if down is not None else 1
             wait = min(SOURCE_RETRY[0] * 2 ** (tries - 1), SOURCE_RETRY[1])
             self.source_down = SourceDown(exc, down.since if down is not None else time.time(), tries, time.monotonic() + wait)
             if down is None or down.error.message != exc.message:
                 log.warning("source unreachable: %s; syncs use the commit fetched last until it answers (next try in %.0fs, then less often)", exc.message, wait)
-            return self._last_fetched(self.source_down)
+            return self._last_fetched(exc, f"{SOURCE_UNREACHABLE} ({exc.message})")
         if down is not None:
             log.info("source reachable again, after %s", format_duration(time.time() - down.since))
             self.source_down = None
         return snapshot
 
-    def _last_fetched(self, down: SourceDown) -> Snapshot:
+    def _last_fetched(self, error: GitsyncError, why: str) -> Snapshot:
+        """The commit fetched (and verified) last, noted with `why` the newest is not used."""
         last = self.source.last_fetched()
         if last is None:
-            raise down.error  # nothing fetched before (or no remote): the sync fails as it always did
+            raise error  # nothing fetched before (or no remote): the sync fails as it always did
         snapshot, when = last
-        short = f"{snapshot.revision.split('@')[0]}@sha1:{(snapshot.commit or '')[:12]}"
-        note = f"{SOURCE_UNREACHABLE}: applied {short} from {format_duration(max(0.0, time.time() - when))} ago ({down.error.message})"
-        return dc_replace(snapshot, notes=(*snapshot.notes, note))
+        head, _, detail = why.partition(" (")
+        note = f"{head}: applied {_short(snapshot.revision)} from {format_duration(max(0.0, time.time() - when))} ago ({detail}"
+        return dc_replace(snapshot, notes=(*snapshot.notes, note), fallback=note)
 
     def load(self, snapshot: Snapshot, placeholders: bool = False) -> DesiredState:
         """The desired state of a snapshot; with `placeholders`, as a preview sees it: the variables
@@ -220,6 +234,9 @@ class Syncer:
         c = self.config
         reader = c.secrets.reader.preview() if placeholders else c.secrets.reader  # a preview never decrypts
         desired = load_files(snapshot.files, c.policy, c.compose.resolved(placeholders), frozenset(c.compose.profiles), reader)
+        said = [n for n in snapshot.notes if n.startswith((SIGNATURE, "would not be applied"))] if placeholders else []
+        if said:  # a preview says whether the commit would be applied
+            desired = dc_replace(desired, warnings=(*desired.warnings, *said))
         hidden = sorted(c.compose.environment()) if placeholders else []
         if hidden and any(is_compose_file(p) for p in snapshot.files):
             note = f"a preview never sees the values of the agent's environment: {', '.join(f'${{{n}}}' for n in hidden)} stand in for them in this plan"
@@ -340,10 +357,16 @@ class Syncer:
         def fetched(snapshot: Snapshot) -> None:
             s.result.revision, s.result.commit, s.result.about = snapshot.revision, snapshot.commit, snapshot.about
             s.result.notes = list(snapshot.notes)
+            s.result.fallback = snapshot.fallback
             if s.on_start is not None:
                 s.on_start(s.result)
 
-        s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched, retry=not is_heal(s.result.trigger))
+        try:
+            s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched, retry=not is_heal(s.result.trigger))
+        except Unverified as exc:
+            if isinstance(exc.snapshot, Snapshot):
+                fetched(exc.snapshot)  # the refused commit gets the sync's failure
+            raise
         for warning in s.desired.warnings:  # every sync says it again (a plain-text Secret, a compose key ignored)
             log.warning("sync %s: %s", s.result.revision or "-", warning)
 
@@ -414,7 +437,7 @@ class Syncer:
         else:
             assert s.desired is not None and s.plan is not None and s.applied is not None
             self._summarise(r, s.desired, s.plan, s.applied, time.monotonic() - s.t0, s.held)
-        r.message += "".join(f"; {n}" for n in r.notes if n.startswith(SOURCE_UNREACHABLE))  # said wherever the sync is shown
+        r.message += f"; {r.fallback}" if r.fallback else ""  # said wherever the sync is shown
         r.finished = time.time()
 
     @staticmethod

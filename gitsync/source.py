@@ -16,7 +16,7 @@ import re
 import shlex
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,10 +25,12 @@ import git
 
 from .config import SourceSettings
 from .errors import FetchError, PushedOver
+from .verify import Unverified, Verifier
 from .manifest import is_source_file, read_folder
 from .repofiles import LINK, MAX_FILE_BYTES, MAX_FILES, NOT_READ, TOO_MUCH, Budget, RepoFiles, Unreadable, too_large
 
 _GIT_TIMEOUT = 120
+SIGNATURE = "signature"
 LAST_FETCH = "gitsync-last-fetch"  # in the mirror: "<sha> <unix time>" of the last successful fetch
 LINK_MODE = 0o120000  # a symbolic link in a git tree
 
@@ -43,6 +45,7 @@ class Snapshot:
     location: str = ""  # where the files were read from, for messages
     notes: tuple[str, ...] = ()  # what was left out and why (git submodules), for `plan` to say
     about: dict[str, Any] = field(default_factory=dict)  # the commit in human terms: subject, author, time
+    fallback: str = ""  # not the newest commit: why (the remote unreachable, the newest not signed by a trusted key)
 
     @property
     def short(self) -> str:
@@ -154,6 +157,7 @@ class Source:
         self._repo: git.Repo | None = None
         self._work_trees: dict[str, git.Repo] = {}
         self._files: tuple[str, str, dict[str, bytes], tuple[str, ...]] | None = None  # (commit, prefix, files, notes): commits are immutable
+        self.verifier = Verifier(settings.verify, self.state_dir) if settings.verify is not None else None
 
     # -- the environment git runs with: no prompts, credentials from the environment only
     def _env(self) -> dict[str, str]:
@@ -269,7 +273,8 @@ class Source:
         prefix = self._prefix_in(repo, local) if local is not None else self.settings.path
         files, notes = self._read_tree_uncached(commit, prefix, where)
         branch = ref.removeprefix("refs/heads/") if not _SHA.match(ref) else commit.hexsha[:12]
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, where, notes, _about(commit))
+        verdict = self.verdict_note(repo, commit.hexsha)
+        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, where, (*notes, *([verdict] if verdict else [])), _about(commit))
 
     # -- a local work tree: its HEAD commit
     def close(self) -> None:
@@ -312,7 +317,8 @@ class Source:
         except TypeError:
             branch = "HEAD"
         files, notes = self._read_tree(commit, prefix, str(repo.working_tree_dir))
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"), notes, _about(commit))
+        snapshot = Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, f"{repo.working_tree_dir}/{prefix}".rstrip("/"), notes, _about(commit))
+        return self._verified(repo, snapshot)
 
     # -- a plain folder: revision = content hash
     def _read_folder(self, p: Path) -> Snapshot:
@@ -360,11 +366,28 @@ class Source:
         except (git.BadName, ValueError):
             raise FetchError(f"branch {branch!r} does not exist on {url}; check source.branch") from None
         files, notes = self._read_tree(commit, self.settings.path, url)
-        try:  # when and what was fetched last: a sync heals from it while the remote is away, even after a restart
+        snapshot = self._verified(repo, Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes, _about(commit)))
+        try:  # when and what was fetched (and verified) last: a sync heals from it while the remote is away, even after a restart
             (Path(repo.git_dir) / LAST_FETCH).write_text(json.dumps({"commit": commit.hexsha, "time": time.time(), "url": url}) + "\n")
         except OSError:
             pass
-        return Snapshot(f"{branch}@sha1:{commit.hexsha}", commit.hexsha, files, url, notes, _about(commit))
+        return snapshot
+
+    def _verified(self, repo: git.Repo, snapshot: Snapshot) -> Snapshot:
+        """The tracked commit, if signed by a trusted key (with `source.verify`); else Unverified."""
+        if self.verifier is None or snapshot.commit is None:
+            return snapshot
+        verdict = self.verifier.check(str(repo.git_dir), snapshot.commit)
+        if not verdict.ok:
+            raise Unverified(verdict.says, snapshot)
+        return replace(snapshot, notes=(*snapshot.notes, f"{SIGNATURE}: {verdict.says}"))
+
+    def verdict_note(self, repo: git.Repo, commit: str) -> str | None:
+        """For a preview: whether the commit would be applied, as a note."""
+        if self.verifier is None:
+            return None
+        verdict = self.verifier.check(str(repo.git_dir), commit)
+        return f"{SIGNATURE}: {verdict.says}" if verdict.ok else f"would not be applied: {verdict.says}"
 
     def last_fetched(self) -> tuple[Snapshot, float] | None:
         """The commit fetched last from a remote (kept in the mirror in state_dir) and when, if any."""

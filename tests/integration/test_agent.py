@@ -46,6 +46,7 @@ class AgentProc:
     def __init__(
         self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
         server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None, source_port: int | None = None, source_up: bool = True,
+        source_verify: str = "",
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,7 +67,8 @@ class AgentProc:
         self.config = tmp / "agent.yaml"
         self.config.write_text(
             f"name: {fleet.agent}\n"
-            f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s}}\n"
+            f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s"
+            + (f", verify: {source_verify}" if source_verify else "") + "}\n"
             f"hosts:\n{hosts}"
             f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN, per_deployment: {str(per_deployment).lower()}}}\n"
             f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'{server_extra}}}\n"
