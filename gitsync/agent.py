@@ -19,6 +19,7 @@ import schedule
 
 from . import config as config_mod
 from . import labels as L
+from .alerts import Alerts
 from .backoff import Backoff, crash_loop_reason
 from .config import Config
 from .errors import GitsyncError, Reason
@@ -70,6 +71,7 @@ class Agent:
             log.warning("%d sync(s) were cut off by an earlier stop or crash; marked interrupted", interrupted)
         self.syncer = Syncer(config)
         self.notifier = Notifier(build_providers(config), redactor=config.redactor)
+        self.alerts = Alerts(config.name, config.notify, config.redactor, counted=lambda result: self.metrics.notifications.labels(result).inc())
         self.view = LiveView()
         self.ready = threading.Event()
         self.last_result: SyncResult | None = None
@@ -140,6 +142,7 @@ class Agent:
             self.tracker = HostTracker(new, lambda: self.syncer.hosts)
             self._install_tracker(self.syncer)
             self.notifier = Notifier(providers, redactor=new.redactor)
+            self.alerts.targets, self.alerts.redactor = new.notify, new.redactor
             self.history.redactor = self.history.redactor | new.redactor
             old_notifier.flush(5)
             old_notifier.close()
@@ -264,6 +267,7 @@ class Agent:
                     self._final_posted[(result.commit, context)] = said  # newest last
             while len(self._final_posted) > self.tune.statuses_remembered:  # a long-running agent remembers recent commits only
                 del self._final_posted[next(iter(self._final_posted))]
+        self.alerts.sync_done(result, target)
         self.last_result = result
         for listener in list(self.listeners):
             listener(result)
@@ -409,6 +413,7 @@ class Agent:
     def _host_changed(self, why: str) -> None:
         """A host's standing changed ("host:h1:down"): say so, and sync."""
         (log.info if why.endswith("back") else log.warning)("%s", why.replace(":", " ", 2))
+        self.alerts.host_changed(why)
         self.nudge(why)
 
     def _watch(self, key: tuple[str, str], done: threading.Event) -> None:
@@ -540,6 +545,7 @@ class Agent:
         self.previews.stop()
         self.notifier.flush(10)
         self.notifier.close()
+        self.alerts.close()
         self.syncer.close()
         self.history.close()
 

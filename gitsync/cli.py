@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the agent: poll, webhooks, HTTP server; until SIGTERM")
     r.add_argument("-c", "--config")
 
+    n = sub.add_parser("notify", help="notifications: --test sends one message to every target of the configuration")
+    n.add_argument("-c", "--config")
+    n.add_argument("--test", action="store_true", required=True, help="send a test message to each notify target")
+
     st = sub.add_parser("status", help="sync history, per commit")
     st.add_argument("rev", nargs="?", help="a commit (prefix) or revision to show")
     st.add_argument("-c", "--config")
@@ -103,6 +107,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             "volumes": cmd_volumes,
             "run": cmd_run,
             "status": cmd_status,
+            "notify": cmd_notify,
         }[args.command]
         return int(handler(args, out, err))
     except ManifestError as exc:
@@ -294,6 +299,24 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
 
 
 # -- hosts ------------------------------------------------------------------
+def cmd_notify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Send one test message to every notification target, and say which took it."""
+    from .alerts import Message, deliver
+
+    cfg = _config(args)
+    MASKING.use(cfg.redactor)
+    if not cfg.notify:
+        print("gitsync: the configuration has no notify targets", file=err)
+        return int(Exit.ERROR)
+    msg = Message("test", f"gitsync {cfg.name}: test", f"a test message from the gitsync agent {cfg.name}: notifications reach you here")
+    failed = 0
+    for i, target in enumerate(cfg.notify):
+        ok, why = deliver(target, msg)
+        print(f"notify[{i}] ({', '.join(sorted(target.on))}): " + ("sent" if ok else f"failed: {why}"), file=out)
+        failed += not ok
+    return int(Exit.ERROR) if failed else 0
+
+
 def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     cfg = _config(args)
     syncer = Syncer(cfg)

@@ -204,6 +204,23 @@ class SecretSettings:
         return SecretReader(keys, self.allow_plaintext)
 
 
+NOTIFY_EVENTS = ("failure", "recovery", "rollback", "degraded", "host-down", "host-up", "unverified")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """One target of notifications: an Apprise URL (or the environment variable holding it, for URLs
+    with tokens in them), the events it hears about, and how often a condition that lasts is told again."""
+
+    url: str | None = None
+    url_env: str | None = None
+    on: frozenset[str] = frozenset({"failure", "recovery"})
+    remind: float | None = None  # seconds; None: a lasting condition is told once
+
+    def resolved_url(self) -> str | None:
+        return self.url or (os.environ.get(self.url_env) if self.url_env else None) or None
+
+
 @dataclass(frozen=True)
 class PreviewSettings:
     """Plans of other branches and pull requests, posted on their commits (never applied)."""
@@ -225,6 +242,7 @@ class Config:
     compose: ComposeSettings = field(default_factory=ComposeSettings)
     previews: PreviewSettings = field(default_factory=PreviewSettings)
     secrets: SecretSettings = field(default_factory=SecretSettings)
+    notify: tuple[NotifySettings, ...] = ()
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -232,7 +250,12 @@ class Config:
     def redactor(self) -> Redactor:
         """What masks, in everything gitsync shows, the values it holds but never tells (the environment's,
         and every value decrypted so far)."""
-        return self.compose.redactor | SEEN.redactor
+        return self.compose.redactor | SEEN.redactor | self._notify_redactor
+
+    @cached_property
+    def _notify_redactor(self) -> Redactor:
+        """Notification URLs from the environment (they carry tokens) are shown as ${NAME}."""
+        return Redactor({n.url_env: v for n in self.notify if n.url_env and (v := os.environ.get(n.url_env)) and len(v) >= MIN_SECRET_LENGTH})
 
     def host(self, name: str) -> HostSettings | None:
         return next((h for h in self.hosts if h.name == name), None)
@@ -336,7 +359,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "notify", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -470,7 +493,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
         services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
         compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")),
-        secrets=_secrets(r, root, top.get("secrets"), file), state_dir=state_dir, path=file,
+        secrets=_secrets(r, root, top.get("secrets"), file), notify=_notify(r, root, top.get("notify")), state_dir=state_dir, path=file,
     )
 
 
@@ -502,6 +525,31 @@ def _verify(r: _Reader, src: Any, base: Path, url: str) -> VerifySettings | None
     if _is_path_like(url) and os.path.isdir(url) and not (os.path.exists(os.path.join(url, ".git")) or os.path.isfile(os.path.join(url, "HEAD"))):
         raise r.fail(src, "verify", "source.verify", f"{url} is a plain folder: it has no commits to verify")
     return VerifySettings(mode or "head", files["allowedSigners"], files["gpgKeys"])
+
+
+def _notify(r: _Reader, root: Any, node: Any) -> tuple[NotifySettings, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, list):
+        raise r.fail(root, "notify", "notify", "must be a list of targets ({url: ..., on: [...]})")
+    out = []
+    for i, t in enumerate(node):
+        p = f"notify[{i}]"
+        r.mapping(t, p, ("url", "urlEnv", "on", "remind"), node, i)
+        url, url_env = r.string(t, "url", f"{p}.url"), r.string(t, "urlEnv", f"{p}.urlEnv", None, ENV_NAME_RE)
+        if (url is None) == (url_env is None):
+            raise r.fail(node, i, p, "give either url (an Apprise URL) or urlEnv (the environment variable that holds one, when it carries a token)")
+        if url is not None:
+            from .alerts import apprise_module
+
+            if not apprise_module().Apprise().add(url):
+                raise r.fail(t, "url", f"{p}.url", "is not a URL Apprise knows (see its list of services: slack://, ntfy://, mailto://, json://, ...)")
+        on = t.get("on", ["failure", "recovery"])
+        if not isinstance(on, list) or not on or not all(e in NOTIFY_EVENTS for e in on):
+            raise r.fail(t, "on", f"{p}.on", f"must be a list of events from {', '.join(NOTIFY_EVENTS)}")
+        remind = r.duration(t, "remind", f"{p}.remind", 0.0) if isinstance(t, dict) and "remind" in t else None
+        out.append(NotifySettings(url, url_env, frozenset(on), remind or None))
+    return tuple(out)
 
 
 def _secrets(r: _Reader, root: Any, node: Any, file: str | None) -> SecretSettings:
