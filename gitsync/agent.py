@@ -506,13 +506,51 @@ class Agent:
             self.stopping.wait(min(0.5, max(0.05, idle if idle is not None else 0.5)))
 
     def start(self) -> None:
-        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll"), (self._prober, "gitsync-probe")):
+        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll"), (self._prober, "gitsync-probe"), (self._images, "gitsync-images")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
         self.previews.start()
         self._follow_hosts()
         self.nudge("startup")
+
+    def _images(self) -> None:
+        """Image update automation: a round per the shortest policy interval; a new tag becomes a commit
+        (then a sync of it, or a preview on update.pushBranch). Problems are logged and counted, once each."""
+        from .imageupdate import UpdateError, run_round
+        from .webhooks import Preview
+
+        told: set[str] = set()
+        posted: tuple[str, State, str] | None = None
+        while not self.stopping.is_set():
+            cfg = self.config
+            if not cfg.images:
+                self.stopping.wait(5.0)
+                continue
+            head = self.last_result.commit if self.last_result is not None else None
+            try:
+                done = run_round(cfg, self.syncer.source)
+            except UpdateError as exc:
+                self.metrics.image_updates.labels("error").inc()
+                log.warning("image update round failed: %s", exc)
+                said: tuple[State, str] = (State.ERROR, f"image update round failed: {exc}")
+            else:
+                said = (State.FAILURE, "; ".join(done.problems)) if done.problems else (State.SUCCESS, f"images: {len(cfg.images)} polic{'y' if len(cfg.images) == 1 else 'ies'} looked at")
+                for problem in done.problems:
+                    self.metrics.image_updates.labels("problem").inc()
+                    if problem not in told:
+                        log.warning("images: %s", problem)
+                told = set(done.problems)
+                if done.commit is not None and done.branch is not None:
+                    self.metrics.image_updates.labels("committed").inc()
+                    if done.branch == cfg.source.branch:
+                        self.nudge("images")
+                    else:
+                        self.preview(Preview(f"refs/heads/{done.branch}", done.commit, done.branch))
+            if head and posted != (head, *said):  # on the tracked commit, when what it says changes
+                self._post(head, said[0], said[1], None, f"{self.context()}/images")
+                posted = (head, *said)
+            self.stopping.wait(min(p.interval for p in cfg.images))
 
     def _follow_hosts(self) -> None:
         """One event watcher per configured host: started for a host added (at start or by SIGHUP),

@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="the agent: poll, webhooks, HTTP server; until SIGTERM")
     r.add_argument("-c", "--config")
 
+    im = sub.add_parser("images", help="image policies: per policy the tags seen, the one chosen, and the lines that would change")
+    im.add_argument("-c", "--config")
+    im.add_argument("--json", action="store_true")
+    im.add_argument("path", nargs="?", help="use this folder or repository instead of source.url")
+
     n = sub.add_parser("notify", help="notifications: --test sends one message to every target of the configuration")
     n.add_argument("-c", "--config")
     n.add_argument("--test", action="store_true", required=True, help="send a test message to each notify target")
@@ -108,6 +113,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             "run": cmd_run,
             "status": cmd_status,
             "notify": cmd_notify,
+            "images": cmd_images,
         }[args.command]
         return int(handler(args, out, err))
     except ManifestError as exc:
@@ -299,6 +305,59 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
 
 
 # -- hosts ------------------------------------------------------------------
+def cmd_images(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Each image policy: the tags its registry has, the newest it allows, and the marked lines that would change."""
+    from .images import RegistryError, choose, digest_of, find_markers, list_tags
+
+    cfg = _config(args)
+    if not cfg.images:
+        print("gitsync: the configuration has no image policies (images)", file=err)
+        return int(Exit.ERROR)
+    syncer = Syncer(cfg, args.path)
+    try:
+        snapshot = syncer.fetch()
+    finally:
+        syncer.close()
+    policies = {p.name: p for p in cfg.images}
+    markers, problems = find_markers(snapshot.files, policies)
+    doc: dict[str, Any] = {"revision": snapshot.revision, "policies": [], "problems": problems}
+    failed = bool(problems)
+    for p in cfg.images:
+        entry: dict[str, Any] = {"name": p.name, "repository": p.repository, "tags": [], "chosen": None, "changes": []}
+        try:
+            entry["tags"] = sorted(list_tags(p))
+            entry["chosen"] = choose(p, entry["tags"])
+            if entry["chosen"] and p.pin_digest:
+                entry["chosen"] += f"@{digest_of(p, entry['chosen'])}"
+        except RegistryError as exc:
+            entry["error"] = str(exc)
+            failed = True
+        for mk in (m for m in markers if m.policy == p.name):
+            new = f"{p.repository}:{entry['chosen']}" if entry["chosen"] else None
+            entry["changes"].append({"file": mk.file, "line": mk.line, "from": mk.reference, "to": new if new and new != mk.reference else None})
+        doc["policies"].append(entry)
+    if args.json:
+        _json(doc, out)
+        return int(Exit.ERROR) if failed else 0
+    print(f"{snapshot.revision}", file=out)
+    for e in doc["policies"]:
+        rule = next(f"{k} {getattr(policies[e['name']], k)}" for k in ("semver", "regex", "alphabetical") if getattr(policies[e["name"]], k) is not None)
+        print(f"{e['name']}  {e['repository']}  ({rule})", file=out)
+        if "error" in e:
+            print(f"  registry: {e['error']}", file=out)
+        else:
+            shown_tags = ", ".join(e["tags"][:20]) + (f", ... ({len(e['tags'])} in all)" if len(e["tags"]) > 20 else "")
+            print(f"  tags seen: {shown_tags or 'none'}", file=out)
+            print(f"  chosen: {e['chosen'] or 'none: no tag is allowed by the policy'}", file=out)
+        for c in e["changes"]:
+            print(f"  {c['file']}:{c['line']}: {c['from']}" + (f" -> {c['to']}" if c["to"] else " (up to date)" if e["chosen"] else ""), file=out)
+        if not e["changes"]:
+            print("  no marked line names this image", file=out)
+    for problem in problems:
+        print(problem, file=err)
+    return int(Exit.ERROR) if failed else 0
+
+
 def cmd_notify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Send one test message to every notification target, and say which took it."""
     from .alerts import Message, deliver

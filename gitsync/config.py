@@ -204,6 +204,37 @@ class SecretSettings:
         return SecretReader(keys, self.allow_plaintext)
 
 
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Which tags of an image repository may run: the newest by semver range, by a number in the tag
+    (regex with a named group), or alphabetically."""
+
+    name: str
+    repository: str  # registry.example.com/acme/web
+    semver: str | None = None  # a range: ">=1.4.0 <2.0.0"
+    regex: str | None = None
+    order: str | None = None  # the regex's named group, compared as a number
+    alphabetical: str | None = None  # asc | desc
+    username_env: str | None = None
+    password_env: str | None = None
+    interval: float = 300.0
+    insecure: bool = False  # plain http (a registry of one's own on a trusted network)
+    pin_digest: bool = False  # name the chosen tag with its digest (web:1.4.3@sha256:...): the commit says exactly what runs
+    ca_file: str | None = None  # the CA that signed the registry's certificate (a registry of one's own)
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How image updates reach Git: a commit on the tracked branch, or on a branch of its own for review."""
+
+    branch: str | None = None  # default: source.branch
+    push_branch: str | None = None
+    author_name: str = "gitsync"
+    author_email: str = "gitsync@localhost"
+    message_template: str = "images: {changes}"
+    signing_key: str | None = None  # an SSH private key: the agent's commits are signed (needed with source.verify)
+
+
 NOTIFY_EVENTS = ("failure", "recovery", "rollback", "degraded", "host-down", "host-up", "unverified")
 
 
@@ -243,6 +274,8 @@ class Config:
     previews: PreviewSettings = field(default_factory=PreviewSettings)
     secrets: SecretSettings = field(default_factory=SecretSettings)
     notify: tuple[NotifySettings, ...] = ()
+    images: tuple[ImagePolicy, ...] = ()
+    update: UpdateSettings = field(default_factory=UpdateSettings)
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -359,7 +392,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "notify", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "notify", "images", "update", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -493,7 +526,8 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
         services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
         compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")),
-        secrets=_secrets(r, root, top.get("secrets"), file), notify=_notify(r, root, top.get("notify")), state_dir=state_dir, path=file,
+        secrets=_secrets(r, root, top.get("secrets"), file), notify=_notify(r, root, top.get("notify")),
+        images=_images(r, root, top.get("images"), base), update=_update(r, root, top.get("update"), base), state_dir=state_dir, path=file,
     )
 
 
@@ -525,6 +559,73 @@ def _verify(r: _Reader, src: Any, base: Path, url: str) -> VerifySettings | None
     if _is_path_like(url) and os.path.isdir(url) and not (os.path.exists(os.path.join(url, ".git")) or os.path.isfile(os.path.join(url, "HEAD"))):
         raise r.fail(src, "verify", "source.verify", f"{url} is a plain folder: it has no commits to verify")
     return VerifySettings(mode or "head", files["allowedSigners"], files["gpgKeys"])
+
+
+def _update(r: _Reader, root: Any, node: Any, base: Path) -> UpdateSettings:
+    if node is None:
+        return UpdateSettings()
+    r.mapping(node, "update", ("branch", "pushBranch", "author", "messageTemplate", "signingKey"), root, "update")
+    branch_re = re.compile(r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    author = node.get("author")
+    r.mapping(author, "update.author", ("name", "email"), node, "author")
+    key = _resolve(base, r.string(node, "signingKey", "update.signingKey"))
+    if key is not None and not os.path.isfile(key):
+        raise r.fail(node, "signingKey", "update.signingKey", f"{key} is not a file (an SSH private key the agent signs its commits with)")
+    return UpdateSettings(
+        r.string(node, "branch", "update.branch", None, branch_re), r.string(node, "pushBranch", "update.pushBranch", None, branch_re),
+        r.string(author, "name", "update.author.name", "gitsync") or "gitsync", r.string(author, "email", "update.author.email", "gitsync@localhost") or "gitsync@localhost",
+        r.string(node, "messageTemplate", "update.messageTemplate", "images: {changes}") or "images: {changes}", key,
+    )
+
+
+def _images(r: _Reader, root: Any, node: Any, base: Path) -> tuple[ImagePolicy, ...]:
+    if node is None:
+        return ()
+    if not isinstance(node, list):
+        raise r.fail(root, "images", "images", "must be a list of image policies ({name, repository, policy})")
+    out: list[ImagePolicy] = []
+    for i, p_node in enumerate(node):
+        p = f"images[{i}]"
+        r.mapping(p_node, p, ("name", "repository", "policy", "credentials", "interval", "insecure", "pinDigest", "caFile"), node, i)
+        name = r.string(p_node, "name", f"{p}.name", None, re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$"))
+        repo = r.string(p_node, "repository", f"{p}.repository", None, re.compile(r"^[a-z0-9][a-z0-9._:-]*(/[a-z0-9][a-z0-9._-]*)*$"))
+        if name is None or repo is None:
+            raise r.fail(node, i, p, "needs a name (used in the markers) and a repository (registry.example.com/acme/web)")
+        if any(x.name == name for x in out):
+            raise r.fail(p_node, "name", f"{p}.name", f"policy {name!r} is listed twice")
+        pol = p_node.get("policy")
+        r.mapping(pol, f"{p}.policy", ("semver", "regex", "order", "alphabetical"), p_node, "policy")
+        kinds = [k for k in ("semver", "regex", "alphabetical") if isinstance(pol, dict) and k in pol]
+        if len(kinds) != 1:
+            raise r.fail(p_node, "policy", f"{p}.policy", "give one of semver (a range: '>=1.4.0 <2.0.0'), regex (with order: a named group) or alphabetical (asc|desc)")
+        semver_range = r.string(pol, "semver", f"{p}.policy.semver")
+        if semver_range is not None:
+            from .images import check_range
+
+            if why := check_range(semver_range):
+                raise r.fail(pol, "semver", f"{p}.policy.semver", f"{semver_range!r}: {why}")
+        regex = r.string(pol, "regex", f"{p}.policy.regex")
+        order = r.string(pol, "order", f"{p}.policy.order")
+        if regex is not None:
+            try:
+                groups = re.compile(regex).groupindex
+            except re.error as exc:
+                raise r.fail(pol, "regex", f"{p}.policy.regex", f"is no regular expression ({exc})") from None
+            if order is not None and order not in groups:
+                raise r.fail(pol, "order", f"{p}.policy.order", f"{order!r} is not a named group of the regex (?P<{order}>...)")
+        alphabetical = r.string(pol, "alphabetical", f"{p}.policy.alphabetical")
+        if alphabetical not in (None, "asc", "desc"):
+            raise r.fail(pol, "alphabetical", f"{p}.policy.alphabetical", "must be asc or desc")
+        creds = p_node.get("credentials")
+        r.mapping(creds, f"{p}.credentials", ("username_env", "password_env"), p_node, "credentials")
+        user_env = r.string(creds, "username_env", f"{p}.credentials.username_env", None, ENV_NAME_RE)
+        pass_env = r.string(creds, "password_env", f"{p}.credentials.password_env", None, ENV_NAME_RE)
+        if (user_env is None) != (pass_env is None):
+            raise r.fail(p_node, "credentials", f"{p}.credentials", "give both username_env and password_env")
+        out.append(ImagePolicy(name, repo, semver_range, regex, order, alphabetical, user_env, pass_env,
+                               max(10.0, r.duration(p_node, "interval", f"{p}.interval", 300.0)), r.boolean(p_node, "insecure", f"{p}.insecure", False),
+                               r.boolean(p_node, "pinDigest", f"{p}.pinDigest", False), _resolve(base, r.string(p_node, "caFile", f"{p}.caFile"))))
+    return tuple(out)
 
 
 def _notify(r: _Reader, root: Any, node: Any) -> tuple[NotifySettings, ...]:

@@ -27,6 +27,7 @@ class Metrics:
         self.degraded = Gauge("gitsync_deployment_degraded", "1 when a deployment is not healthy", ["deployment"], registry=r)
         self.endpoints = Gauge("gitsync_service_endpoints", "Endpoints per Service by state: ready, starting, draining, down", ["service", "state"], registry=r)
         self.service_degraded = Gauge("gitsync_service_degraded", "1 when a Service has not every endpoint ready", ["service"], registry=r)
+        self.image_updates = Counter("gitsync_image_updates", "Image update rounds: committed, problem, error", ["result"], registry=r)
         self.notifications = Counter("gitsync_notifications", "Notifications by result: sent, failed, dropped", ["result"], registry=r)
         self.agent = agent
         self._revision: str | None = None

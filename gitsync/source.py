@@ -159,6 +159,10 @@ class Source:
         self._files: tuple[str, str, dict[str, bytes], tuple[str, ...]] | None = None  # (commit, prefix, files, notes): commits are immutable
         self.verifier = Verifier(settings.verify, self.state_dir) if settings.verify is not None else None
 
+    def credentials_env(self) -> dict[str, str]:
+        """The environment git runs with to reach the source (no prompts; its credentials), for pushes too."""
+        return self._env()
+
     # -- the environment git runs with: no prompts, credentials from the environment only
     def _env(self) -> dict[str, str]:
         env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "SSH_ASKPASS": "/bin/false"}

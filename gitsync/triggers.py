@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 # Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
 # timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
-REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply"})
+REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply", "images"})
 
 
 def is_heal(trigger: str) -> bool:

@@ -51,7 +51,7 @@ class AgentProc:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         daemon_port = self.source_port = source_port or _free_port()
-        self._daemon_argv = ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1",
+        self._daemon_argv = ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1",
                              f"--port={daemon_port}", str(upstream.path.parent)]
         self.daemon: subprocess.Popen[bytes] | None = None
         if source_up:

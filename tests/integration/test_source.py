@@ -259,7 +259,7 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "gitsync.yaml").write_text("name: x\nsource:\n  ur1: somewhere\n")
     r = cli("plan", "-c", str(tmp_path / "gitsync.yaml"))
     assert r.code == 1
-    assert r.err.strip() == f"gitsync: {tmp_path / 'gitsync.yaml'}:3: source.ur1: unknown key (allowed: url, branch, path, interval, token_env, username, ssh_key)"
+    assert r.err.strip() == f"gitsync: {tmp_path / 'gitsync.yaml'}:3: source.ur1: unknown key (allowed: url, branch, path, interval, token_env, username, ssh_key, verify)"
     r = cli("plan", "-c", str(tmp_path / "missing.yaml"))
     assert r.code == 1 and "no such file" in r.err and "Traceback" not in r.err
 

@@ -1,0 +1,196 @@
+"""Image update policies: which tag of an image repository is the newest one a policy allows, and
+which lines of the repository name that image.
+
+A line belongs to a policy by a marker comment at its end, as Flux writes it:
+``image: registry.example.com/acme/web:1.4.2 # {"$imagepolicy": "web"}``. Only the tag on a marked
+line changes; the rest of the file stays byte for byte (no YAML round trip: that would reformat it).
+Tags are listed through the registry's own API (the distribution API: paginated, with the bearer
+token challenge most registries use, and basic credentials from the environment) by `python-dxf`;
+semantic versions are compared by `semver` (a range is npm's: `>=1.4.0 <2.0.0`, `||` between sets,
+and a pre-release only where a comparator of the range names one of the same version).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ImagePolicy
+
+MARKER_RE = re.compile(r'#\s*\{\s*"\$imagepolicy"\s*:\s*"(?P<name>[^"]*)"\s*\}\s*$')
+COMPARATOR_RE = re.compile(r"^(?P<op>>=|<=|>|<|==|=|!=)?v?(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$")
+TIMEOUT = 20.0
+PAGE = 100  # tags asked for per request (the registry says where the next page is)
+
+
+class RegistryError(Exception):
+    pass
+
+
+# -- policies --------------------------------------------------------------------------------
+
+def check_range(text: str) -> str | None:
+    """Why a semver range is not one, or None."""
+    sets = [s.split() for s in text.split("||")]
+    if not text.strip() or any(not s for s in sets):
+        return "is empty"
+    bad = [c for s in sets for c in s if not COMPARATOR_RE.match(c)]
+    return f"{bad[0]!r} is no comparator (>=1.4.0, <2.0.0, =1.4.2)" if bad else None
+
+
+def _satisfies(version: object, text: str) -> bool:
+    import semver
+
+    assert isinstance(version, semver.Version)
+    for comparators in (s.split() for s in text.split("||")):
+        parsed = [(m["op"] or "==", semver.Version.parse(m["version"])) for m in map(COMPARATOR_RE.match, comparators) if m]
+        if not all(version.match(f"{'==' if op == '=' else op}{v}") for op, v in parsed):
+            continue
+        if version.prerelease and not any(v.prerelease and (v.major, v.minor, v.patch) == (version.major, version.minor, version.patch) for _, v in parsed):
+            continue  # npm's rule: a pre-release only where the range names one of the same version
+        return True
+    return False
+
+
+def choose(policy: ImagePolicy, tags: Sequence[str]) -> str | None:
+    """The newest tag the policy allows, or None."""
+    if policy.semver is not None:
+        import semver
+
+        found = []
+        for tag in tags:
+            try:
+                v = semver.Version.parse(tag[1:] if tag.startswith("v") else tag)
+            except ValueError:
+                continue  # not a version: skipped
+            if _satisfies(v, policy.semver):
+                found.append((v, tag))
+        return max(found)[1] if found else None
+    if policy.regex is not None:
+        pattern = re.compile(policy.regex)
+        matched = [(m, t) for t in tags if (m := pattern.fullmatch(t))]
+        if policy.order:
+            numeric = [(int(m[policy.order]), t) for m, t in matched if (m[policy.order] or "").isdigit()]
+            return max(numeric)[1] if numeric else None
+        return max(t for _, t in matched) if matched else None
+    ordered = sorted(tags)
+    if not ordered:
+        return None
+    return ordered[-1] if policy.alphabetical == "asc" else ordered[0]
+
+
+# -- the registry ----------------------------------------------------------------------------
+
+def split_repository(repository: str) -> tuple[str, str]:
+    """registry.example.com/acme/web -> (registry.example.com, acme/web); Docker Hub's short names too."""
+    first, _, rest = repository.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first, rest
+    return "registry-1.docker.io", repository if "/" in repository else f"library/{repository}"
+
+
+def _registry(policy: ImagePolicy, call: Callable[[Any], Any]) -> Any:
+    """`call` with a client of the policy's repository; the registry's failures as RegistryError."""
+    import requests
+    from dxf import DXF, DXFBase, exceptions as dxf_errors
+
+    host, repo = split_repository(policy.repository)
+    user = os.environ.get(policy.username_env) if policy.username_env else None
+    password = os.environ.get(policy.password_env) if policy.password_env else None
+    if policy.username_env and not user:
+        raise RegistryError(f"${policy.username_env} is not set")
+
+    def auth(dxf: DXFBase, response: requests.Response) -> None:
+        dxf.authenticate(user, password, actions=["pull"], response=response)
+
+    client = DXF(host, repo, auth=auth, insecure=policy.insecure, tlsverify=policy.ca_file or True, timeout=TIMEOUT)
+    try:
+        return call(client)
+    except dxf_errors.DXFUnauthorizedError:
+        given = f"${policy.username_env}/${policy.password_env}" if policy.username_env else "no credentials"
+        raise RegistryError(f"{host} refused {given} for {repo} (credentials?)") from None
+    except requests.HTTPError as exc:
+        code = exc.response.status_code if exc.response is not None else "?"
+        raise RegistryError(f"{host} answered {code} for {repo}" + (" (credentials?)" if code in (401, 403) else "")) from None
+    except (requests.RequestException, dxf_errors.DXFError, OSError) as exc:
+        raise RegistryError(f"{host} cannot be reached: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def list_tags(policy: ImagePolicy) -> list[str]:
+    """Every tag of the policy's repository, through the registry's API (all pages)."""
+    return list(_registry(policy, lambda c: list(c.list_aliases(batch_size=PAGE))))
+
+
+def digest_of(policy: ImagePolicy, tag: str) -> str:
+    """The manifest digest the registry gives for `tag` (what `docker pull repo@sha256:...` fetches)."""
+    _, response = _registry(policy, lambda c: c.head_manifest_and_response(tag))
+    digest = response.headers.get("Docker-Content-Digest") if response is not None else None
+    if not digest or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise RegistryError(f"{split_repository(policy.repository)[0]} gave no digest for {tag}")
+    return str(digest)
+
+
+def resolve(policy: ImagePolicy) -> str | None:
+    """The policy's choice as a marked line will name it: the tag, and its digest when the policy pins one."""
+    tag = choose(policy, list_tags(policy))
+    if tag is None or not policy.pin_digest:
+        return tag
+    return f"{tag}@{digest_of(policy, tag)}"
+
+
+# -- marked lines ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Marker:
+    file: str
+    line: int  # 1-based
+    policy: str
+    reference: str  # the image as the line names it (registry.example.com/acme/web:1.4.2)
+    start: int  # its span in the line's text
+    end: int
+
+
+def find_markers(files: Mapping[str, bytes], policies: Mapping[str, ImagePolicy]) -> tuple[list[Marker], list[str]]:
+    """The marked lines of the repository's YAML files, and the problems of markers (file:line: ...)."""
+    markers: list[Marker] = []
+    problems: list[str] = []
+    for path in sorted(files):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        data = files[path]
+        if b"$imagepolicy" not in data:
+            continue
+        for n, text in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            m = MARKER_RE.search(text)
+            if m is None:
+                continue
+            name = m["name"]
+            policy = policies.get(name)
+            if policy is None:
+                problems.append(f"{path}:{n}: the marker names image policy {name!r}, which the agent's configuration (images) does not have")
+                continue
+            ref = re.search(rf"(?<![\w./-]){re.escape(policy.repository)}(?::[\w][\w.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?(?![\w./-])", text[: m.start()])
+            if ref is None:
+                problems.append(f"{path}:{n}: marked for {name}, but the line names no image of {policy.repository}")
+                continue
+            markers.append(Marker(path, n, name, ref[0], ref.start(), ref.end()))
+    return markers, problems
+
+
+def retagged(reference: str, repository: str, tag: str) -> str:
+    return f"{repository}:{tag}"
+
+
+def rewrite(text: str, markers: Sequence[Marker], chosen: Mapping[str, str], repositories: Mapping[str, str]) -> str:
+    """The file's text with each marked line's image at its policy's chosen tag; nothing else changes."""
+    lines = text.splitlines(keepends=True)
+    for mk in markers:
+        if mk.policy not in chosen:
+            continue
+        line = lines[mk.line - 1]
+        new = retagged(mk.reference, repositories[mk.policy], chosen[mk.policy])
+        lines[mk.line - 1] = line[: mk.start] + new + line[mk.end:]
+    return "".join(lines)
