@@ -21,7 +21,7 @@ from typing import Any
 from .config import ImagePolicy
 
 MARKER_RE = re.compile(r'#\s*\{\s*"\$imagepolicy"\s*:\s*"(?P<name>[^"]*)"\s*\}\s*$')
-COMPARATOR_RE = re.compile(r"^(?P<op>>=|<=|>|<|==|=|!=)?v?(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$")
+COMPARATOR_RE = re.compile(r"^(?P<op>>=|<=|>|<|==|=|!=|\^|~)?v?(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$")
 TIMEOUT = 20.0
 PAGE = 100  # tags asked for per request (the registry says where the next page is)
 
@@ -46,13 +46,24 @@ def _satisfies(version: object, text: str) -> bool:
 
     assert isinstance(version, semver.Version)
     for comparators in (s.split() for s in text.split("||")):
-        parsed = [(m["op"] or "==", semver.Version.parse(m["version"])) for m in map(COMPARATOR_RE.match, comparators) if m]
+        parsed = [pair for m in map(COMPARATOR_RE.match, comparators) if m for pair in _expand(m["op"] or "==", semver.Version.parse(m["version"]))]
         if not all(version.match(f"{'==' if op == '=' else op}{v}") for op, v in parsed):
             continue
         if version.prerelease and not any(v.prerelease and (v.major, v.minor, v.patch) == (version.major, version.minor, version.patch) for _, v in parsed):
             continue  # npm's rule: a pre-release only where the range names one of the same version
         return True
     return False
+
+
+def _expand(op: str, v: Any) -> list[tuple[str, Any]]:
+    """npm's shorthands as plain comparators: ^1.2.3 is >=1.2.3 <2.0.0 (^0.2.3: <0.3.0), ~1.2.3 is >=1.2.3 <1.3.0."""
+    if op == "^":
+        upper = v.bump_major() if v.major else v.bump_minor() if v.minor else v.bump_patch()
+    elif op == "~":
+        upper = v.bump_minor()
+    else:
+        return [(op, v)]
+    return [(">=", v), ("<", upper.replace(prerelease=None, build=None))]
 
 
 def choose(policy: ImagePolicy, tags: Sequence[str]) -> str | None:

@@ -121,3 +121,27 @@ def test_tags_through_the_bearer_token_flow_with_credentials_from_the_environmen
         assert r.code == 1 and "registry: " in r.out and "(credentials?)" in r.out and "wrong" not in r.out, r.out
     finally:
         registry.close()
+
+
+def test_on_push_branch_the_new_tag_waits_for_review_with_a_preview(fleet: Fleet, github_forge: FakeForge, tmp_path: Path) -> None:
+    from tests.integration.test_previews import plan_statuses
+
+    repo = f"{testbed.REGISTRY}/acme/review-{uuid.uuid4().hex[:8]}"
+    _push_tags(repo, ("2.0.0", "2.1.0"), fleet.engines[0].unix_url)
+    up = GitRepo(tmp_path / "up" / "deploy")
+    git(up.path, "config", "receive.denyCurrentBranch", "updateInstead")
+    up.write("apps/web.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n"
+             f"  image: {repo}:2.0.0 # {{\"$imagepolicy\": \"web\"}}\n  command: {json.dumps(LOOP)}\n  placement: {{hostSelector: {{role: web}}}}\n")
+    c1 = up.commit("web at 2.0.0")
+    extra = (f"images:\n  - {{name: web, repository: '{repo}', policy: {{semver: '^2.0.0'}}, insecure: true, interval: 10s}}\n"
+             "update: {pushBranch: gitsync/images}\n")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra=extra)
+    try:
+        wait_for(lambda: "gitsync/images" in git(up.path, "branch", "--list", "gitsync/images"), 40)
+        head = git(up.path, "rev-parse", "gitsync/images")
+        assert git(up.path, "rev-parse", "main") == c1  # the tracked branch waits for the review
+        wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, fleet.agent, head)), 60)
+        (c,) = [c for h in fleet.clients for c in fleet.containers(h) if c["Labels"].get("io.gitsync.deployment") == "web"]
+        assert c["Image"] == f"{repo}:2.0.0"  # nothing runs before the merge
+    finally:
+        agent.stop()

@@ -17,6 +17,9 @@ TAGS = ["1.4.2", "1.4.3", "1.5.0-rc.1", "2.0.0", "latest", "v1.4.10", "main-2026
     ({"semver": ">=1.4.0 <2.0.0"}, "v1.4.10"),  # 1.4.10 > 1.4.3 (not as text); the rc is not asked for; latest is no version
     ({"semver": ">=1.5.0-rc.0 <2.0.0"}, "1.5.0-rc.1"),  # a range naming a pre-release of 1.5.0 admits 1.5.0's
     ({"semver": "<1.4.3 || >=2.0.0"}, "2.0.0"),
+    ({"semver": "^1.4.0"}, "v1.4.10"),  # npm's caret: <2.0.0
+    ({"semver": "~1.4.2"}, "v1.4.10"),  # npm's tilde: <1.5.0
+    ({"semver": "~1.3.0"}, None),
     ({"semver": ">=3.0.0"}, None),
     ({"regex": r"^main-(?P<ts>\d+)$", "order": "ts"}, "main-20261207"),  # numeric: 20261207 > 9
     ({"alphabetical": "asc"}, "v1.4.10"),

@@ -67,3 +67,18 @@ def test_push_branch_starts_from_the_tracked_branch_and_problems_are_the_rounds(
     monkeypatch.setattr(images, "list_tags", down)
     done = imageupdate.run_round(cfg, Source(cfg.source, str(tmp_path / "state")))
     assert done.commit is None and done.problems == ["image policy web: r.example.com cannot be reached: ConnectionError"]
+
+
+def test_with_a_signing_key_the_agents_commit_passes_its_own_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gitsync.verify import Verifier
+    from tests.signing import SshKey
+
+    key = SshKey(tmp_path, "gitsync")
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(key.allowed_signer())
+    work, bare, cfg = setup(tmp_path, f", signingKey: '{key.path}'")
+    monkeypatch.setattr(images, "list_tags", lambda p: ["1.4.3"])
+    done = imageupdate.run_round(cfg, Source(cfg.source, str(tmp_path / "state")))
+    assert done.commit is not None
+    verdict = Verifier(config_mod.VerifySettings(allowed_signers=str(allowed)), tmp_path / "v").check(str(bare), done.commit)
+    assert verdict.ok and verdict.says.startswith("SSH signature by gitsync@example.com"), verdict
