@@ -31,10 +31,11 @@ class ActionKind(enum.StrEnum):
     RENAME = "rename"
     REMOVE = "remove"
     RELOAD = "reload"  # a new configuration, taken without a restart (a Service's endpoints)
+    UPDATE = "update"  # an object the engine rolls out itself (a Swarm service)
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-", "reload": "*"}[self.value]
+        return {"create": "+", "replace": "~", "start": ">", "rename": ">", "remove": "-", "reload": "*", "update": "~"}[self.value]
 
 
 # Order within a kind: free what is surplus, then bring objects up, then retire what moved away.
@@ -133,6 +134,7 @@ class Plan:
     hosts: tuple[str, ...] = ()
     placement: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # deployment -> host -> replicas
     warnings: tuple[str, ...] = ()
+    cluster: bool = False  # made for an engine that schedules itself (a Swarm): its one "host" is the cluster
 
     @property
     def in_sync(self) -> bool:
@@ -144,7 +146,7 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         c = Counter(str(a.kind) for a in self.actions)
-        return {k.value: c.get(k.value, 0) for k in ActionKind}
+        return {k.value: c.get(k.value, 0) for k in ActionKind if k != ActionKind.UPDATE or self.cluster}
 
     def to_json(self) -> dict[str, Any]:
         return ({"warnings": list(self.warnings)} if self.warnings else {}) | {

@@ -14,6 +14,7 @@ from typing import Any, TextIO, cast
 
 from . import __version__
 from . import labels as L
+from . import runtimes
 from .actions import ActionResult, Waiting
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
@@ -165,6 +166,9 @@ def cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             files, where = snap.files, f"{snap.location} at {snap.revision}"
     cfg = _config(args)  # its policy and compose variables (the defaults without -c)
     desired = load_files(files, cfg.policy, cfg.compose.resolved(), frozenset(cfg.compose.profiles), cfg.secrets.reader)
+    refused = runtimes.check(cfg, desired)
+    if refused:
+        raise ManifestError(refused)
     nd, ns, nv = len(desired.deployments), len(desired.services), len(desired.volumes)
     print(f"{where}: valid ({len(files)} file(s), {nd} deployment(s), {ns} service(s), {nv} volume(s))", file=out)
     for warning in desired.warnings:
@@ -189,16 +193,15 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.json:
         doc = plan.to_json()
         doc["revision"] = seen.snapshot.revision
-        doc["unreachable"] = {n: o.error for n, o in seen.observed.items() if not o.reachable}
+        doc["unreachable"] = seen.unreachable
         doc["notes"] = list(seen.snapshot.notes)
         _json(doc, out)
     else:
         render_plan(plan, seen.snapshot.revision, host_labels(cfg.hosts), out)
         for note in seen.snapshot.notes:
             print(f"note: {note}", file=out)
-        for name, o in seen.observed.items():
-            if not o.reachable:
-                print(f"gitsync: host {name} unreachable: {o.error}", file=err)
+        for name, why in seen.unreachable.items():
+            print(f"gitsync: {'host ' + name if name != 'swarm' else 'swarm'} unreachable: {why}", file=err)
     if plan.problems or plan.unreachable:
         return Exit.ERROR
     return Exit.OK if plan.in_sync else Exit.CHANGES
@@ -383,6 +386,8 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         observed = syncer.observe()
     finally:
         syncer.close()
+    if cfg.runtime == "swarm":
+        return _swarm_nodes(observed, args.json, out, err)
     rows: list[dict[str, Any]] = []
     for h in cfg.hosts:
         o = observed[h.name]
@@ -414,11 +419,40 @@ def cmd_hosts(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return Exit.OK if all(r["reachable"] for r in rows) else Exit.ERROR
 
 
+def _swarm_nodes(observed: Any, as_json: bool, out: TextIO, err: TextIO) -> int:
+    """The nodes of the swarm: role, availability, state, labels, and how many of our tasks run there."""
+    from .runtimes.swarm import node_rows
+
+    if not observed.reachable:
+        print(f"gitsync: swarm unreachable: {observed.error}", file=err)
+        return Exit.ERROR
+    rows = node_rows(observed)
+    if as_json:
+        _json(rows, out)
+    else:
+        print(f"swarm, through manager {observed.manager}:", file=out)
+        for r in rows:
+            labels = ",".join(f"{k}={v}" for k, v in r["labels"].items()) or "-"
+            tasks = ", ".join(f"{k} {v}" for k, v in sorted(r["deployments"].items())) or "no tasks of ours"
+            print(f"{r['name']:<12} {r['role']:<8} {r['availability']:<7} {r['state']:<8} {r['addr']:<16} labels {labels:<20} {tasks}", file=out)
+    return Exit.OK if all(r["state"] == "ready" for r in rows) else Exit.ERROR
+
+
+def _containers_only(cfg: Config, what: str, err: TextIO) -> bool:
+    """True (and says so) when the configuration's runtime is not containers."""
+    if cfg.runtime == "containers":
+        return False
+    print(f"gitsync: {what} is not on runtime {cfg.runtime} yet: `gitsync plan`, `gitsync apply` and `gitsync hosts` are", file=err)
+    return True
+
+
 # -- volumes ------------------------------------------------------------------
 def cmd_volumes(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .kinds.volume import inventory
 
     cfg = _config(args)
+    if _containers_only(cfg, "gitsync volumes", err):
+        return Exit.USAGE
     seen = _preview(cfg, args.path)
     rows = inventory(seen.desired, seen.observed, cfg.name)
     unreachable = {n: o.error for n, o in seen.observed.items() if not o.reachable}
@@ -441,6 +475,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
     cfg = _config(args, path)
+    if _containers_only(cfg, "the agent (gitsync run)", err):
+        return Exit.USAGE
     log = logging.getLogger("gitsync")
     # A `gitsync apply` that finds the lock held sends SIGUSR1: held back until the agent can take it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})

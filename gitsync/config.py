@@ -28,6 +28,7 @@ AGENT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 HOST_NAME_RE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ADDRESS_RE = re.compile(r"^([0-9.]+|\[?[0-9a-fA-F:]+\]?|[a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?)$")  # an IP or a host name
+RUNTIMES = ("containers", "swarm")  # gitsync/runtimes
 STATUS_TYPES = ("github", "gitea", "forgejo", "gitlab")
 DEFAULT_STATUS_URLS = {"github": "https://api.github.com", "gitlab": "https://gitlab.com"}
 
@@ -276,6 +277,7 @@ class Config:
     notify: tuple[NotifySettings, ...] = ()
     images: tuple[ImagePolicy, ...] = ()
     update: UpdateSettings = field(default_factory=UpdateSettings)
+    runtime: str = "containers"  # what runs the desired state: gitsync's own placement on hosts, or a Docker Swarm
     state_dir: str = ".gitsync"
     path: str | None = None  # the file it came from
 
@@ -392,7 +394,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     except yamlsrc.YamlSyntaxError as exc:
         where = f"{file}:{exc.line}" if exc.line else file
         raise ConfigError(f"{where}: {exc.message}") from None
-    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "notify", "images", "update", "state_dir"))
+    top = r.mapping(root, "", ("name", "source", "hosts", "status", "server", "services", "policy", "compose", "previews", "secrets", "notify", "images", "update", "runtime", "state_dir"))
     name = r.string(root, "name", "name", default_agent_name(), AGENT_NAME_RE)
     assert name is not None
 
@@ -522,12 +524,18 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
     if not IMAGE_RE.match(proxy_image) or len(proxy_image) > 512:
         raise r.fail(svc_node, "proxyImage", "services.proxyImage", f"{proxy_image!r} is not an image reference (e.g. {DEFAULT_PROXY_IMAGE})")
     state_dir = _resolve(base, r.string(root, "state_dir", "state_dir", ".gitsync")) or ".gitsync"
+    runtime = r.string(root, "runtime", "runtime", "containers") or "containers"
+    if runtime not in RUNTIMES:
+        raise r.fail(root, "runtime", "runtime", f"{runtime!r} is no runtime: {' or '.join(RUNTIMES)} (containers: gitsync places replicas on the hosts; swarm: a Docker Swarm whose managers are the hosts)")
+    if runtime == "swarm" and not top.get("hosts"):
+        raise r.fail(root, "runtime", "runtime", "swarm needs the Swarm's managers under hosts: (the first that answers is used)")
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
         services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
         compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")),
         secrets=_secrets(r, root, top.get("secrets"), file), notify=_notify(r, root, top.get("notify")),
-        images=_images(r, root, top.get("images"), base), update=_update(r, root, top.get("update"), base), state_dir=state_dir, path=file,
+        images=_images(r, root, top.get("images"), base), update=_update(r, root, top.get("update"), base), runtime=runtime,
+        state_dir=state_dir, path=file,
     )
 
 

@@ -671,3 +671,108 @@ def follow_events(h: HostSettings, since: int, filters: Mapping[str, list[str]],
         raise
     except Exception as exc:
         raise EngineError(h.name, explain(exc)) from None
+
+
+class SwarmManager:
+    """A Swarm manager's API (services, tasks, nodes, overlay networks), for the swarm runtime.
+    Specs go in and come out as the Engine API writes them (``TaskTemplate``, ``Mode``, ...)."""
+
+    def __init__(self, host: str, api: docker.APIClient) -> None:
+        self.host = host
+        self._api = api
+
+    def state(self) -> tuple[str, bool, str]:
+        """(this engine's swarm state, whether it can manage the swarm, the swarm's id)."""
+        with _translated(self.host):
+            sw = self._api.info().get("Swarm") or {}
+        return str(sw.get("LocalNodeState") or "inactive"), bool(sw.get("ControlAvailable")), str((sw.get("Cluster") or {}).get("ID") or "")
+
+    def nodes(self) -> list[dict[str, Any]]:
+        with _translated(self.host):
+            return list(self._api.nodes())
+
+    def services(self, label: str) -> list[dict[str, Any]]:
+        with _translated(self.host):
+            return list(self._api.services(filters={"label": label}))
+
+    def service_names(self) -> set[str]:
+        with _translated(self.host):
+            return {str((s.get("Spec") or {}).get("Name", "")) for s in self._api.services()}
+
+    def tasks(self, label: str) -> list[dict[str, Any]]:
+        """The tasks of the services with `label` (Swarm keeps a few ended ones per slot)."""
+        with _translated(self.host):
+            return list(self._api.tasks(filters={"label": label}))
+
+    def inspect_service(self, ident: str) -> dict[str, Any] | None:
+        try:
+            with _translated(self.host):
+                return dict(self._api.inspect_service(ident))
+        except NotFound:
+            return None
+
+    def create_service(self, spec: Mapping[str, Any]) -> str:
+        with _translated(self.host):
+            out = self._api.create_service(
+                spec["TaskTemplate"], name=spec["Name"], labels=spec.get("Labels"), mode=spec.get("Mode"),
+                update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"),
+            )
+        return str(out.get("ID") or "")
+
+    def update_service(self, ident: str, version: int, spec: Mapping[str, Any]) -> list[str]:
+        """Submit the whole spec at the version read (a concurrent change makes it fail, never lost); Swarm's warnings."""
+        with _translated(self.host):
+            out = self._api.update_service(
+                ident, version, task_template=spec["TaskTemplate"], name=spec["Name"], labels=spec.get("Labels"), mode=spec.get("Mode"),
+                update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"), endpoint_spec=spec.get("EndpointSpec"),
+            )
+        return [str(w) for w in (out or {}).get("Warnings") or []]
+
+    def remove_service(self, ident: str) -> None:
+        with contextlib.suppress(NotFound), _translated(self.host):
+            self._api.remove_service(ident)
+
+    def overlay_networks(self, label: str) -> dict[str, str]:
+        """Swarm-scoped networks with `label`: name -> id."""
+        with _translated(self.host):
+            return {n["Name"]: n["Id"] for n in self._api.networks(filters={"label": label, "scope": "swarm"})}
+
+    def network_exists(self, name: str) -> bool:
+        with _translated(self.host):
+            return any(n.get("Name") == name for n in self._api.networks(names=[name]))
+
+    def ensure_overlay(self, name: str, labels: Mapping[str, str]) -> None:
+        """An attachable overlay network (made once; a concurrent maker wins)."""
+        if self.network_exists(name):
+            return
+        with contextlib.suppress(Conflict), _translated(self.host):
+            self._api.create_network(name, driver="overlay", attachable=True, labels=dict(labels), check_duplicate=True)
+
+    def remove_network(self, name: str) -> bool:
+        try:
+            with _translated(self.host):
+                self._api.remove_network(name)
+            return True
+        except (NotFound, Conflict):
+            return False
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._api.close()
+
+
+def connect_manager(h: HostSettings, timeout: float) -> SwarmManager:
+    """A client for one manager of a Swarm; raises EngineError when it does not answer, or answers but
+    cannot manage a swarm (a worker, or an engine in no swarm)."""
+    engine = connect(h, timeout, timeout)
+    manager = SwarmManager(h.name, engine._api)
+    try:
+        state, control, _ = manager.state()
+    except EngineError:
+        manager.close()
+        raise
+    if state != "active" or not control:
+        manager.close()
+        what = "is in no swarm" if state != "active" else "is a worker, not a manager"
+        raise EngineError(h.name, f"{what} (runtime swarm needs a manager: `docker node ls` works there)")
+    return manager

@@ -16,7 +16,9 @@ from .units import format_duration
 
 def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: TextIO) -> None:
     print(f"revision {revision}", file=out)
-    for host in plan.hosts:
+    if plan.cluster:  # an engine that schedules itself: the plan speaks in its services
+        _render_cluster(plan, out)
+    for host in () if plan.cluster else plan.hosts:
         actions = plan.for_host(host)
         tag = f" ({hosts_labels[host]})" if hosts_labels.get(host) else ""
         if host in plan.unreachable:
@@ -45,7 +47,19 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         print(f"not in sync: {len(plan.problems)} problem(s) above; nothing to change until they are solved", file=out)
     else:
         reload = f", {c['reload']} to reload" if c["reload"] else ""
-        print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
+        if plan.cluster:
+            print(f"plan: {c['create']} to create, {c['update']} to update, {c['remove']} to remove", file=out)
+        else:
+            print(f"plan: {c['create']} to create, {c['replace']} to replace, {c['start']} to start, {c['remove']} to remove{reload}", file=out)
+
+
+def _render_cluster(plan: Plan, out: TextIO) -> None:
+    if plan.unreachable:
+        print("swarm: UNREACHABLE: no manager answers; nothing changes", file=out)
+        return
+    print("swarm:" if plan.actions else "swarm: no changes", file=out)
+    for a in plan.actions:
+        print(f"  {a.kind.symbol} {a.deployment:<24} {a.kind:<8} {a.reason}", file=out)
 
 
 def progress_line(item: ActionResult | Waiting) -> str:
@@ -74,13 +88,13 @@ def summary(plan: Plan) -> str:
     c = plan.counts()
     changed: dict[str, set[str]] = defaultdict(set)
     for a in plan.actions:
-        if a.kind == ActionKind.REPLACE and a.object_kind == "Deployment":
+        if a.object_kind == "Deployment" and (a.kind == ActionKind.REPLACE or (a.kind == ActionKind.UPDATE and a.reason.startswith("changed: "))):
             fields = a.reason.removeprefix("changed: ").split(" (")[0]
             changed[a.deployment].update(f.split(" ")[0] for f in fields.split(", ") if f)
     parts = []
-    for kind in ("create", "replace", "start", "remove", "reload"):
-        if c[kind]:
-            detail = "; ".join(f"{d}: {', '.join(sorted(f))}" for d, f in sorted(changed.items())) if kind == "replace" and changed else ""
+    for kind in ("create", "replace", "update", "start", "remove", "reload"):
+        if c.get(kind):
+            detail = "; ".join(f"{d}: {', '.join(sorted(f))}" for d, f in sorted(changed.items())) if kind in ("replace", "update") and changed else ""
             parts.append(f"{kind} {c[kind]}" + (f" ({detail})" if detail else ""))
     in_sync = f"{len(plan.noops)} in sync" if plan.noops else ""
     if not parts:

@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from typing import Any
 
+from . import runtimes
 from .actions import ActionResult, ApplyResult, Plan, Progress
-from .apply import apply_plan
 from .config import Config
 from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
-from .health import DeploymentStatus, ServiceStatus, assess
+from .health import DeploymentStatus, ServiceStatus
 from .hosts import Hosts
-from .live import Health, HostObservation
+from .live import Health
 from .compose import is_compose_file
 from .manifest import load_files
 from .models import DesiredState
-from .plan import make_plan
+from .runtimes import Observation
 from .source import SIGNATURE, Snapshot, Source
 from .triggers import is_heal
 from .verify import Unverified
@@ -106,7 +106,7 @@ class _Sync:
     degraded: Callable[[], Mapping[str, str]] | None
     snapshot: Snapshot | None = None
     desired: DesiredState | None = None
-    observed: dict[str, HostObservation] | None = None
+    observed: Observation | None = None
     plan: Plan | None = None
     held: list[str] = field(default_factory=list)  # what the plan filter held back, and why
     applied: ApplyResult | None = None
@@ -129,8 +129,9 @@ class _Sync:
 class Observed:
     snapshot: Snapshot
     desired: DesiredState
-    observed: dict[str, HostObservation]
+    observed: Observation
     plan: Plan
+    unreachable: dict[str, str] = field(default_factory=dict)  # engines that did not answer, and why
 
 
 def failure_text(r: ActionResult) -> str:
@@ -171,10 +172,18 @@ class Syncer:
         if source_override is not None:
             settings = dc_replace(settings, url=source_override, path="")
         self.source = Source(settings, config.state_dir)
-        self.hosts = Hosts(config.hosts, config.name)
+        self.runtime = runtimes.make(config)
         self._loaded: tuple[tuple[str, bool], DesiredState] | None = None  # the last revision loaded: commits are immutable
         self.source_down: SourceDown | None = None
         self._observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitsync-observe")
+
+    @property
+    def hosts(self) -> Hosts:
+        """The hosts of the containers runtime (what the agent watches)."""
+        hosts = getattr(self.runtime, "hosts", None)
+        if not isinstance(hosts, Hosts):
+            raise TypeError(f"runtime {self.runtime.name} has no hosts of its own")
+        return hosts
 
     @property
     def loaded(self) -> DesiredState | None:
@@ -183,7 +192,7 @@ class Syncer:
 
     def close(self) -> None:
         self._observer.shutdown(wait=False, cancel_futures=True)
-        self.hosts.close()
+        self.runtime.close()
         self.source.close()
 
     # -- steps -----------------------------------------------------------
@@ -234,6 +243,9 @@ class Syncer:
         c = self.config
         reader = c.secrets.reader.preview() if placeholders else c.secrets.reader  # a preview never decrypts
         desired = load_files(snapshot.files, c.policy, c.compose.resolved(placeholders), frozenset(c.compose.profiles), reader)
+        refused = runtimes.check(c, desired)
+        if refused:
+            raise ManifestError(refused)
         said = [n for n in snapshot.notes if n.startswith((SIGNATURE, "would not be applied"))] if placeholders else []
         if said:  # a preview says whether the commit would be applied
             desired = dc_replace(desired, warnings=(*desired.warnings, *said))
@@ -244,7 +256,7 @@ class Syncer:
         self._loaded = (key, desired)
         return desired
 
-    def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None, retry: bool = True) -> tuple[Snapshot, DesiredState, dict[str, HostObservation]]:
+    def _fetch_load_observe(self, on_fetched: Callable[[Snapshot], None] | None = None, retry: bool = True) -> tuple[Snapshot, DesiredState, Observation]:
         """fetch and load, with observe running alongside: live state does not depend on the desired.
 
         If fetch or load fails, the observation is simply dropped.
@@ -259,11 +271,11 @@ class Syncer:
             observed = observing.result()
         return snapshot, desired, observed
 
-    def observe(self) -> dict[str, HostObservation]:
-        return self.hosts.observe()
+    def observe(self) -> Observation:
+        return self.runtime.observe()
 
-    def plan(self, desired: DesiredState, observed: dict[str, HostObservation]) -> Plan:
-        return make_plan(desired, observed, self.config.hosts, self.config.name, self.config.services, self.config.policy)
+    def plan(self, desired: DesiredState, observed: Observation) -> Plan:
+        return self.runtime.plan(desired, observed)
 
     def preview(self, ref: str | None = None, sha: str | None = None) -> Observed:
         """fetch, load, observe, plan: what `gitsync plan` shows; of another branch or commit than the
@@ -277,41 +289,25 @@ class Syncer:
                 desired = self.load(snapshot, placeholders=True)
             finally:
                 observed = observing.result()
-        return Observed(snapshot, desired, observed, self.plan(desired, observed))
+        return Observed(snapshot, desired, observed, self.plan(desired, observed), self.runtime.unreachable(observed))
 
     def wait_converged(
         self,
         desired: DesiredState,
         deadline: float,
         skip: set[str] | frozenset[str] = frozenset(),
-        poll: float = 0.25,
-        first: dict[str, HostObservation] | None = None,
+        first: Observation | None = None,
         stop: threading.Event | None = None,
-    ) -> tuple[dict[str, DeploymentStatus], dict[str, HostObservation]]:
+    ) -> tuple[dict[str, DeploymentStatus], Observation]:
         """Assess until every deployment is healthy, the deadline, or `stop`.
 
         Deployments in `skip` (their apply failed, or they cannot be placed) are
         assessed but not waited for: they cannot converge in this sync. `first`
         is an observation still current (nothing was applied since), reused
-        instead of listing the hosts again. Waiting is not a change in hand:
+        instead of reading the engines again. Waiting is not a change in hand:
         a stopping agent does not sit out the deadline.
         """
-        while True:
-            observed, first = (first, None) if first is not None else (self.observe(), None)
-            status = assess(desired, observed)
-            crashed = {
-                c.deployment for o in observed.values() for c in o.containers if c.state in ("exited", "restarting", "dead")
-            }  # a replica that already died will not converge by waiting
-            present = {(c.deployment, c.replica) for o in observed.values() for c in o.containers}
-            lost = {d.name for d in desired.deployments if any((d.name, r) not in present for r in range(d.replicas))}
-            # nor one removed since the plan (by hand, say): the next sync creates it, this one stops waiting
-            settled = all(s.health == Health.HEALTHY for name, s in status.items() if name not in skip | crashed | lost)
-            if settled or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
-                return status, observed
-            if stop is not None:
-                stop.wait(poll)
-            else:
-                time.sleep(poll)
+        return self.runtime.converge(desired, deadline, skip, first, stop, self.observe)
 
     # -- the sync --------------------------------------------------------
     def sync(
@@ -376,15 +372,13 @@ class Syncer:
         if s.plan_filter is not None:
             plan, s.held = s.plan_filter(plan, s.desired)
         s.plan = s.result.plan = plan
-        s.result.unreachable = {n: o.error or "unreachable" for n, o in s.observed.items() if not o.reachable}
+        s.result.unreachable = self.runtime.unreachable(s.observed)
         if s.on_planned is not None:
             s.on_planned(s.result)
 
     def _apply(self, s: _Sync) -> None:
         assert s.plan is not None and s.desired is not None and s.snapshot is not None
-        s.applied = s.result.applied = apply_plan(
-            s.plan, s.desired, self.hosts, self.config.name, s.snapshot.revision, s.progress, s.stop, self.observe, self.config.services, self.config.policy
-        )
+        s.applied = s.result.applied = self.runtime.apply(s.plan, s.desired, s.snapshot.revision, s.progress, s.stop, self.observe, s.t0 + s.timeout)
         if s.stopping and any(r.skipped for r in s.applied.results):
             s.cut_off = " before the agent stopped"
 
@@ -410,8 +404,8 @@ class Syncer:
             if st is not None and st.health in (Health.HEALTHY, Health.DEGRADED, Health.MISSING):
                 status[name] = dc_replace(st, health=Health.DEGRADED, message=why)  # the reason, not a snapshot of it
         s.result.deployments = status
-        s.result.services = assess(desired, observed, "Service") if desired.services else {}
-        s.result.unreachable = {n: o.error or "unreachable" for n, o in observed.items() if not o.reachable}
+        s.result.services = dict(self.runtime.services(desired, observed))
+        s.result.unreachable = self.runtime.unreachable(observed)
         unsettled = sorted(n for n, st in status.items() if st.health != Health.HEALTHY and n not in s.hopeless)
         if s.stopping and unsettled:
             s.result.problems = [f"{n}: {status[n].message}" for n in unsettled]

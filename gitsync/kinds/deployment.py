@@ -299,9 +299,13 @@ def _check_dependencies(deployments: Sequence[Deployment], problems: list[Proble
 def describe_change(live: LiveContainer, d: Deployment) -> str:
     """Which fields of the container spec changed, e.g. "image a:1 -> a:2, env"."""
     old = live.spec_document()
-    new = L.spec_document(d)
     if old is None:
         return "created by an older gitsync or changed outside Git"
+    return describe_difference(old, L.spec_document(d))
+
+
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """Which fields of two spec documents differ, by name: "changed: image a:1 -> a:2, env"."""
     parts: list[str] = []
     for key in sorted(set(old) | set(new)):
         if json.dumps(old.get(key), sort_keys=True) != json.dumps(new.get(key), sort_keys=True):

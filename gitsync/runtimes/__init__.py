@@ -1,0 +1,84 @@
+"""Runtimes: how the desired state becomes live on one kind of engine.
+
+The kinds own what is theirs (parsing, cross-document checks, what the desired object is); a
+runtime owns how the objects are observed, planned, applied and assessed on its engine. One
+runtime per agent, chosen by `runtime:` in its configuration:
+
+- `containers` (the default): gitsync is the orchestrator; it places each replica on a host,
+  proxies Services itself and heals (gitsync/runtimes/containers.py);
+- `swarm`: a Docker Swarm schedules; gitsync plans, applies and reports Swarm services
+  (gitsync/runtimes/swarm.py).
+
+A sync (gitsync/reconcile.py) talks to its runtime only through `Runtime`; a third runtime
+(Nomad, Kubernetes) is one more module here and one line in `make`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..actions import ApplyResult, Plan, Progress
+from ..errors import Problem
+from ..health import DeploymentStatus, ServiceStatus
+from ..models import DesiredState
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+Observation = Any  # what a runtime reads from its engine: its own type, opaque to the sync
+
+
+class Runtime:
+    name: str
+
+    def check(self, desired: DesiredState) -> list[Problem]:
+        """What this runtime cannot honour in a valid desired state, located (file:line), so that it
+        is refused at validation, never silently dropped."""
+        return []
+
+    def observe(self) -> Observation:
+        raise NotImplementedError
+
+    def unreachable(self, observed: Observation) -> dict[str, str]:
+        """The engines that did not answer, with why."""
+        return {}
+
+    def plan(self, desired: DesiredState, observed: Observation) -> Plan:
+        raise NotImplementedError
+
+    def apply(self, plan: Plan, desired: DesiredState, revision: str, progress: Progress | None, stop: threading.Event | None,
+              observe: Callable[[], Observation], deadline: float) -> ApplyResult:
+        raise NotImplementedError
+
+    def converge(self, desired: DesiredState, deadline: float, skip: set[str] | frozenset[str], first: Observation | None,
+                 stop: threading.Event | None, observe: Callable[[], Observation]) -> tuple[dict[str, DeploymentStatus], Observation]:
+        """Assess until every Deployment not in `skip` is healthy, the deadline, or `stop`; `first`
+        is an observation still current (nothing applied since)."""
+        raise NotImplementedError
+
+    def services(self, desired: DesiredState, observed: Observation) -> Mapping[str, ServiceStatus]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def check(config: Config, desired: DesiredState) -> list[Problem]:
+    """What the configured runtime cannot honour in `desired` (validation, without an engine)."""
+    if config.runtime == "swarm":
+        from .swarm import check as swarm_check
+
+        return swarm_check(desired)
+    return []
+
+
+def make(config: Config) -> Runtime:
+    if config.runtime == "swarm":
+        from .swarm import SwarmRuntime
+
+        return SwarmRuntime(config)
+    from .containers import ContainersRuntime
+
+    return ContainersRuntime(config)

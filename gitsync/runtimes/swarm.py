@@ -1,0 +1,647 @@
+"""The swarm runtime: a Docker Swarm schedules, gitsync plans, applies and reports.
+
+Each Deployment is one replicated Swarm service named ``<agent>-<deployment>``, labelled as
+gitsync's (managed-by, deployment, spec hash, the spec itself, revision), on the agent's
+attachable overlay network with the deployment's name as its alias (DNS round robin: no
+virtual IP, so no IPVS is needed). `update` becomes the service's update config with failure
+action rollback; host ports are published in host mode. Convergence is read from Swarm: the
+service's update status and its tasks, each task's container labels saying which spec it runs.
+Swarm heals tasks and reschedules them off dead nodes; gitsync only reports it.
+
+What Swarm cannot honour, or this runtime does not do yet, is refused at validation with the
+file and line (`check`), never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import labels as L
+from ..actions import Action, ActionKind, ActionResult, ApplyResult, PlacementProblem, Plan, Progress, Waiting
+from ..config import Config
+from ..engine import EngineError, SwarmManager, connect_manager
+from ..errors import Problem, Reason
+from ..health import DeploymentStatus
+from ..kinds.deployment import describe_difference
+from ..live import Health
+from ..models import Deployment, DesiredState, NetworkMode, RestartPolicy, UpdateOrder
+from . import Runtime
+
+CLUSTER = "swarm"  # the plan's one place: the cluster, not a host
+CONNECT_TIMEOUT = 10.0
+POLL = 0.5
+MIN_MONITOR = 5.0  # seconds Swarm watches a new task for failure when minReadySeconds says less
+ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
+FAILED = ("failed", "rejected")
+UPDATING = ("updating", "rollback_started")
+ROLLED_BACK = ("rollback_completed", "rollback_paused")
+
+# Container options this runtime does not carry to Swarm, with why (a manifest key each).
+REFUSED_OPTIONS = {
+    "shm_size": ("shmSize", "Swarm services have no shm size (mount a tmpfs at /dev/shm instead)"),
+    "security_opt": ("securityOpt", "Swarm services take no security options"),
+    "devices": ("devices", "Swarm services cannot map host devices"),
+    "privileged": ("privileged", "Swarm services cannot be privileged"),
+    "domainname": ("domainname", "Swarm services have no domain name"),
+    "oom_score_adj": ("oomScoreAdj", "Swarm services on this engine's API take no OOM score"),
+    "mem_swappiness": ("memSwappiness", "Swarm services take no swappiness"),
+    "memswap_limit": ("memswapLimit", "Swarm services take no swap limit"),
+    "binds": ("hostPaths", "host paths are not on the swarm runtime yet"),
+    "files": ("files", "files from the repository are not on the swarm runtime yet"),
+    "secret_env": ("env", "Secrets are not on the swarm runtime yet"),
+}
+NOT_YET = {  # kinds the swarm runtime does not run yet
+    "Service": "Services are not on the swarm runtime yet",
+    "Volume": "Volumes are not on the swarm runtime yet",
+    "Secret": "Secrets are not on the swarm runtime yet",
+}
+
+
+# -- what a Swarm says ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Node:
+    id: str
+    hostname: str
+    role: str  # manager | worker
+    availability: str  # active | pause | drain
+    state: str  # ready | down | unknown | disconnected
+    addr: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveTask:
+    id: str
+    node_id: str
+    slot: int
+    desired: str  # running | shutdown | ...
+    state: str  # new .. running, complete, failed, rejected, ...
+    error: str
+    spec_hash: str  # the spec it runs (its container's label)
+    timestamp: str
+
+
+@dataclass(frozen=True)
+class LiveService:
+    id: str
+    name: str
+    version: int
+    deployment: str
+    spec_hash: str
+    spec: Mapping[str, Any] = field(repr=False)  # as the Engine API returns it
+    update_state: str = ""
+    update_message: str = ""
+    update_started: str = ""
+    tasks: tuple[LiveTask, ...] = ()
+
+    @property
+    def document(self) -> dict[str, Any] | None:
+        raw = (self.spec.get("Labels") or {}).get(L.SPEC)
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+
+@dataclass(frozen=True)
+class SwarmObservation:
+    manager: str | None  # the manager that answered
+    error: str | None = None  # why none did
+    nodes: tuple[Node, ...] = ()
+    services: tuple[LiveService, ...] = ()  # ours
+    foreign: frozenset[str] = frozenset()  # names of services that are not ours
+
+    @property
+    def reachable(self) -> bool:
+        return self.manager is not None
+
+    def service(self, deployment: str) -> LiveService | None:
+        return next((s for s in self.services if s.deployment == deployment), None)
+
+    def node_name(self, node_id: str) -> str:
+        return next((n.hostname for n in self.nodes if n.id == node_id), node_id[:12])
+
+
+def _node(n: Mapping[str, Any]) -> Node:
+    spec, desc, status = n.get("Spec") or {}, n.get("Description") or {}, n.get("Status") or {}
+    return Node(
+        str(n.get("ID", "")), str(desc.get("Hostname", "")), str(spec.get("Role", "")), str(spec.get("Availability", "")),
+        str(status.get("State", "")), str(status.get("Addr", "")), tuple(sorted((spec.get("Labels") or {}).items())),
+    )
+
+
+def _task(t: Mapping[str, Any]) -> LiveTask:
+    status = t.get("Status") or {}
+    cs = ((t.get("Spec") or {}).get("ContainerSpec") or {})
+    return LiveTask(
+        str(t.get("ID", "")), str(t.get("NodeID", "")), int(t.get("Slot") or 0), str(t.get("DesiredState", "")),
+        str(status.get("State", "")), str(status.get("Err") or ""), str((cs.get("Labels") or {}).get(L.SPEC_HASH, "")),
+        str(status.get("Timestamp", "")),
+    )
+
+
+def _service(s: Mapping[str, Any], tasks: Sequence[LiveTask]) -> LiveService:
+    spec = s.get("Spec") or {}
+    labels = spec.get("Labels") or {}
+    upd = s.get("UpdateStatus") or {}
+    return LiveService(
+        str(s.get("ID", "")), str(spec.get("Name", "")), int((s.get("Version") or {}).get("Index") or 0), str(labels.get(L.DEPLOYMENT, "")),
+        str(labels.get(L.SPEC_HASH, "")), spec, str(upd.get("State") or ""), str(upd.get("Message") or ""), str(upd.get("StartedAt") or ""),
+        tuple(tasks),
+    )
+
+
+def read(manager: SwarmManager, agent: str) -> SwarmObservation:
+    mine = f"{L.MANAGED_BY}={agent}"
+    services = manager.services(mine)
+    ids = {s["ID"] for s in services}
+    tasks: dict[str, list[LiveTask]] = {}
+    for t in manager.tasks(mine):
+        if t.get("ServiceID") in ids:
+            tasks.setdefault(t["ServiceID"], []).append(_task(t))
+    every = manager.service_names() - {s.get("Spec", {}).get("Name", "") for s in services}
+    live = tuple(sorted((_service(s, tasks.get(s["ID"], [])) for s in services), key=lambda x: x.name))
+    return SwarmObservation(manager.host, None, tuple(sorted((_node(n) for n in manager.nodes()), key=lambda n: n.hostname)), live, frozenset(every))
+
+
+# -- a Deployment as a Swarm service ----------------------------------------------------------
+def service_name(agent: str, d: Deployment) -> str:
+    return f"{agent}-{d.name}"
+
+
+def document(d: Deployment) -> dict[str, Any]:
+    """Everything the service's spec is made from: the container spec as the containers runtime
+    hashes it, and what Swarm takes besides (the count, placement, update policy)."""
+    return {
+        **L.spec_document(d),
+        "replicas": d.replicas,
+        "placement": {"hostSelector": [list(x) for x in d.placement.host_selector], "maxPerHost": d.placement.max_per_host},
+        "update": {"order": str(d.update.order), "parallelism": d.update.parallelism, "minReadySeconds": d.min_ready_seconds},
+        "dependsOn": list(d.depends_on),
+    }
+
+
+def document_hash(doc: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _ns(seconds: float) -> int:
+    return int(round(seconds * 1e9))
+
+
+def _tmpfs(path: str, options: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for o in filter(None, options.split(",")):
+        k, _, v = o.partition("=")
+        if k == "size":
+            opts["SizeBytes"] = _bytes(v)
+        elif k == "mode":
+            opts["Mode"] = int(v, 8)
+    return {"Type": "tmpfs", "Target": path, **({"TmpfsOptions": opts} if opts else {})}
+
+
+_SIZE = re.compile(r"^(\d+)([kmg]?)b?$", re.I)
+
+
+def _bytes(v: str) -> int:
+    m = _SIZE.match(v.strip())
+    if not m:
+        raise ValueError(v)
+    return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
+
+
+def service_spec(agent: str, d: Deployment, revision: str) -> dict[str, Any]:
+    """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one)."""
+    doc = document(d)
+    want = document_hash(doc)
+    o = d.options
+    cs: dict[str, Any] = {
+        "Image": d.image,
+        "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want},
+        "Env": [f"{k}={v}" for k, v in d.env],
+        "StopGracePeriod": _ns(d.stop_grace_period),
+    }
+    if o.entrypoint is not None:
+        cs["Command"] = list(o.entrypoint)
+    if d.command is not None:
+        cs["Args"] = list(d.command)
+    if d.healthcheck is not None:
+        h = d.healthcheck
+        cs["Healthcheck"] = {"Test": list(h.test), "Interval": _ns(h.interval), "Timeout": _ns(h.timeout), "Retries": h.retries, "StartPeriod": _ns(h.start_period)}
+    simple = {"Dir": o.working_dir, "User": o.user, "Hostname": o.hostname, "StopSignal": o.stop_signal}
+    cs.update({k: v for k, v in simple.items() if v is not None})
+    flags = {"TTY": o.tty, "OpenStdin": o.stdin_open, "ReadOnly": o.read_only_root, "Init": o.init}
+    cs.update({k: True for k, v in flags.items() if v})
+    if o.group_add:
+        cs["Groups"] = list(o.group_add)
+    if o.extra_hosts:
+        cs["Hosts"] = [f"{addr} {name}" for name, addr in o.extra_hosts]
+    if o.dns or o.dns_search or o.dns_options:
+        cs["DNSConfig"] = {k: list(v) for k, v in (("Nameservers", o.dns), ("Search", o.dns_search), ("Options", o.dns_options)) if v}
+    if o.sysctls:
+        cs["Sysctls"] = dict(o.sysctls)
+    if o.cap_add:
+        cs["CapabilityAdd"] = list(o.cap_add)
+    if o.cap_drop:
+        cs["CapabilityDrop"] = list(o.cap_drop)
+    if o.ulimits:
+        cs["Ulimits"] = [{"Name": n, "Soft": s, "Hard": h} for n, s, h in o.ulimits]
+    if o.tmpfs:
+        cs["Mounts"] = [_tmpfs(p, opts) for p, opts in o.tmpfs]
+    limits = {k: v for k, v in (("NanoCPUs", _ns(o.cpus) if o.cpus else None), ("MemoryBytes", o.memory), ("Pids", o.pids_limit)) if v}
+    reserve = {k: v for k, v in (("NanoCPUs", _ns(o.cpus_reservation) if o.cpus_reservation else None), ("MemoryBytes", o.memory_reservation)) if v}
+    condition = {RestartPolicy.NO: "none", RestartPolicy.ON_FAILURE: "on-failure"}.get(d.restart, "any")
+    placement: dict[str, Any] = {}
+    if d.placement.host_selector:
+        placement["Constraints"] = [f"node.labels.{k}=={v}" for k, v in d.placement.host_selector]
+    if d.placement.max_per_host:
+        placement["MaxReplicas"] = d.placement.max_per_host
+    networks = [{"Target": n, "Aliases": [d.name]} for n in L.networks_of(agent, d)] + [{"Target": n} for n in o.external_networks]
+    task: dict[str, Any] = {
+        "ContainerSpec": cs,
+        "RestartPolicy": {"Condition": condition, "Delay": _ns(1), "MaxAttempts": 0},
+        "Networks": networks,
+    }
+    if limits or reserve:
+        task["Resources"] = {**({"Limits": limits} if limits else {}), **({"Reservations": reserve} if reserve else {})}
+    if placement:
+        task["Placement"] = placement
+    if o.log_driver:
+        task["LogDriver"] = {"Name": o.log_driver, "Options": dict(o.log_options)}
+    monitor = _ns(max(d.min_ready_seconds, MIN_MONITOR))
+    order = update_order(d)
+    published = [
+        {"Protocol": p.protocol, "TargetPort": p.container_port, "PublishedPort": p.host_port, "PublishMode": "host"}
+        for p in d.ports if p.host_port is not None
+    ]
+    return {
+        "Name": service_name(agent, d),
+        "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want,
+                   L.SPEC: json.dumps(doc, sort_keys=True, separators=(",", ":")), L.REVISION: revision},
+        "TaskTemplate": task,
+        "Mode": {"Replicated": {"Replicas": d.replicas}},
+        "UpdateConfig": {"Parallelism": d.update.parallelism, "Delay": 0, "FailureAction": "rollback", "Monitor": monitor,
+                         "MaxFailureRatio": 0, "Order": order},
+        "RollbackConfig": {"Parallelism": d.update.parallelism, "Delay": 0, "FailureAction": "pause", "Monitor": monitor,
+                           "MaxFailureRatio": 0, "Order": order},
+        "EndpointSpec": {"Mode": "dnsrr", **({"Ports": published} if published else {})},
+    }
+
+
+# What a person may change by hand with `docker service scale / update`: compared with Git on
+# every plan (drift), by name as the plan says it.
+_DRIFT: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
+    ("replicas", lambda s: ((s.get("Mode") or {}).get("Replicated") or {}).get("Replicas")),
+    ("image", lambda s: _cs(s).get("Image")),
+    ("env", lambda s: sorted(_cs(s).get("Env") or [])),
+    ("command", lambda s: (_cs(s).get("Command") or None, _cs(s).get("Args") or None)),
+    ("user", lambda s: _cs(s).get("User") or None),
+    ("placement", lambda s: sorted(((s.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or [])),
+    ("resources", lambda s: _trim((s.get("TaskTemplate") or {}).get("Resources"))),
+    ("ports", lambda s: sorted(json.dumps(p, sort_keys=True) for p in ((s.get("EndpointSpec") or {}).get("Ports") or []))),
+    ("labels", lambda s: _cs(s).get("Labels") or {}),
+)
+
+
+def _cs(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}
+
+
+def _trim(v: Any) -> Any:
+    """A value without its empty parts (Swarm writes back empty maps we never sent)."""
+    if isinstance(v, Mapping):
+        out = {k: _trim(x) for k, x in v.items()}
+        return {k: x for k, x in out.items() if x not in (None, {}, [], 0, "")}
+    return v
+
+
+def drift(live: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+    """What differs between the live spec and the one Git gives, for a service whose labels say it
+    is up to date: a change made by hand. `replicas 5 -> 3`, `image`, ..."""
+    out = []
+    for name, get in _DRIFT:
+        was, now = get(live), get(want)
+        if was != now:
+            out.append(f"{name} {was} -> {now}" if name in ("replicas", "image") else name)
+    return out
+
+
+def update_order(d: Deployment) -> str:
+    """start-first as asked, but stop-first where a host port is published: it is bound once per node,
+    so a new task could start only on a node the old ones do not use (as the containers runtime does)."""
+    return "stop-first" if d.update.order == UpdateOrder.STOP_FIRST or d.one_per_host else "start-first"
+
+
+def _change_words(d: Deployment) -> str:
+    order = update_order(d)
+    forced = f" for hostPort {', '.join(str(p.host_port) for p in d.ports if p.host_port)}" if order != str(d.update.order) else ""
+    return f"{order}{forced}, {d.update.parallelism} at a time"
+
+
+def check(desired: DesiredState) -> list[Problem]:
+    """What the swarm runtime cannot honour, located: refused at validation, never dropped."""
+    problems: list[Problem] = []
+    for kind, why in NOT_YET.items():
+        for obj in desired.of(kind):
+            o = obj.origin
+            problems.append(Problem(o.file if o else "?", o.line if o else None, f"{kind} {obj.name}: {why} (runtime: swarm); it runs on runtime: containers"))
+    for d in desired.deployments:
+        def refuse(key: str, why: str) -> None:
+            o = d.origin
+            line = d.options.lines.get(f"spec.{key.split('.')[0]}") or (o.line if o else None)
+            problems.append(Problem(o.file if o else "?", line, f"spec.{key}: {why} (runtime: swarm)"))
+
+        for attr, (key, why) in REFUSED_OPTIONS.items():
+            if getattr(d.options, attr) not in ((), None, False):
+                refuse(key, why)
+        if d.options.network_mode != NetworkMode.BRIDGE:
+            refuse("networkMode", "Swarm services run on the Swarm's networks only")
+        if d.volumes:
+            refuse("volumes", "volumes are not on the swarm runtime yet")
+        if d.run_once:
+            refuse("runOnce", "jobs are not on the swarm runtime yet")
+        if any(p.host_ip for p in d.ports):
+            refuse("ports", "Swarm publishes a port on every address of a node, not on one (drop hostIP)")
+        for path, opts in d.options.tmpfs:
+            for opt in filter(None, opts.split(",")):
+                k, _, v = opt.partition("=")
+                if k not in ("size", "mode") or (k == "size" and not _SIZE.match(v)):
+                    refuse("tmpfs", f"{path}: Swarm takes only size= and mode= for a tmpfs, not {opt!r}")
+    return problems
+
+
+# -- the runtime ------------------------------------------------------------------------------
+class SwarmRuntime(Runtime):
+    name = "swarm"
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.agent = config.name
+        self._manager: SwarmManager | None = None
+        self._lock = threading.Lock()
+
+    # connection: the first manager that answers, kept until it fails
+    def manager(self) -> SwarmManager:
+        with self._lock:
+            if self._manager is not None:
+                return self._manager
+            why = []
+            for h in self.config.hosts:
+                try:
+                    self._manager = connect_manager(h, CONNECT_TIMEOUT)
+                    return self._manager
+                except EngineError as exc:
+                    why.append(f"{h.name}: {exc.message}")
+            raise EngineError(CLUSTER, "no manager answers (" + "; ".join(why) + ")")
+
+    def _forget(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                self._manager.close()
+            self._manager = None
+
+    def close(self) -> None:
+        self._forget()
+
+    def check(self, desired: DesiredState) -> list[Problem]:
+        return check(desired)
+
+    # observation
+    def observe(self) -> SwarmObservation:
+        try:
+            return read(self.manager(), self.agent)
+        except EngineError as exc:
+            self._forget()
+            return SwarmObservation(None, exc.message)
+
+    def unreachable(self, observed: SwarmObservation) -> dict[str, str]:
+        return {} if observed.reachable else {CLUSTER: observed.error or "unreachable"}
+
+    # plan
+    def plan(self, desired: DesiredState, observed: SwarmObservation) -> Plan:
+        if not observed.reachable:
+            return Plan((), unreachable=(CLUSTER,), hosts=(CLUSTER,), cluster=True)
+        actions: list[Action] = []
+        noops: list[str] = []
+        problems: list[PlacementProblem] = []
+        for d in desired.deployments:
+            live = observed.service(d.name)
+            want = service_spec(self.agent, d, "")
+            name = want["Name"]
+            if live is None and name in observed.foreign:
+                problems.append(PlacementProblem(d.name, f"a Swarm service named {name} exists that gitsync did not make: it is never touched (rename or remove it)"))
+            elif live is None:
+                actions.append(Action(ActionKind.CREATE, CLUSTER, d.name, None, f"{d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}",
+                                      container_name=name))
+            elif live.spec_hash != want["Labels"][L.SPEC_HASH]:
+                old = live.document
+                what = describe_difference(old, document(d)) if old is not None else "changed outside Git"
+                actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"{what} ({_change_words(d)})", live.id, name))
+            elif hand := drift(live.spec, want):
+                actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"changed outside Git: {', '.join(hand)} ({_change_words(d)})", live.id, name))
+            else:
+                noops.append(f"{d.name}: {d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}")
+        wanted = {d.name for d in desired.deployments}
+        for live in observed.services:
+            if live.deployment not in wanted:
+                actions.append(Action(ActionKind.REMOVE, CLUSTER, live.deployment, None, "not in Git any more", live.id, live.name, phase=1))
+        return Plan(tuple(actions), tuple(noops), tuple(problems), hosts=(CLUSTER,), cluster=True)
+
+    # apply
+    def apply(self, plan: Plan, desired: DesiredState, revision: str, progress: Progress | None, stop: threading.Event | None,
+              observe: Callable[[], Any], deadline: float) -> ApplyResult:
+        out = ApplyResult()
+
+        def record(r: ActionResult) -> None:
+            out.results.append(r)
+            if progress is not None:
+                progress(r)
+
+        if not plan.actions:
+            return out
+        try:
+            manager = self.manager()
+            self._networks(manager, desired)
+        except EngineError as exc:
+            self._forget()
+            for a in plan.actions:
+                record(ActionResult(a, False, exc.message))
+            return out
+        changes = {a.deployment: a for a in plan.actions if a.kind != ActionKind.REMOVE}
+        failed: set[str] = set()
+        for level in desired.levels():
+            mine = [changes[n] for n in level if n in changes]
+            blocked = {a.deployment: next(x for x in desired.deployment(a.deployment).depends_on if x in failed)  # type: ignore[union-attr]
+                       for a in mine if set(desired.deployment(a.deployment).depends_on) & failed}  # type: ignore[union-attr]
+            submitted: list[tuple[Action, Deployment, str, float]] = []
+            for a in mine:
+                if stop is not None and stop.is_set():
+                    record(ActionResult(a, False, "skipped: the agent is stopping", skipped=True))
+                    continue
+                if a.deployment in blocked:
+                    record(ActionResult(a, False, f"skipped: its dependency {blocked[a.deployment]} failed", skipped=True))
+                    failed.add(a.deployment)
+                    continue
+                d = desired.deployment(a.deployment)
+                assert d is not None
+                t0 = time.monotonic()
+                try:
+                    before = self._submit(manager, a, d, revision)
+                    submitted.append((a, d, before, t0))
+                except EngineError as exc:
+                    failed.add(a.deployment)
+                    record(ActionResult(a, False, exc.message, time.monotonic() - t0))
+            for a, d, before, t0 in submitted:
+                ok, message, rolled = self._await(manager, a, d, before, deadline, progress, stop)
+                if not ok:
+                    failed.add(a.deployment)
+                if rolled:
+                    out.rollbacks.append(f"{d.name}: Swarm rolled the service back to its previous spec")
+                record(ActionResult(a, ok, message, time.monotonic() - t0, reason=None if ok else Reason.APPLY_FAILED))
+        for a in plan.actions:
+            if a.kind != ActionKind.REMOVE:
+                continue
+            t0 = time.monotonic()
+            try:
+                manager.remove_service(a.container_id or a.container_name or "")
+                record(ActionResult(a, True, "removed", time.monotonic() - t0))
+            except EngineError as exc:
+                record(ActionResult(a, False, exc.message, time.monotonic() - t0))
+        return out
+
+    def _networks(self, manager: SwarmManager, desired: DesiredState) -> None:
+        labels = {L.MANAGED_BY: self.agent}
+        for n in sorted({n for d in desired.deployments for n in L.networks_of(self.agent, d)}):
+            manager.ensure_overlay(n, labels)
+        for d in desired.deployments:
+            for n in d.options.external_networks:
+                if not manager.network_exists(n):
+                    raise EngineError(CLUSTER, f"{d.name}: external network {n} does not exist on the swarm (gitsync never makes it)")
+
+    def _submit(self, manager: SwarmManager, a: Action, d: Deployment, revision: str) -> str:
+        """Create or update the service; the update status it had before (so that a stale one is not read as this change's)."""
+        spec = service_spec(self.agent, d, revision)
+        if a.kind == ActionKind.CREATE:
+            manager.create_service(spec)
+            return ""
+        live = manager.inspect_service(a.container_id or spec["Name"])
+        if live is None:
+            manager.create_service(spec)
+            return ""
+        before = str((live.get("UpdateStatus") or {}).get("StartedAt") or "")
+        manager.update_service(live["ID"], int((live.get("Version") or {}).get("Index") or 0), spec)
+        return before
+
+    def _await(self, manager: SwarmManager, a: Action, d: Deployment, before: str, deadline: float,
+               progress: Progress | None, stop: threading.Event | None) -> tuple[bool, str, bool]:
+        """Until the service runs its new spec everywhere (ok), Swarm rolled it back, or a task of the new
+        spec failed to start (a create has nothing to roll back to); (ok, message, rolled back)."""
+        want = document_hash(document(d))
+        name = service_name(self.agent, d)
+        said = False
+        while True:
+            s = manager.inspect_service(name)
+            if s is None:
+                return False, "the service was removed while it was being changed", False
+            tasks = [_task(t) for t in manager.tasks(f"{L.DEPLOYMENT}={d.name}") if t.get("ServiceID") == s["ID"]]
+            upd = s.get("UpdateStatus") or {}
+            fresh = bool(upd) and str(upd.get("StartedAt") or "") != before
+            state = str(upd.get("State") or "") if fresh else ""
+            if state in ROLLED_BACK:
+                why = _task_error(tasks, want) or str(upd.get("Message") or "update failed")
+                return False, f"update failed: {why}; Swarm rolled back to the previous spec", True
+            running = [t for t in tasks if t.spec_hash == want and t.state == "running" and t.desired == "running"]
+            old = [t for t in tasks if t.spec_hash != want and t.desired == "running" and t.state not in ENDED]
+            if state not in UPDATING and len(running) >= d.replicas and not old:
+                return True, f"{len(running)}/{d.replicas} tasks running", False
+            if a.kind == ActionKind.CREATE and (err := _task_error(tasks, want)):
+                return False, err, False
+            now = time.monotonic()
+            if now >= deadline or (stop is not None and stop.is_set()):
+                why = _task_error(tasks, want) or _pending(tasks, want)
+                cut = "the agent stopped" if now < deadline else "did not converge in time"
+                return False, f"{cut}: {len(running)}/{d.replicas} tasks on the new spec running" + (f" ({why})" if why else ""), False
+            if progress is not None and not said:
+                progress(Waiting(CLUSTER, name, "tasks running on the new spec" + (f" (Swarm: {state})" if state else ""), deadline - now))
+                said = True
+            if stop is not None:
+                stop.wait(POLL)
+            else:
+                time.sleep(POLL)
+
+    # assessment
+    def converge(self, desired: DesiredState, deadline: float, skip: set[str] | frozenset[str], first: SwarmObservation | None,
+                 stop: threading.Event | None, observe: Callable[[], Any]) -> tuple[dict[str, DeploymentStatus], SwarmObservation]:
+        while True:
+            observed, first = (first, None) if first is not None else (observe(), None)
+            status = assess(desired, observed)
+            settled = all(s.health == Health.HEALTHY for n, s in status.items() if n not in skip)
+            if settled or not observed.reachable or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                return status, observed
+            if stop is not None:
+                stop.wait(POLL)
+            else:
+                time.sleep(POLL)
+
+
+def _task_error(tasks: Sequence[LiveTask], want: str) -> str:
+    """The newest error of a task of the new spec: "No such image: ...", "task: non-zero exit (1)"."""
+    bad = sorted((t for t in tasks if t.spec_hash == want and t.state in FAILED and t.error), key=lambda t: t.timestamp)
+    return f"task {bad[-1].state}: {bad[-1].error}" if bad else ""
+
+
+def _pending(tasks: Sequence[LiveTask], want: str) -> str:
+    waiting = [t for t in tasks if t.spec_hash == want and t.state == "pending" and t.error]
+    return f"pending: {waiting[0].error}" if waiting else ""
+
+
+def assess(desired: DesiredState, observed: SwarmObservation) -> dict[str, DeploymentStatus]:
+    """How each Deployment's service stands: tasks running on its spec, per node. Pure."""
+    out: dict[str, DeploymentStatus] = {}
+    for d in desired.deployments:
+        want = document_hash(document(d))
+        live = observed.service(d.name)
+        if live is None:
+            out[d.name] = DeploymentStatus(d.name, d.replicas, 0, 0, Health.MISSING, "no service on the swarm")
+            continue
+        running = [t for t in live.tasks if t.spec_hash == want and t.state == "running" and t.desired == "running"]
+        per_node: dict[str, int] = {}
+        for t in running:
+            host = observed.node_name(t.node_id)
+            per_node[host] = per_node.get(host, 0) + 1
+        n = len(running)
+        why = _task_error(live.tasks, want) or _pending(live.tasks, want)
+        if live.spec_hash != want:
+            health, msg = Health.DEGRADED, f"the service runs another spec ({live.update_state or 'not updated'})"
+        elif n >= d.replicas:
+            health, msg = Health.HEALTHY, f"{d.replicas}/{d.replicas} tasks running"
+        elif n == 0 and d.replicas > 0:
+            health, msg = Health.MISSING, f"0/{d.replicas} tasks running"
+        else:
+            health, msg = (Health.PROGRESSING if live.update_state in UPDATING else Health.DEGRADED), f"{n}/{d.replicas} tasks running"
+        if why and health != Health.HEALTHY:
+            msg += f" ({why})"
+        out[d.name] = DeploymentStatus(d.name, d.replicas, min(n, d.replicas), min(n, d.replicas), health, msg, dict(sorted(per_node.items())))
+    return out
+
+
+def node_rows(observed: SwarmObservation) -> list[dict[str, Any]]:
+    """`gitsync hosts` on a swarm: each node, its role, availability, state, labels, and our tasks there."""
+    rows = []
+    for n in observed.nodes:
+        tasks: dict[str, int] = {}
+        for s in observed.services:
+            for t in s.tasks:
+                if t.node_id == n.id and t.state == "running" and t.desired == "running":
+                    tasks[s.deployment] = tasks.get(s.deployment, 0) + 1
+        rows.append({"name": n.hostname, "id": n.id, "role": n.role, "availability": n.availability, "state": n.state,
+                     "addr": n.addr, "labels": dict(n.labels), "deployments": tasks})
+    return rows
