@@ -10,9 +10,13 @@ from tests import testbed
 
 
 def leave(apis: dict[str, docker.APIClient]) -> None:
+    """Every engine out of its swarm, and the bridge Swarm made on each (docker_gwbridge) gone."""
     for api in apis.values():
         with contextlib.suppress(Exception):
             api.leave_swarm(force=True)
+        for n in api.networks(names=["docker_gwbridge"]):
+            with contextlib.suppress(Exception):
+                api.remove_network(n["Id"])
 
 
 def form(apis: dict[str, docker.APIClient], engines: list[testbed.Engine]) -> None:

@@ -8,7 +8,6 @@ backoff (restarts and crash loops), reporting (commit statuses). The poller uses
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -24,16 +23,15 @@ from .backoff import Backoff, crash_loop_reason
 from .config import Config
 from .errors import GitsyncError, Reason
 from .health import DeploymentStatus, ServiceStatus
-from .kinds.volume import inventory
 from .history import History
-from .engine import EventStream
-from .live import HostObservation
-from .liveness import HostTracker
+from .hostwatch import HostWatch
 from .metrics import Metrics
 from .models import DesiredState
 from .plantext import progress_line
 from .actions import Action, ActionKind, ActionResult, Plan, Waiting
 from .reconcile import Outcome, SyncResult, Syncer, failure_text
+from .runtimes import Observation
+from .runtimes.swarmwatch import SwarmWatch
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State
@@ -44,6 +42,7 @@ from .webhooks import Preview
 log = logging.getLogger("gitsync.agent")
 
 MAX_PROGRESS = 200  # progress lines kept with a sync
+WATCHES: dict[str, type[HostWatch] | type[SwarmWatch]] = {"containers": HostWatch, "swarm": SwarmWatch}  # each runtime's watch between syncs, by runtime name
 
 @dataclass
 class LiveView:
@@ -51,7 +50,7 @@ class LiveView:
 
     revision: str | None = None
     commit: str | None = None
-    observed: dict[str, HostObservation] = field(default_factory=dict)
+    observed: Observation = None  # the runtime's, from the newest sync
     deployments: dict[str, DeploymentStatus] = field(default_factory=dict)
     updated: float = 0.0
     services: dict[str, ServiceStatus] = field(default_factory=dict)
@@ -80,8 +79,6 @@ class Agent:
         self._schedule_poll()
         self._threads: list[threading.Thread] = []
         self.listeners: list[Callable[[SyncResult], None]] = []
-        self.tracker = HostTracker(config, lambda: self.syncer.hosts)
-        self._install_tracker(self.syncer)
         self.debouncer = Debouncer(tunables.debounce, self.nudge)
         self.backoff: Backoff[tuple[str, str, int]] = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
         # changes that failed (a proxy whose hostPort something else holds, a create Docker refuses):
@@ -90,28 +87,11 @@ class Agent:
         self._failures: dict[tuple[str, str, str, str], str] = {}  # what each backed-off change said when it failed
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
         self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
-        self.events_seen = 0
-        # Containers whose newest lifecycle event is `die`. The Engine logs `die` before it has cleaned
-        # the container up and updated the state its list endpoint reads (Docker 20.10: daemon/monitor.go),
-        # so for a moment a dead replica is still listed as running; a sync that saw that must look again.
-        self._died: dict[str, float] = {}
-        self._died_lock = threading.Lock()
-        self._event_nano: dict[str, int] = {}  # host -> timeNano of the newest event handled
-        self._events_lock = threading.Lock()
         self._sync_lock = threading.Lock()  # held by a sync, and by a reload swapping what syncs use
-        self._watchers: dict[tuple[str, str], threading.Event] = {}  # (host, url) -> set to stop its watcher
-        self._streams: dict[tuple[str, str], EventStream] = {}  # the open event stream of each watcher
         self.previews = Previews(config, lambda: self.notifier, self.plan_url)
-
-    def _install_tracker(self, syncer: Syncer) -> None:
-        plain = syncer.observe
-
-        def observe() -> dict[str, HostObservation]:
-            observed = plain()
-            self._settle_if_behind(observed)  # on every observation, the one a plan is made from included
-            return self.tracker.rewrite(observed)
-
-        syncer.observe = observe  # type: ignore[method-assign]
+        # what keeps an eye on the engines between syncs: the runtime's own watch
+        self.watch: HostWatch | SwarmWatch = WATCHES[config.runtime](config, self.syncer, tunables, self.stopping, self.queue, self.debouncer, self.alerts, self.backoff)
+        self.listeners.append(self.watch.sync_done)
 
     # -- configuration ---------------------------------------------------
     def _schedule_poll(self) -> None:
@@ -139,8 +119,7 @@ class Agent:
             self.config = new
             self.previews.config = new
             self.syncer = Syncer(new)
-            self.tracker = HostTracker(new, lambda: self.syncer.hosts)
-            self._install_tracker(self.syncer)
+            self.watch.reconfigured(new, self.syncer)
             self.notifier = Notifier(providers, redactor=new.redactor)
             self.alerts.targets, self.alerts.redactor = new.notify, new.redactor
             self.history.redactor = self.history.redactor | new.redactor
@@ -148,7 +127,6 @@ class Agent:
             old_notifier.close()
             old_syncer.close()
             self._schedule_poll()
-            self._follow_hosts()
         log.info("configuration reloaded from %s", self.config_path)
         self.nudge("reload")
         return "reloaded"
@@ -243,7 +221,7 @@ class Agent:
             self.metrics.services(result.services)
         try:
             observed = syncer.observe()
-            self.metrics.observed(observed)
+            self.metrics.observed(syncer.runtime.hosts_view(observed))
             # An invalid commit is not assessed: what runs is still the last good state, show that.
             assessed = bool(result.deployments or result.services)
             deployments = dict(result.deployments) if assessed else dict(self.view.deployments)
@@ -355,131 +333,6 @@ class Agent:
                 if current.get(name) != h:
                     del self.failed_rollouts[name]
 
-    def _settle_if_behind(self, observed: dict[str, HostObservation]) -> None:
-        """Sync again shortly when a container the events say died is still listed as running."""
-        with self._died_lock:
-            cutoff = time.monotonic() - self.tune.died_memory
-            for cid in [c for c, t in self._died.items() if t < cutoff]:
-                del self._died[cid]  # the list caught up long ago, or the container went without an event we saw
-            behind = [c.name for o in observed.values() for c in o.containers if c.running and c.id in self._died]
-        if behind:
-            log.debug("the engine still lists %s as running after it died; looking again", ", ".join(behind))
-            self._nudge_later(0.2, "event:settle")
-
-    def _lifecycle(self, host: str, action: str, container_id: str, attrs: dict[str, str]) -> None:
-        now = time.monotonic()
-        with self._died_lock:
-            if action == "die":
-                self._died[container_id] = now
-                return
-            if action not in ("start", "destroy"):
-                return
-            died = self._died.pop(container_id, None)
-        replica = attrs.get(L.REPLICA, "")
-        if action == "start" and died is not None and replica.isdigit():
-            # the same container started again after it died: a restart (a replace or removal ends in destroy)
-            self.backoff.restarted((host, attrs.get(L.DEPLOYMENT, ""), int(replica)), now)
-
-    # -- watching hosts ----------------------------------------------------
-    def _prober(self) -> None:
-        """Probe the hosts the event streams do not vouch for, twice a second; the others every
-        `probe_streaming_every` seconds (an engine frozen behind a live TCP connection). A round that
-        starts or ends late says more about this agent than about the hosts: its failures are not judged."""
-        t = self.tune
-        last: dict[str, float] = {}
-        expected = time.monotonic()
-        while not self.stopping.is_set():
-            start = time.monotonic()
-            hosts = self.syncer.hosts
-            for n in hosts.names():
-                last.setdefault(n, start - random.uniform(0, t.probe_streaming_every))  # spread the slow probes
-            due = [n for n in hosts.names() if not self.tracker.streaming(n) or start - last[n] >= t.probe_streaming_every]
-            verdicts = hosts.map(lambda n: hosts.probe(n, timeout=t.probe_timeout), due) if due else {}
-            took = time.monotonic() - start
-            late = start - expected > t.observer_late or took > t.probe_timeout + t.observer_late
-            if late and any(e is not None for e in verdicts.values()):
-                log.warning("this agent is late (%.1fs behind, a probe round took %.1fs): not judging hosts by this round; starved of CPU?",
-                            max(0.0, start - expected), took)
-            for name, err in verdicts.items():
-                last[name] = start
-                if err is not None and late:
-                    continue
-                why = self.tracker.probed(name, err if isinstance(err, str) or err is None else str(err))
-                if why is not None:
-                    self._host_changed(why)
-            self.stopping.wait(t.probe_interval)
-            expected = start + took + t.probe_interval
-
-    def _host_changed(self, why: str) -> None:
-        """A host's standing changed ("host:h1:down"): say so, and sync."""
-        (log.info if why.endswith("back") else log.warning)("%s", why.replace(":", " ", 2))
-        self.alerts.host_changed(why)
-        self.nudge(why)
-
-    def _watch(self, key: tuple[str, str], done: threading.Event) -> None:
-        """Follow one host's Docker events for our containers; reconnect when the stream drops, until
-        the agent stops or `done` (the host left the configuration). An open stream vouches for its host."""
-        name = key[0]
-        since = int(time.time())
-        delay = 0.5
-        first = True
-        while not self.stopping.is_set() and not done.is_set():
-            if name in self.syncer.hosts.known_down:
-                self.stopping.wait(0.5)
-                continue
-            stream = None
-            try:
-                stream = self.syncer.hosts.events(name, since, {"type": ["container"], "label": [f"{L.MANAGED_BY}={self.config.name}"]}, self.tune)
-                with self._events_lock:
-                    self._streams[key] = stream
-                if done.is_set():
-                    break
-                back = self.tracker.stream(name, True)
-                if back is not None:
-                    self._host_changed(back)
-                if not first:
-                    self.nudge(f"events:{name}:reconnected")  # something may have happened while we were away
-                first = False
-                delay = 0.5
-                for ev in stream:
-                    if self.stopping.is_set() or done.is_set():
-                        break
-                    since = max(since, int(ev.get("time", since)))
-                    self.on_event(name, ev)
-            except Exception as exc:  # a dropped connection, a dead host: reconnect
-                log.debug("event stream of %s dropped: %s", name, exc)
-            finally:
-                if stream is not None:
-                    self.tracker.stream(name, False, stream.silent_for)
-                    with self._events_lock:
-                        if self._streams.get(key) is stream:
-                            del self._streams[key]
-                    stream.close()
-            first = False
-            self.stopping.wait(delay)
-            delay = min(self.tune.reconnect_max, delay * 2)
-
-    def on_event(self, host: str, ev: dict[str, Any]) -> None:
-        """One Docker event of a host's stream. A reconnect asks for events since the last one's second,
-        so the newest are delivered again: those already handled are skipped (a replayed die and start
-        must not count as another restart)."""
-        nano = int(ev.get("timeNano") or 0)
-        with self._events_lock:  # one watcher thread per host, two for a moment after a reload
-            if nano and nano <= self._event_nano.get(host, 0):
-                return
-            self._event_nano[host] = max(nano, self._event_nano.get(host, 0))
-        action = str(ev.get("Action") or ev.get("status") or "")
-        attrs = (ev.get("Actor") or {}).get("Attributes") or {}
-        cid = str(ev.get("id") or (ev.get("Actor") or {}).get("ID") or "")
-        if cid:
-            self._lifecycle(host, action, cid, attrs)
-        if action == "kill" and attrs.get("signal") in ("12", "SIGUSR2"):
-            return  # a proxy's hitless reload, sent by gitsync itself
-        if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
-            with self._events_lock:
-                self.events_seen += 1
-            self.debouncer.poke(f"{host}/{attrs.get(L.DEPLOYMENT, '?')}")
-
     def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
         ref = self.config.source.branch
         self.notifier.send(CommitStatus(sha, state, context or self.context(), description, target, ref))
@@ -506,12 +359,12 @@ class Agent:
             self.stopping.wait(min(0.5, max(0.05, idle if idle is not None else 0.5)))
 
     def start(self) -> None:
-        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll"), (self._prober, "gitsync-probe"), (self._images, "gitsync-images")):
+        for target, name in ((self._worker, "gitsync-sync"), (self._poller, "gitsync-poll"), (self._images, "gitsync-images")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        self._threads += self.watch.start()
         self.previews.start()
-        self._follow_hosts()
         self.nudge("startup")
 
     def _images(self) -> None:
@@ -552,30 +405,10 @@ class Agent:
                 posted = (head, *said)
             self.stopping.wait(min(p.interval for p in cfg.images))
 
-    def _follow_hosts(self) -> None:
-        """One event watcher per configured host: started for a host added (at start or by SIGHUP),
-        stopped for one removed or whose address changed."""
-        want = {(h.name, h.url) for h in self.config.hosts}
-        for key in [k for k in self._watchers if k not in want]:
-            self._watchers.pop(key).set()
-            self._close_stream(key)
-        for key in sorted(want - set(self._watchers)):
-            done = threading.Event()
-            self._watchers[key] = done
-            t = threading.Thread(target=self._watch, args=(key, done), name=f"gitsync-events-{key[0]}", daemon=True)
-            t.start()  # not joined on stop: a stream blocks until its read times out
-
-    def _close_stream(self, key: tuple[str, str]) -> None:
-        with self._events_lock:
-            stream = self._streams.pop(key, None)
-        if stream is not None:
-            stream.close()  # its watcher, blocked reading, wakes up
-
     def stop(self, timeout: float = 300.0) -> None:
         """Finish the change in hand, record the sync, then stop."""
         self.stopping.set()
-        for key in list(self._watchers):
-            self._close_stream(key)
+        self.watch.stop()
         self.debouncer.cancel()
         self.queue.close()
         for t in self._threads:
@@ -589,20 +422,7 @@ class Agent:
 
     def status_json(self) -> dict[str, Any]:
         v = self.view
-        hosts = {}
-        for h in self.config.hosts:
-            o = v.observed.get(h.name)
-            hosts[h.name] = {
-                "url": h.url,
-                "labels": dict(h.labels),
-                "reachable": bool(o and o.reachable),
-                "error": o.error if o else None,
-                "containers": [
-                    {"name": c.name, "deployment": c.deployment, "replica": c.replica, "state": c.state, "health": c.health, "revision": c.revision}
-                    | ({"role": c.role} if c.role else {})
-                    for c in (o.containers if o else ())
-                ],
-            }
+        runtime = self.syncer.runtime
         last = self.last_result
         return {
             "agent": self.config.name,
@@ -613,8 +433,8 @@ class Agent:
             "last_sync": None if last is None else {"outcome": str(last.outcome), "message": last.message, "finished": last.finished},
             "deployments": {k: s.to_json() for k, s in v.deployments.items()},
             "services": {k: s.to_json() for k, s in v.services.items()},
-            "volumes": inventory(self.syncer.loaded, v.observed, self.config.name),
-            "hosts": hosts,
+            "volumes": runtime.volumes(self.syncer.loaded, v.observed) if v.observed is not None else [],
+            "hosts": runtime.hosts_view(v.observed) if v.observed is not None else {},
         }
 
 

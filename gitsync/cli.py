@@ -442,7 +442,7 @@ def _containers_only(cfg: Config, what: str, err: TextIO) -> bool:
     """True (and says so) when the configuration's runtime is not containers."""
     if cfg.runtime == "containers":
         return False
-    print(f"gitsync: {what} is not on runtime {cfg.runtime} yet: `gitsync plan`, `gitsync apply` and `gitsync hosts` are", file=err)
+    print(f"gitsync: {what} is not on runtime {cfg.runtime} yet: the agent, `gitsync plan`, `apply` and `hosts` are", file=err)
     return True
 
 
@@ -475,8 +475,6 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     path = args.config or ("gitsync.yaml" if os.path.isfile("gitsync.yaml") else None)
     cfg = _config(args, path)
-    if _containers_only(cfg, "the agent (gitsync run)", err):
-        return Exit.USAGE
     log = logging.getLogger("gitsync")
     # A `gitsync apply` that finds the lock held sends SIGUSR1: held back until the agent can take it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})

@@ -704,6 +704,10 @@ class SwarmManager:
         with _translated(self.host):
             return list(self._api.tasks(filters={"label": label}))
 
+    def service_tasks(self, ident: str) -> list[dict[str, Any]]:
+        with _translated(self.host):
+            return list(self._api.tasks(filters={"service": ident}))
+
     def inspect_service(self, ident: str) -> dict[str, Any] | None:
         try:
             with _translated(self.host):
@@ -731,6 +735,33 @@ class SwarmManager:
     def remove_service(self, ident: str) -> None:
         with contextlib.suppress(NotFound), _translated(self.host):
             self._api.remove_service(ident)
+
+    def configs(self, label: str) -> dict[str, str]:
+        """Swarm configs with `label`: name -> id."""
+        with _translated(self.host):
+            return {c["Spec"]["Name"]: c["ID"] for c in self._api.configs(filters={"label": label})}
+
+    def ensure_config(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
+        """A Swarm config (immutable: its name says its content); its id."""
+        have = self.configs(f"{next(iter(labels))}={next(iter(labels.values()))}") if labels else {}
+        if name in have:
+            return have[name]
+        try:
+            with _translated(self.host):
+                return str(self._api.create_config(name, data, labels=dict(labels))["ID"])
+        except Conflict:  # made meanwhile
+            with _translated(self.host):
+                return str(next(c["ID"] for c in self._api.configs(filters={"name": name}) if c["Spec"]["Name"] == name))
+
+    def remove_config(self, ident: str) -> bool:
+        try:
+            with _translated(self.host):
+                self._api.remove_config(ident)
+            return True
+        except (NotFound, Conflict):
+            return False
+        except EngineError:  # still in use by a task shutting down: the next apply removes it
+            return False
 
     def overlay_networks(self, label: str) -> dict[str, str]:
         """Swarm-scoped networks with `label`: name -> id."""

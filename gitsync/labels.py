@@ -29,6 +29,8 @@ VOLUME = "io.gitsync.volume"
 # What a container is to gitsync when it is no replica: "proxy" (the host's Services' proxy).
 ROLE = "io.gitsync.role"
 ROLE_PROXY = "proxy"
+# On a Swarm service that proxies a Service (runtime swarm): the Service's name.
+SERVICE = "io.gitsync.service"
 ROLE_FILES = "files"  # a volume holding files of the repository that replicas mount (spec.files)
 # On a replica: the files volumes it mounts, comma-separated (what keeps them from being pruned).
 FILES = "io.gitsync.files"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .health import DeploymentStatus, ServiceStatus
-from .live import HostObservation
 
 
 class Metrics:
@@ -32,13 +32,14 @@ class Metrics:
         self.agent = agent
         self._revision: str | None = None
 
-    def observed(self, observed: Mapping[str, HostObservation]) -> None:
+    def observed(self, hosts: Mapping[str, Mapping[str, Any]]) -> None:
+        """From a runtime's hosts view: each host up or not, our containers there by deployment and state."""
         self.containers.clear()
-        for host, o in observed.items():
-            self.host_up.labels(host).set(1 if o.reachable else 0)
+        for host, o in hosts.items():
+            self.host_up.labels(host).set(1 if o["reachable"] else 0)
             counts: dict[tuple[str, str], int] = {}
-            for c in o.containers:
-                key = (c.deployment, "running" if c.running else c.state)
+            for c in o["containers"]:
+                key = (c["deployment"] or "", c["state"])
                 counts[key] = counts.get(key, 0) + 1
             for (dep, state), n in counts.items():
                 self.containers.labels(host, dep, state).set(n)

@@ -61,6 +61,15 @@ class Runtime:
     def services(self, desired: DesiredState, observed: Observation) -> Mapping[str, ServiceStatus]:
         return {}
 
+    def hosts_view(self, observed: Observation) -> dict[str, dict[str, Any]]:
+        """The machines as /api/status, the dashboard and /metrics show them, by name: url, labels,
+        reachable, error, and the containers of ours there (name, deployment, replica, state, health, revision)."""
+        return {}
+
+    def volumes(self, desired: DesiredState | None, observed: Observation) -> list[dict[str, Any]]:
+        """The volumes this agent made, as `gitsync volumes` and /api/status list them."""
+        return []
+
     def close(self) -> None:
         pass
 

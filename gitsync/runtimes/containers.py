@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..actions import ApplyResult, Plan, Progress
 from ..apply import apply_plan
@@ -65,6 +66,28 @@ class ContainersRuntime(Runtime):
 
     def services(self, desired: DesiredState, observed: Observed) -> Mapping[str, ServiceStatus]:
         return assess(desired, observed, "Service") if desired.services else {}
+
+    def hosts_view(self, observed: Observed) -> dict[str, dict[str, Any]]:
+        out = {}
+        for h in self.config.hosts:
+            o = observed.get(h.name)
+            out[h.name] = {
+                "url": h.url,
+                "labels": dict(h.labels),
+                "reachable": bool(o and o.reachable),
+                "error": o.error if o else None,
+                "containers": [
+                    {"name": c.name, "deployment": c.deployment, "replica": c.replica, "state": c.state, "health": c.health, "revision": c.revision}
+                    | ({"role": c.role} if c.role else {})
+                    for c in (o.containers if o else ())
+                ],
+            }
+        return out
+
+    def volumes(self, desired: DesiredState | None, observed: Observed) -> list[dict[str, Any]]:
+        from ..kinds.volume import inventory
+
+        return inventory(desired, observed, self.config.name)
 
     def close(self) -> None:
         self.hosts.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -28,11 +29,14 @@ from ..actions import Action, ActionKind, ActionResult, ApplyResult, PlacementPr
 from ..config import Config
 from ..engine import EngineError, SwarmManager, connect_manager
 from ..errors import Problem, Reason
-from ..health import DeploymentStatus
+from ..health import DeploymentStatus, EndpointStatus, ServiceStatus
 from ..kinds.deployment import describe_difference
 from ..live import Health
-from ..models import Deployment, DesiredState, NetworkMode, RestartPolicy, UpdateOrder
+from ..models import Deployment, DesiredState, NetworkMode, RestartPolicy, Service, UpdateOrder
 from . import Runtime
+from .swarmproxy import config_name, config_text, networks, proxy_spec
+
+log = logging.getLogger("gitsync.swarm")
 
 CLUSTER = "swarm"  # the plan's one place: the cluster, not a host
 CONNECT_TIMEOUT = 10.0
@@ -58,7 +62,6 @@ REFUSED_OPTIONS = {
     "secret_env": ("env", "Secrets are not on the swarm runtime yet"),
 }
 NOT_YET = {  # kinds the swarm runtime does not run yet
-    "Service": "Services are not on the swarm runtime yet",
     "Volume": "Volumes are not on the swarm runtime yet",
     "Secret": "Secrets are not on the swarm runtime yet",
 }
@@ -116,8 +119,9 @@ class SwarmObservation:
     manager: str | None  # the manager that answered
     error: str | None = None  # why none did
     nodes: tuple[Node, ...] = ()
-    services: tuple[LiveService, ...] = ()  # ours
+    services: tuple[LiveService, ...] = ()  # ours: one per Deployment
     foreign: frozenset[str] = frozenset()  # names of services that are not ours
+    proxies: tuple[LiveService, ...] = ()  # ours: one per Service (its `deployment` is the Service's name)
 
     @property
     def reachable(self) -> bool:
@@ -126,8 +130,11 @@ class SwarmObservation:
     def service(self, deployment: str) -> LiveService | None:
         return next((s for s in self.services if s.deployment == deployment), None)
 
+    def proxy(self, service: str) -> LiveService | None:
+        return next((s for s in self.proxies if s.deployment == service), None)
+
     def node_name(self, node_id: str) -> str:
-        return next((n.hostname for n in self.nodes if n.id == node_id), node_id[:12])
+        return node_names(self).get(node_id, node_id[:12])
 
 
 def _node(n: Mapping[str, Any]) -> Node:
@@ -153,7 +160,8 @@ def _service(s: Mapping[str, Any], tasks: Sequence[LiveTask]) -> LiveService:
     labels = spec.get("Labels") or {}
     upd = s.get("UpdateStatus") or {}
     return LiveService(
-        str(s.get("ID", "")), str(spec.get("Name", "")), int((s.get("Version") or {}).get("Index") or 0), str(labels.get(L.DEPLOYMENT, "")),
+        str(s.get("ID", "")), str(spec.get("Name", "")), int((s.get("Version") or {}).get("Index") or 0),
+        str(labels.get(L.SERVICE) if labels.get(L.ROLE) == L.ROLE_PROXY else labels.get(L.DEPLOYMENT, "")),
         str(labels.get(L.SPEC_HASH, "")), spec, str(upd.get("State") or ""), str(upd.get("Message") or ""), str(upd.get("StartedAt") or ""),
         tuple(tasks),
     )
@@ -168,8 +176,11 @@ def read(manager: SwarmManager, agent: str) -> SwarmObservation:
         if t.get("ServiceID") in ids:
             tasks.setdefault(t["ServiceID"], []).append(_task(t))
     every = manager.service_names() - {s.get("Spec", {}).get("Name", "") for s in services}
-    live = tuple(sorted((_service(s, tasks.get(s["ID"], [])) for s in services), key=lambda x: x.name))
-    return SwarmObservation(manager.host, None, tuple(sorted((_node(n) for n in manager.nodes()), key=lambda n: n.hostname)), live, frozenset(every))
+    live = sorted((_service(s, tasks.get(s["ID"], [])) for s in services), key=lambda x: x.name)
+    proxy = {s.id for s in live if (s.spec.get("Labels") or {}).get(L.ROLE) == L.ROLE_PROXY}
+    nodes = tuple(sorted((_node(n) for n in manager.nodes()), key=lambda n: n.hostname))
+    return SwarmObservation(manager.host, None, nodes, tuple(s for s in live if s.id not in proxy), frozenset(every),
+                            tuple(s for s in live if s.id in proxy))
 
 
 # -- a Deployment as a Swarm service ----------------------------------------------------------
@@ -353,6 +364,12 @@ def check(desired: DesiredState) -> list[Problem]:
         for obj in desired.of(kind):
             o = obj.origin
             problems.append(Problem(o.file if o else "?", o.line if o else None, f"{kind} {obj.name}: {why} (runtime: swarm); it runs on runtime: containers"))
+    for svc in desired.services:
+        for p in svc.ports:
+            if p.host_ip:
+                o = p.origin or svc.origin
+                problems.append(Problem(o.file if o else "?", o.line if o else None,
+                                        f"Service {svc.name}: hostIP: Swarm publishes a port on every address of a node, not on one (runtime: swarm)"))
     for d in desired.deployments:
         def refuse(key: str, why: str) -> None:
             o = d.origin
@@ -432,12 +449,16 @@ class SwarmRuntime(Runtime):
         actions: list[Action] = []
         noops: list[str] = []
         problems: list[PlacementProblem] = []
+
+        def taken(name: str, what: str) -> None:
+            problems.append(PlacementProblem(what, f"a Swarm service named {name} exists that gitsync did not make: it is never touched (rename or remove it)"))
+
         for d in desired.deployments:
             live = observed.service(d.name)
             want = service_spec(self.agent, d, "")
             name = want["Name"]
             if live is None and name in observed.foreign:
-                problems.append(PlacementProblem(d.name, f"a Swarm service named {name} exists that gitsync did not make: it is never touched (rename or remove it)"))
+                taken(name, d.name)
             elif live is None:
                 actions.append(Action(ActionKind.CREATE, CLUSTER, d.name, None, f"{d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}",
                                       container_name=name))
@@ -449,15 +470,40 @@ class SwarmRuntime(Runtime):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"changed outside Git: {', '.join(hand)} ({_change_words(d)})", live.id, name))
             else:
                 noops.append(f"{d.name}: {d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}")
+        for svc in desired.services:
+            live = observed.proxy(svc.name)
+            want = self._proxy_spec(svc, desired, ("", ""), "")
+            name = want["Name"]
+            ports = ", ".join(f"{p.port} -> {p.target_port}" + (f", hostPort {p.host_port}" if p.host_port else "") for p in svc.ports)
+            if live is None and name in observed.foreign:
+                taken(name, svc.name)
+            elif live is None:
+                actions.append(Action(ActionKind.CREATE, CLUSTER, svc.name, None, f"Service proxy ({ports})", container_name=name, object_kind="Service"))
+            elif live.spec_hash != want["Labels"][L.SPEC_HASH]:
+                actions.append(Action(ActionKind.UPDATE, CLUSTER, svc.name, None, f"Service proxy: {_proxy_change(live, want)}", live.id, name,
+                                      object_kind="Service"))
+            else:
+                noops.append(f"Service {svc.name}: {ports}")
         wanted = {d.name for d in desired.deployments}
         for live in observed.services:
             if live.deployment not in wanted:
                 actions.append(Action(ActionKind.REMOVE, CLUSTER, live.deployment, None, "not in Git any more", live.id, live.name, phase=1))
+        served = {svc.name for svc in desired.services}
+        for live in observed.proxies:
+            if live.deployment not in served:
+                actions.append(Action(ActionKind.REMOVE, CLUSTER, live.deployment, None, "Service not in Git any more", live.id, live.name, phase=1,
+                                      object_kind="Service"))
         return Plan(tuple(actions), tuple(noops), tuple(problems), hosts=(CLUSTER,), cluster=True)
+
+    def _proxy_spec(self, svc: Service, desired: DesiredState, config: tuple[str, str], revision: str) -> dict[str, Any]:
+        text = config_text(svc, desired)
+        return proxy_spec(self.agent, svc, desired, self.config.services.proxy_image, (config[0], config[1] or config_name(self.agent, svc, text)), revision)
 
     # apply
     def apply(self, plan: Plan, desired: DesiredState, revision: str, progress: Progress | None, stop: threading.Event | None,
               observe: Callable[[], Any], deadline: float) -> ApplyResult:
+        """Deployments by dependency level (each level converged before the next), then the Services'
+        proxies, then what leaves Git (proxies before the deployments they served), then unused configs."""
         out = ApplyResult()
 
         def record(r: ActionResult) -> None:
@@ -475,60 +521,84 @@ class SwarmRuntime(Runtime):
             for a in plan.actions:
                 record(ActionResult(a, False, exc.message))
             return out
-        changes = {a.deployment: a for a in plan.actions if a.kind != ActionKind.REMOVE}
+        changes = {(a.object_kind, a.deployment): a for a in plan.actions if a.kind != ActionKind.REMOVE}
         failed: set[str] = set()
-        for level in desired.levels():
-            mine = [changes[n] for n in level if n in changes]
-            blocked = {a.deployment: next(x for x in desired.deployment(a.deployment).depends_on if x in failed)  # type: ignore[union-attr]
-                       for a in mine if set(desired.deployment(a.deployment).depends_on) & failed}  # type: ignore[union-attr]
-            submitted: list[tuple[Action, Deployment, str, float]] = []
+        levels = [[changes[("Deployment", n)] for n in level if ("Deployment", n) in changes] for level in desired.levels()]
+        levels.append([a for (kind, _), a in sorted(changes.items()) if kind == "Service"])
+        for mine in levels:
+            submitted: list[tuple[Action, _Target, str, float]] = []
             for a in mine:
+                d = desired.deployment(a.deployment) if a.object_kind == "Deployment" else None
+                broken = sorted(set(d.depends_on) & failed) if d is not None else []
                 if stop is not None and stop.is_set():
                     record(ActionResult(a, False, "skipped: the agent is stopping", skipped=True))
                     continue
-                if a.deployment in blocked:
-                    record(ActionResult(a, False, f"skipped: its dependency {blocked[a.deployment]} failed", skipped=True))
+                if broken:
+                    record(ActionResult(a, False, f"skipped: its dependency {broken[0]} failed", skipped=True))
                     failed.add(a.deployment)
                     continue
-                d = desired.deployment(a.deployment)
-                assert d is not None
                 t0 = time.monotonic()
                 try:
-                    before = self._submit(manager, a, d, revision)
-                    submitted.append((a, d, before, t0))
+                    target = self._target(manager, a, desired, revision)
+                    submitted.append((a, target, self._submit(manager, a, target.spec), t0))
                 except EngineError as exc:
                     failed.add(a.deployment)
                     record(ActionResult(a, False, exc.message, time.monotonic() - t0))
-            for a, d, before, t0 in submitted:
-                ok, message, rolled = self._await(manager, a, d, before, deadline, progress, stop)
+            for a, target, before, t0 in submitted:
+                ok, message, rolled = self._await(manager, a, target, before, deadline, progress, stop)
                 if not ok:
                     failed.add(a.deployment)
                 if rolled:
-                    out.rollbacks.append(f"{d.name}: Swarm rolled the service back to its previous spec")
+                    out.rollbacks.append(f"{a.deployment}: Swarm rolled the service back to its previous spec")
                 record(ActionResult(a, ok, message, time.monotonic() - t0, reason=None if ok else Reason.APPLY_FAILED))
-        for a in plan.actions:
-            if a.kind != ActionKind.REMOVE:
-                continue
+        for a in sorted((a for a in plan.actions if a.kind == ActionKind.REMOVE), key=lambda a: a.object_kind != "Service"):
             t0 = time.monotonic()
             try:
                 manager.remove_service(a.container_id or a.container_name or "")
                 record(ActionResult(a, True, "removed", time.monotonic() - t0))
             except EngineError as exc:
                 record(ActionResult(a, False, exc.message, time.monotonic() - t0))
+        self._prune_configs(manager)
         return out
+
+    def _target(self, manager: SwarmManager, a: Action, desired: DesiredState, revision: str) -> _Target:
+        """What one action submits and waits for: the spec, the hash its tasks carry, how many must run."""
+        if a.object_kind == "Service":
+            svc = next(s for s in desired.services if s.name == a.deployment)
+            text = config_text(svc, desired)
+            cname = config_name(self.agent, svc, text)
+            cid = manager.ensure_config(cname, text.encode(), {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_PROXY, L.SERVICE: svc.name})
+            spec = self._proxy_spec(svc, desired, (cid, cname), revision)
+            return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: _eligible(manager.nodes(), svc.host_selector if spec["EndpointSpec"].get("Ports") else ()))
+        d = desired.deployment(a.deployment)
+        assert d is not None
+        spec = service_spec(self.agent, d, revision)
+        return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: d.replicas)
+
+    def _prune_configs(self, manager: SwarmManager) -> None:
+        """Our proxies' configurations that no service of ours mounts any more."""
+        try:
+            used = {c.get("ConfigName") for s in manager.services(f"{L.MANAGED_BY}={self.agent}")
+                    for c in ((s.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Configs") or []}
+            for name, ident in manager.configs(f"{L.MANAGED_BY}={self.agent}").items():
+                if name not in used:
+                    manager.remove_config(ident)
+        except EngineError as exc:
+            log.info("pruning proxy configurations: %s (the next apply tries again)", exc.message)
 
     def _networks(self, manager: SwarmManager, desired: DesiredState) -> None:
         labels = {L.MANAGED_BY: self.agent}
-        for n in sorted({n for d in desired.deployments for n in L.networks_of(self.agent, d)}):
+        nets = {n for d in desired.deployments for n in L.networks_of(self.agent, d)}
+        nets |= {n for svc in desired.services for n in networks(self.agent, svc, desired)}
+        for n in sorted(nets):
             manager.ensure_overlay(n, labels)
         for d in desired.deployments:
             for n in d.options.external_networks:
                 if not manager.network_exists(n):
                     raise EngineError(CLUSTER, f"{d.name}: external network {n} does not exist on the swarm (gitsync never makes it)")
 
-    def _submit(self, manager: SwarmManager, a: Action, d: Deployment, revision: str) -> str:
+    def _submit(self, manager: SwarmManager, a: Action, spec: Mapping[str, Any]) -> str:
         """Create or update the service; the update status it had before (so that a stale one is not read as this change's)."""
-        spec = service_spec(self.agent, d, revision)
         if a.kind == ActionKind.CREATE:
             manager.create_service(spec)
             return ""
@@ -540,35 +610,38 @@ class SwarmRuntime(Runtime):
         manager.update_service(live["ID"], int((live.get("Version") or {}).get("Index") or 0), spec)
         return before
 
-    def _await(self, manager: SwarmManager, a: Action, d: Deployment, before: str, deadline: float,
+    def _await(self, manager: SwarmManager, a: Action, target: _Target, before: str, deadline: float,
                progress: Progress | None, stop: threading.Event | None) -> tuple[bool, str, bool]:
-        """Until the service runs its new spec everywhere (ok), Swarm rolled it back, or a task of the new
-        spec failed to start (a create has nothing to roll back to); (ok, message, rolled back)."""
-        want = document_hash(document(d))
-        name = service_name(self.agent, d)
+        """Until the service runs its new spec on as many tasks as it should (ok), Swarm rolled it back, or a
+        task of the new spec failed to start (a create has nothing to roll back to); (ok, message, rolled back)."""
+        want, name = target.hash, target.spec["Name"]
         said = False
         while True:
             s = manager.inspect_service(name)
             if s is None:
                 return False, "the service was removed while it was being changed", False
-            tasks = [_task(t) for t in manager.tasks(f"{L.DEPLOYMENT}={d.name}") if t.get("ServiceID") == s["ID"]]
+            tasks = [_task(t) for t in manager.service_tasks(s["ID"])]
             upd = s.get("UpdateStatus") or {}
             fresh = bool(upd) and str(upd.get("StartedAt") or "") != before
             state = str(upd.get("State") or "") if fresh else ""
+            count = target.count()
             if state in ROLLED_BACK:
-                why = _task_error(tasks, want) or str(upd.get("Message") or "update failed")
-                return False, f"update failed: {why}; Swarm rolled back to the previous spec", True
+                back = str(((s.get("Spec") or {}).get("Labels") or {}).get(L.SPEC_HASH) or "")
+                serving = sum(1 for t in tasks if t.spec_hash == back and t.state == "running" and t.desired == "running")
+                if serving >= count or time.monotonic() >= deadline:  # said once the previous spec serves again
+                    why = _task_error(tasks, want) or str(upd.get("Message") or "update failed")
+                    return False, f"update failed: {why}; Swarm rolled back to the previous spec", True
             running = [t for t in tasks if t.spec_hash == want and t.state == "running" and t.desired == "running"]
             old = [t for t in tasks if t.spec_hash != want and t.desired == "running" and t.state not in ENDED]
-            if state not in UPDATING and len(running) >= d.replicas and not old:
-                return True, f"{len(running)}/{d.replicas} tasks running", False
+            if state not in UPDATING and len(running) >= count and not old:
+                return True, f"{len(running)}/{count} tasks running", False
             if a.kind == ActionKind.CREATE and (err := _task_error(tasks, want)):
                 return False, err, False
             now = time.monotonic()
             if now >= deadline or (stop is not None and stop.is_set()):
                 why = _task_error(tasks, want) or _pending(tasks, want)
                 cut = "the agent stopped" if now < deadline else "did not converge in time"
-                return False, f"{cut}: {len(running)}/{d.replicas} tasks on the new spec running" + (f" ({why})" if why else ""), False
+                return False, f"{cut}: {len(running)}/{count} tasks on the new spec running" + (f" ({why})" if why else ""), False
             if progress is not None and not said:
                 progress(Waiting(CLUSTER, name, "tasks running on the new spec" + (f" (Swarm: {state})" if state else ""), deadline - now))
                 said = True
@@ -576,6 +649,29 @@ class SwarmRuntime(Runtime):
                 stop.wait(POLL)
             else:
                 time.sleep(POLL)
+
+    def services(self, desired: DesiredState, observed: SwarmObservation) -> Mapping[str, ServiceStatus]:
+        return assess_services(desired, observed, self.agent)
+
+    def hosts_view(self, observed: SwarmObservation) -> dict[str, dict[str, Any]]:
+        """The Swarm's nodes as hosts: role and availability as labels, our tasks as containers."""
+        if not observed.reachable:
+            return {CLUSTER: {"url": "", "labels": {}, "reachable": False, "error": observed.error, "containers": []}}
+        names = node_names(observed)
+        out: dict[str, dict[str, Any]] = {}
+        for n in observed.nodes:
+            tasks = [
+                {"name": f"{s.name}.{t.slot}", "deployment": s.deployment, "replica": t.slot - 1, "state": t.state,
+                 "health": None, "revision": (s.spec.get("Labels") or {}).get(L.REVISION)}
+                for s in observed.services for t in s.tasks if t.node_id == n.id and t.desired == "running"
+            ] + [
+                {"name": f"{s.name}.{names[n.id]}", "deployment": None, "replica": None, "state": t.state, "health": None,
+                 "revision": (s.spec.get("Labels") or {}).get(L.REVISION), "role": L.ROLE_PROXY}
+                for s in observed.proxies for t in s.tasks if t.node_id == n.id and t.desired == "running"
+            ]
+            out[names[n.id]] = {"url": n.addr, "labels": {"role": n.role, "availability": n.availability, **dict(n.labels)},
+                                "reachable": n.state == "ready", "error": None if n.state == "ready" else f"node {n.state}", "containers": tasks}
+        return out
 
     # assessment
     def converge(self, desired: DesiredState, deadline: float, skip: set[str] | frozenset[str], first: SwarmObservation | None,
@@ -590,6 +686,58 @@ class SwarmRuntime(Runtime):
                 stop.wait(POLL)
             else:
                 time.sleep(POLL)
+
+
+@dataclass(frozen=True)
+class _Target:
+    spec: Mapping[str, Any]
+    hash: str  # what its tasks' containers carry when they run this spec
+    count: Callable[[], int]  # how many tasks must run it (a global proxy: the nodes it may run on)
+
+
+def _eligible(nodes: Sequence[Mapping[str, Any]], selector: Sequence[tuple[str, str]]) -> int:
+    """The nodes a global service runs a task on: ready, active, with the selector's labels."""
+    n = [_node(x) for x in nodes]
+    return sum(1 for x in n if x.state == "ready" and x.availability == "active" and all(dict(x.labels).get(k) == v for k, v in selector))
+
+
+def _proxy_change(live: LiveService, want: Mapping[str, Any]) -> str:
+    try:
+        old = json.loads((live.spec.get("Labels") or {}).get(L.SPEC) or "{}")
+        new = json.loads(want["Labels"][L.SPEC])
+    except ValueError:
+        return "changed outside Git"
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    words = {"config": "its configuration (ports or the deployments it selects)", "image": "services.proxyImage", "networks": "networks",
+             "published": "hostPorts", "hostSelector": "hostSelector"}
+    return "changed: " + ", ".join(words.get(k, k) for k in changed) if changed else "changed outside Git"
+
+
+def assess_services(desired: DesiredState, observed: SwarmObservation, agent: str) -> dict[str, ServiceStatus]:
+    """Each Service: its proxies running (one per eligible node) and the tasks behind it."""
+    out: dict[str, ServiceStatus] = {}
+    for svc in desired.services:
+        ports = tuple(f"{p.port} -> {p.target_port}" + (f", hostPort {p.host_port}" if p.host_port else "") for p in svc.ports)
+        live = observed.proxy(svc.name)
+        backends = sum(
+            1 for d in desired.selected(svc).values() if (ls := observed.service(d.name)) is not None
+            for t in ls.tasks if t.state == "running" and t.desired == "running"
+        )
+        if live is None:
+            out[svc.name] = ServiceStatus(svc.name, Health.MISSING, "no proxy on the swarm", ports=ports)
+            continue
+        proxies = [t for t in live.tasks if t.state == "running" and t.desired == "running" and t.spec_hash == live.spec_hash]
+        nodes = [(n.id, dict(n.labels)) for n in observed.nodes if n.state == "ready" and n.availability == "active"]
+        want = sum(1 for _, labels in nodes if not any(p.host_port for p in svc.ports) or all(labels.get(k) == v for k, v in svc.host_selector))
+        endpoints = tuple(EndpointStatus(f"{live.name}.{observed.node_name(t.node_id)}", observed.node_name(t.node_id), "ready") for t in proxies)
+        if len(proxies) >= want and backends:
+            health, msg = Health.HEALTHY, f"{len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'}, {backends} task{'s' if backends != 1 else ''} behind"
+        elif not backends:
+            health, msg = Health.DEGRADED, "no task of the deployments it selects runs"
+        else:
+            health, msg = Health.DEGRADED, f"{len(proxies)}/{want} proxies running"
+        out[svc.name] = ServiceStatus(svc.name, health, msg, endpoints, ports)
+    return out
 
 
 def _task_error(tasks: Sequence[LiveTask], want: str) -> str:
@@ -633,6 +781,14 @@ def assess(desired: DesiredState, observed: SwarmObservation) -> dict[str, Deplo
     return out
 
 
+def node_names(observed: SwarmObservation) -> dict[str, str]:
+    """Each node's name as gitsync shows it: its hostname, with the start of its id where two share one."""
+    count: dict[str, int] = {}
+    for n in observed.nodes:
+        count[n.hostname] = count.get(n.hostname, 0) + 1
+    return {n.id: n.hostname if count[n.hostname] == 1 else f"{n.hostname}-{n.id[:6]}" for n in observed.nodes}
+
+
 def node_rows(observed: SwarmObservation) -> list[dict[str, Any]]:
     """`gitsync hosts` on a swarm: each node, its role, availability, state, labels, and our tasks there."""
     rows = []
@@ -642,6 +798,6 @@ def node_rows(observed: SwarmObservation) -> list[dict[str, Any]]:
             for t in s.tasks:
                 if t.node_id == n.id and t.state == "running" and t.desired == "running":
                     tasks[s.deployment] = tasks.get(s.deployment, 0) + 1
-        rows.append({"name": n.hostname, "id": n.id, "role": n.role, "availability": n.availability, "state": n.state,
+        rows.append({"name": node_names(observed)[n.id], "id": n.id, "role": n.role, "availability": n.availability, "state": n.state,
                      "addr": n.addr, "labels": dict(n.labels), "deployments": tasks})
     return rows

@@ -46,7 +46,7 @@ class AgentProc:
     def __init__(
         self, fleet: Fleet, upstream: GitRepo, forge: FakeForge, tmp: Path, grace: str = "10s", per_deployment: bool = False, engines: int = 3,
         server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None, source_port: int | None = None, source_up: bool = True,
-        source_verify: str = "",
+        source_verify: str = "", hosts: str | None = None,
     ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -56,6 +56,7 @@ class AgentProc:
         self.daemon: subprocess.Popen[bytes] | None = None
         if source_up:
             self.start_source()
+        hosts_block = hosts  # given: the hosts: list as written (a Swarm's managers)
         hosts = "".join(
             f"  - {{name: {e.name}, url: '{e.tcp_url}', insecure: true, grace: {grace}, labels: {{role: {r}}}}}\n"
             for e, r in zip(fleet.engines[:engines], ("web", "web", "db"))
@@ -69,7 +70,7 @@ class AgentProc:
             f"name: {fleet.agent}\n"
             f"source: {{url: 'git://127.0.0.1:{daemon_port}/{upstream.path.name}', branch: main, interval: 300s"
             + (f", verify: {source_verify}" if source_verify else "") + "}\n"
-            f"hosts:\n{hosts}"
+            f"hosts:\n{hosts if hosts_block is None else hosts_block}"
             f"status:\n  - {{type: github, url: '{forge.url}', repo: acme/deploy, token_env: GH_TOKEN, per_deployment: {str(per_deployment).lower()}}}\n"
             f"server: {{listen: '127.0.0.1:{self.port}', public_url: '{self.url}'{server_extra}}}\n"
             f"state_dir: {tmp / 'state'}\n"

@@ -10,16 +10,21 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from bench import swarm as swarm_bed
 from tests import testbed
-from tests.conftest import cli
+from tests.conftest import GitRepo, cli
+from tests.fakeforge import FakeForge
+from tests.integration.test_agent import AgentProc, statuses, wait_for
 from tests.integration.conftest import Fleet, http_call
 from tests.integration.test_images import _push_tags
 from tests.integration.test_sync import LOOP
+from tests.load import Load
 
 pytestmark = pytest.mark.docker
 
@@ -43,11 +48,6 @@ def swarm(engines: list[testbed.Engine]) -> Iterator[dict[str, docker.APIClient]
     finally:
         swarm_bed.leave(apis)
         for api in apis.values():
-            for n in api.networks(names=["docker_gwbridge"]):
-                try:
-                    api.remove_network(n["Id"])
-                except docker.errors.APIError:
-                    pass
             api.close()
 
 
@@ -95,11 +95,11 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
     try:
         # what the runtime cannot run is refused at validation, naming file and line
         fleet.repo.write("apps/web.yaml", _web(f"{repo}:1") + "  domainname: example.org\n")
-        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n")
+        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\n")
         fleet.repo.commit("not for a swarm")
         r = cli("validate", "-c", str(fleet.config))
         assert r.code != 0 and "apps/web.yaml:12: spec.domainname: Swarm services have no domain name (runtime: swarm)" in r.err, r.out + r.err
-        assert "apps/svc.yaml:1: Service web: Services are not on the swarm runtime yet" in r.err, r.err
+        assert "apps/svc.yaml:1: Volume data: Volumes are not on the swarm runtime yet" in r.err, r.err
         assert not _services(manager, fleet.agent) or list(_services(manager, fleet.agent)) == [], "nothing applied"
 
         # created: planned in services, exit 2; applied; tasks only on the nodes role=web picks
@@ -170,3 +170,150 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
             with contextlib.suppress(docker.errors.APIError):  # Swarm may be removing it already
                 manager.remove_network(n["Id"])
+
+
+def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_without_moving_anything(
+    swarm: dict[str, docker.APIClient], fleet: Fleet, github_forge: FakeForge, tmp_path: Path,
+) -> None:
+    manager = swarm["h1"]
+    repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
+    _push_tags(repo, ("1",), fleet.engines[0].unix_url)
+    up = GitRepo(tmp_path / "up" / "deploy")
+    up.write("apps/worker.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
+             f"  image: '{repo}:1'\n  replicas: 3\n  command: {json.dumps(LOOP)}\n")
+    c1 = up.commit("three workers")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra="runtime: swarm\n",
+                      hosts=f"  - {{name: m1, url: '{fleet.engines[0].tcp_url}', insecure: true}}\n")
+    h3 = fleet.engines[2]
+    try:
+        wait_for(lambda: any(s == "success" for s, _ in statuses(github_forge, c1)), 90)
+        name = f"{fleet.agent}-worker"
+        s = manager.inspect_service(name)
+        version = s["Version"]["Index"]
+
+        # scaled by hand: back to 3 within seconds, through the manager's events (the poll is 300 s away)
+        manager.update_service(s["ID"], version, task_template=s["Spec"]["TaskTemplate"], name=name, labels=s["Spec"]["Labels"],
+                               mode={"Replicated": {"Replicas": 1}}, update_config=s["Spec"].get("UpdateConfig"),
+                               rollback_config=s["Spec"].get("RollbackConfig"), endpoint_spec=s["Spec"].get("EndpointSpec"))
+        t0 = time.monotonic()
+        hand = manager.inspect_service(name)["Version"]["Index"]  # the hand-made change; gitsync's own comes after it
+
+        def corrected() -> bool:
+            now = manager.inspect_service(name)
+            return now["Version"]["Index"] > hand and now["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+
+        wait_for(corrected, 20)
+        assert time.monotonic() - t0 < 15
+
+        def reported() -> bool:
+            st = requests.get(f"{agent.url}/api/status", timeout=5).json()
+            return st["deployments"]["worker"]["health"] == "Healthy" and sum(len(h["containers"]) for h in st["hosts"].values()) == 3
+
+        wait_for(reported, 30)
+        status = requests.get(f"{agent.url}/api/status", timeout=5).json()
+        assert len(status["hosts"]) == 3 and {h["labels"]["role"] for h in status["hosts"].values()} == {"web", "db"}
+        version = manager.inspect_service(name)["Version"]["Index"]
+
+        # a node's engine dies: Swarm moves its task, gitsync says so and moves nothing itself
+        testbed.kill(h3)
+        try:
+            wait_for(lambda: any(not h["reachable"] for h in requests.get(f"{agent.url}/api/status", timeout=5).json()["hosts"].values()), 60)
+            wait_for(lambda: len(_running(manager, name)) == 3, 60)  # rescheduled by Swarm onto the two nodes left
+            wait_for(lambda: requests.get(f"{agent.url}/api/status", timeout=5).json()["deployments"]["worker"]["health"] == "Healthy", 30)
+        finally:
+            testbed.start(h3)
+        assert manager.inspect_service(name)["Version"]["Index"] == version  # gitsync did not touch the service
+        assert "is down" in agent.log.read_text()
+        wait_for(lambda: all(n["Status"]["State"] == "ready" for n in manager.nodes()), 60)
+    finally:
+        agent.stop()
+        for s in manager.services():
+            manager.remove_service(s["ID"])
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
+            time.sleep(0.5)
+        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                manager.remove_network(n["Id"])
+
+
+def test_a_service_on_the_swarm_answers_by_name_and_on_its_host_port_through_a_rollout_without_a_failed_request(
+    swarm: dict[str, docker.APIClient], fleet: Fleet,
+) -> None:
+    manager = swarm["h1"]
+    repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
+    _push_tags(repo, ("1", "2"), fleet.engines[0].unix_url)
+    proxy = _push_proxy_image(fleet.engines[0])
+    _config(fleet)
+    with open(fleet.config, "a") as fh:
+        fh.write(f"services: {{proxyImage: '{proxy}'}}\n")
+    service = ("---\napiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: front}\nspec:\n  selector: {app: web}\n"
+               "  ports: [{port: 80, targetPort: 8080, hostPort: 8090}]\n  hostSelector: {role: web}\n")
+    client = ("---\napiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: client}\nspec:\n"
+              f"  image: '{repo}:1'\n  command: {json.dumps(LOOP)}\n  placement: {{hostSelector: {{role: db}}}}\n")
+
+    def web(image: str) -> str:  # no host port of its own: the Service publishes one
+        return _web(image).replace("metadata: {name: web}", "metadata: {name: web, labels: {app: web}}").replace(
+            "  ports: [{containerPort: 8080, hostPort: 8089}]\n", "  ports: [{containerPort: 8080}]\n")
+
+    try:
+        fleet.repo.write("apps/web.yaml", web(f"{repo}:1") + service + client)
+        fleet.repo.commit("web behind front")
+        r = cli("plan", "-c", str(fleet.config))
+        assert "  + front                    create   Service proxy (80 -> 8080, hostPort 8090)\n" in r.out, r.out
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+        assert r.code == 0 and "1/1 Service ready" in r.out + r.err, r.out + r.err
+        for h in ("h1", "h2"):  # the nodes role=web picks publish the host port
+            wait_for(lambda h=h: _served(fleet.engines, h, 8090) == f"{repo}:1", 20)  # type: ignore[misc]
+        # by name, from a managed container on a node with no proxy of its port's own
+        (task,) = _running(manager, f"{fleet.agent}-client")
+        node = {n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[task["NodeID"]]
+        cid = task["Status"]["ContainerStatus"]["ContainerID"]
+        api = swarm[node]
+        ex = api.exec_create(cid, ["sh", "-c", "wget -q -O- http://$(nslookup front 127.0.0.11 | awk '/^Address/ {a=$2} END {print a}'):80/"])
+        assert api.exec_start(ex["Id"]).decode().strip() == f"{repo}:1"
+
+        # a rolling update of web under load through the Service's host port: no request fails
+        fleet.repo.write("apps/web.yaml", web(f"{repo}:2") + service + client)
+        fleet.repo.commit("web 2")
+        with Load(fleet.engines[0].addr, 8090, workers=4) as load:
+            time.sleep(0.5)
+            r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+            time.sleep(1.0)
+        assert r.code == 0, r.out + r.err
+        assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, r.out)
+        assert set(load.tally.bodies) <= {f"{repo}:1", f"{repo}:2"} and f"{repo}:2" in load.tally.bodies
+
+        # the Service leaves Git: its proxy and its configuration go
+        fleet.repo.write("apps/web.yaml", web(f"{repo}:2") + client)
+        fleet.repo.commit("no front")
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+        assert r.code == 0 and "- swarm/" in r.out, r.out
+        assert f"{fleet.agent}-svc-front" not in {s["Spec"]["Name"] for s in manager.services()}
+        wait_for(lambda: not manager.configs(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}), 20)
+    finally:
+        for s in manager.services():
+            manager.remove_service(s["ID"])
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
+            time.sleep(0.5)
+        for c in manager.configs(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                manager.remove_config(c["ID"])
+        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                manager.remove_network(n["Id"])
+
+
+def _push_proxy_image(engine: testbed.Engine) -> str:
+    """The test bed's HAProxy image, in the registry (Swarm tasks pull their image)."""
+    testbed.build_proxy_image(engine.unix_url)
+    name = f"{testbed.REGISTRY}/gitsync-test/haproxy"
+    client = docker.APIClient(base_url=engine.unix_url, version="auto", timeout=120)
+    try:
+        client.tag(testbed.PROXY_IMAGE, name, "2.6")
+        for line in client.push(name, tag="2.6", stream=True, decode=True):
+            assert "error" not in line, line
+    finally:
+        client.close()
+    return f"{name}:2.6"

@@ -166,14 +166,14 @@ def test_events_replayed_after_a_reconnect_are_not_counted_again(tmp_path: Path)
     try:
         t = 1_700_000_000 * 10**9
         for ev in (_event("die", t), _event("start", t + 10**8)):  # one restart
-            agent.on_event("h1", ev)
+            agent.watch.on_event("h1", ev)
         for ev in (_event("die", t), _event("start", t + 10**8)):  # the same two again, as a reconnect replays them
-            agent.on_event("h1", ev)
+            agent.watch.on_event("h1", ev)
         assert agent.backoff.looping(time.monotonic()) == {}
         for ev in (_event("die", t + 10**9), _event("start", t + 2 * 10**9)):  # a second restart: a crash loop
-            agent.on_event("h1", ev)
+            agent.watch.on_event("h1", ev)
         assert list(agent.backoff.looping(time.monotonic())) == [("h1", "web", 0)]
-        agent.on_event("h1", _event("destroy", t + 3 * 10**9, "other"))  # removed by a replace: not a restart
+        agent.watch.on_event("h1", _event("destroy", t + 3 * 10**9, "other"))  # removed by a replace: not a restart
         assert agent.backoff.looping(time.monotonic())[("h1", "web", 0)][0] == 2
     finally:
         agent.debouncer.cancel()
