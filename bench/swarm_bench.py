@@ -50,7 +50,7 @@ def manifests(image: str, replicas: int) -> dict[str, str]:
 
 def compose(image: str, replicas: int) -> str:
     services = "".join(
-        f"  d{i}:\n    image: '{image}'\n    command: {json.dumps(QUICK_STOP)}\n"
+        f"  d{i}:\n    image: '{image}'\n    command: {json.dumps(QUICK_STOP).replace('$', '$$')}\n"
         f"    deploy: {{replicas: {replicas}, endpoint_mode: dnsrr}}\n" for i in range(N)
     )
     return f"version: '3.8'\nservices:\n{services}"
@@ -91,7 +91,9 @@ def gitsync_round(work: Path, cfg: Path, apis: dict[str, docker.APIClient]) -> f
 
 def stack_round(file: Path, manager_url: str, apis: dict[str, docker.APIClient]) -> float:
     t0 = time.monotonic()
-    subprocess.run([DOCKER_CLI, "-H", manager_url, "stack", "deploy", "-c", str(file), STACK], check=True, capture_output=True, text=True)
+    done = subprocess.run([DOCKER_CLI, "-H", manager_url, "stack", "deploy", "-c", str(file), STACK], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"docker stack deploy failed: {done.stdout}{done.stderr}")
     return wait_running(apis["h1"], f"com.docker.stack.namespace={STACK}", N * REPLICAS, t0)
 
 

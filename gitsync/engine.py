@@ -736,27 +736,29 @@ class SwarmManager:
         with contextlib.suppress(NotFound), _translated(self.host):
             self._api.remove_service(ident)
 
-    def configs(self, label: str) -> dict[str, str]:
-        """Swarm configs with `label`: name -> id."""
+    def objects(self, kind: str, label: str) -> dict[str, tuple[str, dict[str, str]]]:
+        """Swarm configs or secrets (`kind`) with `label`: name -> (id, labels)."""
         with _translated(self.host):
-            return {c["Spec"]["Name"]: c["ID"] for c in self._api.configs(filters={"label": label})}
+            listed = self._api.configs(filters={"label": label}) if kind == "config" else self._api.secrets(filters={"label": label})
+        return {o["Spec"]["Name"]: (o["ID"], dict(o["Spec"].get("Labels") or {})) for o in listed}
 
-    def ensure_config(self, name: str, data: bytes, labels: Mapping[str, str]) -> str:
-        """A Swarm config (immutable: its name says its content); its id."""
-        have = self.configs(f"{next(iter(labels))}={next(iter(labels.values()))}") if labels else {}
+    def ensure_object(self, kind: str, name: str, data: bytes, labels: Mapping[str, str], have: Mapping[str, str]) -> str:
+        """A Swarm config or secret (immutable: its name says its content), unless in `have` (name -> id); its id."""
         if name in have:
             return have[name]
+        create = self._api.create_config if kind == "config" else self._api.create_secret
         try:
             with _translated(self.host):
-                return str(self._api.create_config(name, data, labels=dict(labels))["ID"])
+                return str(create(name, data, labels=dict(labels))["ID"])
         except Conflict:  # made meanwhile
             with _translated(self.host):
-                return str(next(c["ID"] for c in self._api.configs(filters={"name": name}) if c["Spec"]["Name"] == name))
+                listed = self._api.configs(filters={"name": name}) if kind == "config" else self._api.secrets(filters={"name": name})
+            return str(next(o["ID"] for o in listed if o["Spec"]["Name"] == name))
 
-    def remove_config(self, ident: str) -> bool:
+    def remove_object(self, kind: str, ident: str) -> bool:
         try:
             with _translated(self.host):
-                self._api.remove_config(ident)
+                (self._api.remove_config if kind == "config" else self._api.remove_secret)(ident)
             return True
         except (NotFound, Conflict):
             return False

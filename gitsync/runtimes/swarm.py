@@ -18,10 +18,12 @@ import hashlib
 import json
 import logging
 import re
+import posixpath
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from typing import Any
 
 from .. import labels as L
@@ -32,7 +34,7 @@ from ..errors import Problem, Reason
 from ..health import DeploymentStatus, EndpointStatus, ServiceStatus
 from ..kinds.deployment import describe_difference
 from ..live import Health
-from ..models import Deployment, DesiredState, NetworkMode, RestartPolicy, Service, UpdateOrder
+from ..models import Deployment, DesiredState, NetworkMode, RestartPolicy, Sealed, Service, UpdateOrder
 from . import Runtime
 from .swarmproxy import config_name, config_text, networks, proxy_spec
 
@@ -58,13 +60,8 @@ REFUSED_OPTIONS = {
     "mem_swappiness": ("memSwappiness", "Swarm services take no swappiness"),
     "memswap_limit": ("memswapLimit", "Swarm services take no swap limit"),
     "binds": ("hostPaths", "host paths are not on the swarm runtime yet"),
-    "files": ("files", "files from the repository are not on the swarm runtime yet"),
-    "secret_env": ("env", "Secrets are not on the swarm runtime yet"),
 }
-NOT_YET = {  # kinds the swarm runtime does not run yet
-    "Volume": "Volumes are not on the swarm runtime yet",
-    "Secret": "Secrets are not on the swarm runtime yet",
-}
+NOT_YET: dict[str, str] = {}  # kinds the swarm runtime does not run yet, with why
 
 
 # -- what a Swarm says ----------------------------------------------------------------------
@@ -122,6 +119,7 @@ class SwarmObservation:
     services: tuple[LiveService, ...] = ()  # ours: one per Deployment
     foreign: frozenset[str] = frozenset()  # names of services that are not ours
     proxies: tuple[LiveService, ...] = ()  # ours: one per Service (its `deployment` is the Service's name)
+    volume_nodes: Mapping[str, str] = field(default_factory=dict)  # host-local volume -> the node holding it (recorded)
 
     @property
     def reachable(self) -> bool:
@@ -179,8 +177,11 @@ def read(manager: SwarmManager, agent: str) -> SwarmObservation:
     live = sorted((_service(s, tasks.get(s["ID"], [])) for s in services), key=lambda x: x.name)
     proxy = {s.id for s in live if (s.spec.get("Labels") or {}).get(L.ROLE) == L.ROLE_PROXY}
     nodes = tuple(sorted((_node(n) for n in manager.nodes()), key=lambda n: n.hostname))
+    records = manager.objects("config", f"{L.ROLE}={ROLE_VOLUME}")
+    volume_nodes = {labels[L.VOLUME]: labels[PINNED] for _, labels in records.values()
+                    if labels.get(L.MANAGED_BY) == agent and L.VOLUME in labels and PINNED in labels}
     return SwarmObservation(manager.host, None, nodes, tuple(s for s in live if s.id not in proxy), frozenset(every),
-                            tuple(s for s in live if s.id in proxy))
+                            tuple(s for s in live if s.id in proxy), volume_nodes)
 
 
 # -- a Deployment as a Swarm service ----------------------------------------------------------
@@ -229,17 +230,78 @@ def _bytes(v: str) -> int:
     return int(m.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2).lower()]
 
 
-def service_spec(agent: str, d: Deployment, revision: str) -> dict[str, Any]:
-    """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one)."""
+PINNED = "io.gitsync.pinned-node"  # on a service whose host-local volume holds it to one node: that node's id
+ROLE_VOLUME = "volume"  # a Swarm config recording which node holds a host-local volume (never pruned: the data stays)
+
+
+def volume_name(agent: str, name: str) -> str:
+    return f"gitsync-{agent}-{name}"
+
+
+def _volume_mount(agent: str, name: str, target: str, read_only: bool, desired: DesiredState | None) -> dict[str, Any]:
+    v = desired.volume(name) if desired is not None else None
+    source = name if v is not None and v.external else volume_name(agent, name)
+    opts: dict[str, Any] = {"Labels": {L.MANAGED_BY: agent, L.VOLUME: name}}
+    if v is not None and not v.external:
+        opts["DriverConfig"] = {"Name": v.driver, "Options": dict(v.driver_opts)}
+    return {"Type": "volume", "Source": source, "Target": target, "ReadOnly": read_only, **({} if v is not None and v.external else {"VolumeOptions": opts})}
+
+
+def host_local(desired: DesiredState, d: Deployment) -> str | None:
+    """The first volume of `d` whose data lives on one node (the local driver, not shared)."""
+    for m in d.volumes:
+        v = desired.volume(m.name)
+        if not v.shared and v.driver == "local" and not v.external:
+            return m.name
+    return None
+
+
+@dataclass(frozen=True)
+class FileObject:
+    """One file a replica gets from a Swarm config (files of the repository) or secret (a Secret's value)."""
+
+    kind: str  # config | secret
+    name: str  # named by its content (a secret by its keyed digest): Swarm's objects cannot change
+    target: str
+    data: bytes | Sealed = field(repr=False)
+    mode: int
+    uid: int
+    gid: int
+
+
+def file_objects(agent: str, d: Deployment) -> list[FileObject]:
+    out = []
+    for f in d.options.files:
+        uid, gid = f.owner or (0, 0)
+        for inner, data, mode in f.entries:
+            target = posixpath.join(f.mount_path, inner) if f.folder else f.mount_path
+            if isinstance(data, Sealed):
+                out.append(FileObject("secret", f"{agent}-s-{data.digest[:24]}", target, data, mode, uid, gid))
+            else:
+                out.append(FileObject("config", f"{agent}-f-{hashlib.sha256(data).hexdigest()[:24]}", target, data, mode, uid, gid))
+    return out
+
+
+def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState | None = None, pin: str = "",
+                 refs: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one). `pin`:
+    the node holding its host-local volume; `refs`: the ids of its Swarm configs and secrets by name
+    (none while planning: ids say nothing the names do not)."""
     doc = document(d)
     want = document_hash(doc)
     o = d.options
     cs: dict[str, Any] = {
         "Image": d.image,
         "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want},
-        "Env": [f"{k}={v}" for k, v in d.env],
+        "Env": [f"{k}={v}" for k, v in d.env] + [f"{k}={s.reveal().decode('utf-8', 'surrogateescape')}" for k, _, s in o.secret_env],
         "StopGracePeriod": _ns(d.stop_grace_period),
     }
+    mounts = [_volume_mount(agent, m.name, m.mount_path, m.read_only, desired) for m in d.volumes]
+    for kind, key in (("config", "Configs"), ("secret", "Secrets")):
+        files = [f for f in file_objects(agent, d) if f.kind == kind]
+        if files:
+            cs[key] = [{"File": {"Name": f.target, "UID": str(f.uid), "GID": str(f.gid), "Mode": f.mode},
+                        f"{kind.capitalize()}ID": (refs or {}).get(f.name, ""), f"{kind.capitalize()}Name": f.name} for f in files]
     if o.entrypoint is not None:
         cs["Command"] = list(o.entrypoint)
     if d.command is not None:
@@ -265,14 +327,16 @@ def service_spec(agent: str, d: Deployment, revision: str) -> dict[str, Any]:
         cs["CapabilityDrop"] = list(o.cap_drop)
     if o.ulimits:
         cs["Ulimits"] = [{"Name": n, "Soft": s, "Hard": h} for n, s, h in o.ulimits]
-    if o.tmpfs:
-        cs["Mounts"] = [_tmpfs(p, opts) for p, opts in o.tmpfs]
+    mounts += [_tmpfs(p, opts) for p, opts in o.tmpfs]
+    if mounts:
+        cs["Mounts"] = mounts
     limits = {k: v for k, v in (("NanoCPUs", _ns(o.cpus) if o.cpus else None), ("MemoryBytes", o.memory), ("Pids", o.pids_limit)) if v}
     reserve = {k: v for k, v in (("NanoCPUs", _ns(o.cpus_reservation) if o.cpus_reservation else None), ("MemoryBytes", o.memory_reservation)) if v}
     condition = {RestartPolicy.NO: "none", RestartPolicy.ON_FAILURE: "on-failure"}.get(d.restart, "any")
     placement: dict[str, Any] = {}
-    if d.placement.host_selector:
-        placement["Constraints"] = [f"node.labels.{k}=={v}" for k, v in d.placement.host_selector]
+    constraints = [f"node.labels.{k}=={v}" for k, v in d.placement.host_selector] + ([f"node.id=={pin}"] if pin else [])
+    if constraints:
+        placement["Constraints"] = constraints
     if d.placement.max_per_host:
         placement["MaxReplicas"] = d.placement.max_per_host
     networks = [{"Target": n, "Aliases": [d.name]} for n in L.networks_of(agent, d)] + [{"Target": n} for n in o.external_networks]
@@ -296,7 +360,7 @@ def service_spec(agent: str, d: Deployment, revision: str) -> dict[str, Any]:
     return {
         "Name": service_name(agent, d),
         "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want,
-                   L.SPEC: json.dumps(doc, sort_keys=True, separators=(",", ":")), L.REVISION: revision},
+                   L.SPEC: json.dumps(doc, sort_keys=True, separators=(",", ":")), L.REVISION: revision, **({PINNED: pin} if pin else {})},
         "TaskTemplate": task,
         "Mode": {"Replicated": {"Replicas": d.replicas}},
         "UpdateConfig": {"Parallelism": d.update.parallelism, "Delay": 0, "FailureAction": "rollback", "Monitor": monitor,
@@ -381,8 +445,12 @@ def check(desired: DesiredState) -> list[Problem]:
                 refuse(key, why)
         if d.options.network_mode != NetworkMode.BRIDGE:
             refuse("networkMode", "Swarm services run on the Swarm's networks only")
-        if d.volumes:
-            refuse("volumes", "volumes are not on the swarm runtime yet")
+        for m in d.volumes:
+            vol = desired.volume(m.name)
+            if vol.per_replica:
+                refuse("volumes", f"{m.name}: a volume per replica cannot be held to one node per replica on Swarm (use a shared driver, or one replica)")
+            elif vol.external and vol.driver == "local" and not vol.shared:
+                refuse("volumes", f"{m.name}: Swarm cannot tell which node holds an external local volume (a task elsewhere would start on an empty one)")
         if d.run_once:
             refuse("runOnce", "jobs are not on the swarm runtime yet")
         if any(p.host_ip for p in d.ports):
@@ -453,9 +521,12 @@ class SwarmRuntime(Runtime):
         def taken(name: str, what: str) -> None:
             problems.append(PlacementProblem(what, f"a Swarm service named {name} exists that gitsync did not make: it is never touched (rename or remove it)"))
 
+        pins, why_not = self._pins(desired, observed)
+        for name, why in why_not.items():
+            problems.append(PlacementProblem(name, why))
         for d in desired.deployments:
             live = observed.service(d.name)
-            want = service_spec(self.agent, d, "")
+            want = service_spec(self.agent, d, "", desired, pins.get(d.name, ""))
             name = want["Name"]
             if live is None and name in observed.foreign:
                 taken(name, d.name)
@@ -567,24 +638,84 @@ class SwarmRuntime(Runtime):
             svc = next(s for s in desired.services if s.name == a.deployment)
             text = config_text(svc, desired)
             cname = config_name(self.agent, svc, text)
-            cid = manager.ensure_config(cname, text.encode(), {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_PROXY, L.SERVICE: svc.name})
+            have = {k: v[0] for k, v in manager.objects("config", f"{L.MANAGED_BY}={self.agent}").items()}
+            cid = manager.ensure_object("config", cname, text.encode(), {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_PROXY, L.SERVICE: svc.name}, have)
             spec = self._proxy_spec(svc, desired, (cid, cname), revision)
             return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: _eligible(manager.nodes(), svc.host_selector if spec["EndpointSpec"].get("Ports") else ()))
         d = desired.deployment(a.deployment)
         assert d is not None
-        spec = service_spec(self.agent, d, revision)
+        pins, why_not = self._pins(desired, read(manager, self.agent))
+        if d.name in why_not:
+            raise EngineError(CLUSTER, why_not[d.name])
+        refs = self._file_objects(manager, d)
+        volume = host_local(desired, d)
+        if volume is not None and pins.get(d.name):  # recorded in the cluster: the data's node outlives the service
+            name = f"{self.agent}-volume-{volume}"
+            labels = {L.MANAGED_BY: self.agent, L.ROLE: ROLE_VOLUME, L.VOLUME: volume, PINNED: pins[d.name]}
+            manager.ensure_object("config", name, pins[d.name].encode(), labels, {k: v[0] for k, v in manager.objects("config", f"{L.ROLE}={ROLE_VOLUME}").items()})
+        spec = service_spec(self.agent, d, revision, desired, pins.get(d.name, ""), refs)
         return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: d.replicas)
 
+    def _file_objects(self, manager: SwarmManager, d: Deployment) -> dict[str, str]:
+        """The Swarm configs and secrets a deployment's files need, made where missing: name -> id."""
+        refs: dict[str, str] = {}
+        for kind in ("config", "secret"):
+            files = [f for f in file_objects(self.agent, d) if f.kind == kind]
+            if not files:
+                continue
+            have = {k: v[0] for k, v in manager.objects(kind, f"{L.MANAGED_BY}={self.agent}").items()}
+            for f in files:
+                data = f.data.reveal() if isinstance(f.data, Sealed) else f.data
+                role = "secret" if kind == "secret" else L.ROLE_FILES
+                refs[f.name] = have[f.name] = manager.ensure_object(kind, f.name, data, {L.MANAGED_BY: self.agent, L.ROLE: role}, have)
+        return refs
+
+    def _pins(self, desired: DesiredState, observed: SwarmObservation) -> tuple[dict[str, str], dict[str, str]]:
+        """The node each deployment with host-local data is held to: where its volume was made (recorded
+        in the cluster, or read off its service), else the eligible node holding fewest such volumes.
+        And the deployments that cannot be placed, with why."""
+        pins: dict[str, str] = {}
+        why_not: dict[str, str] = {}
+        nodes = {n.id: n for n in observed.nodes}
+        load: dict[str, int] = {n: 0 for n in nodes}
+        for node in observed.volume_nodes.values():
+            load[node] = load.get(node, 0) + 1
+        for d in desired.deployments:
+            volume = host_local(desired, d)
+            if volume is None:
+                continue
+            known = observed.volume_nodes.get(volume)
+            if known is None:
+                live = observed.service(d.name)
+                known = (live.spec.get("Labels") or {}).get(PINNED) if live is not None else None
+            if known:
+                pins[d.name] = known
+                if known not in nodes:
+                    why_not[d.name] = f"volume {volume} is on node {known[:12]}, which left the swarm: its data stays there (move it, or remove the volume's record {self.agent}-volume-{volume})"
+                continue
+            eligible = [n for n in observed.nodes if n.state == "ready" and n.availability == "active"
+                        and all(dict(n.labels).get(k) == v for k, v in d.placement.host_selector)]
+            if not eligible:
+                why_not[d.name] = f"no ready node matches its hostSelector to hold volume {volume}"
+                continue
+            choice = min(eligible, key=lambda n: (load.get(n.id, 0), n.hostname, n.id))
+            pins[d.name] = choice.id
+            load[choice.id] = load.get(choice.id, 0) + 1
+            observed = dc_replace(observed, volume_nodes={**observed.volume_nodes, volume: choice.id})  # a volume shared by several deployments: one node
+        return pins, why_not
+
     def _prune_configs(self, manager: SwarmManager) -> None:
-        """Our proxies' configurations that no service of ours mounts any more."""
+        """Our configs and secrets (proxies' configurations, files, secret values) that no service of ours
+        mounts any more. Volume records stay: the data they point to does."""
         try:
-            used = {c.get("ConfigName") for s in manager.services(f"{L.MANAGED_BY}={self.agent}")
-                    for c in ((s.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}).get("Configs") or []}
-            for name, ident in manager.configs(f"{L.MANAGED_BY}={self.agent}").items():
-                if name not in used:
-                    manager.remove_config(ident)
+            specs = [((s.get("Spec") or {}).get("TaskTemplate") or {}).get("ContainerSpec", {}) for s in manager.services(f"{L.MANAGED_BY}={self.agent}")]
+            for kind, key in (("config", "Configs"), ("secret", "Secrets")):
+                used = {c.get(f"{kind.capitalize()}Name") for cs in specs for c in cs.get(key) or []}
+                for name, (ident, labels) in manager.objects(kind, f"{L.MANAGED_BY}={self.agent}").items():
+                    if name not in used and labels.get(L.ROLE) != ROLE_VOLUME:
+                        manager.remove_object(kind, ident)
         except EngineError as exc:
-            log.info("pruning proxy configurations: %s (the next apply tries again)", exc.message)
+            log.info("pruning Swarm configs and secrets: %s (the next apply tries again)", exc.message)
 
     def _networks(self, manager: SwarmManager, desired: DesiredState) -> None:
         labels = {L.MANAGED_BY: self.agent}

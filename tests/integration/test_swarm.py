@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from tests.load import Load
 
 pytestmark = pytest.mark.docker
 
+ROOT = Path(__file__).resolve().parents[2]
 SERVE = 'echo "$V" > /www/index.html; trap "exit 0" TERM; httpd -f -p 8080 -h /www & wait'
 
 
@@ -95,11 +99,11 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
     try:
         # what the runtime cannot run is refused at validation, naming file and line
         fleet.repo.write("apps/web.yaml", _web(f"{repo}:1") + "  domainname: example.org\n")
-        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\n")
+        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: migrate}\nspec:\n  image: 'x:1'\n  runOnce: true\n")
         fleet.repo.commit("not for a swarm")
         r = cli("validate", "-c", str(fleet.config))
         assert r.code != 0 and "apps/web.yaml:12: spec.domainname: Swarm services have no domain name (runtime: swarm)" in r.err, r.out + r.err
-        assert "apps/svc.yaml:1: Volume data: Volumes are not on the swarm runtime yet" in r.err, r.err
+        assert "apps/svc.yaml:6: spec.runOnce: jobs are not on the swarm runtime yet (runtime: swarm)" in r.err, r.err
         assert not _services(manager, fleet.agent) or list(_services(manager, fleet.agent)) == [], "nothing applied"
 
         # created: planned in services, exit 2; applied; tasks only on the nodes role=web picks
@@ -317,3 +321,72 @@ def _push_proxy_image(engine: testbed.Engine) -> str:
     finally:
         client.close()
     return f"{name}:2.6"
+
+
+def test_the_three_tier_example_runs_on_the_swarm_with_its_volume_held_and_its_secret_delivered(
+    swarm: dict[str, docker.APIClient], fleet: Fleet,
+) -> None:
+    """examples/three-tier through the swarm runtime, unchanged but for the images' registry: web -> api
+    -> db by Service names, a row written and read through the web tier's hostPort on every node, db
+    held to the node that holds its volume (recorded in the cluster), its password a Swarm secret file
+    (a variable for api, as the manifest asks), and none of it in db's service spec."""
+    manager = swarm["h1"]
+    h1 = fleet.engines[0]
+    r = subprocess.run(["bash", "scripts/example-image"], cwd=ROOT, env={**os.environ, "DOCKER_HOST": h1.unix_url}, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    client = docker.APIClient(base_url=h1.unix_url, version="auto", timeout=120)
+    try:
+        for local, tag in (("gitsync-example/busybox", "1"), ("gitsync-example/haproxy", "2.6")):
+            client.tag(f"{local}:{tag}", f"{testbed.REGISTRY}/{local}", tag)
+            for line in client.push(f"{testbed.REGISTRY}/{local}", tag=tag, stream=True, decode=True):
+                assert "error" not in line, line
+    finally:
+        client.close()
+    key = ROOT / "examples" / "keys" / "example-age.key"
+    _config(fleet)
+    with open(fleet.config, "a") as fh:
+        fh.write(f"services: {{proxyImage: '{testbed.REGISTRY}/gitsync-example/haproxy:2.6'}}\nsecrets: {{ageKeyFile: '{key}'}}\n")
+    shutil.copytree(ROOT / "examples" / "three-tier", fleet.repo.path, dirs_exist_ok=True)
+    for f in (fleet.repo.path / "apps").glob("*.yaml"):
+        text = f.read_text().replace("image: gitsync-example/", f"image: {testbed.REGISTRY}/gitsync-example/")
+        f.write_text(text.replace("name: shop-db", f"name: {fleet.agent}-shop-db"))
+    fleet.repo.commit("the shop")
+    try:
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "180s")
+        assert r.code == 0, r.out + r.err
+        assert "3/3 deployments converged" in r.out and "3/3 Services ready" in r.out, r.out
+        for e in fleet.engines:  # the web tier's port, on every node
+            wait_for(lambda e=e: http_call(e.addr, 8000, "/cgi-bin/rows")[0] == 200, 30)  # type: ignore[misc]
+        assert http_call(fleet.engines[2].addr, 8000, "/cgi-bin/add", "order 1") == (200, "stored\n")
+        assert http_call(fleet.engines[1].addr, 8000, "/cgi-bin/rows") == (200, "order 1\n")
+
+        db = manager.inspect_service(f"{fleet.agent}-db")
+        (task,) = _running(manager, db["ID"])
+        records = manager.configs(filters={"label": "io.gitsync.role=volume"})
+        (record,) = [c for c in records if c["Spec"]["Labels"].get("io.gitsync.volume") == f"{fleet.agent}-shop-db"]
+        assert record["Spec"]["Labels"]["io.gitsync.pinned-node"] == task["NodeID"]
+        assert f"node.id=={task['NodeID']}" in db["Spec"]["TaskTemplate"]["Placement"]["Constraints"]
+        (secret,) = db["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+        assert secret["File"]["Name"] == "/run/secrets/db-password" and secret["File"]["Mode"] == 0o400
+        api_env = manager.inspect_service(f"{fleet.agent}-api")["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+        (password,) = [v.split("=", 1)[1] for v in api_env if v.startswith("DB_PASSWORD=")]
+        assert len(password) >= 8 and password not in json.dumps(db)  # asked for as a variable by api only
+        assert password not in r.out + r.err and password not in cli("plan", "-c", str(fleet.config)).out
+        assert cli("plan", "-c", str(fleet.config)).code == 0  # in sync
+    finally:
+        for s in manager.services():
+            manager.remove_service(s["ID"])
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
+            time.sleep(0.5)
+        for kind in ("configs", "secrets"):
+            for c in getattr(manager, kind)(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
+                with contextlib.suppress(docker.errors.APIError):
+                    getattr(manager, f"remove_{kind[:-1]}")(c["ID"])
+        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                manager.remove_network(n["Id"])
+        for api in swarm.values():  # the data the shop left on its node: this test's own
+            for v in (api.volumes(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}) or {}).get("Volumes") or []:
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_volume(v["Name"], force=True)

@@ -64,11 +64,11 @@ def test_a_deployment_becomes_one_service_spec_with_everything_swarm_takes() -> 
 
 def test_what_swarm_cannot_run_is_refused_with_file_and_line() -> None:
     text = WEB.replace("replicas: 3", "replicas: 1") + "  domainname: example.org\n  volumes: [{name: data, mountPath: /data}]\n"
-    desired = load_files({"apps/web.yaml": text.encode(), "apps/data.yaml": b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\n"})
+    desired = load_files({"apps/web.yaml": text.encode(), "apps/data.yaml": b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\nspec: {perReplica: true}\n"})
     said = [str(p) for p in check(CFG, desired)]
-    assert "apps/data.yaml:1: Volume data: Volumes are not on the swarm runtime yet (runtime: swarm); it runs on runtime: containers" in said
     assert "apps/web.yaml:16: spec.domainname: Swarm services have no domain name (runtime: swarm)" in said
-    assert "apps/web.yaml:17: spec.volumes: volumes are not on the swarm runtime yet (runtime: swarm)" in said
+    assert ("apps/web.yaml:17: spec.volumes: data: a volume per replica cannot be held to one node per replica on Swarm "
+            "(use a shared driver, or one replica) (runtime: swarm)") in said, said
     assert check(config_mod.parse("name: t\n"), desired) == []  # the containers runtime runs them
 
 
