@@ -10,10 +10,14 @@ from tests import testbed
 
 
 def leave(apis: dict[str, docker.APIClient]) -> None:
-    """Every engine out of its swarm, and the bridge Swarm made on each (docker_gwbridge) gone."""
+    """Every engine out of its swarm, the containers of its tasks and the bridge Swarm made on each
+    (docker_gwbridge) gone."""
     for api in apis.values():
         with contextlib.suppress(Exception):
             api.leave_swarm(force=True)
+        for c in api.containers(all=True, filters={"label": "com.docker.swarm.task"}):
+            with contextlib.suppress(Exception):
+                api.remove_container(c["Id"], force=True)
         for n in api.networks(names=["docker_gwbridge"]):
             with contextlib.suppress(Exception):
                 api.remove_network(n["Id"])

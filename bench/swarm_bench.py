@@ -7,8 +7,13 @@
    Debian's docker CLI (/usr/bin/docker, 20.10) `docker stack deploy` of the equivalent compose
    file, timed until the manager lists 30 running tasks. Rounds alternate; everything is removed
    (and its containers gone) between them. Both pull the image from the test bed's registry.
-2. idle: `gitsync run` watching the Swarm with 300 tasks of its own (10 services of 30), left
-   alone: CPU (utime + stime) and resident memory over `--idle-seconds`.
+2. traffic: requests streamed to a node's port through a rolling image update of 2 replicas: gitsync's
+   Service (its proxy on the node, hostPort) against `docker service update --image` of the same
+   service published in host mode on that node (no proxy: what Swarm offers without the routing
+   mesh, which needs IPVS). Failed requests counted.
+3. idle: `gitsync run` watching the Swarm with 300 tasks of its own (10 services of 30, each on an
+   overlay network of its own: one network holds a /24), left alone: CPU (utime + stime) and
+   resident memory over `--idle-seconds`.
 Results are printed and appended to bench/results/swarm.jsonl.
 """
 
@@ -40,10 +45,13 @@ STACK = "stackbench"
 N, REPLICAS = 10, 3
 
 
-def manifests(image: str, replicas: int) -> dict[str, str]:
+def manifests(image: str, replicas: int, own_networks: bool = False) -> dict[str, str]:
+    """N deployments; with `own_networks` each on an overlay network of its own (a Swarm network holds
+    one /24: some 250 tasks)."""
     return {
         f"apps/d{i}.yaml": "apiVersion: gitsync.io/v1\nkind: Deployment\n"
         f"metadata: {{name: d{i}}}\nspec:\n  image: '{image}'\n  replicas: {replicas}\n  command: {json.dumps(QUICK_STOP)}\n"
+        + (f"  networks: [n{i}]\n" if own_networks else "")
         for i in range(N)
     }
 
@@ -97,12 +105,61 @@ def stack_round(file: Path, manager_url: str, apis: dict[str, docker.APIClient])
     return wait_running(apis["h1"], f"com.docker.stack.namespace={STACK}", N * REPLICAS, t0)
 
 
+SERVE = 'hostname > /www/index.html; trap "exit 0" TERM; httpd -f -p 8080 -h /www & wait'
+HEALTH = "  healthcheck: {test: [CMD, wget, -q, -O, /dev/null, 'http://127.0.0.1:8080/'], interval: 1s, timeout: 2s, retries: 3}\n"
+
+
+def traffic(work: Path, cfg: Path, engines: list[testbed.Engine], apis: dict[str, docker.APIClient]) -> dict[str, object]:
+    """Failed requests through a rolling update: gitsync's Service against a host-mode published service."""
+    from tests.load import Load
+
+    repo = work / "repo"
+    for f in (repo / "apps").glob("*.yaml"):
+        f.unlink()
+
+    def web(tag: str) -> str:
+        return ("apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web, labels: {app: web}}\nspec:\n"
+                f"  image: '{REPO}:{tag}'\n  replicas: 2\n  command: [sh, -c, {json.dumps(SERVE)}]\n  ports: [{{containerPort: 8080}}]\n{HEALTH}"
+                "---\napiVersion: gitsync.io/v1\nkind: Service\nmetadata: {name: front}\nspec:\n  selector: {app: web}\n"
+                "  ports: [{port: 80, targetPort: 8080, hostPort: 8090}]\n")
+
+    out: dict[str, object] = {}
+    (repo / "apps" / "web.yaml").write_text(web("1"))
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "web 1"], cwd=repo, check=True, env=GIT_ENV)
+    run = [sys.executable, "-m", "gitsync", "apply", "-c", str(cfg), "--timeout", "300s"]
+    subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
+    (repo / "apps" / "web.yaml").write_text(web("2"))
+    subprocess.run(["git", "commit", "-qam", "web 2"], cwd=repo, check=True, env=GIT_ENV)
+    with Load(engines[0].addr, 8090, workers=4) as load:
+        time.sleep(1)
+        subprocess.run(run, cwd=ROOT, check=True, capture_output=True)
+        time.sleep(1)
+    out["gitsync_service"] = {"ok": load.tally.ok, "failed": load.tally.failed}
+    clear(apis)
+
+    base = [DOCKER_CLI, "-H", engines[0].tcp_url, "service"]
+    subprocess.run([*base, "create", "--detach=false", "-q", "--name", "base", "--replicas", "2", "--endpoint-mode", "dnsrr",
+                    "--publish", "mode=host,target=8080,published=8091", "--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/",
+                    "--health-interval", "1s", "--health-retries", "3", f"{REPO}:1", "sh", "-c", SERVE], check=True, capture_output=True)
+    with Load(engines[0].addr, 8091, workers=4) as load:
+        time.sleep(1)
+        subprocess.run([*base, "update", "--detach=false", "-q", "--image", f"{REPO}:2", "base"], check=True, capture_output=True)
+        time.sleep(1)
+    out["service_update_host_mode"] = {"ok": load.tally.ok, "failed": load.tally.failed}
+    clear(apis)
+    return out
+
+
 def idle(work: Path, cfg: Path, apis: dict[str, docker.APIClient], seconds: float) -> dict[str, float]:
     """The agent watching 300 tasks of its own, idle."""
     repo = work / "repo"
-    for path, text in manifests(IMAGE, 30).items():
+    for f in (repo / "apps").glob("*.yaml"):
+        f.unlink()
+    for path, text in manifests(IMAGE, 30, own_networks=True).items():
         (repo / path).write_text(text)
-    subprocess.run(["git", "commit", "-qam", "thirty each"], cwd=repo, check=True, env=GIT_ENV)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "thirty each"], cwd=repo, check=True, env=GIT_ENV)
     port = 9181
     agent_cfg = work / "agent.yaml"
     agent_cfg.write_text(cfg.read_text() + f"server: {{listen: '127.0.0.1:{port}'}}\n")
@@ -128,18 +185,25 @@ def idle(work: Path, cfg: Path, apis: dict[str, docker.APIClient], seconds: floa
         proc.wait(60)
 
 
-IMAGE = f"{testbed.REGISTRY}/gitsync-bench/swarm:1"
+REPO = f"{testbed.REGISTRY}/gitsync-bench/swarm"
+IMAGE = f"{REPO}:1"
 
 
-def push_image(engine: testbed.Engine) -> None:
+def push_images(engine: testbed.Engine) -> str:
+    """The bench image (tags 1 and 2) and the Services' proxy, in the registry; the proxy's name."""
+    testbed.build_proxy_image(engine.unix_url)
+    proxy = f"{testbed.REGISTRY}/gitsync-bench/haproxy"
     client = docker.APIClient(base_url=engine.unix_url, version="auto", timeout=120)
     try:
-        client.tag(f"{testbed.TEST_IMAGE}:1", IMAGE.rsplit(":", 1)[0], "1")
-        for line in client.push(IMAGE.rsplit(":", 1)[0], tag="1", stream=True, decode=True):
-            if "error" in line:
-                raise RuntimeError(line["error"])
+        for local, repo, tag in ((f"{testbed.TEST_IMAGE}:1", REPO, "1"), (f"{testbed.TEST_IMAGE}:1", REPO, "2"),
+                                 (testbed.PROXY_IMAGE, proxy, "2.6")):
+            client.tag(local, repo, tag)
+            for line in client.push(repo, tag=tag, stream=True, decode=True):
+                if "error" in line:
+                    raise RuntimeError(line["error"])
     finally:
         client.close()
+    return f"{proxy}:2.6"
 
 
 def main() -> None:
@@ -150,7 +214,7 @@ def main() -> None:
     engines = testbed.up(3)
     for e in engines:
         testbed.build_images(e.unix_url)
-    push_image(engines[0])
+    proxy = push_images(engines[0])
     apis = {e.name: docker.APIClient(base_url=e.tcp_url, version="auto", timeout=60) for e in engines}
     swarm.form(apis, engines)
     try:
@@ -165,7 +229,8 @@ def main() -> None:
             subprocess.run(["git", "commit", "-qm", "ten"], cwd=repo, check=True, env=GIT_ENV)
             cfg = work / "gitsync.yaml"
             cfg.write_text(f"name: {AGENT}\nruntime: swarm\nsource: {{url: '{repo}', branch: main, interval: 300s}}\n"
-                           f"hosts:\n  - {{name: m1, url: '{engines[0].tcp_url}', insecure: true}}\nstate_dir: {work / 'state'}\n")
+                           f"hosts:\n  - {{name: m1, url: '{engines[0].tcp_url}', insecure: true}}\nstate_dir: {work / 'state'}\n"
+                           f"services: {{proxyImage: '{proxy}'}}\n")
             file = work / "stack.yaml"
             file.write_text(compose(IMAGE, REPLICAS))
             ours: list[float] = []
@@ -184,6 +249,7 @@ def main() -> None:
                 "converge_10x3_gitsync_s": [round(x, 2) for x in ours], "converge_10x3_stack_deploy_s": [round(x, 2) for x in theirs],
                 "converge_ratio_median": round(g / s, 2),
             }
+            report["rolling_update_requests"] = traffic(work, cfg, engines, apis)
             report["idle_300_tasks"] = idle(work, cfg, apis, args.idle_seconds)
             clear(apis)
             record("swarm", report)

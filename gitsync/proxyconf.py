@@ -12,13 +12,9 @@ from .models import Service
 
 CONFIG_PATH = "/usr/local/etc/haproxy/haproxy.cfg"  # where the official image reads it
 
-_HEAD = """\
-# written by gitsync: do not edit, the next sync replaces it
-global
-    master-worker
-    log stdout format raw local0 notice
-    hard-stop-after {hard_stop}s
-
+# What every proxy of gitsync's does with a connection (the Swarm runtime's proxies too): TCP, a
+# second to connect, and a failed connect tried again on another server.
+DEFAULTS = """\
 defaults
     mode tcp
     log global
@@ -27,6 +23,16 @@ defaults
     timeout server 1h
     option redispatch
     retries 3
+"""
+
+_HEAD = """\
+# written by gitsync: do not edit, the next sync replaces it
+global
+    master-worker
+    log stdout format raw local0 notice
+    hard-stop-after {hard_stop}s
+
+""" + DEFAULTS + """\
     default-server check inter 1s fall 1 rise 1
 """
 

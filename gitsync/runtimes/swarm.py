@@ -189,10 +189,16 @@ def service_name(agent: str, d: Deployment) -> str:
     return f"{agent}-{d.name}"
 
 
-def document(d: Deployment) -> dict[str, Any]:
+def name_taken(d: Deployment, desired: DesiredState | None) -> bool:
+    """A Service of the same name answers the deployment's name (on the Service's ports)."""
+    return desired is not None and any(svc.name == d.name for svc in desired.services)
+
+
+def document(d: Deployment, desired: DesiredState | None = None) -> dict[str, Any]:
     """Everything the service's spec is made from: the container spec as the containers runtime
     hashes it, and what Swarm takes besides (the count, placement, update policy)."""
     return {
+        **({"nameTakenByService": True} if name_taken(d, desired) else {}),
         **L.spec_document(d),
         "replicas": d.replicas,
         "placement": {"hostSelector": [list(x) for x in d.placement.host_selector], "maxPerHost": d.placement.max_per_host},
@@ -287,7 +293,7 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
     """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one). `pin`:
     the node holding its host-local volume; `refs`: the ids of its Swarm configs and secrets by name
     (none while planning: ids say nothing the names do not)."""
-    doc = document(d)
+    doc = document(d, desired)
     want = document_hash(doc)
     o = d.options
     cs: dict[str, Any] = {
@@ -339,7 +345,9 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
         placement["Constraints"] = constraints
     if d.placement.max_per_host:
         placement["MaxReplicas"] = d.placement.max_per_host
-    networks = [{"Target": n, "Aliases": [d.name]} for n in L.networks_of(agent, d)] + [{"Target": n} for n in o.external_networks]
+    # its name, unless a Service of the same name takes it (the Service's proxy answers it, on the Service's ports)
+    alias = [] if name_taken(d, desired) else [d.name]
+    networks = [{"Target": n, "Aliases": alias} for n in L.networks_of(agent, d)] + [{"Target": n} for n in o.external_networks]
     task: dict[str, Any] = {
         "ContainerSpec": cs,
         "RestartPolicy": {"Condition": condition, "Delay": _ns(1), "MaxAttempts": 0},
@@ -528,6 +536,8 @@ class SwarmRuntime(Runtime):
             live = observed.service(d.name)
             want = service_spec(self.agent, d, "", desired, pins.get(d.name, ""))
             name = want["Name"]
+            if d.name in why_not:
+                continue  # said as a problem: nothing is made where its data is not
             if live is None and name in observed.foreign:
                 taken(name, d.name)
             elif live is None:
@@ -535,7 +545,7 @@ class SwarmRuntime(Runtime):
                                       container_name=name))
             elif live.spec_hash != want["Labels"][L.SPEC_HASH]:
                 old = live.document
-                what = describe_difference(old, document(d)) if old is not None else "changed outside Git"
+                what = describe_difference(old, document(d, desired)) if old is not None else "changed outside Git"
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"{what} ({_change_words(d)})", live.id, name))
             elif hand := drift(live.spec, want):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"changed outside Git: {', '.join(hand)} ({_change_words(d)})", live.id, name))
@@ -567,7 +577,7 @@ class SwarmRuntime(Runtime):
         return Plan(tuple(actions), tuple(noops), tuple(problems), hosts=(CLUSTER,), cluster=True)
 
     def _proxy_spec(self, svc: Service, desired: DesiredState, config: tuple[str, str], revision: str) -> dict[str, Any]:
-        text = config_text(svc, desired)
+        text = config_text(self.agent, svc, desired)
         return proxy_spec(self.agent, svc, desired, self.config.services.proxy_image, (config[0], config[1] or config_name(self.agent, svc, text)), revision)
 
     # apply
@@ -636,7 +646,7 @@ class SwarmRuntime(Runtime):
         """What one action submits and waits for: the spec, the hash its tasks carry, how many must run."""
         if a.object_kind == "Service":
             svc = next(s for s in desired.services if s.name == a.deployment)
-            text = config_text(svc, desired)
+            text = config_text(self.agent, svc, desired)
             cname = config_name(self.agent, svc, text)
             have = {k: v[0] for k, v in manager.objects("config", f"{L.MANAGED_BY}={self.agent}").items()}
             cid = manager.ensure_object("config", cname, text.encode(), {L.MANAGED_BY: self.agent, L.ROLE: L.ROLE_PROXY, L.SERVICE: svc.name}, have)
@@ -886,7 +896,7 @@ def assess(desired: DesiredState, observed: SwarmObservation) -> dict[str, Deplo
     """How each Deployment's service stands: tasks running on its spec, per node. Pure."""
     out: dict[str, DeploymentStatus] = {}
     for d in desired.deployments:
-        want = document_hash(document(d))
+        want = document_hash(document(d, desired))
         live = observed.service(d.name)
         if live is None:
             out[d.name] = DeploymentStatus(d.name, d.replicas, 0, 0, Health.MISSING, "no service on the swarm")

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import labels as L
 from ..models import DesiredState, Service
-from ..proxyconf import CONFIG_PATH, backend_name
+from ..proxyconf import CONFIG_PATH, DEFAULTS, backend_name
 
 HEAD = """\
 # written by gitsync: do not edit, the next apply replaces it
@@ -38,23 +38,16 @@ resolvers swarm
     hold timeout 1s
     hold obsolete 1s
 
-defaults
-    mode tcp
-    log global
-    timeout connect 1s
-    timeout client 1h
-    timeout server 1h
-    option redispatch
-    retries 3
-"""
+""" + DEFAULTS
 
 
 def proxy_name(agent: str, svc: Service) -> str:
     return f"{agent}-svc-{svc.name}"
 
 
-def config_text(svc: Service, desired: DesiredState) -> str:
-    """HAProxy's configuration for one Service: a frontend per port, a backend resolving each selected deployment."""
+def config_text(agent: str, svc: Service, desired: DesiredState) -> str:
+    """HAProxy's configuration for one Service: a frontend per port, a backend resolving each selected
+    deployment's tasks by its Swarm service's name (its own alias may be the Service's)."""
     out = [HEAD]
     selected = sorted(desired.selected(svc).values(), key=lambda d: d.name)
     for p in sorted(svc.ports, key=lambda p: p.port):
@@ -63,7 +56,7 @@ def config_text(svc: Service, desired: DesiredState) -> str:
         out.append(f"\nbackend {name}\n    balance leastconn\n")
         for d in selected:
             slots = max(8, 2 * d.replicas)  # a start-first update runs old and new tasks side by side
-            out.append(f"    server-template {d.name}- 1-{slots} {d.name}:{p.target_port} check inter 500ms fall 1 rise 1 "
+            out.append(f"    server-template {d.name}- 1-{slots} {agent}-{d.name}:{p.target_port} check inter 500ms fall 1 rise 1 "
                        "resolvers swarm init-addr none resolve-prefer ipv4\n")
     return "".join(out)
 

@@ -21,9 +21,10 @@ import requests
 
 from bench import swarm as swarm_bed
 from tests import testbed
-from tests.conftest import GitRepo, cli
+from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge
 from tests.integration.test_agent import AgentProc, statuses, wait_for
+from tests.integration.test_previews import on_branch, plan_statuses, pull_request_body
 from tests.integration.conftest import Fleet, http_call
 from tests.integration.test_images import _push_tags
 from tests.integration.test_sync import LOOP
@@ -53,6 +54,30 @@ def swarm(engines: list[testbed.Engine]) -> Iterator[dict[str, docker.APIClient]
         swarm_bed.leave(apis)
         for api in apis.values():
             api.close()
+
+
+def _clean(manager: docker.APIClient, fleet: Fleet, apis: dict[str, docker.APIClient]) -> None:
+    """What a test left on the swarm: services (and, once Swarm removed them, their containers), our
+    configs, secrets and overlay networks, and the volumes Swarm made for our tasks."""
+    for s in manager.services():
+        manager.remove_service(s["ID"])
+    end = time.monotonic() + 30
+    while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
+        time.sleep(0.5)
+    mine = {"label": f"io.gitsync.managed-by={fleet.agent}"}
+    for c in manager.configs(filters=mine):
+        with contextlib.suppress(docker.errors.APIError):
+            manager.remove_config(c["ID"])
+    for c in manager.secrets(filters=mine):
+        with contextlib.suppress(docker.errors.APIError):
+            manager.remove_secret(c["ID"])
+    for n in manager.networks(filters=mine):
+        with contextlib.suppress(docker.errors.APIError):  # Swarm may be removing it already
+            manager.remove_network(n["Id"])
+    for api in apis.values():
+        for v in (api.volumes(filters=mine) or {}).get("Volumes") or []:
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_volume(v["Name"], force=True)
 
 
 def _config(fleet: Fleet) -> None:
@@ -166,14 +191,7 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         assert set(_services(manager, fleet.agent)) == {f"{fleet.agent}-web"}
         assert manager.inspect_service(foreign)["Spec"]["Name"] == f"{fleet.agent}-theirs"
     finally:
-        for s in manager.services():
-            manager.remove_service(s["ID"])
-        end = time.monotonic() + 30  # Swarm removes the tasks' containers after the services: let it, before the fleet's cleanup
-        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
-            time.sleep(0.5)
-        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-            with contextlib.suppress(docker.errors.APIError):  # Swarm may be removing it already
-                manager.remove_network(n["Id"])
+        _clean(manager, fleet, swarm)
 
 
 def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_without_moving_anything(
@@ -183,7 +201,7 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
     repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
     _push_tags(repo, ("1",), fleet.engines[0].unix_url)
     up = GitRepo(tmp_path / "up" / "deploy")
-    up.write("apps/worker.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
+    up.write("apps/web.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
              f"  image: '{repo}:1'\n  replicas: 3\n  command: {json.dumps(LOOP)}\n")
     c1 = up.commit("three workers")
     agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra="runtime: swarm\n",
@@ -218,6 +236,16 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
         assert len(status["hosts"]) == 3 and {h["labels"]["role"] for h in status["hosts"].values()} == {"web", "db"}
         version = manager.inspect_service(name)["Version"]["Index"]
 
+        # a pull request is planned against the Swarm, on its commit, and never applied
+        pr = on_branch(up, "more", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
+                       f"  image: '{repo}:1'\n  replicas: 4\n  command: {json.dumps(LOOP)}\n", "four workers")
+        git(up.path, "update-ref", "refs/pull/3/head", pr)
+        assert agent.hook(pull_request_body(3, pr, "more"), event="pull_request").status_code == 202
+        wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, fleet.agent, pr)), 30)
+        assert plan_statuses(github_forge, fleet.agent, pr)[-1]["description"] == "would update 1 (worker: replicas)"
+        assert "~ worker                   update   changed: replicas (start-first, 1 at a time)" in requests.get(f"{agent.url}/api/plans/{pr}", timeout=5).json()["text"]
+        assert manager.inspect_service(name)["Version"]["Index"] == version  # a preview is never applied
+
         # a node's engine dies: Swarm moves its task, gitsync says so and moves nothing itself
         testbed.kill(h3)
         try:
@@ -231,14 +259,7 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
         wait_for(lambda: all(n["Status"]["State"] == "ready" for n in manager.nodes()), 60)
     finally:
         agent.stop()
-        for s in manager.services():
-            manager.remove_service(s["ID"])
-        end = time.monotonic() + 30
-        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
-            time.sleep(0.5)
-        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-            with contextlib.suppress(docker.errors.APIError):
-                manager.remove_network(n["Id"])
+        _clean(manager, fleet, swarm)
 
 
 def test_a_service_on_the_swarm_answers_by_name_and_on_its_host_port_through_a_rollout_without_a_failed_request(
@@ -288,25 +309,25 @@ def test_a_service_on_the_swarm_answers_by_name_and_on_its_host_port_through_a_r
         assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, r.out)
         assert set(load.tally.bodies) <= {f"{repo}:1", f"{repo}:2"} and f"{repo}:2" in load.tally.bodies
 
+        # scaled down under load: the task that goes leaves DNS before it stops
+        fleet.repo.write("apps/web.yaml", web(f"{repo}:2").replace("replicas: 2", "replicas: 1") + service + client)
+        fleet.repo.commit("web 1 replica")
+        with Load(fleet.engines[1].addr, 8090, workers=4) as load:
+            time.sleep(0.5)
+            r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+            time.sleep(3.0)
+        assert r.code == 0 and len(_running(manager, f"{fleet.agent}-web")) == 1, r.out + r.err
+        assert load.tally.ok > 50 and load.tally.failed == 0, (load.tally.failed, load.tally.errors, r.out)
+
         # the Service leaves Git: its proxy and its configuration go
-        fleet.repo.write("apps/web.yaml", web(f"{repo}:2") + client)
+        fleet.repo.write("apps/web.yaml", web(f"{repo}:2").replace("replicas: 2", "replicas: 1") + client)
         fleet.repo.commit("no front")
         r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
         assert r.code == 0 and "- swarm/" in r.out, r.out
         assert f"{fleet.agent}-svc-front" not in {s["Spec"]["Name"] for s in manager.services()}
         wait_for(lambda: not manager.configs(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}), 20)
     finally:
-        for s in manager.services():
-            manager.remove_service(s["ID"])
-        end = time.monotonic() + 30
-        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
-            time.sleep(0.5)
-        for c in manager.configs(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-            with contextlib.suppress(docker.errors.APIError):
-                manager.remove_config(c["ID"])
-        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-            with contextlib.suppress(docker.errors.APIError):
-                manager.remove_network(n["Id"])
+        _clean(manager, fleet, swarm)
 
 
 def _push_proxy_image(engine: testbed.Engine) -> str:
@@ -374,19 +395,36 @@ def test_the_three_tier_example_runs_on_the_swarm_with_its_volume_held_and_its_s
         assert password not in r.out + r.err and password not in cli("plan", "-c", str(fleet.config)).out
         assert cli("plan", "-c", str(fleet.config)).code == 0  # in sync
     finally:
-        for s in manager.services():
-            manager.remove_service(s["ID"])
-        end = time.monotonic() + 30
-        while time.monotonic() < end and any(fleet.containers(h) for h in fleet.clients):
-            time.sleep(0.5)
-        for kind in ("configs", "secrets"):
-            for c in getattr(manager, kind)(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-                with contextlib.suppress(docker.errors.APIError):
-                    getattr(manager, f"remove_{kind[:-1]}")(c["ID"])
-        for n in manager.networks(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}):
-            with contextlib.suppress(docker.errors.APIError):
-                manager.remove_network(n["Id"])
-        for api in swarm.values():  # the data the shop left on its node: this test's own
-            for v in (api.volumes(filters={"label": f"io.gitsync.managed-by={fleet.agent}"}) or {}).get("Volumes") or []:
-                with contextlib.suppress(docker.errors.APIError):
-                    api.remove_volume(v["Name"], force=True)
+        _clean(manager, fleet, swarm)
+
+def test_a_compose_project_runs_on_the_swarm(swarm: dict[str, docker.APIClient], fleet: Fleet) -> None:
+    """A compose file as people write it: a published port (a Service on every node), a service on the
+    project's network reaching another by name, an environment file."""
+    manager = swarm["h1"]
+    repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
+    _push_tags(repo, ("1",), fleet.engines[0].unix_url)
+    _config(fleet)
+    with open(fleet.config, "a") as fh:
+        fh.write(f"services: {{proxyImage: '{_push_proxy_image(fleet.engines[0])}'}}\n")
+    fleet.repo.write("shop/.env", "GREETING=hello from compose\n")
+    fleet.repo.write("shop/compose.yaml", (
+        "services:\n"
+        f"  web:\n    image: {repo}:1\n    command: [sh, -c, {json.dumps(SERVE.replace('$V', '$$GREETING'))}]\n"
+        "    environment: [GREETING]\n    ports: ['8095:8080']\n"
+        f"  probe:\n    image: {repo}:1\n    command: {json.dumps(LOOP)}\n    depends_on: [web]\n"
+    ))
+    fleet.repo.commit("a compose project")
+    try:
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+        assert r.code == 0, r.out + r.err
+        for e in fleet.engines:
+            wait_for(lambda e=e: _served(fleet.engines, e.name, 8095) == "hello from compose", 30)  # type: ignore[misc]
+        (task,) = _running(manager, f"{fleet.agent}-probe")
+        node = {n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[task["NodeID"]]
+        api = swarm[node]
+        ex = api.exec_create(task["Status"]["ContainerStatus"]["ContainerID"],
+                             ["sh", "-c", "wget -q -O- http://$(nslookup web 127.0.0.11 | awk '/^Address/ {a=$2} END {print a}'):8095/"])
+        assert api.exec_start(ex["Id"]).decode().strip() == "hello from compose"  # by name, on the project's network
+        assert cli("plan", "-c", str(fleet.config)).code == 0
+    finally:
+        _clean(manager, fleet, swarm)

@@ -108,3 +108,27 @@ def test_health_is_read_from_the_tasks_on_the_current_spec() -> None:
     assert assess(desired, _obs())["worker"].health == Health.MISSING
     old = load_files({"w.yaml": WORKER.replace("w:1", "w:0").encode()}).deployment("worker")
     assert assess(desired, _obs(_live(old)))["worker"].health == Health.DEGRADED  # still on another spec
+
+
+DATA = (
+    "apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\n---\n"
+    "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  image: 'db:1'\n  volumes: [{name: data, mountPath: /data}]\n---\n"
+    "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: backup}\nspec:\n  image: 'b:1'\n  volumes: [{name: data, mountPath: /data, readOnly: true}]\n"
+)
+
+
+def test_host_local_data_holds_its_deployments_to_the_node_that_has_it() -> None:
+    runtime = SwarmRuntime(CFG)
+    desired = load_files({"data.yaml": DATA.encode()})
+    pins, why_not = runtime._pins(desired, _obs())
+    assert pins == {"backup": "n0", "db": "n0"} and not why_not  # one node for one volume, whoever mounts it
+    recorded = SwarmObservation("m1", None, _obs().nodes, volume_nodes={"data": "n1"})
+    assert runtime._pins(desired, recorded)[0] == {"backup": "n1", "db": "n1"}  # where the data was made, also after a removal
+    (db,) = [d for d in desired.deployments if d.name == "db"]
+    spec = service_spec("t", db, "", desired, "n1")
+    assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.id==n1"] and spec["Labels"]["io.gitsync.pinned-node"] == "n1"
+    (mount,) = spec["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert mount["Source"] == "gitsync-t-data" and mount["Target"] == "/data" and mount["VolumeOptions"]["DriverConfig"]["Name"] == "local"
+    gone = SwarmObservation("m1", None, _obs().nodes, volume_nodes={"data": "n9"})
+    plan = runtime.plan(desired, gone)
+    assert not plan.actions and "volume data is on node n9, which left the swarm: its data stays there" in str(plan.problems[0]), plan.problems
