@@ -1,6 +1,6 @@
-"""The agent: its sync worker, poller, prober and event watchers, put together.
+"""The agent: its sync worker, poller, image updates and its runtime's watch, put together.
 
-The parts live beside it: triggers (the queue and the debouncer), liveness (host tracking),
+The parts live beside it: triggers (the queue and the debouncer), the runtime's watch (gitsync/runtimes/*/watch.py),
 backoff (restarts and crash loops), reporting (commit statuses). The poller uses the
 ``schedule`` package with a random jitter so a fleet of agents does not fetch in lockstep.
 """
@@ -24,14 +24,14 @@ from .config import Config
 from .errors import GitsyncError, Reason
 from .health import DeploymentStatus, ServiceStatus
 from .history import History
-from .hostwatch import HostWatch
+from .runtimes.containers.watch import HostWatch
 from .metrics import Metrics
 from .models import DesiredState
 from .plantext import progress_line
 from .actions import Action, ActionKind, ActionResult, Plan, Waiting
 from .reconcile import Outcome, SyncResult, Syncer, failure_text
 from .runtimes import Observation
-from .runtimes.swarmwatch import SwarmWatch
+from .runtimes.swarm.watch import SwarmWatch
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State

@@ -5,12 +5,12 @@ runtime owns how the objects are observed, planned, applied and assessed on its 
 runtime per agent, chosen by `runtime:` in its configuration:
 
 - `containers` (the default): gitsync is the orchestrator; it places each replica on a host,
-  proxies Services itself and heals (gitsync/runtimes/containers.py);
+  proxies Services itself and heals (gitsync/runtimes/containers/);
 - `swarm`: a Docker Swarm schedules; gitsync plans, applies and reports Swarm services
-  (gitsync/runtimes/swarm.py).
+  (gitsync/runtimes/swarm/).
 
 A sync (gitsync/reconcile.py) talks to its runtime only through `Runtime`; a third runtime
-(Nomad, Kubernetes) is one more module here and one line in `make`.
+(Nomad, Kubernetes) is one more package here and one line in `make`.
 """
 
 from __future__ import annotations

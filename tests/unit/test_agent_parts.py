@@ -12,7 +12,7 @@ import pytest
 from gitsync import config as config_mod
 from gitsync.agent import Agent
 from gitsync.backoff import Backoff
-from gitsync.liveness import HostTracker
+from gitsync.runtimes.containers.liveness import HostTracker
 from gitsync.reporting import gist
 from gitsync.triggers import SyncQueue, is_heal
 from gitsync.status import State

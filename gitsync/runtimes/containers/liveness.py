@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Config
-from .live import HostObservation
+from ...config import Config
+from ...live import HostObservation
 
 log = logging.getLogger("gitsync.agent")
 

@@ -10,15 +10,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..actions import ApplyResult, Plan, Progress
-from ..apply import apply_plan
-from ..config import Config
-from ..health import DeploymentStatus, ServiceStatus, assess
-from ..hosts import Hosts
-from ..live import Health, HostObservation
-from ..models import DesiredState
-from ..plan import make_plan
-from . import Runtime
+from ...actions import ApplyResult, Plan, Progress
+from ...apply import apply_plan
+from ...config import Config
+from ...health import DeploymentStatus, ServiceStatus, assess
+from ...hosts import Hosts
+from ...live import Health, HostObservation
+from ...models import DesiredState
+from ...plan import make_plan
+from .. import Runtime
 
 Observed = dict[str, HostObservation]
 

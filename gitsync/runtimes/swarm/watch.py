@@ -12,12 +12,12 @@ import threading
 import time
 from typing import Any
 
-from ..alerts import Alerts
-from ..backoff import Backoff
-from ..config import Config
-from ..engine import EventStream, follow_events
-from ..settings import Tunables
-from ..triggers import Debouncer, SyncQueue
+from ...alerts import Alerts
+from ...backoff import Backoff
+from ...config import Config
+from ...engine import EventStream, follow_events
+from ...settings import Tunables
+from ...triggers import Debouncer, SyncQueue
 
 log = logging.getLogger("gitsync.agent")
 RECHECK = (2.0, 30.0)  # first and longest pause before looking again at a degraded swarm

@@ -12,16 +12,16 @@ import threading
 import time
 from typing import Any
 
-from . import labels as L
-from .alerts import Alerts
-from .backoff import Backoff
-from .config import Config
-from .engine import EventStream
-from .live import HostObservation
+from ... import labels as L
+from ...alerts import Alerts
+from ...backoff import Backoff
+from ...config import Config
+from ...engine import EventStream
+from ...live import HostObservation
 from .liveness import HostTracker
-from .reconcile import Syncer
-from .settings import Tunables
-from .triggers import Debouncer, SyncQueue
+from ...reconcile import Syncer
+from ...settings import Tunables
+from ...triggers import Debouncer, SyncQueue
 
 log = logging.getLogger("gitsync.agent")
 
