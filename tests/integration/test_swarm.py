@@ -423,8 +423,8 @@ def test_a_compose_project_runs_on_the_swarm(swarm: dict[str, docker.APIClient],
         node = {n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[task["NodeID"]]
         api = swarm[node]
         ex = api.exec_create(task["Status"]["ContainerStatus"]["ContainerID"],
-                             ["sh", "-c", "wget -q -O- http://$(nslookup web 127.0.0.11 | awk '/^Address/ {a=$2} END {print a}'):8095/"])
-        assert api.exec_start(ex["Id"]).decode().strip() == "hello from compose"  # by name, on the project's network
+                             ["sh", "-c", "wget -q -O- http://$(nslookup web 127.0.0.11 | awk '/^Address/ {a=$2} END {print a}'):8080/"])
+        assert api.exec_start(ex["Id"]).decode().strip() == "hello from compose"  # by name and container port, on the project's network
         assert cli("plan", "-c", str(fleet.config)).code == 0
     finally:
         _clean(manager, fleet, swarm)

@@ -164,8 +164,8 @@ class SwarmRuntime(Runtime):
     # apply
     def apply(self, plan: Plan, desired: DesiredState, revision: str, progress: Progress | None, stop: threading.Event | None,
               observe: Callable[[], Any], deadline: float) -> ApplyResult:
-        """Deployments by dependency level (each level converged before the next), then the Services'
-        proxies, then what leaves Git (proxies before the deployments they served), then unused configs."""
+        """The Services' proxies, then deployments by dependency level (each level converged before the
+        next), then what leaves Git (proxies before the deployments they served), then unused configs."""
         out = ApplyResult()
 
         def record(r: ActionResult) -> None:
@@ -185,8 +185,10 @@ class SwarmRuntime(Runtime):
             return out
         changes = {(a.object_kind, a.deployment): a for a in plan.actions if a.kind != ActionKind.REMOVE}
         failed: set[str] = set()
-        levels = [[changes[("Deployment", n)] for n in level if ("Deployment", n) in changes] for level in desired.levels()]
-        levels.append([a for (kind, _), a in sorted(changes.items()) if kind == "Service"])
+        # the Services' proxies first: they find their tasks as they come (DNS), and a deployment that
+        # reaches another by its Service's name (a dependency) needs the proxy to become healthy
+        levels = [[a for (kind, _), a in sorted(changes.items()) if kind == "Service"]]
+        levels += [[changes[("Deployment", n)] for n in level if ("Deployment", n) in changes] for level in desired.levels()]
         for mine in levels:
             submitted: list[tuple[Action, _Target, str, float]] = []
             for a in mine:
