@@ -85,7 +85,7 @@ class ContainersRuntime(Runtime):
         return out
 
     def volumes(self, desired: DesiredState | None, observed: Observed) -> list[dict[str, Any]]:
-        from ..kinds.volume import inventory
+        from ...kinds.volume import inventory
 
         return inventory(desired, observed, self.config.name)
 
