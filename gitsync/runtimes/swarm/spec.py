@@ -29,7 +29,9 @@ REFUSED_OPTIONS = {
     "oom_score_adj": ("oomScoreAdj", "Swarm services on this engine's API take no OOM score"),
     "mem_swappiness": ("memSwappiness", "Swarm services take no swappiness"),
     "memswap_limit": ("memswapLimit", "Swarm services take no swap limit"),
-    "binds": ("hostPaths", "host paths are not on the swarm runtime yet"),
+    # the policy checks a host path on the host right before the change (a link planted under a
+    # writable prefix would lead elsewhere); a manager cannot look into the other nodes' file systems
+    "binds": ("hostPaths", "host paths cannot be checked on the nodes through a manager, so the policy cannot vouch for them (use a Volume)"),
 }
 NOT_YET: dict[str, str] = {}  # kinds the swarm runtime does not run yet, with why
 
