@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -28,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from tests.conftest import free_port
+
 SERVICE = "gitsync-test-registry"
 ISSUER = "gitsync-test-tokens"
 
@@ -36,10 +37,6 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TokenRegistry:
@@ -86,7 +83,7 @@ class TokenRegistry:
         tls.load_cert_chain(str(bundle), str(key_file))
         self.tokens.socket = tls.wrap_socket(self.tokens.socket, server_side=True)
         threading.Thread(target=self.tokens.serve_forever, daemon=True).start()
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         conf = folder / "token-registry.yml"
         conf.write_text(

@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import IN_CI, GitRepo, cli
+from tests.conftest import IN_CI, GitRepo, cli, free_port
 from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
-from tests.integration.test_source import _free_port
 from tests.integration.test_sync import WEB, deployment
 
 pytestmark = pytest.mark.docker
@@ -48,9 +47,9 @@ class AgentProc:
         server_extra: str = "", config_extra: str = "", env: dict[str, str] | None = None, source_port: int | None = None, source_up: bool = True,
         source_verify: str = "", hosts: str | None = None,
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        daemon_port = self.source_port = source_port or _free_port()
+        daemon_port = self.source_port = source_port or free_port()
         self._daemon_argv = ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1",
                              f"--port={daemon_port}", str(upstream.path.parent)]
         self.daemon: subprocess.Popen[bytes] | None = None

@@ -19,15 +19,11 @@ from gitsync.config import SourceSettings
 from gitsync.errors import FetchError, ManifestError
 from gitsync.manifest import load_files
 from gitsync.source import Source
-from tests.conftest import GitRepo, cli, git
+from tests.conftest import GitRepo, cli, free_port, git
 
 MANIFEST = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {image: 'a:1', replicas: REPLICAS}\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -88,7 +84,7 @@ def test_plain_folder_revision_is_a_content_hash(tmp_path: Path) -> None:
 
 @pytest.fixture
 def daemon(upstream: GitRepo) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={upstream.path.parent}", "--listen=127.0.0.1", f"--port={port}", str(upstream.path.parent)],
         stdout=subprocess.DEVNULL,
@@ -133,7 +129,7 @@ def test_missing_branch_and_path_are_named(upstream: GitRepo, daemon: str, tmp_p
 
 
 def test_unreachable_remote_is_a_fetch_error(tmp_path: Path) -> None:
-    url = f"git://127.0.0.1:{_free_port()}/repo"
+    url = f"git://127.0.0.1:{free_port()}/repo"
     with pytest.raises(FetchError, match=r"cannot fetch git://127\.0\.0\.1:\d+/repo: unable to connect"):
         Source(SourceSettings(url=url), str(tmp_path / "st")).fetch()
 
