@@ -178,6 +178,7 @@ class SwarmRuntime(Runtime):
         try:
             manager = self.manager()
             self._networks(manager, desired)
+            pins = self._pins(desired, read(manager, self.agent))  # once per apply: the nodes holding data
         except EngineError as exc:
             self._forget()
             for a in plan.actions:
@@ -203,7 +204,7 @@ class SwarmRuntime(Runtime):
                     continue
                 t0 = time.monotonic()
                 try:
-                    target = self._target(manager, a, desired, revision)
+                    target = self._target(manager, a, desired, revision, pins)
                     submitted.append((a, target, self._submit(manager, a, target.spec), t0))
                 except EngineError as exc:
                     failed.add(a.deployment)
@@ -225,7 +226,8 @@ class SwarmRuntime(Runtime):
         self._prune_configs(manager)
         return out
 
-    def _target(self, manager: SwarmManager, a: Action, desired: DesiredState, revision: str) -> _Target:
+    def _target(self, manager: SwarmManager, a: Action, desired: DesiredState, revision: str,
+                placed: tuple[dict[str, str], dict[str, str]]) -> _Target:
         """What one action submits and waits for: the spec, the hash its tasks carry, how many must run."""
         if a.object_kind == "Service":
             svc = next(s for s in desired.services if s.name == a.deployment)
@@ -237,7 +239,7 @@ class SwarmRuntime(Runtime):
             return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: _eligible(manager.nodes(), svc.host_selector if spec["EndpointSpec"].get("Ports") else ()))
         d = desired.deployment(a.deployment)
         assert d is not None
-        pins, why_not = self._pins(desired, read(manager, self.agent))
+        pins, why_not = placed
         if d.name in why_not:
             raise EngineError(CLUSTER, why_not[d.name])
         refs = self._file_objects(manager, d)

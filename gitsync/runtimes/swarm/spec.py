@@ -33,8 +33,6 @@ REFUSED_OPTIONS = {
     # writable prefix would lead elsewhere); a manager cannot look into the other nodes' file systems
     "binds": ("hostPaths", "host paths cannot be checked on the nodes through a manager, so the policy cannot vouch for them (use a Volume)"),
 }
-NOT_YET: dict[str, str] = {}  # kinds the swarm runtime does not run yet, with why
-
 
 # -- a Deployment as a Swarm service ----------------------------------------------------------
 def service_name(agent: str, d: Deployment) -> str:
@@ -282,10 +280,6 @@ def _change_words(d: Deployment) -> str:
 def check(desired: DesiredState) -> list[Problem]:
     """What the swarm runtime cannot honour, located: refused at validation, never dropped."""
     problems: list[Problem] = []
-    for kind, why in NOT_YET.items():
-        for obj in desired.of(kind):
-            o = obj.origin
-            problems.append(Problem(o.file if o else "?", o.line if o else None, f"{kind} {obj.name}: {why} (runtime: swarm); it runs on runtime: containers"))
     for svc in desired.services:
         for p in svc.ports:
             if p.host_ip:
