@@ -3,10 +3,12 @@ hostSelector picks, publishing its hostPorts in host mode, and on the selected d
 networks under the Service's name (so `<service>:<port>` reaches it from every managed container).
 
 Its backends come from Swarm's own DNS: each selected deployment's alias resolves to the addresses
-of its tasks (endpoint_mode dnsrr), re-resolved every second (a `server-template`). Swarm adds a
-task to DNS once it is healthy and takes it out two seconds before it stops it (its gossip
-convergence delay), so a rolling update or a scale-down never leaves HAProxy sending to a stopped
-task; a connection that fails anyway is retried on another task. The configuration changes only when
+of its tasks (endpoint_mode dnsrr), re-resolved twice a second (a `server-template`); an address
+missing from an answer leaves at once (`hold obsolete 0s`). Swarm adds a task to DNS once it is
+healthy and takes it out two seconds before it stops it (its gossip convergence delay): the gossip to
+the proxy's node and the next resolution must fit in those two seconds, so a rolling update or a
+scale-down never leaves HAProxy sending to a stopped task; a connection refused anyway is retried
+on another task. The configuration changes only when
 the Service does (not when tasks move): it is a Swarm config named by its content. Pure.
 """
 
@@ -29,14 +31,14 @@ resolvers swarm
     nameserver dns 127.0.0.11:53
     accepted_payload_size 8192
     resolve_retries 3
-    timeout resolve 1s
-    timeout retry 1s
-    hold valid 1s
+    timeout resolve 500ms
+    timeout retry 500ms
+    hold valid 500ms
     hold other 1s
     hold refused 1s
     hold nx 1s
     hold timeout 1s
-    hold obsolete 1s
+    hold obsolete 0s
 
 """ + DEFAULTS
 
