@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import HostSettings, PolicySettings, ServicesSettings
 from .engine import explain
-from .errors import Reason
+from .errors import GitsyncError, Reason, transient
 from .live import HostObservation
 from .models import DesiredState
 
@@ -168,6 +168,13 @@ class ActionResult:
     seconds: float = 0.0
     skipped: bool = False
     reason: Reason | None = None  # why it failed, when not ok: HealthCheckFailed for a replica that failed its gate
+    transient: bool = True  # when not ok: worth trying again after a delay; False: only a commit can change the outcome
+
+    @classmethod
+    def failure(cls, a: Action, exc: BaseException, seconds: float = 0.0) -> ActionResult:
+        """A change that raised: in the error's words, with its reason and what a retry waits for."""
+        reason = exc.reason if isinstance(exc, GitsyncError) else None
+        return cls(a, False, explain(exc), seconds, reason=reason, transient=transient(exc))
 
 
 @dataclass
@@ -269,7 +276,7 @@ class Run:
             msg = do(a)
             return self.record(ActionResult(a, True, msg, time.monotonic() - t))
         except Exception as exc:
-            return self.record(ActionResult(a, False, explain(exc), time.monotonic() - t))
+            return self.record(ActionResult.failure(a, exc, time.monotonic() - t))
 
     def parallel(self, actions: Iterable[Action], do: Callable[[Action], str]) -> None:
         """Hosts in parallel, each host a few changes at a time."""
@@ -286,4 +293,4 @@ class Run:
         for host, res in self.hosts.map(host_run, list(by_host)).items():
             if isinstance(res, BaseException):
                 for a in by_host[host]:
-                    self.record(ActionResult(a, False, explain(res)))
+                    self.record(ActionResult.failure(a, res))

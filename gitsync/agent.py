@@ -17,7 +17,6 @@ from typing import Any
 import schedule
 
 from . import config as config_mod
-from . import labels as L
 from .alerts import Alerts
 from .backoff import Backoff, crash_loop_reason
 from .config import Config
@@ -28,15 +27,16 @@ from .runtimes.containers.watch import HostWatch
 from .metrics import Metrics
 from .models import DesiredState
 from .plantext import progress_line
-from .actions import Action, ActionKind, ActionResult, Plan, Waiting
+from .actions import ActionKind, ActionResult, Plan, Waiting
 from .reconcile import Outcome, SyncResult, Syncer, failure_text
 from .runtimes import Observation
 from .runtimes.swarm.watch import SwarmWatch
+from .retries import RetryPolicy
 from .reporting import OUTCOME_STATE, build_providers, gist
 from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State
 from .previews import Previews
-from .triggers import Debouncer, SyncQueue, is_heal
+from .triggers import Cause, Debouncer, SyncQueue, Trigger, is_heal, text
 from .webhooks import Preview
 
 log = logging.getLogger("gitsync.agent")
@@ -81,12 +81,9 @@ class Agent:
         self.listeners: list[Callable[[SyncResult], None]] = []
         self.debouncer = Debouncer(tunables.debounce, self.nudge)
         self.backoff: Backoff[tuple[str, str, int]] = Backoff(tunables.backoff_base, tunables.backoff_cap, tunables.backoff_reset_after)
-        # changes that failed (a proxy whose hostPort something else holds, a create Docker refuses):
-        # tried again after 1 s, 2 s, 4 s ... up to the cap, until one works
-        self.retries: Backoff[tuple[str, str, str, str]] = Backoff(tunables.backoff_base, tunables.backoff_cap, reset_after=float("inf"))
-        self._failures: dict[tuple[str, str, str, str], str] = {}  # what each backed-off change said when it failed
+        # changes that failed: tried again after a delay, or held for a commit, as their error says
+        self.retries = RetryPolicy(tunables.backoff_base, tunables.backoff_cap)
         self._forgive_at: float | None = None  # a sync is due when a crash loop's replicas have stayed up long enough
-        self.failed_rollouts: dict[str, tuple[str, str]] = {}  # deployment -> (spec hash, why)
         self._sync_lock = threading.Lock()  # held by a sync, and by a reload swapping what syncs use
         self.previews = Previews(config, lambda: self.notifier, self.plan_url)
         # what keeps an eye on the engines between syncs: the runtime's own watch
@@ -98,7 +95,7 @@ class Agent:
         self._scheduler.clear()
         interval = self.config.source.interval
         jitter = max(1.0, interval * 0.1)
-        self._scheduler.every(int(interval)).to(int(interval + jitter)).seconds.do(self.nudge, "poll")
+        self._scheduler.every(int(interval)).to(int(interval + jitter)).seconds.do(self.nudge, Trigger(Cause.POLL))
 
     def reload(self) -> str:
         """Re-read the config file (SIGHUP). A bad file keeps the running config; says why either way."""
@@ -128,14 +125,14 @@ class Agent:
             old_syncer.close()
             self._schedule_poll()
         log.info("configuration reloaded from %s", self.config_path)
-        self.nudge("reload")
+        self.nudge(Trigger(Cause.RELOAD))
         return "reloaded"
 
     # -- triggers --------------------------------------------------------
-    def nudge(self, trigger: str) -> bool:
+    def nudge(self, trigger: Trigger) -> bool:
         return self.queue.nudge(trigger)
 
-    def _nudge_later(self, delay: float, trigger: str) -> None:
+    def _nudge_later(self, delay: float, trigger: Trigger) -> None:
         t = threading.Timer(delay, self.nudge, args=(trigger,))
         t.daemon = True
         t.start()
@@ -156,13 +153,13 @@ class Agent:
     def context(self, deployment: str | None = None) -> str:
         return f"gitsync/{self.config.name}" + (f"/{deployment}" if deployment else "")
 
-    def run_one(self, trigger: str) -> SyncResult:
+    def run_one(self, triggers: tuple[Trigger, ...]) -> SyncResult:
         """One sync, recorded and reported however it ends: an unforeseen error too ends the history
         row and the commit's status as `error`, with its cause."""
-        sync_id = self.history.start(trigger)
+        sync_id = self.history.start(text(triggers))
         commit: list[str] = []  # the commit, once the sync knows it
         try:
-            return self._run_one(sync_id, trigger, commit)
+            return self._run_one(sync_id, triggers, commit)
         except Exception as exc:
             message = f"internal error: {type(exc).__name__}: {exc}"
             log.exception("sync %d: %s", sync_id, message)
@@ -172,7 +169,7 @@ class Agent:
                 self._post(commit[0], State.ERROR, message, self.target_url(sync_id))
             raise
 
-    def _run_one(self, sync_id: int, trigger: str, commit: list[str]) -> SyncResult:
+    def _run_one(self, sync_id: int, triggers: tuple[Trigger, ...], commit: list[str]) -> SyncResult:
         target = self.target_url(sync_id)
 
         def started(result: SyncResult) -> None:
@@ -197,7 +194,7 @@ class Agent:
         syncer = self.syncer
         with self.metrics.duration.time():
             result = syncer.sync(
-                trigger=trigger, progress=progress, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back,
+                triggers=triggers, progress=progress, on_start=started, on_planned=planned, stop=self.stopping, plan_filter=self._hold_back,
                 degraded=self._crash_looping,
             )
         self._remember_failures(result)
@@ -231,7 +228,7 @@ class Agent:
             log.exception("refreshing the live view failed")
         if result.commit:
             state = OUTCOME_STATE[result.outcome]
-            healing = is_heal(trigger)
+            healing = is_heal(triggers)
             posts = [(self.context(), state, result.message)]
             if any(s.per_deployment for s in self.config.status):
                 for name, ds in result.deployments.items():
@@ -260,25 +257,17 @@ class Agent:
         held: list[str] = []
         retry_in: float | None = None
         for a in plan.actions:
-            key = _retry_key(a)
-            if self.retries.known(key):
-                ok, tries, wait = self.retries.allow(key, now)
-                if not ok:  # said as the failure itself: its status does not change while nothing does
-                    held.append(self._failures.get(key, f"{a.deployment} {a.kind} failed on {a.host}"))
-                    log.info("%s %s on %s failed %d time(s); tried again in %.0fs", a.deployment, a.kind, a.host, tries, wait)
-                    retry_in = wait if retry_in is None else min(retry_in, wait)
-                    continue
+            hold = self.retries.hold(a, desired, now)
+            if hold is not None:  # said as the failure itself: its status does not change while nothing does
+                if hold.why not in held:
+                    held.append(hold.why)
+                log.info("held back: %s%s", hold.why, f" (tried again in {hold.seconds:.0f}s)" if hold.seconds is not None else "")
+                if hold.seconds is not None:
+                    retry_in = hold.seconds if retry_in is None else min(retry_in, hold.seconds)
+                continue
             if a.object_kind != "Deployment":
                 keep.append(a)
                 continue
-            if a.kind == ActionKind.REPLACE:
-                d = desired.deployment(a.deployment)
-                failed = self.failed_rollouts.get(a.deployment)
-                if d is not None and failed is not None and failed[0] == L.spec_hash(d):
-                    note = f"{a.deployment}: rollout held back, it failed before: {failed[1]}"
-                    if note not in held:
-                        held.append(note)
-                    continue
             if a.kind == ActionKind.START and a.replica is not None:
                 ok, restarts, wait = self.backoff.allow((a.host, a.deployment, a.replica), now)
                 if not ok:
@@ -288,7 +277,7 @@ class Agent:
                     continue
             keep.append(a)
         if retry_in is not None:
-            self._nudge_later(retry_in + 0.05, "backoff")
+            self._nudge_later(retry_in + 0.05, Trigger(Cause.BACKOFF))
         return (dc_replace(plan, actions=tuple(keep)) if len(keep) != len(plan.actions) else plan), held
 
     def _crash_looping(self) -> dict[str, str]:
@@ -303,35 +292,13 @@ class Agent:
             at = now + due + 0.2
             if self._forgive_at is None or self._forgive_at <= now or at < self._forgive_at:
                 self._forgive_at = at
-                self._nudge_later(due + 0.2, "backoff")
+                self._nudge_later(due + 0.2, Trigger(Cause.BACKOFF))
         return out
 
     def _remember_failures(self, result: SyncResult) -> None:
-        """What failed in this apply: changes to back off (any), rollouts not to retry on the same spec."""
-        if result.applied is None:
-            return
-        now = time.monotonic()
-        for r in result.applied.results:  # what failed backs off; what worked starts afresh
-            key = _retry_key(r.action)
-            if r.ok:
-                self.retries.forget(key)
-                self._failures.pop(key, None)
-            elif not r.skipped:
-                self._failures[key] = failure_text(r)
-                if not self.retries.known(key):
-                    self.retries.allow(key, now)  # counts this try: the next waits 1 s
-        loaded = self.syncer.loaded
-        for r in result.applied.failed:
-            if r.action.kind == ActionKind.REPLACE and r.reason == Reason.HEALTH_CHECK_FAILED:
-                desired_hash = next((L.spec_hash(d) for d in (loaded.deployments if loaded else ()) if d.name == r.action.deployment), None)
-                if desired_hash:
-                    self.failed_rollouts[r.action.deployment] = (desired_hash, r.message)
-        # a new spec (a new commit) gets a fresh chance
-        if loaded is not None:
-            current = {d.name: L.spec_hash(d) for d in loaded.deployments}
-            for name, (h, _) in list(self.failed_rollouts.items()):
-                if current.get(name) != h:
-                    del self.failed_rollouts[name]
+        """What failed in this apply waits as its error says: a delay, or a commit."""
+        if result.applied is not None:
+            self.retries.remember(result.applied, self.syncer.loaded, time.monotonic(), failure_text)
 
     def _post(self, sha: str, state: State, description: str, target: str | None, context: str | None = None) -> None:
         ref = self.config.source.branch
@@ -339,13 +306,13 @@ class Agent:
 
     def _worker(self) -> None:
         while not self.stopping.is_set():
-            trigger = self.queue.take(timeout=0.5)
-            if trigger is None:
+            triggers = self.queue.take(timeout=0.5)
+            if triggers is None:
                 continue
             try:
                 with self._sync_lock:
-                    result = self.run_one(trigger)
-                log.info("sync (%s) %s: %s", trigger, result.outcome, result.message)
+                    result = self.run_one(triggers)
+                log.info("sync (%s) %s: %s", text(triggers), result.outcome, result.message)
             except Exception:
                 log.exception("sync crashed; the next trigger will try again")
             finally:
@@ -365,7 +332,7 @@ class Agent:
             self._threads.append(t)
         self._threads += self.watch.start()
         self.previews.start()
-        self.nudge("startup")
+        self.nudge(Trigger(Cause.STARTUP))
 
     def _images(self) -> None:
         """Image update automation: a round per the shortest policy interval; a new tag becomes a commit
@@ -397,7 +364,7 @@ class Agent:
                 if done.commit is not None and done.branch is not None:
                     self.metrics.image_updates.labels("committed").inc()
                     if done.branch == cfg.source.branch:
-                        self.nudge("images")
+                        self.nudge(Trigger(Cause.IMAGES))
                     else:
                         self.preview(Preview(f"refs/heads/{done.branch}", done.commit, done.branch))
             if head and posted != (head, *said):  # on the tracked commit, when what it says changes
@@ -436,11 +403,6 @@ class Agent:
             "volumes": runtime.volumes(self.syncer.loaded, v.observed) if v.observed is not None else [],
             "hosts": runtime.hosts_view(v.observed) if v.observed is not None else {},
         }
-
-
-def _retry_key(a: Action) -> tuple[str, str, str, str]:
-    """One change, the same in every plan that asks for it (container ids change; names do not)."""
-    return (a.host, a.object_kind, a.container_name or a.deployment, str(a.kind))
 
 
 def _plan_summary(result: SyncResult) -> str:

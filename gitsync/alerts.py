@@ -21,6 +21,7 @@ from typing import Any
 
 from .config import NotifySettings
 from .errors import Reason
+from .triggers import Trigger
 from .live import Health
 from .redact import Redactor
 
@@ -109,9 +110,9 @@ class Alerts:
                 if st.health == Health.HEALTHY:
                     self._end(key, Message("degraded", f"gitsync {self.agent}: {name} healthy again", f"{name}: {st.message}", "success"))
 
-    def host_changed(self, why: str) -> None:
-        """A host's standing changed ("host:h1:down", "host:h1:back")."""
-        _, host, what = why.split(":", 2)
+    def host_changed(self, why: Trigger) -> None:
+        """A host's standing changed (a Trigger of cause host: subject the host, detail down or back)."""
+        host, what = why.subject, why.detail
         if what == "down":
             self._start(("host", host), Message("host-down", f"gitsync {self.agent}: host {host} is down", f"host {host} is down: its replicas are placed on the other hosts", "failure"))
         elif what == "back":

@@ -18,6 +18,7 @@ from . import runtimes
 from .actions import ActionResult, Waiting
 from .config import Config, load as load_config
 from .errors import ConfigError, GitsyncError, LockedError, ManifestError
+from .triggers import Cause, Trigger, parse
 from .lock import AgentLock, Busy, Holder, is_gitsync
 from .manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
@@ -245,7 +246,7 @@ def _apply_here(cfg: Config, args: argparse.Namespace, timeout: float, out: Text
             print(progress_line(r), file=out, flush=True)
 
     try:
-        result = syncer.sync(trigger="cli", progress=progress, timeout=timeout)
+        result = syncer.sync(progress=progress, timeout=timeout)
     finally:
         syncer.close()
     if args.json:
@@ -288,7 +289,7 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
         deadline = time.monotonic() + timeout + 60  # the agent's own sync has its timeouts; allow for a sync already running
         said: dict[int, int] = {}  # sync id -> progress lines printed
         while time.monotonic() < deadline:
-            mine = [r for r in history.recent(10) if r.id > before and "apply" in r.trigger.split(",")]
+            mine = [r for r in history.recent(10) if r.id > before and any(t.cause == Cause.APPLY for t in parse(r.trigger))]
             for r in mine:  # the agent's progress as it goes, as if it were this command's own
                 lines = r.detail.get("progress") or []
                 for line in lines[said.get(r.id, 0):]:
@@ -524,7 +525,7 @@ def _run_agent(cfg: Config, path: str | None, log: logging.Logger, out: TextIO, 
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGHUP, on_hup)
     # `gitsync apply` while the agent runs asks it for a sync instead of racing it
-    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=agent.nudge, args=("apply",), daemon=True).start())
+    signal.signal(signal.SIGUSR1, lambda signum, frame: threading.Thread(target=agent.nudge, args=(Trigger(Cause.APPLY),), daemon=True).start())
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     server.start()
     secret_env = cfg.server.webhook_secret_env

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .history import SyncRecord
 from .previews import PreviewResult
-from .triggers import REQUESTS, is_heal
+from .triggers import Cause, is_heal, parse
 from .units import format_duration
 
 if TYPE_CHECKING:
@@ -75,20 +75,19 @@ def _when(ts: float | None) -> str:
 
 
 # -- what the pages are made of ---------------------------------------------------------------
-_WORDS = (("webhook", "push"), ("api", "api"), ("apply", "api"), ("poll", "poll"), ("reload", "reload"), ("startup", "startup"))
+_WORDS = ((Cause.WEBHOOK, "push"), (Cause.API, "api"), (Cause.APPLY, "api"), (Cause.POLL, "poll"), (Cause.RELOAD, "reload"),
+          (Cause.STARTUP, "startup"), (Cause.IMAGES, "images"), (Cause.CLI, "cli"))
 
 
-def trigger_word(trigger: str) -> str:
+def trigger_word(stored: str) -> str:
     """What started a sync, as a word: push, api, poll, reload, startup, or heal (the agent keeping
     a commit's state after Docker events, a backoff timer or a host coming and going)."""
-    if is_heal(trigger):
-        return "heal"
-    kinds = {part.split(":", 1)[0] for part in trigger.split(",")}
-    return next((word for kind, word in _WORDS if kind in kinds), sorted(kinds & REQUESTS)[0])
+    causes = {t.cause for t in parse(stored)}
+    return next((word for cause, word in _WORDS if cause in causes), "heal")
 
 
 def _changed_nothing(r: SyncRecord) -> bool:
-    return r.outcome == "success" and not (r.detail.get("actions") or []) and is_heal(r.trigger)
+    return r.outcome == "success" and not (r.detail.get("actions") or []) and is_heal(parse(r.trigger))
 
 
 @dataclass

@@ -33,20 +33,35 @@ import requests.exceptions
 from urllib3.connection import HTTPConnection
 
 from .config import HostSettings
-from .errors import GitsyncError, HostError
+from .errors import GitsyncError, HostError, Reason
 from .settings import DEFAULT, Tunables
 
 
 class EngineError(HostError):
-    """An engine refused a request or could not be reached; `detail` says why in a few words."""
+    """An engine refused a request or could not be reached; `detail` says why in a few words. Not
+    reached: unreachable, retried after a delay. Refused: the change failed, retried after a delay
+    when the engine's trouble may pass (it failed inside, a name is taken), else held for a commit
+    (a spec it calls invalid)."""
+
+    def __init__(self, host: str, message: str, reached: bool = False, transient: bool = True) -> None:
+        super().__init__(host, message)
+        if reached:
+            self.reason = Reason.APPLY_FAILED
+        self.transient = transient
 
 
 class NotFound(EngineError):
-    """The container, image or volume asked for does not exist (any more)."""
+    """The container, image or volume asked for does not exist (any more): it may yet (an image pushed late)."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(host, message, reached=True)
 
 
 class Conflict(EngineError):
-    """A name is taken, or the object is in a state that refuses the change."""
+    """A name is taken, or the object is in a state that refuses the change: it may pass."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(host, message, reached=True)
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -173,7 +188,8 @@ def _translated(host: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         if exc.status_code == 409:
             raise Conflict(host, explain(exc)) from None
-        raise EngineError(host, explain(exc)) from None
+        status = exc.status_code or 500  # 4xx: the request itself is refused, the same one would be again
+        raise EngineError(host, explain(exc), reached=True, transient=status >= 500 or status in (408, 429)) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise EngineError(host, explain(exc)) from None
 
@@ -263,7 +279,7 @@ class Engine:
             with _translated(self.host):
                 self._api.pull(repo, tag=tag)
         except EngineError as exc:
-            raise EngineError(self.host, f"cannot pull {image}: {exc.detail}") from None
+            raise EngineError(self.host, f"cannot pull {image}: {exc.detail}", reached=exc.reason != Reason.HOST_UNREACHABLE, transient=exc.transient) from None
 
     def has_volume(self, name: str) -> bool:
         try:
@@ -386,13 +402,13 @@ class Engine:
         with self._helper(image, f"{volume}:/gitsync-files", "files-helper") as helper:
             if self._stat(helper, "/gitsync-files/done") is None:
                 if not entries:
-                    raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again")
+                    raise EngineError(self.host, f"volume {volume} has lost its files and their content is no longer known; the next change of them in Git writes them again", reached=True, transient=False)
                 if not api.put_archive(helper, "/gitsync-files", _files_tar(entries, folder, owner)):
-                    raise EngineError(self.host, f"could not write the files of {volume}")
+                    raise EngineError(self.host, f"could not write the files of {volume}", reached=True)
         with _translated(self.host):
             mountpoint = str(api.inspect_volume(volume).get("Mountpoint") or "")
         if not mountpoint.startswith("/"):
-            raise EngineError(self.host, f"volume {volume} has no mount point on the host (driver local expected)")
+            raise EngineError(self.host, f"volume {volume} has no mount point on the host (driver local expected)", reached=True)
         return mountpoint + "/data"
 
     def prune_files(self, agent: str, timeout: float) -> list[str]:
@@ -461,7 +477,7 @@ class Engine:
             tar.addfile(info, io.BytesIO(data))
         with _translated(self.host):
             if not self._api.put_archive(container, posixpath.dirname(path) or "/", buf.getvalue()):
-                raise EngineError(self.host, f"could not write {path} into {container}")
+                raise EngineError(self.host, f"could not write {path} into {container}", reached=True)
 
     def read_file(self, container: str, path: str, limit: int = 1 << 20) -> bytes | None:
         """One file out of the container (running or not); None when it has no such file."""
@@ -509,7 +525,7 @@ class Engine:
                     return str(self._api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)["Id"])
             except Conflict:
                 continue  # made meanwhile by someone else: look it up again
-        raise EngineError(self.host, f"network {name} could neither be found nor created")
+        raise EngineError(self.host, f"network {name} could neither be found nor created", reached=True)
 
     def join(self, container: str, network: str, aliases: tuple[str, ...] = ()) -> bool:
         """Connect a container (running or not) to a network unless it is on it; whether it joined now."""

@@ -1,8 +1,9 @@
 """The exception tree and the reasons shared by logs, statuses and metrics.
 
-Every error carries a :class:`Reason`. A *stalled* error needs a person (an
-invalid manifest will stay invalid until someone pushes a fix); a *transient*
-one is worth retrying after a delay (a host that did not answer).
+Every error carries a :class:`Reason`, and says what a retry waits for: a *transient* one is worth
+trying again after a delay (a host that did not answer, a name another container holds); a
+*stalled* one only a commit can change (an invalid manifest, a rollout that failed its health gate,
+a spec the engine refuses). The retry policy (retries.py) reads it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class GitsyncError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether trying again after a delay may work: our errors say so; anything else (a bug, a case
+    not foreseen) is retried after a delay too, never in a hot loop."""
+    return exc.transient if isinstance(exc, GitsyncError) else True
 
 
 class ConfigError(GitsyncError):
@@ -93,6 +100,10 @@ class FetchError(GitsyncError):
     reason = Reason.FETCH_FAILED
     transient = True
 
+    def __init__(self, message: str, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient  # False: a person must act (credentials, a host key, the branch's name)
+
 
 class PushedOver(FetchError):
     """The commit asked for is no longer on its branch or pull request: a newer one replaced it."""
@@ -118,3 +129,4 @@ class ApplyError(GitsyncError):
     """A change could not be applied on a host."""
 
     reason = Reason.APPLY_FAILED
+    transient = True  # what refuses it is on the host (a link planted, a network not made): fixed there, not in Git

@@ -28,7 +28,7 @@ from .manifest import load_files
 from .models import DesiredState
 from .runtimes import Observation
 from .source import SIGNATURE, Snapshot, Source
-from .triggers import is_heal
+from .triggers import Cause, Trigger, is_heal, text
 from .verify import Unverified
 from .units import format_duration
 
@@ -44,9 +44,10 @@ class Outcome(enum.StrEnum):
 
 @dataclass
 class SyncResult:
-    trigger: str
+    trigger: str  # as the history stores it (triggers.text)
     started: float
     finished: float = 0.0
+    heal: bool = False  # no trigger was a request: the agent keeping a commit's state
     revision: str | None = None
     commit: str | None = None
     outcome: Outcome = Outcome.ERROR
@@ -214,7 +215,8 @@ class Syncer:
             return self._last_fetched(exc, f"{_short(refused)} not applied ({exc.message})")
         except FetchError as exc:
             tries = down.tries + 1 if down is not None else 1
-            wait = min(SOURCE_RETRY[0] * 2 ** (tries - 1), SOURCE_RETRY[1])
+            # what a person must mend is tried at the longest wait (a request still tries at once)
+            wait = min(SOURCE_RETRY[0] * 2 ** (tries - 1), SOURCE_RETRY[1]) if exc.transient else SOURCE_RETRY[1]
             self.source_down = SourceDown(exc, down.since if down is not None else time.time(), tries, time.monotonic() + wait)
             if down is None or down.error.message != exc.message:
                 log.warning("source unreachable: %s; syncs use the commit fetched last until it answers (next try in %.0fs, then less often)", exc.message, wait)
@@ -312,7 +314,7 @@ class Syncer:
     # -- the sync --------------------------------------------------------
     def sync(
         self,
-        trigger: str = "cli",
+        triggers: tuple[Trigger, ...] = (Trigger(Cause.CLI),),
         progress: Progress | None = None,
         timeout: float = 120.0,
         on_start: Callable[[SyncResult], None] | None = None,
@@ -326,7 +328,7 @@ class Syncer:
         plan is; `stop` makes apply finish the changes in flight and skip the rest; `plan_filter`
         holds back what must wait (the caller's policies); `degraded` names deployments the caller
         knows to be degraded whatever a single look shows (a replica crash-looping between restarts)."""
-        s = _Sync(SyncResult(trigger=trigger, started=time.time()), time.monotonic(), timeout, progress, on_start, on_planned, stop, plan_filter, degraded)
+        s = _Sync(SyncResult(trigger=text(triggers), started=time.time(), heal=is_heal(triggers)), time.monotonic(), timeout, progress, on_start, on_planned, stop, plan_filter, degraded)
         try:
             for _name, step in self.steps:
                 step(s)
@@ -358,7 +360,7 @@ class Syncer:
                 s.on_start(s.result)
 
         try:
-            s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched, retry=not is_heal(s.result.trigger))
+            s.snapshot, s.desired, s.observed = self._fetch_load_observe(fetched, retry=not s.result.heal)
         except Unverified as exc:
             if isinstance(exc.snapshot, Snapshot):
                 fetched(exc.snapshot)  # the refused commit gets the sync's failure

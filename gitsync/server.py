@@ -32,6 +32,7 @@ from waitress.server import TcpWSGIServer
 from . import __version__, webhooks
 from .agent import Agent
 from .dashboard import not_found, render_dashboard, render_preview, render_previews, render_sync
+from .triggers import Cause, Trigger
 
 log = logging.getLogger("gitsync.server")
 logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" per request under load: no log flood
@@ -238,7 +239,7 @@ class Handler:
         previews = self.agent.config.previews.enabled
         d = webhooks.decide(provider, {k: v for k, v in self.headers.items()}, body, secret, self.agent.config.source.branch, previews)
         if d.queue:
-            self.agent.nudge(f"webhook:{provider}")
+            self.agent.nudge(Trigger(Cause.WEBHOOK, provider))
         if d.preview is not None:
             self.agent.preview(d.preview)
         self.agent.metrics.webhooks.labels(provider, str(d.code)).inc()
@@ -255,7 +256,7 @@ class Handler:
         if not self._token_given(token):
             self._json(401, {"error": "bad or missing bearer token"}, {"WWW-Authenticate": "Bearer"})
             return
-        fresh = self.agent.nudge("api")
+        fresh = self.agent.nudge(Trigger(Cause.API))
         self._json(202, {"status": "queued", "reason": "queued" if fresh else "joined a sync already waiting"})
 
 

@@ -15,7 +15,7 @@ import os
 import re
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 from pathlib import Path
@@ -72,40 +72,42 @@ def _clean(stderr: str) -> str:
     return text.strip()
 
 
-def _classify(stderr: str, settings: SourceSettings) -> str:
+def _auth_hint(settings: SourceSettings) -> str:
+    return f"check the token in ${settings.token_env}" if settings.token_env else "set source.token_env (https) or source.ssh_key (ssh)"
+
+
+# git says why a fetch failed only in words (every failure exits 128). Matched in order, its words
+# decide what gitsync says and whether waiting can help (False: a person must act first).
+_GIT_FAILURES: tuple[tuple[tuple[str, ...], bool, Callable[[SourceSettings, str], str]], ...] = (
+    (("couldn't find remote ref", "could not find remote branch"), False,
+     lambda s, _: f"branch {s.branch!r} does not exist on {s.url}; check source.branch"),
+    (("host key verification failed", "remote host identification has changed"), False,
+     lambda s, _: f"the ssh host key of {s.url} is not known or has changed; check it and add it to your "
+                  "known_hosts (ssh-keyscan prints it), gitsync never accepts an unknown host key"),
+    (("authentication failed", "could not read username", "could not read password", "permission denied (publickey",
+      "http basic: access denied", "403"), False,
+     lambda s, _: f"authentication to {s.url} failed; {_auth_hint(s)}"),
+    (("does not appear to be a git repository", "repository not found", "not found"), False,
+     lambda s, _: f"{s.url} is not a git repository (or not visible with these credentials)"),
+    (("unable to connect", "could not resolve host", "connection refused", "timed out"), True,
+     lambda s, text: f"cannot fetch {s.url}: unable to connect "
+                     f"({'connection refused' if 'refused' in text else 'host not found' if 'resolve' in text else 'no answer'})"),
+)
+
+
+def _classify(stderr: str, settings: SourceSettings) -> FetchError:
+    """git's failure as gitsync's error: what it says and whether a retry after a delay may work."""
     stderr = _clean(stderr)
     text = stderr.lower()
-    if "couldn't find remote ref" in text or "could not find remote branch" in text:
-        return f"branch {settings.branch!r} does not exist on {settings.url}; check source.branch"
-    if "host key verification failed" in text or "remote host identification has changed" in text:
-        return (
-            f"the ssh host key of {settings.url} is not known or has changed; check it and add it to your "
-            "known_hosts (ssh-keyscan prints it), gitsync never accepts an unknown host key"
-        )
-    if (
-        "authentication failed" in text
-        or "could not read username" in text
-        or "could not read password" in text
-        or "permission denied (publickey" in text
-        or "http basic: access denied" in text
-        or "403" in text
-    ):
-        hint = (
-            f"check the token in ${settings.token_env}" if settings.token_env
-            else "set source.token_env (https) or source.ssh_key (ssh)"
-        )
-        return f"authentication to {settings.url} failed; {hint}"
-    if "does not appear to be a git repository" in text or "repository not found" in text or "not found" in text:
-        return f"{settings.url} is not a git repository (or not visible with these credentials)"
-    if "unable to connect" in text or "could not resolve host" in text or "connection refused" in text or "timed out" in text:
-        why = "connection refused" if "refused" in text else ("host not found" if "resolve" in text else "no answer")
-        return f"cannot fetch {settings.url}: unable to connect ({why})"
+    for needles, transient, say in _GIT_FAILURES:
+        if any(n in text for n in needles):
+            return FetchError(say(settings, text), transient=transient)
     for line in stderr.strip().splitlines():
         line = line.strip()
         if line.startswith("fatal:"):
-            return f"cannot fetch {settings.url}: {line[6:].strip()}"
+            return FetchError(f"cannot fetch {settings.url}: {line[6:].strip()}")
     last = stderr.strip().splitlines()[-1] if stderr.strip() else "git failed"
-    return f"cannot fetch {settings.url}: {last}"
+    return FetchError(f"cannot fetch {settings.url}: {last}")
 
 
 _SHA = re.compile(r"^[0-9a-f]{7,64}$")
@@ -240,7 +242,7 @@ class Source:
             said = str(exc.stderr or exc)
             if "couldn't find remote ref" in said or "not our ref" in said:
                 raise FetchError(f"{ref!r} is neither a branch nor a commit of {url}") from None
-            raise FetchError(_classify(said, self.settings)) from None
+            raise _classify(said, self.settings) from None
         if sha and not self._has(repo, sha):
             newest = repo.commit(local).hexsha
             raise PushedOver(f"commit {sha[:12]} is no longer on {ref} of {url} (pushed over?); its newest commit is {newest[:12]}", newest)
@@ -364,7 +366,7 @@ class Source:
             with repo.git.custom_environment(**self._env()):
                 repo.git.fetch("--no-tags", "--prune", "origin", f"+refs/heads/{branch}:{ref}", kill_after_timeout=_GIT_TIMEOUT)
         except git.GitCommandError as exc:
-            raise FetchError(_classify(str(exc.stderr or exc), self.settings)) from None
+            raise _classify(str(exc.stderr or exc), self.settings) from None
         try:
             commit = repo.commit(ref)
         except (git.BadName, ValueError):

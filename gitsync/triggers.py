@@ -6,18 +6,73 @@ more sync follows. Bursts of Docker events are debounced into one trigger first.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
-from collections.abc import Callable
-
-# Triggers that ask for a sync (a schedule, a person, a forge); the others (Docker events, backoff
-# timers, host probes) are the agent keeping a commit's state, and change its status only on a new outcome.
-REQUESTS = frozenset({"startup", "poll", "reload", "api", "webhook", "apply", "images"})
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 
-def is_heal(trigger: str) -> bool:
-    """True when none of the coalesced triggers ("event:h1/web,h2/web,webhook:github") was a request."""
-    return not any(part.split(":", 1)[0] in REQUESTS for part in trigger.split(","))
+class Cause(enum.StrEnum):
+    """What asks for a sync."""
+
+    # requests: someone or something asks (a schedule, a person, a forge)
+    STARTUP = "startup"
+    POLL = "poll"
+    RELOAD = "reload"
+    API = "api"
+    WEBHOOK = "webhook"  # subject: the forge
+    APPLY = "apply"  # a `gitsync apply` handed to the running agent
+    IMAGES = "images"  # an image update committed
+    CLI = "cli"  # a sync the CLI runs itself
+    # heals: the agent keeping a commit's state; they change its status only on a new outcome
+    EVENT = "event"  # the engines' events, debounced; subject: what they were about ("h1/web swarm/t-api")
+    EVENTS = "events"  # an event stream came back (subject: the host; detail: reconnected)
+    HOST = "host"  # a host's standing changed (subject: the host; detail: down, unreachable, back)
+    BACKOFF = "backoff"  # a delay is over: a retry, a crash loop forgiven
+    RECHECK = "recheck"  # the swarm looked at again while something is unhealthy
+
+
+_CAUSES = frozenset(c.value for c in Cause)
+REQUESTS = frozenset({Cause.STARTUP, Cause.POLL, Cause.RELOAD, Cause.API, Cause.WEBHOOK, Cause.APPLY, Cause.IMAGES, Cause.CLI})
+
+
+@dataclass(frozen=True)
+class Trigger:
+    cause: Cause
+    subject: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return ":".join(x for x in (str(self.cause), self.subject, self.detail) if x)
+
+    @property
+    def requested(self) -> bool:
+        return self.cause in REQUESTS
+
+
+def text(triggers: Iterable[Trigger]) -> str:
+    """As the history stores them: "event:h1/web,webhook:github"."""
+    return ",".join(str(t) for t in triggers)
+
+
+def parse(stored: str) -> tuple[Trigger, ...]:
+    """The triggers of a stored sync. Rows written before the events' subjects were joined by spaces
+    carry commas inside them ("event:h1/api,h2/web"): a part that names no cause continues the last."""
+    out: list[Trigger] = []
+    for part in stored.split(","):
+        head, _, rest = part.partition(":")
+        if head in _CAUSES:
+            subject, _, detail = rest.partition(":") if head in (Cause.HOST, Cause.EVENTS) else (rest, "", "")
+            out.append(Trigger(Cause(head), subject, detail))
+        elif out:
+            out[-1] = Trigger(out[-1].cause, f"{out[-1].subject} {part}".strip(), out[-1].detail)
+    return tuple(out)
+
+
+def is_heal(triggers: Iterable[Trigger]) -> bool:
+    """True when none of the coalesced triggers was a request."""
+    return not any(t.requested for t in triggers)
 
 
 class SyncQueue:
@@ -25,11 +80,11 @@ class SyncQueue:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._pending: list[str] = []
+        self._pending: list[Trigger] = []
         self.running = False
         self.closed = False
 
-    def nudge(self, trigger: str) -> bool:
+    def nudge(self, trigger: Trigger) -> bool:
         """Ask for a sync. Returns False when one is already waiting (this trigger joins it)."""
         with self._cond:
             if self.closed:
@@ -39,8 +94,8 @@ class SyncQueue:
             self._cond.notify_all()
             return not joined
 
-    def take(self, timeout: float | None = None) -> str | None:
-        """Block until a sync is wanted; returns its trigger(s), or None when closed."""
+    def take(self, timeout: float | None = None) -> tuple[Trigger, ...] | None:
+        """Block until a sync is wanted; returns its triggers (each once, first come first), or None when closed."""
         with self._cond:
             end = None if timeout is None else time.monotonic() + timeout
             while not self._pending and not self.closed:
@@ -50,10 +105,10 @@ class SyncQueue:
                 self._cond.wait(remaining)
             if self.closed:
                 return None
-            triggers = sorted(set(self._pending), key=self._pending.index)
+            triggers = tuple(dict.fromkeys(self._pending))
             self._pending.clear()
             self.running = True
-            return ",".join(triggers)
+            return triggers
 
     def done(self) -> None:
         with self._cond:
@@ -73,7 +128,7 @@ class SyncQueue:
 class Debouncer:
     """Coalesces bursts of Docker events into one nudge, at most `delay` after the first."""
 
-    def __init__(self, delay: float, fire: Callable[[str], object]) -> None:
+    def __init__(self, delay: float, fire: Callable[[Trigger], object]) -> None:
         self.delay = delay
         self.fire = fire
         self._lock = threading.Lock()
@@ -92,7 +147,7 @@ class Debouncer:
     def _go(self) -> None:
         with self._lock:
             reasons, self._reasons, self._timer = self._reasons, [], None
-        self.fire("event:" + ",".join(reasons[:5]) + ("…" if len(reasons) > 5 else ""))
+        self.fire(Trigger(Cause.EVENT, " ".join(reasons[:5]) + ("…" if len(reasons) > 5 else "")))
 
     def cancel(self) -> None:
         with self._lock:

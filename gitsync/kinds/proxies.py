@@ -124,7 +124,7 @@ class Proxies:
             proxy = observed[host].proxy(0)
             a = Action(ActionKind.RELOAD, host, "proxy", None, "endpoints after the changes above", proxy.id if proxy else None,
                        L.proxy_name(self.agent), object_kind="Service")
-            self.run.record(ActionResult(a, not isinstance(res, BaseException), explain(res) if isinstance(res, BaseException) else "reloaded"))
+            self.run.record(ActionResult.failure(a, res) if isinstance(res, BaseException) else ActionResult(a, True, "reloaded"))
 
     # -- actions ---------------------------------------------------------
     def apply(self, actions: Sequence[Action]) -> None:
@@ -135,7 +135,7 @@ class Proxies:
             if isinstance(res, BaseException):
                 for a in actions:
                     if a.host == h:
-                        run.record(ActionResult(a, False, explain(res)))
+                        run.record(ActionResult.failure(a, res))
         hosts = [h for h in hosts if not isinstance(joined[h], BaseException)]
         observed = self._settled()
         run.hosts.map(lambda h: self._host(h, [a for a in actions if a.host == h], observed), hosts)
@@ -181,7 +181,7 @@ class Proxies:
                 run.record(ActionResult(a, True, msg, time.monotonic() - t))
             except Exception as exc:
                 failed = explain(exc)
-                run.record(ActionResult(a, False, failed, time.monotonic() - t))
+                run.record(ActionResult.failure(a, exc, time.monotonic() - t))
             if a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.START, ActionKind.RELOAD) and failed is None:
                 # one configuration serves every Service of the proxy: the rest of its reloads are done with it
                 # (a RELOAD reconfigures every proxy of the host)

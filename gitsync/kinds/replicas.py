@@ -32,6 +32,7 @@ class GateFailed(ApplyError):
     spec when its old container is already gone (stop-first), for the caller to roll it back too."""
 
     reason = Reason.HEALTH_CHECK_FAILED
+    transient = False  # the same spec would fail again: it waits for a commit
 
     def __init__(self, message: str, previous: Previous | None = None) -> None:
         super().__init__(message)
@@ -434,11 +435,11 @@ class Replicas:
                     done.append((a, prev))
                     run.record(ActionResult(a, True, f"replaced ({'stop-first' if stop_first(d, self.run.desired) else 'start-first'})", secs))
                 elif isinstance(exc, GateFailed):
-                    run.record(ActionResult(a, False, exc.message, secs, reason=exc.reason))
+                    run.record(ActionResult.failure(a, exc, secs))
                     if stop_first(d, self.run.desired):
                         done.append((a, prev))  # its old container is gone: roll it back as well
                 else:
-                    run.record(ActionResult(a, False, explain(exc), secs))
+                    run.record(ActionResult.failure(a, exc, secs))
             if any(o[2] is not None for o in outcomes):
                 for a in pending:
                     run.skip(a, "the rollout stopped at a failed replica")

@@ -16,6 +16,7 @@ import requests
 from gitsync import config as config_mod
 from gitsync.agent import Agent
 from gitsync.webhooks import Preview
+from gitsync.triggers import Cause, Trigger
 from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
@@ -169,7 +170,7 @@ def test_a_preview_never_holds_up_the_sync_of_the_tracked_branch(fleet: Fleet, t
         upstream.write("apps/web.yaml", deployment("web", 2, extra=WEB, labels="{app: web}"))
         main_sha = upstream.commit("web x2 on main")
         t0 = time.monotonic()
-        agent.nudge("webhook:github")
+        agent.nudge(Trigger(Cause.WEBHOOK, "github"))
         wait_for(lambda: agent.last_result is not None and agent.last_result.commit == main_sha, 60)
         assert str(agent.last_result.outcome) == "success", agent.last_result.message
         assert held.is_set() is False and time.monotonic() - t0 < 30  # synced while the preview was still held

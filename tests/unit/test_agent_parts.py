@@ -14,7 +14,7 @@ from gitsync.agent import Agent
 from gitsync.backoff import Backoff
 from gitsync.runtimes.containers.liveness import HostTracker
 from gitsync.reporting import gist
-from gitsync.triggers import SyncQueue, is_heal
+from gitsync.triggers import Cause, SyncQueue, Trigger, is_heal, parse, text
 from gitsync.status import State
 from gitsync.history import History
 from tests.conftest import IN_CI, GitRepo
@@ -37,17 +37,17 @@ def test_triggers_during_a_sync_coalesce_into_exactly_one_more() -> None:
             q.done()
 
     th = threading.Thread(target=worker)
-    q.nudge("poll")
+    q.nudge(Trigger(Cause.POLL))
     th.start()
     deadline = time.monotonic() + 5
     while not runs and time.monotonic() < deadline:
         time.sleep(0.01)
     for i in range(50):  # a burst of webhooks while the first sync runs
-        q.nudge(f"webhook:{i % 2}")
+        q.nudge(Trigger(Cause.WEBHOOK, str(i % 2)))
     release.set()
     th.join(10)
     q.close()
-    assert runs == ["poll", "webhook:0,webhook:1"]
+    assert [text(r) for r in runs] == ["poll", "webhook:0,webhook:1"]
 
 
 def test_no_overlap_under_concurrent_nudges() -> None:
@@ -72,7 +72,7 @@ def test_no_overlap_under_concurrent_nudges() -> None:
     workers = [threading.Thread(target=worker) for _ in range(1)]
     for w in workers:
         w.start()
-    nudgers = [threading.Thread(target=lambda: [q.nudge("x") or time.sleep(0.001) for _ in range(100)]) for _ in range(4)]
+    nudgers = [threading.Thread(target=lambda: [q.nudge(Trigger(Cause.API)) or time.sleep(0.001) for _ in range(100)]) for _ in range(4)]
     for n in nudgers:
         n.start()
     for n in nudgers:
@@ -127,11 +127,14 @@ def test_a_second_restart_within_the_window_is_a_crash_loop() -> None:
 
 
 def test_only_syncs_nobody_asked_for_are_heal_syncs() -> None:
-    assert is_heal("event:h1/api,h2/web")
-    assert is_heal("backoff") and is_heal("host:h2:down") and is_heal("events:h1:reconnected")
-    assert is_heal("event:h1/api")  # a deployment named api is not the API trigger
-    assert not is_heal("event:h1/web,webhook:github")  # a push joined it
-    assert not is_heal("poll") and not is_heal("api") and not is_heal("startup") and not is_heal("reload")
+    assert is_heal(parse("event:h1/api,h2/web"))  # as rows written before subjects were joined by spaces
+    assert parse("event:h1/api,h2/web") == (Trigger(Cause.EVENT, "h1/api h2/web"),)
+    assert is_heal(parse("backoff")) and is_heal(parse("host:h2:down")) and is_heal(parse("events:h1:reconnected"))
+    assert is_heal(parse("event:h1/api"))  # a deployment named api is not the API trigger
+    assert not is_heal(parse("event:h1/web,webhook:github"))  # a push joined it
+    assert not any(is_heal(parse(t)) for t in ("poll", "api", "startup", "reload", "apply", "images"))
+    for t in (Trigger(Cause.HOST, "h2", "down"), Trigger(Cause.EVENT, "h1/web swarm/t-api"), Trigger(Cause.WEBHOOK, "gitea"), Trigger(Cause.RECHECK)):
+        assert parse(text([t, Trigger(Cause.POLL)])) == (t, Trigger(Cause.POLL))  # what the history stores reads back the same
 
 
 def test_restarts_seen_in_events_count_as_a_crash_loop_too() -> None:
@@ -207,12 +210,12 @@ def test_an_unforeseen_error_still_ends_the_sync_recorded_and_reported(tmp_path:
 
             if where == "inside the sync":
                 monkeypatch.setattr(agent.syncer, "plan", boom)
-                result = agent.run_one("api")
+                result = agent.run_one((Trigger(Cause.API),))
                 assert result.outcome == "error" and result.message == "internal error: KeyError: 'a case nobody foresaw'"
             else:
                 monkeypatch.setattr(agent, "_remember_failures", boom)
                 with pytest.raises(KeyError):
-                    agent.run_one("api")
+                    agent.run_one((Trigger(Cause.API),))
             row = agent.history.recent(1)[0]
             assert row.outcome == "error" and row.finished is not None and "KeyError" in row.message, row
             assert row.reason == "InternalError"
@@ -234,20 +237,20 @@ def _tracker(tmp_path: Path, hosts: int = 3, grace: str = "0.2s") -> HostTracker
 
 def test_many_hosts_unreachable_at_once_move_nothing(tmp_path: Path) -> None:
     t = _tracker(tmp_path)
-    assert t.probed("h1", "connection timed out") == "host:h1:unreachable"
-    assert t.probed("h2", "connection timed out") == "host:h2:unreachable"
+    assert str(t.probed("h1", "connection timed out")) == "host:h1:unreachable"
+    assert str(t.probed("h2", "connection timed out")) == "host:h2:unreachable"
     time.sleep(0.25)  # both past their grace
     assert t.probed("h1", "connection timed out") is None and t.holding  # 2 of 3: suspect ourselves
     assert t.probed("h2", "connection timed out") is None
-    assert t.probed("h2", None) == "host:h2:back" and not t.holding  # 1 of 3 now: h1 is judged again
-    assert t.probed("h1", "connection timed out") == "host:h1:down"
+    assert str(t.probed("h2", None)) == "host:h2:back" and not t.holding  # 1 of 3 now: h1 is judged again
+    assert str(t.probed("h1", "connection timed out")) == "host:h1:down"
 
 
 def test_one_host_of_two_down_still_moves_its_replicas(tmp_path: Path) -> None:
     t = _tracker(tmp_path, hosts=2)
     t.probed("h1", "connection refused")
     time.sleep(0.25)
-    assert t.probed("h1", "connection refused") == "host:h1:down"
+    assert str(t.probed("h1", "connection refused")) == "host:h1:down"
 
 
 def test_an_open_event_stream_vouches_for_its_host_until_it_ends(tmp_path: Path) -> None:
@@ -257,7 +260,7 @@ def test_an_open_event_stream_vouches_for_its_host_until_it_ends(tmp_path: Path)
     time.sleep(0.25)  # longer than the grace with no probe at all: still fine, the stream is open
     t.stream("h1", False)  # the kernel found the peer gone: alive until now, the grace starts here
     assert not t.streaming("h1")
-    assert t.probed("h1", "connection timed out") == "host:h1:unreachable"
+    assert str(t.probed("h1", "connection timed out")) == "host:h1:unreachable"
     assert t.probed("h1", "connection timed out") is None  # within the grace
     time.sleep(0.25)
-    assert t.probed("h1", "connection timed out") == "host:h1:down"
+    assert str(t.probed("h1", "connection timed out")) == "host:h1:down"

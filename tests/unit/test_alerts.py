@@ -12,6 +12,7 @@ import pytest
 from gitsync import alerts as alerts_mod
 from gitsync import config as config_mod
 from gitsync.actions import ApplyResult
+from gitsync.triggers import Cause, Trigger
 from gitsync.alerts import Alerts
 from gitsync.errors import ConfigError, Reason
 from gitsync.live import Health
@@ -46,9 +47,9 @@ def test_each_condition_is_told_once_and_its_end_once(monkeypatch: pytest.Monkey
         a.sync_done(result(Outcome.ERROR, "host h2 unreachable; 1/1 converged elsewhere", reason=Reason.HOST_UNREACHABLE))  # a host's own event
         a.sync_done(result(Outcome.SUCCESS, "1/1 deployments converged"))
         a.sync_done(result(Outcome.SUCCESS, "1/1 deployments converged"))
-        a.host_changed("host:h2:down")
-        a.host_changed("host:h2:down")
-        a.host_changed("host:h2:back")
+        a.host_changed(Trigger(Cause.HOST, "h2", "down"))
+        a.host_changed(Trigger(Cause.HOST, "h2", "down"))
+        a.host_changed(Trigger(Cause.HOST, "h2", "back"))
         a.sync_done(result(Outcome.SUCCESS, "converged; rolled back 1 replica(s)", rollbacks=["web: replica 0 on h1 rolled back to web:1"]))
         sick = {"web": SimpleNamespace(health=Health.DEGRADED, message="1 of 2 ready")}
         a.sync_done(result(Outcome.SUCCESS, "ok", deployments=sick))

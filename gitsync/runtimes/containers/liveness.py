@@ -15,6 +15,7 @@ from typing import Any
 
 from ...config import Config
 from ...live import HostObservation
+from ...triggers import Cause, Trigger
 
 log = logging.getLogger("gitsync.agent")
 
@@ -45,7 +46,7 @@ class HostTracker:
         self._streaming: set[str] = set()  # hosts whose event stream is open: alive without probing
         self.holding = False  # many hosts unreachable at once: suspect our side, move nothing
 
-    def stream(self, name: str, up: bool, silent_for: float = 0.0) -> str | None:
+    def stream(self, name: str, up: bool, silent_for: float = 0.0) -> Trigger | None:
         """A host's event stream opened (the engine answered: as good as a probe, and a reason to sync
         when the host was failing) or ended: the host was alive until now, or, when TCP keepalive gave
         up on it, until `silent_for` seconds ago (its grace counts from its last sign of life)."""
@@ -70,7 +71,7 @@ class HostTracker:
         failing = sum(1 for h in self.state.values() if h.failing_since is not None)
         return len(self.state) >= 2 and failing * 2 > len(self.state)
 
-    def probed(self, name: str, error: str | None) -> str | None:
+    def probed(self, name: str, error: str | None) -> Trigger | None:
         """Record a probe; returns a reason to sync when the host's standing changed."""
         now = time.monotonic()
         with self._lock:
@@ -84,13 +85,13 @@ class HostTracker:
                 self._hosts_ref().known_down.pop(name, None)
                 if h.down or was_failing:
                     h.down = False
-                    return f"host:{name}:back"
+                    return Trigger(Cause.HOST, name, "back")
                 return None
             h.error = error
             self._hosts_ref().known_down[name] = error
             if h.failing_since is None:
                 h.failing_since = now
-                return f"host:{name}:unreachable"
+                return Trigger(Cause.HOST, name, "unreachable")
             if not h.down and now - h.last_ok >= self.grace.get(name, 10.0):  # unreachable since its last answer
                 if self._many_unreachable():
                     if not self.holding:
@@ -100,7 +101,7 @@ class HostTracker:
                                     "no replicas are moved until fewer are", failing, len(self.state))
                     return None
                 h.down = True
-                return f"host:{name}:down"
+                return Trigger(Cause.HOST, name, "down")
             return None
 
     def rewrite(self, observed: dict[str, HostObservation]) -> dict[str, HostObservation]:

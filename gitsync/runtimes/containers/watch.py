@@ -21,7 +21,7 @@ from ...live import HostObservation
 from .liveness import HostTracker
 from ...reconcile import Syncer
 from ...settings import Tunables
-from ...triggers import Debouncer, SyncQueue
+from ...triggers import Cause, Debouncer, SyncQueue, Trigger
 
 log = logging.getLogger("gitsync.agent")
 
@@ -81,7 +81,7 @@ class HostWatch:
         for key in list(self._watchers):
             self._close_stream(key)
 
-    def _nudge_later(self, delay: float, trigger: str) -> None:
+    def _nudge_later(self, delay: float, trigger: Trigger) -> None:
         t = threading.Timer(delay, self.queue.nudge, args=(trigger,))
         t.daemon = True
         t.start()
@@ -95,7 +95,7 @@ class HostWatch:
             behind = [c.name for o in observed.values() for c in o.containers if c.running and c.id in self._died]
         if behind:
             log.debug("the engine still lists %s as running after it died; looking again", ", ".join(behind))
-            self._nudge_later(0.2, "event:settle")
+            self._nudge_later(0.2, Trigger(Cause.EVENT, "settle"))
 
     def _lifecycle(self, host: str, action: str, container_id: str, attrs: dict[str, str]) -> None:
         now = time.monotonic()
@@ -140,9 +140,9 @@ class HostWatch:
             self.stopping.wait(t.probe_interval)
             expected = start + took + t.probe_interval
 
-    def _host_changed(self, why: str) -> None:
-        """A host's standing changed ("host:h1:down"): say so, and sync."""
-        (log.info if why.endswith("back") else log.warning)("%s", why.replace(":", " ", 2))
+    def _host_changed(self, why: Trigger) -> None:
+        """A host's standing changed (subject: the host; detail: down, unreachable, back): say so, and sync."""
+        (log.info if why.detail == "back" else log.warning)("host %s %s", why.subject, why.detail)
         self.alerts.host_changed(why)
         self.queue.nudge(why)
 
@@ -168,7 +168,7 @@ class HostWatch:
                 if back is not None:
                     self._host_changed(back)
                 if not first:
-                    self.queue.nudge(f"events:{name}:reconnected")  # something may have happened while we were away
+                    self.queue.nudge(Trigger(Cause.EVENTS, name, "reconnected"))  # something may have happened while we were away
                 first = False
                 delay = 0.5
                 for ev in stream:

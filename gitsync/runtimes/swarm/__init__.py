@@ -182,7 +182,7 @@ class SwarmRuntime(Runtime):
         except EngineError as exc:
             self._forget()
             for a in plan.actions:
-                record(ActionResult(a, False, exc.message))
+                record(ActionResult.failure(a, exc))
             return out
         changes = {(a.object_kind, a.deployment): a for a in plan.actions if a.kind != ActionKind.REMOVE}
         failed: set[str] = set()
@@ -208,21 +208,22 @@ class SwarmRuntime(Runtime):
                     submitted.append((a, target, self._submit(manager, a, target.spec), t0))
                 except EngineError as exc:
                     failed.add(a.deployment)
-                    record(ActionResult(a, False, exc.message, time.monotonic() - t0))
+                    record(ActionResult.failure(a, exc, time.monotonic() - t0))
             for a, target, before, t0 in submitted:
                 ok, message, rolled = self._await(manager, a, target, before, deadline, progress, stop)
                 if not ok:
                     failed.add(a.deployment)
                 if rolled:
                     out.rollbacks.append(f"{a.deployment}: Swarm rolled the service back to its previous spec")
-                record(ActionResult(a, ok, message, time.monotonic() - t0, reason=None if ok else Reason.APPLY_FAILED))
+                record(ActionResult(a, ok, message, time.monotonic() - t0, reason=None if ok else Reason.APPLY_FAILED,
+                                    transient=not rolled))  # rolled back: the same spec waits for a commit
         for a in sorted((a for a in plan.actions if a.kind == ActionKind.REMOVE), key=lambda a: a.object_kind != "Service"):
             t0 = time.monotonic()
             try:
                 manager.remove_service(a.container_id or a.container_name or "")
                 record(ActionResult(a, True, "removed", time.monotonic() - t0))
             except EngineError as exc:
-                record(ActionResult(a, False, exc.message, time.monotonic() - t0))
+                record(ActionResult.failure(a, exc, time.monotonic() - t0))
         self._prune_configs(manager)
         return out
 
@@ -241,7 +242,7 @@ class SwarmRuntime(Runtime):
         assert d is not None
         pins, why_not = placed
         if d.name in why_not:
-            raise EngineError(CLUSTER, why_not[d.name])
+            raise EngineError(CLUSTER, why_not[d.name], reached=True)
         refs = self._file_objects(manager, d)
         volume = host_local(desired, d)
         if volume is not None and pins.get(d.name):  # recorded in the cluster: the data's node outlives the service
@@ -321,7 +322,7 @@ class SwarmRuntime(Runtime):
         for d in desired.deployments:
             for n in d.options.external_networks:
                 if not manager.network_exists(n):
-                    raise EngineError(CLUSTER, f"{d.name}: external network {n} does not exist on the swarm (gitsync never makes it)")
+                    raise EngineError(CLUSTER, f"{d.name}: external network {n} does not exist on the swarm (gitsync never makes it)", reached=True)
 
     def _submit(self, manager: SwarmManager, a: Action, spec: Mapping[str, Any]) -> str:
         """Create or update the service; the update status it had before (so that a stale one is not read as this change's)."""

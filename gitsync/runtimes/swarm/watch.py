@@ -17,7 +17,7 @@ from ...backoff import Backoff
 from ...config import Config
 from ...engine import EventStream, follow_events
 from ...settings import Tunables
-from ...triggers import Debouncer, SyncQueue
+from ...triggers import Cause, Debouncer, SyncQueue, Trigger
 
 log = logging.getLogger("gitsync.agent")
 RECHECK = (2.0, 30.0)  # first and longest pause before looking again at a degraded swarm
@@ -73,7 +73,7 @@ class SwarmWatch:
                 with self._lock:
                     self._stream = stream
                 if not first:
-                    self.queue.nudge(f"events:{h.name}:reconnected")  # something may have changed while we were away
+                    self.queue.nudge(Trigger(Cause.EVENTS, h.name, "reconnected"))  # something may have changed while we were away
                 first, delay = False, 0.5
                 try:
                     for ev in stream:
@@ -100,10 +100,10 @@ class SwarmWatch:
             new = str(attrs["state.new"])
             if new == "down" and name not in self._down:
                 self._down.add(name)
-                self._changed(f"host:{name}:down")
+                self._changed(Trigger(Cause.HOST, name, "down"))
             elif new == "ready" and name in self._down:
                 self._down.discard(name)
-                self._changed(f"host:{name}:back")
+                self._changed(Trigger(Cause.HOST, name, "back"))
 
     def sync_done(self, result: Any) -> None:
         """After every sync: unless everything it assessed is healthy, look again a little later."""
@@ -111,12 +111,12 @@ class SwarmWatch:
         if not statuses or all(str(st.health) == "Healthy" for st in statuses):
             self._recheck = RECHECK[0]
             return
-        t = threading.Timer(self._recheck, self.queue.nudge, args=("swarm:recheck",))
+        t = threading.Timer(self._recheck, self.queue.nudge, args=(Trigger(Cause.RECHECK),))
         t.daemon = True
         t.start()
         self._recheck = min(RECHECK[1], self._recheck * 2)
 
-    def _changed(self, why: str) -> None:
-        (log.info if why.endswith("back") else log.warning)("swarm node %s", why.split(":", 1)[1].replace(":", " is "))
+    def _changed(self, why: Trigger) -> None:
+        (log.info if why.detail == "back" else log.warning)("swarm node %s is %s", why.subject, why.detail)
         self.alerts.host_changed(why)
         self.queue.nudge(why)
