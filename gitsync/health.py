@@ -1,13 +1,11 @@
-"""Assess: how each object stands against its desired state. Pure."""
+"""How each object stands against its desired state: the statuses every runtime reports. Pure."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from .live import Health, HostObservation
-from .models import DesiredState
+from .live import Health
 
 
 @dataclass(frozen=True)
@@ -55,11 +53,3 @@ class ServiceStatus:
             "ports": list(self.ports),
             "endpoints": [{"name": e.name, "host": e.host, "state": e.state} for e in self.endpoints],
         }
-
-
-def assess(desired: DesiredState, observed: Mapping[str, HostObservation], kind: str = "Deployment") -> dict[str, Any]:
-    """How each object of one kind stands (names repeat across kinds: a Deployment and a Service
-    are both called web), by name."""
-    from . import kinds
-
-    return kinds.REGISTRY[kind].health(desired, observed)

@@ -103,3 +103,9 @@ def names() -> list[str]:
 
 
 from . import deployment, secret, service, volume  # noqa: E402,F401  (the built-in kinds register themselves)
+
+
+def assess(desired: DesiredState, observed: Mapping[str, HostObservation], kind: str = "Deployment") -> dict[str, Any]:
+    """How each object of one kind stands on the hosts (names repeat across kinds: a Deployment and
+    a Service are both called web), by name."""
+    return REGISTRY[kind].health(desired, observed)

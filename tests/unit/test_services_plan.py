@@ -7,7 +7,7 @@ from __future__ import annotations
 from gitsync import config as config_mod
 from gitsync import labels as L
 from gitsync.actions import ActionKind
-from gitsync.health import assess
+from gitsync.kinds import assess
 from gitsync.kinds.endpoints import config_for, document_hash, proxy_document, proxy_labels
 from gitsync.live import Health, HostObservation, LiveContainer
 from gitsync.manifest import load_files

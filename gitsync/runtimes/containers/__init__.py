@@ -1,7 +1,7 @@
 """The containers runtime: gitsync is the orchestrator. Each replica is a container that gitsync
 places on a host, starts, gates on its health and replaces; Services are the hosts' HAProxy
 proxies. Plans speak per host (gitsync/plan.py), apply runs the kinds' actions
-(gitsync/apply.py), assessment reads the containers' labels (gitsync/health.py)."""
+(gitsync/apply.py), assessment reads the containers' labels (each kind's health)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Any
 from ...actions import ApplyResult, Plan, Progress
 from ...apply import apply_plan
 from ...config import Config
-from ...health import DeploymentStatus, ServiceStatus, assess
+from ...health import DeploymentStatus, ServiceStatus
 from ...hosts import Hosts
+from ...kinds import assess
 from ...live import Health, HostObservation
 from ...models import DesiredState
 from ...plan import make_plan
