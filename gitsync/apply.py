@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable
 
 from . import kinds
-from .actions import ApplyResult, Plan, Progress, Run
+from .actions import ApplyResult, Plan, Progress
+from .run import Run
 from .config import PolicySettings, ServicesSettings
 from .hosts import Hosts
 from .live import HostObservation

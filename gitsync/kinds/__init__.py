@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..actions import Action, KindPlan, PlanView, Run
+from ..actions import Action, KindPlan, PlanView
+from ..run import Run
 from ..errors import Problem
 from ..fields import NAME_RE, Ctx, Obj
 from ..live import HostObservation

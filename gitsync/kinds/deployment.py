@@ -33,7 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import labels as L
-from ..actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView, Run
+from ..actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView
+from ..run import Run
 from ..config import HostSettings
 from ..errors import HostError, Problem
 from ..fields import (

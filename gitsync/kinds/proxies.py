@@ -14,7 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 
 from .. import labels as L
-from ..actions import Action, ActionKind, ActionResult, Run
+from ..actions import Action, ActionKind, ActionResult
+from ..run import Run, failure
 from ..engine import ContainerSpec, Engine, explain
 from ..errors import ApplyError, HostError
 from ..live import HostObservation, LiveContainer
@@ -124,7 +125,7 @@ class Proxies:
             proxy = observed[host].proxy(0)
             a = Action(ActionKind.RELOAD, host, "proxy", None, "endpoints after the changes above", proxy.id if proxy else None,
                        L.proxy_name(self.agent), object_kind="Service")
-            self.run.record(ActionResult.failure(a, res) if isinstance(res, BaseException) else ActionResult(a, True, "reloaded"))
+            self.run.record(failure(a, res) if isinstance(res, BaseException) else ActionResult(a, True, "reloaded"))
 
     # -- actions ---------------------------------------------------------
     def apply(self, actions: Sequence[Action]) -> None:
@@ -135,7 +136,7 @@ class Proxies:
             if isinstance(res, BaseException):
                 for a in actions:
                     if a.host == h:
-                        run.record(ActionResult.failure(a, res))
+                        run.record(failure(a, res))
         hosts = [h for h in hosts if not isinstance(joined[h], BaseException)]
         observed = self._settled()
         run.hosts.map(lambda h: self._host(h, [a for a in actions if a.host == h], observed), hosts)
@@ -181,7 +182,7 @@ class Proxies:
                 run.record(ActionResult(a, True, msg, time.monotonic() - t))
             except Exception as exc:
                 failed = explain(exc)
-                run.record(ActionResult.failure(a, exc, time.monotonic() - t))
+                run.record(failure(a, exc, time.monotonic() - t))
             if a.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.START, ActionKind.RELOAD) and failed is None:
                 # one configuration serves every Service of the proxy: the rest of its reloads are done with it
                 # (a RELOAD reconfigures every proxy of the host)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import labels as L
-from ..actions import Action, ActionKind, ActionResult, Run
+from ..actions import Action, ActionKind, ActionResult
+from ..run import Run, failure
 from ..engine import Conflict, ContainerSpec, NotFound, explain
 from ..errors import ApplyError, HostError, Reason
 from ..hosts import Hosts
@@ -435,11 +436,11 @@ class Replicas:
                     done.append((a, prev))
                     run.record(ActionResult(a, True, f"replaced ({'stop-first' if stop_first(d, self.run.desired) else 'start-first'})", secs))
                 elif isinstance(exc, GateFailed):
-                    run.record(ActionResult.failure(a, exc, secs))
+                    run.record(failure(a, exc, secs))
                     if stop_first(d, self.run.desired):
                         done.append((a, prev))  # its old container is gone: roll it back as well
                 else:
-                    run.record(ActionResult.failure(a, exc, secs))
+                    run.record(failure(a, exc, secs))
             if any(o[2] is not None for o in outcomes):
                 for a in pending:
                     run.skip(a, "the rollout stopped at a failed replica")

@@ -13,7 +13,8 @@ import pytest
 
 from gitsync import config as config_mod
 from gitsync import kinds
-from gitsync.actions import PHASE_CREATE, Action, ActionKind, ActionResult, KindPlan, PlanView, Run
+from gitsync.actions import PHASE_CREATE, Action, ActionKind, ActionResult, KindPlan, PlanView
+from gitsync.run import Run
 from gitsync.apply import apply_plan
 from gitsync.errors import ManifestError
 from gitsync.fields import Ctx, Obj, read_str

@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from gitsync.actions import Action, ActionKind, ActionResult, ApplyResult
+from gitsync.run import failure
 from gitsync.engine import Conflict, EngineError, NotFound, _translated
 from gitsync.errors import Reason
 from gitsync.kinds.replicas import GateFailed
@@ -25,7 +26,7 @@ CREATE = Action(ActionKind.CREATE, "h1", "web", 1, "missing", None, "t-web-1")
 
 
 def _failed(a: Action, exc: Exception) -> ApplyResult:
-    return ApplyResult([ActionResult.failure(a, exc, 0.1)])
+    return ApplyResult([failure(a, exc, 0.1)])
 
 
 def test_a_transient_failure_is_tried_again_after_a_delay_that_doubles() -> None:
@@ -80,7 +81,7 @@ def test_engine_errors_say_whether_the_host_was_reached_and_whether_a_retry_may_
     with pytest.raises(kind) as got, _translated("h1"):
         raise raised
     assert got.value.reason == reason and got.value.transient is transient
-    assert ActionResult.failure(CREATE, got.value).transient is transient
+    assert failure(CREATE, got.value).transient is transient
 
 
 @pytest.mark.parametrize(("stderr", "says", "transient"), [

@@ -29,6 +29,7 @@ from typing import Any
 
 from ... import labels as L
 from ...actions import Action, ActionKind, ActionResult, ApplyResult, PlacementProblem, Plan, Progress, Waiting
+from ...run import failure
 from ...config import Config
 from ...engine import EngineError, SwarmManager, connect_manager
 from ...errors import Problem, Reason
@@ -182,7 +183,7 @@ class SwarmRuntime(Runtime):
         except EngineError as exc:
             self._forget()
             for a in plan.actions:
-                record(ActionResult.failure(a, exc))
+                record(failure(a, exc))
             return out
         changes = {(a.object_kind, a.deployment): a for a in plan.actions if a.kind != ActionKind.REMOVE}
         failed: set[str] = set()
@@ -208,7 +209,7 @@ class SwarmRuntime(Runtime):
                     submitted.append((a, target, self._submit(manager, a, target.spec), t0))
                 except EngineError as exc:
                     failed.add(a.deployment)
-                    record(ActionResult.failure(a, exc, time.monotonic() - t0))
+                    record(failure(a, exc, time.monotonic() - t0))
             for a, target, before, t0 in submitted:
                 ok, message, rolled = self._await(manager, a, target, before, deadline, progress, stop)
                 if not ok:
@@ -223,7 +224,7 @@ class SwarmRuntime(Runtime):
                 manager.remove_service(a.container_id or a.container_name or "")
                 record(ActionResult(a, True, "removed", time.monotonic() - t0))
             except EngineError as exc:
-                record(ActionResult.failure(a, exc, time.monotonic() - t0))
+                record(failure(a, exc, time.monotonic() - t0))
         self._prune_configs(manager)
         return out
 
