@@ -724,6 +724,12 @@ class SwarmManager:
         with _translated(self.host):
             return list(self._api.tasks(filters={"service": ident}))
 
+    def image_digest(self, image: str) -> str:
+        """The digest the image's registry gives its tag now, asked through the manager (its registry
+        settings and credentials); raises EngineError when the registry does not answer."""
+        with _translated(self.host):
+            return str(self._api.inspect_distribution(image)["Descriptor"]["digest"])
+
     def inspect_service(self, ident: str) -> dict[str, Any] | None:
         try:
             with _translated(self.host):

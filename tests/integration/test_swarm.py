@@ -6,6 +6,7 @@ left alone; what the runtime cannot run refused at validation with the file and 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -100,6 +101,23 @@ WORKER = ("---\napiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: wo
           f"  image: '{{image}}'\n  command: {json.dumps(LOOP)}\n  dependsOn: [web]\n")
 
 
+def _move_tag(repo: str, tag: str, engine_url: str) -> str:
+    """Push another image (one label apart) under `tag`: the tag moves in the registry. Its new digest."""
+    client = docker.APIClient(base_url=engine_url, version="auto", timeout=120)
+    try:
+        dockerfile = f"FROM {testbed.TEST_IMAGE}:1\nLABEL moved={uuid.uuid4().hex}\n".encode()
+        for line in client.build(fileobj=io.BytesIO(dockerfile), tag=f"{repo}:{tag}", rm=True, decode=True):
+            assert "error" not in line, line
+        digest = ""
+        for line in client.push(repo, tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+            digest = (line.get("aux") or {}).get("Digest", digest)
+        client.remove_image(f"{repo}:{tag}")
+        return digest
+    finally:
+        client.close()
+
+
 def _services(api: docker.APIClient, agent: str) -> dict[str, dict]:
     return {s["Spec"]["Name"]: s for s in api.services(filters={"label": f"io.gitsync.managed-by={agent}"})}
 
@@ -147,6 +165,16 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         assert sorted(nodes[t["NodeID"]] for t in _running(manager, web_id)) == ["h1", "h2"]
         assert _served(fleet.engines, "h1") == f"{repo}:1" and _served(fleet.engines, "h2") == f"{repo}:1"
         assert cli("plan", "-c", str(fleet.config)).code == 0
+
+        # tasks run the image by digest, as the registry had it at deploy; a tag moved since changes nothing until Git does
+        def image() -> str:
+            return str(manager.inspect_service(web_id)["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+
+        first = manager.inspect_distribution(f"{repo}:1")["Descriptor"]["digest"]
+        assert image() == f"{repo}:1@{first}"
+        assert _move_tag(repo, "1", fleet.engines[0].unix_url) != first
+        r = cli("plan", "-c", str(fleet.config))
+        assert r.code == 0, r.out + r.err
         hosts = cli("hosts", "-c", str(fleet.config))
         assert hosts.code == 0 and hosts.out.count(" manager  active") == 1 and hosts.out.count(" worker   active") == 2 and "role=db" in hosts.out, hosts.out
 
@@ -159,6 +187,7 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         assert r.code == 2 and "~ web" in r.out and "changed outside Git: replicas 1 -> 2" in r.out, r.out
         assert cli("apply", "-c", str(fleet.config), "--timeout", "120s").code == 0
         assert manager.inspect_service(web_id)["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+        assert image() == f"{repo}:1@{first}"  # an update for another reason keeps the digest the tag had
 
         # a new image: updated in place (the same service), start-first
         fleet.repo.write("apps/web.yaml", _web(f"{repo}:2") + WORKER.replace("{image}", f"{repo}:1"))
@@ -168,6 +197,7 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
         assert r.code == 0, r.out + r.err
         assert _services(manager, fleet.agent)[f"{fleet.agent}-web"]["ID"] == web_id  # never recreated
+        assert image() == f"{repo}:2@" + manager.inspect_distribution(f"{repo}:2")["Descriptor"]["digest"]
         assert _served(fleet.engines, "h1") == f"{repo}:2" and _served(fleet.engines, "h2") == f"{repo}:2"
 
         # an image that does not exist: Swarm rolls back, apply fails naming the cause, the old version serves
@@ -178,8 +208,7 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
         assert r.code == 1, r.out + r.err
         assert "rolled back" in r.out + r.err and ("No such image" in r.out + r.err or "not found" in r.out + r.err), r.out + r.err
         assert time.monotonic() - t0 < 110
-        spec = manager.inspect_service(web_id)["Spec"]
-        assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == f"{repo}:2"
+        assert image().startswith(f"{repo}:2@sha256:")
         assert _served(fleet.engines, "h1") == f"{repo}:2" and _served(fleet.engines, "h2") == f"{repo}:2"
 
         # prune: worker leaves Git and its service goes; the service not ours stays

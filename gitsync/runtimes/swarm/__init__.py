@@ -179,7 +179,8 @@ class SwarmRuntime(Runtime):
         try:
             manager = self.manager()
             self._networks(manager, desired)
-            pins = self._pins(desired, read(manager, self.agent))  # once per apply: the nodes holding data
+            found = read(manager, self.agent)  # the swarm as this apply finds it
+            pins = self._pins(desired, found)  # once per apply: the nodes holding data
         except EngineError as exc:
             self._forget()
             for a in plan.actions:
@@ -205,7 +206,7 @@ class SwarmRuntime(Runtime):
                     continue
                 t0 = time.monotonic()
                 try:
-                    target = self._target(manager, a, desired, revision, pins)
+                    target = self._target(manager, a, desired, revision, pins, found)
                     submitted.append((a, target, self._submit(manager, a, target.spec), t0))
                 except EngineError as exc:
                     failed.add(a.deployment)
@@ -229,8 +230,9 @@ class SwarmRuntime(Runtime):
         return out
 
     def _target(self, manager: SwarmManager, a: Action, desired: DesiredState, revision: str,
-                placed: tuple[dict[str, str], dict[str, str]]) -> _Target:
-        """What one action submits and waits for: the spec, the hash its tasks carry, how many must run."""
+                placed: tuple[dict[str, str], dict[str, str]], found: SwarmObservation) -> _Target:
+        """What one action submits and waits for: the spec, the hash its tasks carry, how many must run.
+        `found`: the swarm as this apply found it."""
         if a.object_kind == "Service":
             svc = next(s for s in desired.services if s.name == a.deployment)
             text = config_text(self.agent, svc, desired)
@@ -250,8 +252,26 @@ class SwarmRuntime(Runtime):
             name = f"{self.agent}-volume-{volume}"
             labels = {L.MANAGED_BY: self.agent, L.ROLE: ROLE_VOLUME, L.VOLUME: volume, PINNED: pins[d.name]}
             manager.ensure_object("config", name, pins[d.name].encode(), labels, {k: v[0] for k, v in manager.objects("config", f"{L.ROLE}={ROLE_VOLUME}").items()})
-        spec = service_spec(self.agent, d, revision, desired, pins.get(d.name, ""), refs)
+        spec = service_spec(self.agent, d, revision, desired, pins.get(d.name, ""), refs, self._image(manager, d, found))
         return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: d.replicas)
+
+    @staticmethod
+    def _image(manager: SwarmManager, d: Deployment, found: SwarmObservation) -> str:
+        """The image pinned by digest (as `docker stack deploy` pins it): every task runs the same image,
+        wherever and whenever Swarm starts one. A service running this image already keeps its digest,
+        so a tag moved in the registry changes nothing until Git does; a registry that does not answer
+        leaves the tag unpinned (each node pulls it as it starts a task), as the stack deploy does."""
+        if "@" in d.image:
+            return d.image
+        live = found.service(d.name)
+        running = str(((live.spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image") or "") if live else ""
+        if running.startswith(d.image + "@"):
+            return running
+        try:
+            return f"{d.image}@{manager.image_digest(d.image)}"
+        except EngineError as exc:
+            log.warning("%s: %s not pinned by digest, the registry did not answer the manager: %s", d.name, d.image, exc.detail)
+            return d.image
 
     def _file_objects(self, manager: SwarmManager, d: Deployment) -> dict[str, str]:
         """The Swarm configs and secrets a deployment's files need, made where missing: name -> id."""

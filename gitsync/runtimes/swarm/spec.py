@@ -137,15 +137,15 @@ def file_objects(agent: str, d: Deployment) -> list[FileObject]:
 
 
 def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState | None = None, pin: str = "",
-                 refs: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 refs: Mapping[str, str] | None = None, image: str = "") -> dict[str, Any]:
     """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one). `pin`:
     the node holding its host-local volume; `refs`: the ids of its Swarm configs and secrets by name
-    (none while planning: ids say nothing the names do not)."""
+    (none while planning: ids say nothing the names do not); `image`: the image pinned by digest."""
     doc = document(d, desired)
     want = document_hash(doc)
     o = d.options
     cs: dict[str, Any] = {
-        "Image": d.image,
+        "Image": image or d.image,
         "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want},
         "Env": [f"{k}={v}" for k, v in d.env] + [f"{k}={s.reveal().decode('utf-8', 'surrogateescape')}" for k, _, s in o.secret_env],
         "StopGracePeriod": _ns(d.stop_grace_period),
@@ -231,7 +231,7 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
 # every plan (drift), by name as the plan says it.
 _DRIFT: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("replicas", lambda s: ((s.get("Mode") or {}).get("Replicated") or {}).get("Replicas")),
-    ("image", lambda s: _cs(s).get("Image")),
+    ("image", lambda s: unpinned(str(_cs(s).get("Image") or ""))),
     ("env", lambda s: sorted(_cs(s).get("Env") or [])),
     ("command", lambda s: (_cs(s).get("Command") or None, _cs(s).get("Args") or None)),
     ("user", lambda s: _cs(s).get("User") or None),
@@ -240,6 +240,11 @@ _DRIFT: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("ports", lambda s: sorted(json.dumps(p, sort_keys=True) for p in ((s.get("EndpointSpec") or {}).get("Ports") or []))),
     ("labels", lambda s: _cs(s).get("Labels") or {}),
 )
+
+
+def unpinned(image: str) -> str:
+    """The image as Git names it, without the digest it was pinned to at deploy."""
+    return image.split("@", 1)[0] if image.count("@") == 1 else image
 
 
 def _cs(spec: Mapping[str, Any]) -> Mapping[str, Any]:
