@@ -142,11 +142,11 @@ def test_deployments_become_swarm_services_planned_updated_rolled_back_and_prune
     try:
         # what the runtime cannot run is refused at validation, naming file and line
         fleet.repo.write("apps/web.yaml", _web(f"{repo}:1") + "  domainname: example.org\n")
-        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: migrate}\nspec:\n  image: 'x:1'\n  runOnce: true\n")
+        fleet.repo.write("apps/svc.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: migrate}\nspec:\n  image: 'x:1'\n  shmSize: 64Mi\n")
         fleet.repo.commit("not for a swarm")
         r = cli("validate", "-c", str(fleet.config))
         assert r.code != 0 and "apps/web.yaml:12: spec.domainname: Swarm services have no domain name (runtime: swarm)" in r.err, r.out + r.err
-        assert "apps/svc.yaml:6: spec.runOnce: jobs are not on the swarm runtime yet (runtime: swarm)" in r.err, r.err
+        assert "apps/svc.yaml:6: spec.shmSize: Swarm services have no shm size (mount a tmpfs at /dev/shm instead) (runtime: swarm)" in r.err, r.err
         assert not _services(manager, fleet.agent) or list(_services(manager, fleet.agent)) == [], "nothing applied"
 
         # created: planned in services, exit 2; applied; tasks only on the nodes role=web picks
@@ -428,20 +428,27 @@ def test_the_three_tier_example_runs_on_the_swarm_with_its_volume_held_and_its_s
 
 def test_a_compose_project_runs_on_the_swarm(swarm: dict[str, docker.APIClient], fleet: Fleet) -> None:
     """A compose file as people write it: a published port (a Service on every node), a service on the
-    project's network reaching another by name, an environment file."""
+    project's network reaching another by name, an environment file, a one-off service that must
+    complete first (a Swarm job)."""
     manager = swarm["h1"]
     repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
     _push_tags(repo, ("1",), fleet.engines[0].unix_url)
     _config(fleet)
     with open(fleet.config, "a") as fh:
         fh.write(f"services: {{proxyImage: '{_push_proxy_image(fleet.engines[0])}'}}\n")
-    fleet.repo.write("shop/.env", "GREETING=hello from compose\n")
-    fleet.repo.write("shop/compose.yaml", (
-        "services:\n"
-        f"  web:\n    image: {repo}:1\n    command: [sh, -c, {json.dumps(SERVE.replace('$V', '$$GREETING'))}]\n"
-        "    environment: [GREETING]\n    ports: ['8095:8080']\n"
-        f"  probe:\n    image: {repo}:1\n    command: {json.dumps(LOOP)}\n    depends_on: [web]\n"
-    ))
+    fleet.repo.write("shop/.env", "GREETING=hello from compose\nCODE=0\n")
+
+    def compose(probe: str = "1") -> str:
+        return (
+            "services:\n"
+            f"  web:\n    image: {repo}:1\n    command: [sh, -c, {json.dumps(SERVE.replace('$V', '$$GREETING'))}]\n"
+            "    environment: [GREETING]\n    ports: ['8095:8080']\n"
+            f"  probe:\n    image: {repo}:1\n    command: {json.dumps(LOOP)}\n    labels: [v={probe}]\n"
+            "    depends_on: {web: {condition: service_started}, migrate: {condition: service_completed_successfully}}\n"
+            f"  migrate:\n    image: {repo}:1\n    command: [sh, -c, 'sleep 1; exit $${{CODE:-0}}']\n    environment: [CODE]\n"
+        )
+
+    fleet.repo.write("shop/compose.yaml", compose())
     fleet.repo.commit("a compose project")
     try:
         r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
@@ -454,6 +461,19 @@ def test_a_compose_project_runs_on_the_swarm(swarm: dict[str, docker.APIClient],
         ex = api.exec_create(task["Status"]["ContainerStatus"]["ContainerID"],
                              ["sh", "-c", "wget -q -O- http://$(nslookup web 127.0.0.11 | awk '/^Address/ {a=$2} END {print a}'):8080/"])
         assert api.exec_start(ex["Id"]).decode().strip() == "hello from compose"  # by name and container port, on the project's network
-        assert cli("plan", "-c", str(fleet.config)).code == 0
+        assert cli("plan", "-c", str(fleet.config)).code == 0  # the job ran to completion: it is not run again
+        migrate = manager.inspect_service(f"{fleet.agent}-migrate")
+        assert "ReplicatedJob" in migrate["Spec"]["Mode"]
+        assert [t["Status"]["State"] for t in manager.tasks(filters={"service": migrate["ID"]})] == ["complete"]
+
+        # a run that fails: the sync fails naming the exit code, what waits for it is not changed; the plan runs it again
+        fleet.repo.write("shop/.env", "GREETING=hello from compose\nCODE=3\n")
+        fleet.repo.write("shop/compose.yaml", compose(probe="2"))
+        fleet.repo.commit("a migration that fails")
+        r = cli("apply", "-c", str(fleet.config), "--timeout", "120s")
+        assert r.code == 1 and "job failed: task failed: task: non-zero exit (3)" in r.out + r.err, r.out + r.err
+        assert "probe" in r.out + r.err and "its dependency migrate failed" in r.out + r.err, r.out + r.err
+        r = cli("plan", "-c", str(fleet.config))
+        assert r.code == 2 and "job failed (task failed: task: non-zero exit (3)): run it again" in r.out, r.out
     finally:
         _clean(manager, fleet, swarm)

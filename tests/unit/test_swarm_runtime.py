@@ -132,3 +132,44 @@ def test_host_local_data_holds_its_deployments_to_the_node_that_has_it() -> None
     gone = SwarmObservation("m1", None, _obs().nodes, volume_nodes={"data": "n9"})
     plan = runtime.plan(desired, gone)
     assert not plan.actions and "volume data is on node n9, which left the swarm: its data stays there" in str(plan.problems[0]), plan.problems
+
+
+MIGRATE = ("apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: migrate}\n"
+           "spec: {image: 'm:1', replicas: 2, runOnce: true, command: [migrate]}\n")
+
+
+def _job(d: Any, states: tuple[str, ...], iteration: int = 7, error: str = "") -> LiveService:
+    want = service_spec("t", d, "")
+    h = want["Labels"][L.SPEC_HASH]
+    old = tuple(LiveTask(f"o{i}", "n0", 0, "complete", "failed", "task: non-zero exit (1)", h, "2025", iteration - 1) for i in range(2))
+    tasks = tuple(LiveTask(f"t{i}", f"n{i % 2}", 0, "complete", s, error if s == "failed" else "", h, "2026", iteration) for i, s in enumerate(states))
+    return LiveService("id-migrate", want["Name"], 9, d.name, h, want, tasks=old + tasks, iteration=iteration)
+
+
+def test_a_job_is_a_replicated_job_run_again_when_its_run_failed_and_healthy_once_done() -> None:
+    runtime = SwarmRuntime(CFG)
+    desired = load_files({"m.yaml": MIGRATE.encode()})
+    (d,) = desired.deployments
+    spec = service_spec("t", d, "")
+    assert spec["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 2, "TotalCompletions": 2}}
+    assert "UpdateConfig" not in spec and "RollbackConfig" not in spec  # Swarm takes no update config for a job
+    assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"  # a failed run fails the sync; the next runs it again
+    assert check(CFG, desired) == []
+
+    plan = runtime.plan(desired, _obs())
+    assert plan_text(plan, "r", {}).count("  + migrate                  create   job: 2 replicas of m:1\n") == 1
+    done = _job(d, ("complete", "complete"))  # the run before failed; this one completed: nothing to do
+    assert runtime.plan(desired, _obs(done)).in_sync
+    st = assess(desired, _obs(done))["migrate"]
+    assert st.health == Health.HEALTHY and st.message == "job done: 2/2 tasks exited with code 0"
+    running = _job(d, ("complete", "running"))
+    assert runtime.plan(desired, _obs(running)).in_sync and assess(desired, _obs(running))["migrate"].health == Health.PROGRESSING
+
+    failed = _job(d, ("complete", "failed"), error="task: non-zero exit (3)")
+    (a,) = runtime.plan(desired, _obs(failed)).actions
+    assert a.reason == "job failed (task failed: task: non-zero exit (3)): run it again", a.reason
+    st = assess(desired, _obs(failed))["migrate"]
+    assert st.health == Health.DEGRADED and st.message == "job failed: task failed: task: non-zero exit (3)"
+    changed = load_files({"m.yaml": MIGRATE.replace("m:1", "m:2").encode()})
+    (a,) = runtime.plan(changed, _obs(done)).actions
+    assert a.kind == "update" and a.reason == "changed: image m:1 -> m:2 (runs the job again)", a.reason

@@ -39,7 +39,7 @@ from ...live import Health
 from ...models import Deployment, DesiredState, Sealed, Service
 from .. import Runtime
 from .live import (ENDED, PINNED, ROLE_VOLUME, ROLLED_BACK, UPDATING, LiveService, LiveTask, Node, SwarmObservation, _node, _pending, _task,
-                   _task_error, assess, assess_services, node_names, node_rows, read)
+                   _service, _task_error, assess, assess_services, job_failed, node_names, node_rows, read)
 from .proxy import config_name, config_text, networks, proxy_spec
 from .spec import _change_words, check, document, document_hash, drift, file_objects, host_local, service_spec
 
@@ -123,7 +123,8 @@ class SwarmRuntime(Runtime):
             if live is None and name in observed.foreign:
                 taken(name, d.name)
             elif live is None:
-                actions.append(Action(ActionKind.CREATE, CLUSTER, d.name, None, f"{d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}",
+                job = "job: " if d.run_once else ""
+                actions.append(Action(ActionKind.CREATE, CLUSTER, d.name, None, f"{job}{d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}",
                                       container_name=name))
             elif live.spec_hash != want["Labels"][L.SPEC_HASH]:
                 old = live.document
@@ -131,6 +132,8 @@ class SwarmRuntime(Runtime):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"{what} ({_change_words(d)})", live.id, name))
             elif hand := drift(live.spec, want):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"changed outside Git: {', '.join(hand)} ({_change_words(d)})", live.id, name))
+            elif d.run_once and (why := job_failed(live, d.replicas)):
+                actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"job failed ({why}): run it again", live.id, name))
             else:
                 noops.append(f"{d.name}: {d.replicas} replica{'s' if d.replicas != 1 else ''} of {d.image}")
         for svc in desired.services:
@@ -253,6 +256,9 @@ class SwarmRuntime(Runtime):
             labels = {L.MANAGED_BY: self.agent, L.ROLE: ROLE_VOLUME, L.VOLUME: volume, PINNED: pins[d.name]}
             manager.ensure_object("config", name, pins[d.name].encode(), labels, {k: v[0] for k, v in manager.objects("config", f"{L.ROLE}={ROLE_VOLUME}").items()})
         spec = service_spec(self.agent, d, revision, desired, pins.get(d.name, ""), refs, self._image(manager, d, found))
+        live = found.service(d.name)
+        if d.run_once and live is not None:  # a job runs again on an update, its spec changed or not
+            spec["TaskTemplate"]["ForceUpdate"] = int((live.spec.get("TaskTemplate") or {}).get("ForceUpdate") or 0) + 1
         return _Target(spec, spec["Labels"][L.SPEC_HASH], lambda: d.replicas)
 
     @staticmethod
@@ -346,7 +352,8 @@ class SwarmRuntime(Runtime):
                     raise EngineError(CLUSTER, f"{d.name}: external network {n} does not exist on the swarm (gitsync never makes it)", reached=True)
 
     def _submit(self, manager: SwarmManager, a: Action, spec: Mapping[str, Any]) -> str:
-        """Create or update the service; the update status it had before (so that a stale one is not read as this change's)."""
+        """Create or update the service; the update status it had before (so that a stale one is not read as this
+        change's), or, for a job, the run it had before ("" when it had none)."""
         if a.kind == ActionKind.CREATE:
             manager.create_service(spec)
             return ""
@@ -354,7 +361,10 @@ class SwarmRuntime(Runtime):
         if live is None:
             manager.create_service(spec)
             return ""
-        before = str((live.get("UpdateStatus") or {}).get("StartedAt") or "")
+        if "ReplicatedJob" in (spec.get("Mode") or {}):
+            before = str(((live.get("JobStatus") or {}).get("JobIteration") or {}).get("Index") or "")
+        else:
+            before = str((live.get("UpdateStatus") or {}).get("StartedAt") or "")
         manager.update_service(live["ID"], int((live.get("Version") or {}).get("Index") or 0), spec)
         return before
 
@@ -362,6 +372,8 @@ class SwarmRuntime(Runtime):
                progress: Progress | None, stop: threading.Event | None) -> tuple[bool, str, bool]:
         """Until the service runs its new spec on as many tasks as it should (ok), Swarm rolled it back, or a
         task of the new spec failed to start (a create has nothing to roll back to); (ok, message, rolled back)."""
+        if target.job:
+            return self._await_job(manager, target, before, deadline, progress, stop)
         want, name = target.hash, target.spec["Name"]
         said = False
         while True:
@@ -392,6 +404,36 @@ class SwarmRuntime(Runtime):
                 return False, f"{cut}: {len(running)}/{count} tasks on the new spec running" + (f" ({why})" if why else ""), False
             if progress is not None and not said:
                 progress(Waiting(CLUSTER, name, "tasks running on the new spec" + (f" (Swarm: {state})" if state else ""), deadline - now))
+                said = True
+            if stop is not None:
+                stop.wait(POLL)
+            else:
+                time.sleep(POLL)
+
+    def _await_job(self, manager: SwarmManager, target: _Target, before: str, deadline: float,
+                   progress: Progress | None, stop: threading.Event | None) -> tuple[bool, str, bool]:
+        """Until the job's new run completed on every replica (ok), or a task of it failed; (ok, message, False)."""
+        want, name = target.hash, target.spec["Name"]
+        said = False
+        while True:
+            s = manager.inspect_service(name)
+            if s is None:
+                return False, "the service was removed while its job ran", False
+            live = _service(s, [_task(t) for t in manager.service_tasks(s["ID"])])
+            count = target.count()
+            done, running, failed = live.job_run(want)
+            if str(live.iteration) != before:  # this apply's run, not the one before
+                if len(done) >= count:
+                    return True, f"job done: {count}/{count} tasks exited with code 0", False
+                if failed:
+                    return False, f"job failed: {_task_error(failed, want)}", False
+            now = time.monotonic()
+            if now >= deadline or (stop is not None and stop.is_set()):
+                cut = "the agent stopped" if now < deadline else "did not complete in time"
+                why = _pending(live.tasks, want)
+                return False, f"{cut}: job {len(done)}/{count} done, {len(running)} running" + (f" ({why})" if why else ""), False
+            if progress is not None and not said:
+                progress(Waiting(CLUSTER, name, "the job's tasks to run to completion", deadline - now))
                 said = True
             if stop is not None:
                 stop.wait(POLL)
@@ -441,6 +483,10 @@ class _Target:
     spec: Mapping[str, Any]
     hash: str  # what its tasks' containers carry when they run this spec
     count: Callable[[], int]  # how many tasks must run it (a global proxy: the nodes it may run on)
+
+    @property
+    def job(self) -> bool:
+        return "ReplicatedJob" in (self.spec.get("Mode") or {})
 
 
 def _eligible(nodes: Sequence[Mapping[str, Any]], selector: Sequence[tuple[str, str]]) -> int:

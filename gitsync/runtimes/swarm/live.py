@@ -13,7 +13,7 @@ from ... import labels as L
 from ...engine import SwarmManager
 from ...health import DeploymentStatus, EndpointStatus, ServiceStatus
 from ...live import Health
-from ...models import DesiredState
+from ...models import Deployment, DesiredState
 from .spec import PINNED, ROLE_VOLUME, document, document_hash
 
 ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")
@@ -44,6 +44,7 @@ class LiveTask:
     error: str
     spec_hash: str  # the spec it runs (its container's label)
     timestamp: str
+    iteration: int = 0  # a job's run it belongs to (Swarm's JobIteration)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,13 @@ class LiveService:
     update_message: str = ""
     update_started: str = ""
     tasks: tuple[LiveTask, ...] = ()
+    iteration: int = 0  # a job's current run (Swarm's JobIteration)
+
+    def job_run(self, want: str) -> tuple[list[LiveTask], list[LiveTask], list[LiveTask]]:
+        """A job's current run on the spec `want`: its tasks done (exit 0), running, failed."""
+        tasks = [t for t in self.tasks if t.spec_hash == want and t.iteration == self.iteration]
+        return ([t for t in tasks if t.state == "complete"], [t for t in tasks if t.state == "running"],
+                [t for t in tasks if t.state in FAILED])
 
     @property
     def document(self) -> dict[str, Any] | None:
@@ -107,7 +115,7 @@ def _task(t: Mapping[str, Any]) -> LiveTask:
     return LiveTask(
         str(t.get("ID", "")), str(t.get("NodeID", "")), int(t.get("Slot") or 0), str(t.get("DesiredState", "")),
         str(status.get("State", "")), str(status.get("Err") or ""), str((cs.get("Labels") or {}).get(L.SPEC_HASH, "")),
-        str(status.get("Timestamp", "")),
+        str(status.get("Timestamp", "")), int((t.get("JobIteration") or {}).get("Index") or 0),
     )
 
 
@@ -119,7 +127,7 @@ def _service(s: Mapping[str, Any], tasks: Sequence[LiveTask]) -> LiveService:
         str(s.get("ID", "")), str(spec.get("Name", "")), int((s.get("Version") or {}).get("Index") or 0),
         str(labels.get(L.SERVICE) if labels.get(L.ROLE) == L.ROLE_PROXY else labels.get(L.DEPLOYMENT, "")),
         str(labels.get(L.SPEC_HASH, "")), spec, str(upd.get("State") or ""), str(upd.get("Message") or ""), str(upd.get("StartedAt") or ""),
-        tuple(tasks),
+        tuple(tasks), int(((s.get("JobStatus") or {}).get("JobIteration") or {}).get("Index") or 0),
     )
 
 
@@ -190,6 +198,9 @@ def assess(desired: DesiredState, observed: SwarmObservation) -> dict[str, Deplo
         if live is None:
             out[d.name] = DeploymentStatus(d.name, d.replicas, 0, 0, Health.MISSING, "no service on the swarm")
             continue
+        if d.run_once:
+            out[d.name] = _assess_job(d, live, want, observed)
+            continue
         running = [t for t in live.tasks if t.spec_hash == want and t.state == "running" and t.desired == "running"]
         per_node: dict[str, int] = {}
         for t in running:
@@ -209,6 +220,31 @@ def assess(desired: DesiredState, observed: SwarmObservation) -> dict[str, Deplo
             msg += f" ({why})"
         out[d.name] = DeploymentStatus(d.name, d.replicas, min(n, d.replicas), min(n, d.replicas), health, msg, dict(sorted(per_node.items())))
     return out
+
+
+def job_failed(live: LiveService, replicas: int) -> str:
+    """Why the job's current run failed ("" when it did not): a task of it failed before all completed."""
+    done, _, failed = live.job_run(live.spec_hash)
+    return (_task_error(failed, live.spec_hash) or "a task failed") if failed and len(done) < replicas else ""
+
+
+def _assess_job(d: Deployment, live: LiveService, want: str, observed: SwarmObservation) -> DeploymentStatus:
+    """A job is healthy once its run on this spec completed on every replica (exit 0); degraded when a task failed."""
+    done, running, failed = live.job_run(want) if live.spec_hash == want else ([], [], [])
+    per_node: dict[str, int] = {}
+    for t in done + running:
+        per_node[observed.node_name(t.node_id)] = per_node.get(observed.node_name(t.node_id), 0) + 1
+    if len(done) >= d.replicas:
+        health, msg = Health.HEALTHY, f"job done: {d.replicas}/{d.replicas} tasks exited with code 0"
+    elif failed:
+        health, msg = Health.DEGRADED, f"job failed: {_task_error(failed, want)}"
+    elif live.spec_hash != want:
+        health, msg = Health.DEGRADED, "the job's service has another spec"
+    elif running:
+        health, msg = Health.PROGRESSING, f"job running: {len(done)}/{d.replicas} done, {len(running)} running"
+    else:
+        health, msg = Health.PROGRESSING, f"job waiting: {len(done)}/{d.replicas} done" + (f" ({why})" if (why := _pending(live.tasks, want)) else "")
+    return DeploymentStatus(d.name, d.replicas, len(running), len(done), health, msg, dict(sorted(per_node.items())))
 
 
 def node_names(observed: SwarmObservation) -> dict[str, str]:

@@ -187,6 +187,8 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
     limits = {k: v for k, v in (("NanoCPUs", _ns(o.cpus) if o.cpus else None), ("MemoryBytes", o.memory), ("Pids", o.pids_limit)) if v}
     reserve = {k: v for k, v in (("NanoCPUs", _ns(o.cpus_reservation) if o.cpus_reservation else None), ("MemoryBytes", o.memory_reservation)) if v}
     condition = {RestartPolicy.NO: "none", RestartPolicy.ON_FAILURE: "on-failure"}.get(d.restart, "any")
+    if d.run_once and condition == "any":  # cannot be (validated): a job runs to completion
+        condition = "none"
     placement: dict[str, Any] = {}
     constraints = [f"node.labels.{k}=={v}" for k, v in d.placement.host_selector] + ([f"node.id=={pin}"] if pin else [])
     if constraints:
@@ -213,7 +215,7 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
         {"Protocol": p.protocol, "TargetPort": p.container_port, "PublishedPort": p.host_port, "PublishMode": "host"}
         for p in d.ports if p.host_port is not None
     ]
-    return {
+    spec: dict[str, Any] = {
         "Name": service_name(agent, d),
         "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want,
                    L.SPEC: json.dumps(doc, sort_keys=True, separators=(",", ":")), L.REVISION: revision, **({PINNED: pin} if pin else {})},
@@ -225,12 +227,17 @@ def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState
                            "MaxFailureRatio": 0, "Order": order},
         "EndpointSpec": {"Mode": "dnsrr", **({"Ports": published} if published else {})},
     }
+    if d.run_once:  # a job: its replicas run to completion side by side; an update runs it again (Swarm takes no update config for it)
+        spec["Mode"] = {"ReplicatedJob": {"MaxConcurrent": d.replicas, "TotalCompletions": d.replicas}}
+        del spec["UpdateConfig"], spec["RollbackConfig"]
+    return spec
 
 
 # What a person may change by hand with `docker service scale / update`: compared with Git on
 # every plan (drift), by name as the plan says it.
 _DRIFT: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
-    ("replicas", lambda s: ((s.get("Mode") or {}).get("Replicated") or {}).get("Replicas")),
+    ("replicas", lambda s: ((s.get("Mode") or {}).get("Replicated") or {}).get("Replicas")
+     or ((s.get("Mode") or {}).get("ReplicatedJob") or {}).get("TotalCompletions")),
     ("image", lambda s: unpinned(str(_cs(s).get("Image") or ""))),
     ("env", lambda s: sorted(_cs(s).get("Env") or [])),
     ("command", lambda s: (_cs(s).get("Command") or None, _cs(s).get("Args") or None)),
@@ -277,6 +284,8 @@ def update_order(d: Deployment) -> str:
 
 
 def _change_words(d: Deployment) -> str:
+    if d.run_once:
+        return "runs the job again"
     order = update_order(d)
     forced = f" for hostPort {', '.join(str(p.host_port) for p in d.ports if p.host_port)}" if order != str(d.update.order) else ""
     return f"{order}{forced}, {d.update.parallelism} at a time"
@@ -308,8 +317,6 @@ def check(desired: DesiredState) -> list[Problem]:
                 refuse("volumes", f"{m.name}: a volume per replica cannot be held to one node per replica on Swarm (use a shared driver, or one replica)")
             elif vol.external and vol.driver == "local" and not vol.shared:
                 refuse("volumes", f"{m.name}: Swarm cannot tell which node holds an external local volume (a task elsewhere would start on an empty one)")
-        if d.run_once:
-            refuse("runOnce", "jobs are not on the swarm runtime yet")
         if any(p.host_ip for p in d.ports):
             refuse("ports", "Swarm publishes a port on every address of a node, not on one (drop hostIP)")
         for path, opts in d.options.tmpfs:
