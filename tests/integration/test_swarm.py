@@ -28,6 +28,8 @@ from tests.integration.test_agent import AgentProc, statuses, wait_for
 from tests.integration.test_previews import on_branch, plan_statuses, pull_request_body
 from tests.integration.conftest import Fleet, http_call
 from tests.integration.test_images import _push_tags
+from tests.integration.test_hostile import assert_never_shown, everything_shown
+from tests.sopsfile import TEST_IDENTITY, secret_manifest
 from tests.integration.test_sync import LOOP
 from tests.load import Load
 
@@ -99,6 +101,9 @@ def _web(image: str, replicas: int = 2) -> str:
 
 WORKER = ("---\napiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
           f"  image: '{{image}}'\n  command: {json.dumps(LOOP)}\n  dependsOn: [web]\n")
+
+
+SECRET = "swarm-secret-5d1f0a"
 
 
 def _move_tag(repo: str, tag: str, engine_url: str) -> str:
@@ -230,10 +235,15 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
     repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
     _push_tags(repo, ("1",), fleet.engines[0].unix_url)
     up = GitRepo(tmp_path / "up" / "deploy")
+    # the workers hold a secret (a file and a variable): never shown on any channel of the agent
+    uses = "  secrets: [{name: api, key: token, path: /run/secrets/token}]\n  env: {TOKEN: {secretKeyRef: {name: api, key: token}}}\n"
     up.write("apps/web.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
-             f"  image: '{repo}:1'\n  replicas: 3\n  command: {json.dumps(LOOP)}\n")
+             f"  image: '{repo}:1'\n  replicas: 3\n  command: {json.dumps(LOOP)}\n" + uses)
+    up.write("secrets/api.yaml", secret_manifest("api", {"token": SECRET}))
     c1 = up.commit("three workers")
-    agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra="runtime: swarm\n",
+    key = tmp_path / "agent-age.key"
+    key.write_text(TEST_IDENTITY + "\n")
+    agent = AgentProc(fleet, up, github_forge, tmp_path, config_extra=f"runtime: swarm\nsecrets: {{ageKeyFile: '{key}'}}\n",
                       hosts=f"  - {{name: m1, url: '{fleet.engines[0].tcp_url}', insecure: true}}\n")
     h3 = fleet.engines[2]
     try:
@@ -264,10 +274,14 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
         status = requests.get(f"{agent.url}/api/status", timeout=5).json()
         assert len(status["hosts"]) == 3 and {h["labels"]["role"] for h in status["hosts"].values()} == {"web", "db"}
         version = manager.inspect_service(name)["Version"]["Index"]
+        (task, *_) = _running(manager, name)
+        api = swarm[{n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[task["NodeID"]]]
+        ex = api.exec_create(task["Status"]["ContainerStatus"]["ContainerID"], ["cat", "/run/secrets/token"])
+        assert api.exec_start(ex["Id"]).decode() == SECRET  # delivered as a Swarm secret, decrypted by the agent
 
         # a pull request is planned against the Swarm, on its commit, and never applied
         pr = on_branch(up, "more", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
-                       f"  image: '{repo}:1'\n  replicas: 4\n  command: {json.dumps(LOOP)}\n", "four workers")
+                       f"  image: '{repo}:1'\n  replicas: 4\n  command: {json.dumps(LOOP)}\n" + uses, "four workers")
         git(up.path, "update-ref", "refs/pull/3/head", pr)
         assert agent.hook(pull_request_body(3, pr, "more"), event="pull_request").status_code == 202
         wait_for(lambda: any(p["state"] == "success" for p in plan_statuses(github_forge, fleet.agent, pr)), 30)
@@ -286,6 +300,8 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
         assert manager.inspect_service(name)["Version"]["Index"] == version  # gitsync did not touch the service
         assert "is down" in agent.log.read_text()
         wait_for(lambda: all(n["Status"]["State"] == "ready" for n in manager.nodes()), 60)
+        shown, _ = everything_shown(agent, github_forge, up, tmp_path, {}, pr, c1)  # statuses, pages, /api, /metrics, log, CLI
+        assert_never_shown((SECRET,), shown, tmp_path)
     finally:
         agent.stop()
         _clean(manager, fleet, swarm)
