@@ -311,7 +311,8 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
 # -- hosts ------------------------------------------------------------------
 def cmd_images(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Each image policy: the tags its registry has, the newest it allows, and the marked lines that would change."""
-    from .images import RegistryError, choose, digest_of, find_markers, list_tags
+    from .images import choose, find_markers
+    from .registry import RegistryError, digest_of, list_tags
 
     cfg = _config(args)
     if not cfg.images:

@@ -4,17 +4,14 @@ which lines of the repository name that image.
 A line belongs to a policy by a marker comment at its end, as Flux writes it:
 ``image: registry.example.com/acme/web:1.4.2 # {"$imagepolicy": "web"}``. Only the tag on a marked
 line changes; the rest of the file stays byte for byte (no YAML round trip: that would reformat it).
-Tags are listed through the registry's own API (the distribution API: paginated, with the bearer
-token challenge most registries use, and basic credentials from the environment) by `python-dxf`;
-semantic versions are compared by `semver` (a range is npm's: `>=1.4.0 <2.0.0`, `||` between sets,
+The tags come from the registry (gitsync/registry.py); semantic versions are compared by `semver` (a range is npm's: `>=1.4.0 <2.0.0`, `||` between sets,
 and a pre-release only where a comparator of the range names one of the same version).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +19,6 @@ from .config import ImagePolicy
 
 MARKER_RE = re.compile(r'#\s*\{\s*"\$imagepolicy"\s*:\s*"(?P<name>[^"]*)"\s*\}\s*$')
 COMPARATOR_RE = re.compile(r"^(?P<op>>=|<=|>|<|==|=|!=|\^|~)?v?(?P<version>\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?)$")
-TIMEOUT = 20.0
-PAGE = 100  # tags asked for per request (the registry says where the next page is)
-
-
-class RegistryError(Exception):
-    pass
-
 
 # -- policies --------------------------------------------------------------------------------
 
@@ -101,55 +91,6 @@ def split_repository(repository: str) -> tuple[str, str]:
     if rest and ("." in first or ":" in first or first == "localhost"):
         return first, rest
     return "registry-1.docker.io", repository if "/" in repository else f"library/{repository}"
-
-
-def _registry(policy: ImagePolicy, call: Callable[[Any], Any]) -> Any:
-    """`call` with a client of the policy's repository; the registry's failures as RegistryError."""
-    import requests
-    from dxf import DXF, DXFBase, exceptions as dxf_errors
-
-    host, repo = split_repository(policy.repository)
-    user = os.environ.get(policy.username_env) if policy.username_env else None
-    password = os.environ.get(policy.password_env) if policy.password_env else None
-    if policy.username_env and not user:
-        raise RegistryError(f"${policy.username_env} is not set")
-
-    def auth(dxf: DXFBase, response: requests.Response) -> None:
-        dxf.authenticate(user, password, actions=["pull"], response=response)
-
-    client = DXF(host, repo, auth=auth, insecure=policy.insecure, tlsverify=policy.ca_file or True, timeout=TIMEOUT)
-    try:
-        return call(client)
-    except dxf_errors.DXFUnauthorizedError:
-        given = f"${policy.username_env}/${policy.password_env}" if policy.username_env else "no credentials"
-        raise RegistryError(f"{host} refused {given} for {repo} (credentials?)") from None
-    except requests.HTTPError as exc:
-        code = exc.response.status_code if exc.response is not None else "?"
-        raise RegistryError(f"{host} answered {code} for {repo}" + (" (credentials?)" if code in (401, 403) else "")) from None
-    except (requests.RequestException, dxf_errors.DXFError, OSError) as exc:
-        raise RegistryError(f"{host} cannot be reached: {type(exc).__name__}: {str(exc)[:200]}") from None
-
-
-def list_tags(policy: ImagePolicy) -> list[str]:
-    """Every tag of the policy's repository, through the registry's API (all pages)."""
-    return list(_registry(policy, lambda c: list(c.list_aliases(batch_size=PAGE))))
-
-
-def digest_of(policy: ImagePolicy, tag: str) -> str:
-    """The manifest digest the registry gives for `tag` (what `docker pull repo@sha256:...` fetches)."""
-    _, response = _registry(policy, lambda c: c.head_manifest_and_response(tag))
-    digest = response.headers.get("Docker-Content-Digest") if response is not None else None
-    if not digest or not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise RegistryError(f"{split_repository(policy.repository)[0]} gave no digest for {tag}")
-    return str(digest)
-
-
-def resolve(policy: ImagePolicy) -> str | None:
-    """The policy's choice as a marked line will name it: the tag, and its digest when the policy pins one."""
-    tag = choose(policy, list_tags(policy))
-    if tag is None or not policy.pin_digest:
-        return tag
-    return f"{tag}@{digest_of(policy, tag)}"
 
 
 # -- marked lines ----------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
-from .images import RegistryError, find_markers, resolve, rewrite
+from .images import find_markers, rewrite
+from .registry import RegistryError, resolve
 from .source import Source
 
 log = logging.getLogger("gitsync.images")

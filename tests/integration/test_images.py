@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from gitsync import images as images_mod
+from gitsync import registry as registry_mod
 from tests import testbed
 from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge
@@ -38,7 +38,7 @@ def test_gitsync_images_picks_the_newest_tag_the_policy_allows_from_the_registry
            f"  image: {repo}:1.4.2   # {{\"$imagepolicy\": \"web\"}}\n")
     fleet.repo.write("apps/web.yaml", web)
     fleet.repo.commit("web at 1.4.2")
-    monkeypatch.setattr(images_mod, "PAGE", 2)  # three pages of the registry's answer
+    monkeypatch.setattr(registry_mod, "PAGE", 2)  # three pages of the registry's answer
     r = cli("images", "-c", str(fleet.config))
     assert r.code == 1, r.out + r.err  # the closed registry
     assert f"tags seen: {', '.join(sorted(TAGS))}" in r.out and "chosen: 1.4.3" in r.out, r.out

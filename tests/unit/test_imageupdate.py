@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gitsync import config as config_mod
-from gitsync import images, imageupdate
+from gitsync import imageupdate, registry
 from gitsync.source import Source
 from tests.conftest import GitRepo, git
 
@@ -30,7 +30,7 @@ def setup(tmp_path: Path, extra: str = "") -> tuple[GitRepo, Path, config_mod.Co
 
 def test_a_round_commits_the_new_tag_and_a_raced_push_is_retried_on_the_new_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, bare, cfg = setup(tmp_path)
-    monkeypatch.setattr(images, "list_tags", lambda p: ["1.4.2", "1.4.3", "2.0.0"])
+    monkeypatch.setattr(registry, "list_tags", lambda p: ["1.4.2", "1.4.3", "2.0.0"])
     real_git = imageupdate._git
     raced = []
 
@@ -55,7 +55,7 @@ def test_a_round_commits_the_new_tag_and_a_raced_push_is_retried_on_the_new_head
 
 def test_push_branch_starts_from_the_tracked_branch_and_problems_are_the_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work, bare, cfg = setup(tmp_path, ", pushBranch: gitsync/images")
-    monkeypatch.setattr(images, "list_tags", lambda p: ["1.5.0"])
+    monkeypatch.setattr(registry, "list_tags", lambda p: ["1.5.0"])
     done = imageupdate.run_round(cfg, Source(cfg.source, str(tmp_path / "state")))
     assert done.branch == "gitsync/images"
     assert git(bare, "rev-parse", "main") == git(work.path, "rev-parse", "HEAD")  # the tracked branch is untouched
@@ -64,7 +64,7 @@ def test_push_branch_starts_from_the_tracked_branch_and_problems_are_the_rounds(
     def down(p: object) -> list[str]:
         raise imageupdate.RegistryError("r.example.com cannot be reached: ConnectionError")
 
-    monkeypatch.setattr(images, "list_tags", down)
+    monkeypatch.setattr(registry, "list_tags", down)
     done = imageupdate.run_round(cfg, Source(cfg.source, str(tmp_path / "state")))
     assert done.commit is None and done.problems == ["image policy web: r.example.com cannot be reached: ConnectionError"]
 
@@ -77,7 +77,7 @@ def test_with_a_signing_key_the_agents_commit_passes_its_own_verification(tmp_pa
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(key.allowed_signer())
     work, bare, cfg = setup(tmp_path, f", signingKey: '{key.path}'")
-    monkeypatch.setattr(images, "list_tags", lambda p: ["1.4.3"])
+    monkeypatch.setattr(registry, "list_tags", lambda p: ["1.4.3"])
     done = imageupdate.run_round(cfg, Source(cfg.source, str(tmp_path / "state")))
     assert done.commit is not None
     verdict = Verifier(config_mod.VerifySettings(allowed_signers=str(allowed)), tmp_path / "v").check(str(bare), done.commit)
