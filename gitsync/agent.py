@@ -37,7 +37,7 @@ from .settings import DEFAULT, Tunables
 from .status import CommitStatus, Notifier, State
 from .previews import Previews
 from .triggers import Cause, Debouncer, SyncQueue, Trigger, is_heal, text
-from .webhooks import Preview
+from .previews import Preview
 
 log = logging.getLogger("gitsync.agent")
 
@@ -338,7 +338,7 @@ class Agent:
         """Image update automation: a round per the shortest policy interval; a new tag becomes a commit
         (then a sync of it, or a preview on update.pushBranch). Problems are logged and counted, once each."""
         from .imageupdate import UpdateError, run_round
-        from .webhooks import Preview
+        from .previews import Preview
 
         told: set[str] = set()
         posted: tuple[str, State, str] | None = None

@@ -26,7 +26,6 @@ from .errors import GitsyncError, ManifestError, PushedOver
 from .plantext import host_labels, plan_text, summary
 from .reconcile import Syncer
 from .status import CommitStatus, Notifier, State
-from .webhooks import Preview
 
 log = logging.getLogger("gitsync.previews")
 
@@ -35,6 +34,22 @@ MAX_TEXT = 256 * 1024  # characters of one kept plan's text; `gitsync plan --ref
 MAX_KEPT = 32 * 1024 * 1024  # characters of every kept preview's text and plan, all told
 GC_EVERY = 10  # previews between two prunes of the preview mirror
 MAX_COMMENT = 60_000  # characters of a comment, all told (GitHub takes 65,536; Gitea and GitLab more)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A commit to plan without applying: of a branch other than the tracked one, or a pull request's."""
+
+    ref: str  # what to fetch: refs/heads/feature, refs/pull/7/head, refs/merge-requests/7/head
+    sha: str
+    branch: str  # the branch it is on (of the fork, for a pull request from one)
+    pull: int | None = None  # the pull or merge request's number
+
+    @property
+    def key(self) -> str:
+        """What its newer commits replace it in: a pull request by its number (two forks' `main` are two
+        pull requests), a branch of the repository by its name."""
+        return f"pull request #{self.pull}" if self.pull is not None else f"branch {self.branch}"
 
 
 @dataclass

@@ -14,24 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from .previews import Preview
+
 PROVIDERS = ("github", "gitea", "forgejo", "gitlab")
 ZERO_SHA = "0" * 40
-
-
-@dataclass(frozen=True)
-class Preview:
-    """A commit to plan without applying: of a branch other than the tracked one, or a pull request's."""
-
-    ref: str  # what to fetch: refs/heads/feature, refs/pull/7/head, refs/merge-requests/7/head
-    sha: str
-    branch: str  # the branch it is on (of the fork, for a pull request from one)
-    pull: int | None = None  # the pull or merge request's number
-
-    @property
-    def key(self) -> str:
-        """What its newer commits replace it in: a pull request by its number (two forks' `main` are two
-        pull requests), a branch of the repository by its name."""
-        return f"pull request #{self.pull}" if self.pull is not None else f"branch {self.branch}"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import requests
 
 from gitsync import config as config_mod
 from gitsync.agent import Agent
-from gitsync.webhooks import Preview
+from gitsync.previews import Preview
 from gitsync.triggers import Cause, Trigger
 from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge

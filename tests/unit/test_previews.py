@@ -10,7 +10,7 @@ from pathlib import Path
 from gitsync import config as config_mod
 from gitsync.previews import Previews
 from gitsync.status import Notifier, State
-from gitsync.webhooks import Preview
+from gitsync.previews import Preview
 
 
 def previews(**kw: object) -> Previews:

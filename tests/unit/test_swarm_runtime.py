@@ -173,3 +173,24 @@ def test_a_job_is_a_replicated_job_run_again_when_its_run_failed_and_healthy_onc
     changed = load_files({"m.yaml": MIGRATE.replace("m:1", "m:2").encode()})
     (a,) = runtime.plan(changed, _obs(done)).actions
     assert a.kind == "update" and a.reason == "changed: image m:1 -> m:2 (runs the job again)", a.reason
+
+
+def test_a_plan_never_reveals_a_secret_and_a_preview_plans_a_deployment_that_uses_one() -> None:
+    from gitsync.secrets import SecretReader
+    from gitsync.sops import AgeKeys
+    from tests.sopsfile import TEST_IDENTITY, secret_manifest
+
+    uses = WORKER.replace("spec: {image: 'w:1', replicas: 2}", "spec: {image: 'w:1', replicas: 2, env: {TOKEN: {secretKeyRef: {name: api, key: token}}}}")
+    files = {"w.yaml": uses.encode(), "api.yaml": secret_manifest("api", {"token": "tok-31f2"}).encode()}
+    reader = SecretReader(AgeKeys([TEST_IDENTITY], "test"))
+    applied = load_files(files, secrets=reader)
+    (d,) = applied.deployments
+    live = _live(d)  # as applied: its variable holds the value
+    assert "TOKEN=tok-31f2" in live.spec["TaskTemplate"]["ContainerSpec"]["Env"]
+    runtime = SwarmRuntime(CFG)
+    assert runtime.plan(applied, _obs(live)).in_sync
+    preview = load_files(files, secrets=reader.preview())  # nothing decrypted: the same commit plans in sync
+    assert runtime.plan(preview, _obs(live)).in_sync
+    changed = load_files({**files, "w.yaml": uses.replace("replicas: 2", "replicas: 3").encode()}, secrets=reader.preview())
+    (a,) = runtime.plan(changed, _obs(live)).actions
+    assert a.reason.startswith("changed: replicas") and "tok-31f2" not in a.reason

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.webhooks import Preview, decide, verify
+from gitsync.previews import Preview
+from gitsync.webhooks import decide, verify
 from tests.conftest import need_corpora
 
 SECRET = "hook-secret"

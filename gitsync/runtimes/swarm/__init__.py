@@ -116,7 +116,7 @@ class SwarmRuntime(Runtime):
             problems.append(PlacementProblem(name, why))
         for d in desired.deployments:
             live = observed.service(d.name)
-            want = service_spec(self.agent, d, "", desired, pins.get(d.name, ""))
+            want = service_spec(self.agent, d, "", desired, pins.get(d.name, ""), reveal=False)
             name = want["Name"]
             if d.name in why_not:
                 continue  # said as a problem: nothing is made where its data is not
@@ -130,7 +130,7 @@ class SwarmRuntime(Runtime):
                 old = live.document
                 what = describe_difference(old, document(d, desired)) if old is not None else "changed outside Git"
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"{what} ({_change_words(d)})", live.id, name))
-            elif hand := drift(live.spec, want):
+            elif hand := drift(live.spec, want, frozenset(k for k, _, _ in d.options.secret_env)):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"changed outside Git: {', '.join(hand)} ({_change_words(d)})", live.id, name))
             elif d.run_once and (why := job_failed(live, d.replicas)):
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, d.name, None, f"job failed ({why}): run it again", live.id, name))

@@ -137,17 +137,19 @@ def file_objects(agent: str, d: Deployment) -> list[FileObject]:
 
 
 def service_spec(agent: str, d: Deployment, revision: str, desired: DesiredState | None = None, pin: str = "",
-                 refs: Mapping[str, str] | None = None, image: str = "") -> dict[str, Any]:
+                 refs: Mapping[str, str] | None = None, image: str = "", reveal: bool = True) -> dict[str, Any]:
     """The whole service spec, as the Engine API takes it (Swarm keeps no part of an old one). `pin`:
     the node holding its host-local volume; `refs`: the ids of its Swarm configs and secrets by name
-    (none while planning: ids say nothing the names do not); `image`: the image pinned by digest."""
+    (none while planning: ids say nothing the names do not); `image`: the image pinned by digest.
+    Without `reveal` (a plan: a preview has no values to reveal) the variables taken from secrets are
+    left out: their digests are in the spec's hash, which tells a new value."""
     doc = document(d, desired)
     want = document_hash(doc)
     o = d.options
     cs: dict[str, Any] = {
         "Image": image or d.image,
         "Labels": {**dict(d.labels), L.MANAGED_BY: agent, L.DEPLOYMENT: d.name, L.SPEC_HASH: want},
-        "Env": [f"{k}={v}" for k, v in d.env] + [f"{k}={s.reveal().decode('utf-8', 'surrogateescape')}" for k, _, s in o.secret_env],
+        "Env": [f"{k}={v}" for k, v in d.env] + ([f"{k}={s.reveal().decode('utf-8', 'surrogateescape')}" for k, _, s in o.secret_env] if reveal else []),
         "StopGracePeriod": _ns(d.stop_grace_period),
     }
     mounts = [_volume_mount(agent, m.name, m.mount_path, m.read_only, desired) for m in d.volumes]
@@ -239,7 +241,7 @@ _DRIFT: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...] = (
     ("replicas", lambda s: ((s.get("Mode") or {}).get("Replicated") or {}).get("Replicas")
      or ((s.get("Mode") or {}).get("ReplicatedJob") or {}).get("TotalCompletions")),
     ("image", lambda s: unpinned(str(_cs(s).get("Image") or ""))),
-    ("env", lambda s: sorted(_cs(s).get("Env") or [])),
+    ("env", lambda s: sorted(_cs(s).get("Env") or [])),  # less the variables from secrets (see drift)
     ("command", lambda s: (_cs(s).get("Command") or None, _cs(s).get("Args") or None)),
     ("user", lambda s: _cs(s).get("User") or None),
     ("placement", lambda s: sorted(((s.get("TaskTemplate") or {}).get("Placement") or {}).get("Constraints") or [])),
@@ -266,12 +268,15 @@ def _trim(v: Any) -> Any:
     return v
 
 
-def drift(live: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
+def drift(live: Mapping[str, Any], want: Mapping[str, Any], secret_env: frozenset[str] = frozenset()) -> list[str]:
     """What differs between the live spec and the one Git gives, for a service whose labels say it
-    is up to date: a change made by hand. `replicas 5 -> 3`, `image`, ..."""
+    is up to date: a change made by hand. `replicas 5 -> 3`, `image`, ... `want` is a plan's spec: the
+    variables taken from secrets (`secret_env`) are not in it, and not compared (no plan reveals them)."""
     out = []
     for name, get in _DRIFT:
         was, now = get(live), get(want)
+        if name == "env":
+            was = [e for e in was if e.split("=", 1)[0] not in secret_env]
         if was != now:
             out.append(f"{name} {was} -> {now}" if name in ("replicas", "image") else name)
     return out
