@@ -38,9 +38,9 @@ def _timed(argv: list[str], cwd: Path) -> tuple[float, int]:
 
 
 def _in_process(folder: Path, rounds: int) -> float:
-    from gitsync import config as config_mod
-    from gitsync.errors import ManifestError
-    from gitsync.manifest import load_files, read_folder
+    from gitsync.core import config as config_mod
+    from gitsync.core.errors import ManifestError
+    from gitsync.core.manifest import load_files, read_folder
 
     open_policy = config_mod.PolicySettings(allow_host_network=True, allow_privileged=True, bind_mounts=(config_mod.BindRule("/", False),))
     times = []

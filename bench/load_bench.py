@@ -21,7 +21,7 @@ from collections.abc import Callable
 import yaml
 
 from bench import append
-from gitsync.manifest import load_files
+from gitsync.core.manifest import load_files
 
 
 

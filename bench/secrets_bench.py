@@ -47,9 +47,9 @@ def main() -> int:
     ap.add_argument("--secrets", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
-    from gitsync.manifest import load_files
-    from gitsync.secrets import SecretReader
-    from gitsync.sops import AgeKeys
+    from gitsync.core.manifest import load_files
+    from gitsync.core.secrets import SecretReader
+    from gitsync.adapters.sops import AgeKeys
     from tests.sopsfile import TEST_IDENTITY
 
     keys = AgeKeys([TEST_IDENTITY])

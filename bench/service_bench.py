@@ -38,7 +38,7 @@ from bench import record, swarm
 from bench.tools import need
 from bench.agent_bench import GIT_ENV
 from bench.sync_bench import clients, wipe
-from gitsync.config import load as load_config
+from gitsync.core.config import load as load_config
 from gitsync.reconcile import Syncer
 from tests import testbed
 from tests.load import Load

@@ -32,7 +32,7 @@ import docker
 
 from bench import record
 from bench.tools import need
-from gitsync import config as config_mod
+from gitsync.core import config as config_mod
 from gitsync.reconcile import Syncer
 from tests import testbed
 

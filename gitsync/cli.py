@@ -13,18 +13,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO, cast
 
 from . import __version__
-from . import labels as L
+from .core import labels as L
 from . import runtimes
-from .actions import ActionResult, Waiting
-from .config import Config, load as load_config
-from .errors import ConfigError, GitsyncError, LockedError, ManifestError
-from .triggers import Cause, Trigger, parse
-from .lock import AgentLock, Busy, Holder, is_gitsync
-from .manifest import load_files, read_folder
+from .core.actions import ActionResult, Waiting
+from .core.config import Config, load as load_config
+from .core.errors import ConfigError, GitsyncError, LockedError, ManifestError
+from .core.triggers import Cause, Trigger, parse
+from .agent.lock import AgentLock, Busy, Holder, is_gitsync
+from .core.manifest import load_files, read_folder
 from .reconcile import Observed, Outcome, Syncer
-from .plantext import host_labels, progress_line, render_plan
-from .redact import MaskedStream, Masking, MaskingFilter
-from .units import format_duration
+from .core.plantext import host_labels, progress_line, render_plan
+from .core.redact import MaskedStream, Masking, MaskingFilter
+from .core.units import format_duration
 
 
 class Exit(enum.IntEnum):
@@ -210,7 +210,7 @@ def cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 # -- apply ------------------------------------------------------------------
 def cmd_apply(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .units import parse_duration
+    from .core.units import parse_duration
 
     try:
         timeout = parse_duration(args.timeout)
@@ -268,7 +268,7 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
     import signal
     import time
 
-    from .history import History
+    from .agent.history import History
 
     running = f"an agent is running for {cfg.name} (pid {agent.pid})"
     if path is not None:
@@ -311,8 +311,8 @@ def _apply_through_agent(cfg: Config, agent: Holder, path: str | None, timeout: 
 # -- hosts ------------------------------------------------------------------
 def cmd_images(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Each image policy: the tags its registry has, the newest it allows, and the marked lines that would change."""
-    from .images import choose, find_markers
-    from .registry import RegistryError, digest_of, list_tags
+    from .core.images import choose, find_markers
+    from .adapters.registry import RegistryError, digest_of, list_tags
 
     cfg = _config(args)
     if not cfg.images:
@@ -365,7 +365,7 @@ def cmd_images(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_notify(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Send one test message to every notification target, and say which took it."""
-    from .alerts import Message, deliver
+    from .agent.alerts import Message, deliver
 
     cfg = _config(args)
     MASKING.use(cfg.redactor)
@@ -498,8 +498,8 @@ def _run_agent(cfg: Config, path: str | None, log: logging.Logger, out: TextIO, 
     import signal
     import threading
 
-    from .agent import Agent
-    from .server import HTTPServer
+    from .agent.agent import Agent
+    from .http.server import HTTPServer
 
     agent = Agent(cfg, path)
     try:
@@ -544,7 +544,7 @@ def _run_agent(cfg: Config, path: str | None, log: logging.Logger, out: TextIO, 
 
 # -- status -------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .history import History
+    from .agent.history import History
 
     cfg = _config(args)
     history = History(cfg.state_dir, cfg.name)

@@ -17,20 +17,20 @@ from dataclasses import replace as dc_replace
 from typing import Any
 
 from . import runtimes
-from .actions import ActionResult, ApplyResult, Plan, Progress
-from .config import Config
-from .errors import FetchError, GitsyncError, HostError, ManifestError, Reason
-from .health import DeploymentStatus, ServiceStatus
-from .hosts import Hosts
-from .live import Health
+from .core.actions import ActionResult, ApplyResult, Plan, Progress
+from .core.config import Config
+from .core.errors import FetchError, GitsyncError, HostError, ManifestError, Reason
+from .core.health import DeploymentStatus, ServiceStatus
+from .adapters.hosts import Hosts
+from .core.live import Health
 from .compose import is_compose_file
-from .manifest import load_files
-from .models import DesiredState
+from .core.manifest import load_files
+from .core.models import DesiredState
 from .runtimes import Observation
-from .source import SIGNATURE, Snapshot, Source
-from .triggers import Cause, Trigger, is_heal, text
-from .verify import Unverified
-from .units import format_duration
+from .adapters.source import SIGNATURE, Snapshot, Source
+from .core.triggers import Cause, Trigger, is_heal, text
+from .adapters.verify import Unverified
+from .core.units import format_duration
 
 log = logging.getLogger("gitsync.sync")
 

@@ -14,7 +14,7 @@ import pyrage
 import yaml
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gitsync import sops
+from gitsync.adapters import sops
 
 # One identity for every test (a test key, published here on purpose).
 TEST_IDENTITY = "AGE-SECRET-KEY-1NVPRJA3HM63NY6E0EWFPLTHJVNQ072EX5UF78SF4W7NX64D3CDCSN4GCGH"

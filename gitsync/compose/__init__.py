@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 from dataclasses import dataclass, field, replace
 
-from .. import yamlsrc
-from ..errors import Problem
-from ..repofiles import RepoFiles, Unreadable, inside
+from ..core import yamlsrc
+from ..core.errors import Problem
+from ..core.repofiles import RepoFiles, Unreadable, inside
 from . import schema
 from .interpolate import interpolate_tree, parse_env_file
 from .mapping import Doc, Project

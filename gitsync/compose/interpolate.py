@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .. import yamlsrc
-from ..fields import shown
+from ..core import yamlsrc
+from ..core.fields import shown
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import yamlsrc
-from ..models import Sealed
-from ..repofiles import LINK, MISSING, RepoFiles, Unreadable, inside
+from ..core import yamlsrc
+from ..core.models import Sealed
+from ..core.repofiles import LINK, MISSING, RepoFiles, Unreadable, inside
 from .interpolate import parse_env_file
 from .override import where
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import yamlsrc
+from ..core import yamlsrc
 
 OVERRIDE_FILES = ("compose.override.yml", "compose.override.yaml", "docker-compose.override.yml", "docker-compose.override.yaml")
 LINE_BASE = 10_000_000  # lines of the override file, shifted: no compose file has so many

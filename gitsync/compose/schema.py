@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-from .. import yamlsrc
+from ..core import yamlsrc
 
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..actions import Action, KindPlan, PlanView
-from ..run import Run
-from ..errors import Problem
-from ..fields import NAME_RE, Ctx, Obj
-from ..live import HostObservation
-from ..models import DesiredState, Origin
+from ..core.actions import Action, KindPlan, PlanView
+from .run import Run
+from ..core.errors import Problem
+from ..core.fields import NAME_RE, Ctx, Obj
+from ..core.live import HostObservation
+from ..core.models import DesiredState, Origin
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .. import labels as L
-from ..actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView
-from ..run import Run
-from ..config import HostSettings
-from ..errors import HostError, Problem
-from ..fields import (
+from ..core import labels as L
+from ..core.actions import PHASE_CREATE, PHASE_MOVED, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView
+from .run import Run
+from ..core.config import HostSettings
+from ..core.errors import HostError, Problem
+from ..core.fields import (
     ENV_KEY_RE,
     IMAGE_RE,
     LABEL_KEY_RE,
@@ -58,11 +58,11 @@ from ..fields import (
     read_host_ip,
     shown,
 )
-from ..health import DeploymentStatus
-from ..live import Health, HostObservation, LiveContainer
-from ..models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
+from ..core.health import DeploymentStatus
+from ..core.live import Health, HostObservation, LiveContainer
+from ..core.models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
 from . import Header, Kind, register
-from ..container import parse_options
+from ..core.container import parse_options
 from .files import mount_paths, read_files
 from .secret import read_secret_env, read_secret_files
 from .replicas import Replicas

@@ -17,11 +17,11 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from .. import labels as L
-from ..config import HostSettings
-from ..live import HostObservation, LiveContainer
-from ..models import Deployment, DesiredState, Service
-from ..proxyconf import Endpoint, render
+from ..core import labels as L
+from ..core.config import HostSettings
+from ..core.live import HostObservation, LiveContainer
+from ..core.models import Deployment, DesiredState, Service
+from ..core.proxyconf import Endpoint, render
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..fields import Ctx, Obj, path_problem, read_int, read_list, read_str, shown
-from ..models import FileMount
-from ..repofiles import RepoFiles, Unreadable, inside
+from ..core.fields import Ctx, Obj, path_problem, read_int, read_list, read_str, shown
+from ..core.models import FileMount
+from ..core.repofiles import RepoFiles, Unreadable, inside
 
 DEFAULT_MODE = 0o444  # as compose's configs: readable by anyone in the container, written by no one
 MAX_FILES_PER_MOUNT = 500

@@ -13,13 +13,13 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from .. import labels as L
-from ..actions import Action, ActionKind, ActionResult
-from ..run import Run, failure
-from ..engine import ContainerSpec, Engine, explain
-from ..errors import ApplyError, HostError
-from ..live import HostObservation, LiveContainer
-from ..proxyconf import CONFIG_PATH
+from ..core import labels as L
+from ..core.actions import Action, ActionKind, ActionResult
+from .run import Run, failure
+from ..adapters.engine import ContainerSpec, Engine, explain
+from ..core.errors import ApplyError, HostError
+from ..core.live import HostObservation, LiveContainer
+from ..core.proxyconf import CONFIG_PATH
 from .endpoints import config_for, endpoint_name, in_slot, members, proxy_document, proxy_labels, slots, starting
 
 NEXT_PATH = CONFIG_PATH + ".next"  # where a new configuration is checked before it replaces the running one

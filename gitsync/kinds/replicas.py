@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .. import labels as L
-from ..actions import Action, ActionKind, ActionResult
-from ..run import Run, failure
-from ..engine import Conflict, ContainerSpec, NotFound, explain
-from ..errors import ApplyError, HostError, Reason
-from ..hosts import Hosts
-from ..config import PolicySettings
-from ..container import docker_options
-from ..models import AccessMode, Deployment, DesiredState, NetworkMode, Sealed, UpdateOrder, Volume
-from ..policy import writable_roots
+from ..core import labels as L
+from ..core.actions import Action, ActionKind, ActionResult
+from .run import Run, failure
+from ..adapters.engine import Conflict, ContainerSpec, NotFound, explain
+from ..core.errors import ApplyError, HostError, Reason
+from ..adapters.hosts import Hosts
+from ..core.config import PolicySettings
+from ..core.container import docker_options
+from ..core.models import AccessMode, Deployment, DesiredState, NetworkMode, Sealed, UpdateOrder, Volume
+from ..core.policy import writable_roots
 
 
 class GateFailed(ApplyError):

@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from .. import sops
-from ..errors import Problem
-from ..fields import ENV_KEY_RE, Ctx, Obj, path_problem, read_int, read_list, read_str, shown
-from ..models import Deployment, FileMount, Sealed, Secret, SecretRef
-from ..repofiles import RepoFiles, Unreadable, inside
-from ..secrets import SecretReader
+from ..adapters import sops
+from ..core.errors import Problem
+from ..core.fields import ENV_KEY_RE, Ctx, Obj, path_problem, read_int, read_list, read_str, shown
+from ..core.models import Deployment, FileMount, Sealed, Secret, SecretRef
+from ..core.repofiles import RepoFiles, Unreadable, inside
+from ..core.secrets import SecretReader
 from . import Header, Kind, register
 
 KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")  # Kubernetes' rule for a Secret's keys: they become file names

@@ -8,16 +8,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import labels as L
-from ..actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView
-from ..run import Run
-from ..config import HostSettings
-from ..errors import Problem
-from ..fields import LABEL_KEY_RE, Ctx, Obj, read_host_ip, read_int, read_list, read_str_map
-from ..models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
-from ..health import EndpointStatus, ServiceStatus
-from ..live import Health, HostObservation
-from ..proxyconf import backend_name, render, servers
+from ..core import labels as L
+from ..core.actions import PHASE_CREATE, PHASE_REPLACE, PHASE_START, PHASE_SURPLUS, Action, ActionKind, KindPlan, PlacementProblem, PlanView
+from .run import Run
+from ..core.config import HostSettings
+from ..core.errors import Problem
+from ..core.fields import LABEL_KEY_RE, Ctx, Obj, read_host_ip, read_int, read_list, read_str_map
+from ..core.models import Deployment, DesiredState, NetworkMode, Origin, Service, ServicePort, selectors_overlap
+from ..core.health import EndpointStatus, ServiceStatus
+from ..core.live import Health, HostObservation
+from ..core.proxyconf import backend_name, render, servers
 from . import Header, Kind, register
 from .endpoints import document_hash, endpoint_name, endpoints, hard_stop, in_slot, members, proxy_document, ready, slots, starting
 from .proxies import Proxies

@@ -10,13 +10,13 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import labels as L
-from ..actions import KindPlan, PlacementProblem, PlanView
-from ..live import HostObservation, LiveVolume
-from ..errors import Problem
-from ..fields import VOLUME_NAME_RE, Ctx, read_bool, read_enum, read_str, read_str_map, shown
-from ..models import AccessMode, DesiredState, Volume
-from ..policy import volume_refusals
+from ..core import labels as L
+from ..core.actions import KindPlan, PlacementProblem, PlanView
+from ..core.live import HostObservation, LiveVolume
+from ..core.errors import Problem
+from ..core.fields import VOLUME_NAME_RE, Ctx, read_bool, read_enum, read_str, read_str_map, shown
+from ..core.models import AccessMode, DesiredState, Volume
+from ..core.policy import volume_refusals
 from . import Header, Kind, register
 
 OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -19,13 +19,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..actions import ApplyResult, Plan, Progress
-from ..errors import Problem
-from ..health import DeploymentStatus, ServiceStatus
-from ..models import DesiredState
+from ..core.actions import ApplyResult, Plan, Progress
+from ..core.errors import Problem
+from ..core.health import DeploymentStatus, ServiceStatus
+from ..core.models import DesiredState
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..core.config import Config
 
 Observation = Any  # what a runtime reads from its engine: its own type, opaque to the sync
 

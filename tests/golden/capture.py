@@ -21,8 +21,8 @@ from pathlib import Path
 
 import docker
 
-from gitsync import config as config_mod
-from gitsync import labels as L
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
 from gitsync.reconcile import Syncer
 from tests import testbed
 

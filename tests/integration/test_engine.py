@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from gitsync.config import HostSettings
-from gitsync.engine import ContainerSpec, EngineError, connect
-from gitsync.proxyconf import CONFIG_PATH, Endpoint, render
-from gitsync.models import Service, ServicePort
+from gitsync.core.config import HostSettings
+from gitsync.adapters.engine import ContainerSpec, EngineError, connect
+from gitsync.core.proxyconf import CONFIG_PATH, Endpoint, render
+from gitsync.core.models import Service, ServicePort
 from tests import testbed
 from tests.integration.conftest import Fleet
 

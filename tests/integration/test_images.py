@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from gitsync import registry as registry_mod
+from gitsync.adapters import registry as registry_mod
 from tests import testbed
 from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from gitsync import config as config_mod
-from gitsync.agent import Agent
-from gitsync.previews import Preview
-from gitsync.triggers import Cause, Trigger
+from gitsync.core import config as config_mod
+from gitsync.agent.agent import Agent
+from gitsync.agent.previews import Preview
+from gitsync.core.triggers import Cause, Trigger
 from tests.conftest import GitRepo, cli, git
 from tests.fakeforge import FakeForge
 from tests.integration.conftest import Fleet
-from gitsync.dashboard import fold
-from gitsync.history import SyncRecord
+from gitsync.http.dashboard import fold
+from gitsync.agent.history import SyncRecord
 from tests.integration.test_agent import chromium, dashboard_text, push_body, wait_for, web_agent
 from tests.integration.test_sync import WEB, deployment
 

@@ -11,10 +11,10 @@ import requests
 
 import pytest
 
-from gitsync.config import load as load_config
-from gitsync.hosts import Hosts
+from gitsync.core.config import load as load_config
+from gitsync.adapters.hosts import Hosts
 from gitsync.kinds.proxies import ConfigRefused, put_config
-from gitsync.proxyconf import CONFIG_PATH
+from gitsync.core.proxyconf import CONFIG_PATH
 from tests import testbed
 from tests.conftest import GitRepo, cli
 from tests.fakeforge import FakeForge

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.config import SourceSettings
-from gitsync.errors import FetchError, ManifestError
-from gitsync.manifest import load_files
-from gitsync.source import Source
+from gitsync.core.config import SourceSettings
+from gitsync.core.errors import FetchError, ManifestError
+from gitsync.core.manifest import load_files
+from gitsync.adapters.source import Source
 from tests.conftest import GitRepo, cli, free_port, git
 
 MANIFEST = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {image: 'a:1', replicas: REPLICAS}\n"

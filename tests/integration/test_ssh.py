@@ -23,9 +23,9 @@ import docker
 import pytest
 
 from tests import testbed
-from gitsync.config import SourceSettings
-from gitsync.errors import FetchError
-from gitsync.source import Source
+from gitsync.core.config import SourceSettings
+from gitsync.core.errors import FetchError
+from gitsync.adapters.source import Source
 from tests.conftest import IN_CI, GitRepo, git
 
 pytestmark = pytest.mark.docker

@@ -9,14 +9,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync.agent import Agent
-from gitsync.backoff import Backoff
+from gitsync.core import config as config_mod
+from gitsync.agent.agent import Agent
+from gitsync.agent.backoff import Backoff
 from gitsync.runtimes.containers.liveness import HostTracker
-from gitsync.reporting import gist
-from gitsync.triggers import Cause, SyncQueue, Trigger, is_heal, parse, text
-from gitsync.status import State
-from gitsync.history import History
+from gitsync.agent.reporting import gist
+from gitsync.agent.queue import SyncQueue
+from gitsync.core.triggers import Cause, Trigger, is_heal, parse, text
+from gitsync.adapters.status import State
+from gitsync.agent.history import History
 from tests.conftest import IN_CI, GitRepo
 from tests.fakeforge import OCTOKIT, FakeForge
 

@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from gitsync import alerts as alerts_mod
-from gitsync import config as config_mod
-from gitsync.actions import ApplyResult
-from gitsync.triggers import Cause, Trigger
-from gitsync.alerts import Alerts
-from gitsync.errors import ConfigError, Reason
-from gitsync.live import Health
-from gitsync.redact import Redactor
+from gitsync.agent import alerts as alerts_mod
+from gitsync.core import config as config_mod
+from gitsync.core.actions import ApplyResult
+from gitsync.core.triggers import Cause, Trigger
+from gitsync.agent.alerts import Alerts
+from gitsync.core.errors import ConfigError, Reason
+from gitsync.core.live import Health
+from gitsync.core.redact import Redactor
 from gitsync.reconcile import Outcome
 from tests.catcher import Catcher, refusing_url
 from tests.conftest import cli

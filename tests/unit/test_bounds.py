@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.config import SourceSettings
-from gitsync.errors import ManifestError
-from gitsync.live import HostObservation
-from gitsync.manifest import MAX_TOTAL_BYTES, load_files, read_folder
-from gitsync.plan import make_plan
-from gitsync.source import Source
+from gitsync.core.config import SourceSettings
+from gitsync.core.errors import ManifestError
+from gitsync.core.live import HostObservation
+from gitsync.core.manifest import MAX_TOTAL_BYTES, load_files, read_folder
+from gitsync.runtimes.containers.plan import make_plan
+from gitsync.adapters.source import Source
 from tests.conftest import GitRepo
 from tests.unit.test_volumes import CFG
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from gitsync import compose
-from gitsync import config as config_mod
+from gitsync.core import config as config_mod
 from gitsync.compose.interpolate import InterpolationError, interpolate, parse_env_file
-from gitsync.errors import ManifestError
-from gitsync.live import HostObservation
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
+from gitsync.core.errors import ManifestError
+from gitsync.core.live import HostObservation
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
 from tests.conftest import need_corpora
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -465,7 +465,7 @@ services:
 def test_an_override_file_beside_the_compose_file_merges_as_docker_compose_merges_it() -> None:
     """Issue 21, item 3: compose.override.yaml is merged (the compose specification's rules), never read as a manifest."""
     from gitsync.compose.override import merge
-    from gitsync import yamlsrc
+    from gitsync.core import yamlsrc
 
     merged = merge(yamlsrc.load_all(BASE, compose=True)[0][1], yamlsrc.load_all(OVERRIDE, compose=True)[0][1])
     web = merged["services"]["web"]
@@ -505,9 +505,9 @@ def test_an_override_file_beside_the_compose_file_merges_as_docker_compose_merge
 
 def test_env_file_reads_any_file_of_the_repository_in_git_and_on_disk_but_no_link_nor_a_path_out(tmp_path: Path) -> None:
     """Issue 21, item 3: env_file takes any file name (.env.production), read from the commit itself."""
-    from gitsync.config import SourceSettings
-    from gitsync.manifest import read_folder
-    from gitsync.source import Source
+    from gitsync.core.config import SourceSettings
+    from gitsync.core.manifest import read_folder
+    from gitsync.adapters.source import Source
     from tests.conftest import GitRepo
 
     repo = GitRepo(tmp_path / "repo")
@@ -566,7 +566,7 @@ def test_every_key_of_the_compose_specification_is_mapped_ignored_or_refused_wit
 
 
 def test_a_service_name_with_an_underscore_is_a_deployment_and_service_of_that_name() -> None:
-    from gitsync import labels as L
+    from gitsync.core import labels as L
 
     d = load_files({"compose.yaml": b"services:\n  my_app:\n    image: a:1\n    expose: [80]\n"})
     assert [x.name for x in d.deployments] == ["my_app"] and [s.name for s in d.services] == ["my_app"]
@@ -575,7 +575,7 @@ def test_a_service_name_with_an_underscore_is_a_deployment_and_service_of_that_n
 
 def test_a_service_others_wait_to_complete_successfully_is_a_job_that_runs_once_per_change() -> None:
     """Issue 21, item 5: depends_on with condition service_completed_successfully (a migration)."""
-    from gitsync import labels as L
+    from gitsync.core import labels as L
     from gitsync.kinds.deployment import assess
 
     text = ("services:\n  migrate:\n    image: app:1\n    command: [migrate]\n"
@@ -586,7 +586,7 @@ def test_a_service_others_wait_to_complete_successfully_is_a_job_that_runs_once_
     assert L.spec_document(migrate)["runOnce"] is True and "runOnce" not in L.spec_document(app)
 
     def job(state: str, code: int | None) -> dict[str, HostObservation]:
-        from gitsync.live import LiveContainer
+        from gitsync.core.live import LiveContainer
         c = LiveContainer("c1", "t_migrate-0", "h1", "migrate", 0, L.spec_hash(migrate), "r", state, None, 1, "app:1", spec=L.canonical_spec(migrate), exit_code=code)
         return {"h1": HostObservation("h1", True, (c,)), "h2": HostObservation("h2", True), "h3": HostObservation("h3", True)}
 

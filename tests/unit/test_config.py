@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gitsync.config import parse
-from gitsync.errors import ConfigError, HostError
-from gitsync.engine import check_transport
+from gitsync.core.config import parse
+from gitsync.core.errors import ConfigError, HostError
+from gitsync.adapters.engine import check_transport
 
 
 def error(text: str) -> str:

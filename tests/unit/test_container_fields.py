@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync import container
-from gitsync import labels as L
-from gitsync.errors import ConfigError, ManifestError
+from gitsync.core import config as config_mod
+from gitsync.core import container
+from gitsync.core import labels as L
+from gitsync.core.errors import ConfigError, ManifestError
 from gitsync.kinds.deployment import describe_change
 from gitsync.kinds.replicas import container_spec
-from gitsync.live import LiveContainer
-from gitsync.manifest import load_files
-from gitsync.models import NetworkMode
+from gitsync.core.live import LiveContainer
+from gitsync.core.manifest import load_files
+from gitsync.core.models import NetworkMode
 
 HEAD = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  image: web:1\n"
 

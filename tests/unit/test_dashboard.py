@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from gitsync import config as config_mod
-from gitsync.dashboard import fold, forge_commit_url, timeline_svg, trigger_word
-from gitsync.history import SyncRecord
+from gitsync.core import config as config_mod
+from gitsync.http.dashboard import fold, forge_commit_url, timeline_svg, trigger_word
+from gitsync.agent.history import SyncRecord
 
 
 def rec(i: int, trigger: str, outcome: str = "success", actions: int = 0, commit: str = "c1") -> SyncRecord:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import labels as L
-from gitsync.errors import ManifestError
-from gitsync.manifest import load_files, read_folder
+from gitsync.core import labels as L
+from gitsync.core.errors import ManifestError
+from gitsync.core.manifest import load_files, read_folder
 
 NGINX = b"events {}\nhttp { server { listen 80; } }\n"
 
@@ -121,7 +121,7 @@ configs:
 
 def test_compose_volume_suffixes_selinux_labels_reach_the_bind_and_cached_or_delegated_are_ignored_as_on_linux() -> None:
     text = "services:\n  web:\n    image: a:1\n    volumes: ['/srv/a:/a:z', '/srv/b:/b:ro,Z', '/srv/c:/c:cached', '/srv/d:/d:delegated,ro']\n"
-    from gitsync import config as config_mod
+    from gitsync.core import config as config_mod
 
     web = load_files({"compose.yaml": text.encode()}, config_mod.PolicySettings(bind_mounts=(config_mod.BindRule("/srv", False),))).deployment("web")
     assert web is not None
@@ -138,10 +138,10 @@ def test_a_file_made_from_a_value_of_the_agents_environment_is_never_shown_in_a_
     environment) reaches the replica's file and nothing else: not the plan, its JSON, nor the labels."""
     import json
 
-    from gitsync import config as config_mod
-    from gitsync.live import HostObservation, LiveContainer
-    from gitsync.plan import make_plan
-    from gitsync.plantext import plan_text
+    from gitsync.core import config as config_mod
+    from gitsync.core.live import HostObservation, LiveContainer
+    from gitsync.runtimes.containers.plan import make_plan
+    from gitsync.core.plantext import plan_text
 
     text = "services:\n  app:\n    image: a:1\n    configs: [{source: token, target: /run/token}]\nconfigs:\n  token: {environment: API_TOKEN}\n"
     hosts = config_mod.parse("name: t\nhosts:\n  - {name: h1, url: 'tcp://10.0.0.1:2375'}\n").hosts

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync.config import ImagePolicy
-from gitsync.errors import ConfigError
-from gitsync.images import choose, find_markers, rewrite, split_repository
+from gitsync.core import config as config_mod
+from gitsync.core.config import ImagePolicy
+from gitsync.core.errors import ConfigError
+from gitsync.core.images import choose, find_markers, rewrite, split_repository
 
 TAGS = ["1.4.2", "1.4.3", "1.5.0-rc.1", "2.0.0", "latest", "v1.4.10", "main-20261201", "main-20261207", "main-9"]
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync import imageupdate, registry
-from gitsync.source import Source
+from gitsync.core import config as config_mod
+from gitsync.agent import imageupdate
+from gitsync.adapters import registry
+from gitsync.adapters.source import Source
 from tests.conftest import GitRepo, git
 
 WEB = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  image: r.example.com/acme/web:1.4.2 # {\"$imagepolicy\": \"web\"}\n"
@@ -70,7 +71,7 @@ def test_push_branch_starts_from_the_tracked_branch_and_problems_are_the_rounds(
 
 
 def test_with_a_signing_key_the_agents_commit_passes_its_own_verification(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gitsync.verify import Verifier
+    from gitsync.adapters.verify import Verifier
     from tests.signing import SshKey
 
     key = SshKey(tmp_path, "gitsync")

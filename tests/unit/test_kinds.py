@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from gitsync import config as config_mod
+from gitsync.core import config as config_mod
 from gitsync import kinds
-from gitsync.actions import PHASE_CREATE, Action, ActionKind, ActionResult, KindPlan, PlanView
-from gitsync.run import Run
-from gitsync.apply import apply_plan
-from gitsync.errors import ManifestError
-from gitsync.fields import Ctx, Obj, read_str
-from gitsync.live import HostObservation
-from gitsync.manifest import load_files
-from gitsync.models import DesiredState, Origin
-from gitsync.plan import make_plan
+from gitsync.core.actions import PHASE_CREATE, Action, ActionKind, ActionResult, KindPlan, PlanView
+from gitsync.kinds.run import Run
+from gitsync.runtimes.containers.apply import apply_plan
+from gitsync.core.errors import ManifestError
+from gitsync.core.fields import Ctx, Obj, read_str
+from gitsync.core.live import HostObservation
+from gitsync.core.manifest import load_files
+from gitsync.core.models import DesiredState, Origin
+from gitsync.runtimes.containers.plan import make_plan
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def test_a_registered_kinds_problems_are_located_and_listed_with_the_known_kinds
 
 
 def test_an_action_of_a_kind_the_agent_does_not_know_is_reported_not_dropped() -> None:
-    from gitsync.actions import Plan
+    from gitsync.core.actions import Plan
 
     a = Action(ActionKind.CREATE, "one", "x", None, "?", object_kind="Gadget")
     result = apply_plan(Plan((a,)), DesiredState(), None, "t", "rev", observe=dict)  # type: ignore[arg-type]
@@ -117,13 +117,13 @@ def test_only_the_engine_module_speaks_docker() -> None:
                 names = [node.module or ""]
             if any(n == "docker" or n.startswith("docker.") for n in names):
                 speakers.add(str(path.relative_to(root)))
-    assert speakers == {"engine.py"}
+    assert speakers == {"adapters/engine.py"}
 
 
 def test_a_service_that_selects_no_deployment_is_a_warning_in_the_plan_not_an_error() -> None:
     import io
 
-    from gitsync.plantext import render_plan
+    from gitsync.core.plantext import render_plan
 
     files = {
         "a.yaml": FILES["a.yaml"].split(b"---\n")[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.lock import AgentLock, Busy
+from gitsync.agent.lock import AgentLock, Busy
 from tests.conftest import cli
 
 HOLD = "import sys, time; from gitsync.lock import AgentLock; AgentLock(sys.argv[1]).acquire(sys.argv[2]); print('held', flush=True); time.sleep(60)"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import labels
-from gitsync.errors import ManifestError
-from gitsync.manifest import MAX_FILE_BYTES, load_files, read_folder
-from gitsync.models import UpdateOrder
+from gitsync.core import labels
+from gitsync.core.errors import ManifestError
+from gitsync.core.manifest import MAX_FILE_BYTES, load_files, read_folder
+from gitsync.core.models import UpdateOrder
 
 HEAD = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "repo"
@@ -143,8 +143,8 @@ def test_examples_repo_is_valid() -> None:
 
 @pytest.mark.parametrize("variant", ["three-tier", "three-tier-official", "compose-shop"])
 def test_the_three_tier_examples_are_valid(variant: str) -> None:
-    from gitsync.secrets import SecretReader
-    from gitsync.sops import AgeKeys
+    from gitsync.core.secrets import SecretReader
+    from gitsync.adapters.sops import AgeKeys
 
     reader = SecretReader(AgeKeys.load(str(EXAMPLES.parent / "keys" / "example-age.key")))
     state = load_files(read_folder(str(EXAMPLES.parent / variant)), secrets=reader)
@@ -265,7 +265,7 @@ def test_a_reserved_label_is_located_at_its_key() -> None:
 
 
 def test_too_many_files_are_counted_right(tmp_path: Path) -> None:
-    from gitsync.manifest import MAX_FILES
+    from gitsync.core.manifest import MAX_FILES
 
     d = tmp_path / "repo"
     d.mkdir()
@@ -327,7 +327,7 @@ def test_a_service_is_checked_against_the_deployments_and_the_other_services() -
 
 def test_container_names_never_collide_across_agents() -> None:
     """Issue 20, item 14: with '-' between agent and deployment, agent ca's x-0 and agent ca-x's 0 met."""
-    from gitsync.labels import container_name
+    from gitsync.core.labels import container_name
 
     assert container_name("ca", "x-0", 0) != container_name("ca-x", "0", 0)
     names = {container_name(a, d, r) for a in ("ca", "ca-x", "ca.x", "c") for d in ("x", "x-0", "0", "a-x") for r in (0, 10)}

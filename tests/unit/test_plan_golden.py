@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gitsync import config as config_mod
-from gitsync.plantext import host_labels, render_plan
-from gitsync.live import HostObservation, from_list_entry
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
+from gitsync.core import config as config_mod
+from gitsync.core.plantext import host_labels, render_plan
+from gitsync.core.live import HostObservation, from_list_entry
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 CASES = sorted(p for p in (GOLDEN / "cases").iterdir() if p.is_dir())

@@ -3,12 +3,12 @@ deployment which fields."""
 
 from __future__ import annotations
 
-from gitsync import config as config_mod
-from gitsync import labels as L
-from gitsync.live import HostObservation, LiveContainer
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
-from gitsync.plantext import summary
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
+from gitsync.core.live import HostObservation, LiveContainer
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
+from gitsync.core.plantext import summary
 
 HOSTS = config_mod.parse("name: t\nhosts:\n  - {name: h1, url: 'tcp://10.0.0.1:2375'}\n").hosts
 

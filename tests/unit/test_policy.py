@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync.actions import ActionKind
-from gitsync.config import PolicySettings
-from gitsync.errors import ManifestError
-from gitsync.live import HostObservation, LiveVolume
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
+from gitsync.core import config as config_mod
+from gitsync.core.actions import ActionKind
+from gitsync.core.config import PolicySettings
+from gitsync.core.errors import ManifestError
+from gitsync.core.live import HostObservation, LiveVolume
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
 from tests.unit.test_volumes import CFG, db
 
 HEAD = "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  image: web:1\n"

@@ -7,10 +7,10 @@ import json
 import time
 from pathlib import Path
 
-from gitsync import config as config_mod
-from gitsync.previews import Previews
-from gitsync.status import Notifier, State
-from gitsync.previews import Preview
+from gitsync.core import config as config_mod
+from gitsync.agent.previews import Previews
+from gitsync.adapters.status import Notifier, State
+from gitsync.agent.previews import Preview
 
 
 def previews(**kw: object) -> Previews:
@@ -31,7 +31,7 @@ def test_two_forks_main_branches_are_two_previews_and_a_newer_commit_replaces_on
 
 
 def test_a_comment_keeps_what_a_commit_decides_inside_one_fence_and_fits_the_forges_limit() -> None:
-    from gitsync.previews import MAX_COMMENT, PreviewResult, comment_body
+    from gitsync.agent.previews import MAX_COMMENT, PreviewResult, comment_body
 
     marker = "<!-- gitsync:t:plan -->"
     hostile = "````\n@admin [click](https://evil.example) <img src=x> <!-- gitsync:t:plan -->\n```"
@@ -93,7 +93,7 @@ def test_what_a_stopped_agent_left_unfinished_is_planned_after_a_restart_and_nev
 
 
 def test_what_previews_keep_is_bounded_whatever_a_commit_plans() -> None:
-    from gitsync.previews import MAX_KEPT, MAX_TEXT, PreviewResult
+    from gitsync.agent.previews import MAX_KEPT, MAX_TEXT, PreviewResult
 
     p = previews()
     for i in range(40):  # each a stranger's plan of thousands of replicas

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.proxyconf import Endpoint, render
-from gitsync.models import Service, ServicePort
+from gitsync.core.proxyconf import Endpoint, render
+from gitsync.core.models import Service, ServicePort
 from tests.conftest import IN_CI
 
 SERVICES = [

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync.config import placeholder
-from gitsync.errors import ConfigError
-from gitsync.history import History
-from gitsync.manifest import load_files
-from gitsync.redact import Masking, MaskingFilter, Redactor
-from gitsync.status import CommitStatus, Notifier, State
+from gitsync.core import config as config_mod
+from gitsync.core.config import placeholder
+from gitsync.core.errors import ConfigError
+from gitsync.agent.history import History
+from gitsync.core.manifest import load_files
+from gitsync.core.redact import Masking, MaskingFilter, Redactor
+from gitsync.adapters.status import CommitStatus, Notifier, State
 from tests.conftest import cli
 
 SECRET = 'pa"ss<w>rd 42&'

@@ -7,14 +7,14 @@ import docker.errors
 import pytest
 import requests
 
-from gitsync.actions import Action, ActionKind, ActionResult, ApplyResult
-from gitsync.run import failure
-from gitsync.engine import Conflict, EngineError, NotFound, _translated
-from gitsync.errors import Reason
+from gitsync.core.actions import Action, ActionKind, ActionResult, ApplyResult
+from gitsync.kinds.run import failure
+from gitsync.adapters.engine import Conflict, EngineError, NotFound, _translated
+from gitsync.core.errors import Reason
 from gitsync.kinds.replicas import GateFailed
-from gitsync.manifest import load_files
-from gitsync.models import DesiredState
-from gitsync.retries import RetryPolicy
+from gitsync.core.manifest import load_files
+from gitsync.core.models import DesiredState
+from gitsync.agent.retries import RetryPolicy
 
 
 def _desired(image: str) -> DesiredState:
@@ -93,8 +93,8 @@ def test_engine_errors_say_whether_the_host_was_reached_and_whether_a_retry_may_
     ("stderr: 'fatal: the remote end hung up unexpectedly'", "the remote end hung up unexpectedly", True),
 ])
 def test_git_failures_say_what_happened_and_whether_waiting_helps(stderr: str, says: str, transient: bool) -> None:
-    from gitsync.config import SourceSettings
-    from gitsync.source import _classify
+    from gitsync.core.config import SourceSettings
+    from gitsync.adapters.source import _classify
 
     err = _classify(stderr, SourceSettings(url="https://git.example/ops.git", branch="main"))
     assert says in err.message and err.transient is transient and err.reason == Reason.FETCH_FAILED

@@ -7,16 +7,16 @@ import json
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync import labels as L
-from gitsync.errors import ManifestError
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
+from gitsync.core.errors import ManifestError
 from gitsync.kinds.deployment import describe_change
-from gitsync.live import HostObservation, LiveContainer
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
-from gitsync.plantext import plan_text
-from gitsync.secrets import SEEN, SecretReader
-from gitsync.sops import AgeKeys
+from gitsync.core.live import HostObservation, LiveContainer
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
+from gitsync.core.plantext import plan_text
+from gitsync.core.secrets import SEEN, SecretReader
+from gitsync.adapters.sops import AgeKeys
 from tests.sopsfile import TEST_IDENTITY, encrypt_yaml, secret_manifest
 
 PASSWORD = "correct-horse-battery-42"

@@ -4,15 +4,15 @@ reasons a person can act on."""
 
 from __future__ import annotations
 
-from gitsync import config as config_mod
-from gitsync import labels as L
-from gitsync.actions import ActionKind
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
+from gitsync.core.actions import ActionKind
 from gitsync.kinds import assess
 from gitsync.kinds.endpoints import config_for, document_hash, proxy_document, proxy_labels
-from gitsync.live import Health, HostObservation, LiveContainer
-from gitsync.manifest import load_files
-from gitsync.metrics import Metrics
-from gitsync.plan import make_plan
+from gitsync.core.live import Health, HostObservation, LiveContainer
+from gitsync.core.manifest import load_files
+from gitsync.agent.metrics import Metrics
+from gitsync.runtimes.containers.plan import make_plan
 
 CFG = config_mod.parse(
     "name: t\nsource: {url: /tmp/r}\nservices: {proxyImage: 'haproxy:3.0.5'}\nhosts:\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gitsync import sops
+from gitsync.adapters import sops
 from tests.conftest import CORPORA, need_corpora
 from tests.sopsfile import TEST_IDENTITY, TEST_RECIPIENT, encrypt_yaml, secret_manifest
 

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from gitsync.config import StatusSettings
-from gitsync.status import REGISTRY, CommitStatus, Notifier, State
+from gitsync.core.config import StatusSettings
+from gitsync.adapters.status import REGISTRY, CommitStatus, Notifier, State
 from tests.conftest import IN_CI, need_corpora
 from tests.fakeforge import OCTOKIT, FakeForge
 
@@ -150,7 +150,7 @@ def test_a_forge_token_is_masked_in_every_spelling_a_forge_may_echo(echo: str) -
     import json
     import urllib.parse
 
-    from gitsync.status.base import redacted
+    from gitsync.adapters.status.base import redacted
 
     token = "ghp_Ab/+=c9\"Zz0123456789xyz"
     text = echo.format(

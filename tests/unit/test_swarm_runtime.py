@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gitsync import config as config_mod
-from gitsync import labels as L
-from gitsync.live import Health
-from gitsync.manifest import load_files
-from gitsync.plantext import plan_text, summary
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
+from gitsync.core.live import Health
+from gitsync.core.manifest import load_files
+from gitsync.core.plantext import plan_text, summary
 from gitsync.runtimes import check
 from gitsync.runtimes.swarm import LiveService, LiveTask, Node, SwarmObservation, SwarmRuntime, assess, document, document_hash, service_spec
 
@@ -176,8 +176,8 @@ def test_a_job_is_a_replicated_job_run_again_when_its_run_failed_and_healthy_onc
 
 
 def test_a_plan_never_reveals_a_secret_and_a_preview_plans_a_deployment_that_uses_one() -> None:
-    from gitsync.secrets import SecretReader
-    from gitsync.sops import AgeKeys
+    from gitsync.core.secrets import SecretReader
+    from gitsync.adapters.sops import AgeKeys
     from tests.sopsfile import TEST_IDENTITY, secret_manifest
 
     uses = WORKER.replace("spec: {image: 'w:1', replicas: 2}", "spec: {image: 'w:1', replicas: 2, env: {TOKEN: {secretKeyRef: {name: api, key: token}}}}")

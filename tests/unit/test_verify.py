@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync.errors import ConfigError
-from gitsync.source import Source
-from gitsync.verify import Unverified
+from gitsync.core import config as config_mod
+from gitsync.core.errors import ConfigError
+from gitsync.adapters.source import Source
+from gitsync.adapters.verify import Unverified
 from tests.conftest import GitRepo, git
 from tests.signing import GpgKey, SshKey, signed_commit
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from gitsync import config as config_mod
-from gitsync import labels as L
-from gitsync.actions import ActionKind
-from gitsync.config import PolicySettings
-from gitsync.errors import ManifestError
-from gitsync.live import HostObservation, LiveContainer, LiveVolume
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
-from gitsync.plantext import plan_text, summary
+from gitsync.core import config as config_mod
+from gitsync.core import labels as L
+from gitsync.core.actions import ActionKind
+from gitsync.core.config import PolicySettings
+from gitsync.core.errors import ManifestError
+from gitsync.core.live import HostObservation, LiveContainer, LiveVolume
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
+from gitsync.core.plantext import plan_text, summary
 
 CFG = config_mod.parse(
     "name: t\nsource: {url: /tmp/r}\nhosts:\n"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gitsync.previews import Preview
-from gitsync.webhooks import decide, verify
+from gitsync.agent.previews import Preview
+from gitsync.http.webhooks import decide, verify
 from tests.conftest import need_corpora
 
 SECRET = "hook-secret"

@@ -1,7 +1,7 @@
 """The containers runtime: gitsync is the orchestrator. Each replica is a container that gitsync
 places on a host, starts, gates on its health and replaces; Services are the hosts' HAProxy
-proxies. Plans speak per host (gitsync/plan.py), apply runs the kinds' actions
-(gitsync/apply.py), assessment reads the containers' labels (each kind's health)."""
+proxies. Plans speak per host (plan.py here), apply runs the kinds' actions
+(apply.py here), assessment reads the containers' labels (each kind's health)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ...actions import ApplyResult, Plan, Progress
-from ...apply import apply_plan
-from ...config import Config
-from ...health import DeploymentStatus, ServiceStatus
-from ...hosts import Hosts
+from ...core.actions import ApplyResult, Plan, Progress
+from .apply import apply_plan
+from ...core.config import Config
+from ...core.health import DeploymentStatus, ServiceStatus
+from ...adapters.hosts import Hosts
 from ...kinds import assess
-from ...live import Health, HostObservation
-from ...models import DesiredState
-from ...plan import make_plan
+from ...core.live import Health, HostObservation
+from ...core.models import DesiredState
+from .plan import make_plan
 from .. import Runtime
 
 Observed = dict[str, HostObservation]

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...config import Config
-from ...live import HostObservation
-from ...triggers import Cause, Trigger
+from ...core.config import Config
+from ...core.live import HostObservation
+from ...core.triggers import Cause, Trigger
 
 log = logging.getLogger("gitsync.agent")
 

@@ -10,18 +10,21 @@ import logging
 import random
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ... import labels as L
-from ...alerts import Alerts
-from ...backoff import Backoff
-from ...config import Config
-from ...engine import EventStream
-from ...live import HostObservation
+from ...core import labels as L
+from ...core.config import Config
+from ...adapters.engine import EventStream
+from ...core.live import HostObservation
 from .liveness import HostTracker
-from ...reconcile import Syncer
-from ...settings import Tunables
-from ...triggers import Cause, Debouncer, SyncQueue, Trigger
+from ...core.settings import Tunables
+from ...core.triggers import Cause, Trigger
+
+if TYPE_CHECKING:  # handed in by the agent, which sits above the runtimes
+    from ...agent.alerts import Alerts
+    from ...agent.backoff import Backoff
+    from ...reconcile import Syncer
+    from ...agent.queue import Debouncer, SyncQueue
 
 log = logging.getLogger("gitsync.agent")
 

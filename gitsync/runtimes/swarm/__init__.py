@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from typing import Any
 
-from ... import labels as L
-from ...actions import Action, ActionKind, ActionResult, ApplyResult, PlacementProblem, Plan, Progress, Waiting
-from ...run import failure
-from ...config import Config
-from ...engine import EngineError, SwarmManager, connect_manager
-from ...errors import Problem, Reason
-from ...health import DeploymentStatus, ServiceStatus
+from ...core import labels as L
+from ...core.actions import Action, ActionKind, ActionResult, ApplyResult, PlacementProblem, Plan, Progress, Waiting
+from ...kinds.run import failure
+from ...core.config import Config
+from ...adapters.engine import EngineError, SwarmManager, connect_manager
+from ...core.errors import Problem, Reason
+from ...core.health import DeploymentStatus, ServiceStatus
 from ...kinds.deployment import describe_difference
-from ...live import Health
-from ...models import Deployment, DesiredState, Sealed, Service
+from ...core.live import Health
+from ...core.models import Deployment, DesiredState, Sealed, Service
 from .. import Runtime
 from .live import (ENDED, PINNED, ROLE_VOLUME, ROLLED_BACK, UPDATING, LiveService, LiveTask, Node, SwarmObservation, _node, _pending, _task,
                    _service, _task_error, assess, assess_services, job_failed, node_names, node_rows, read)

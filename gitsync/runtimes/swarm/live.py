@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ... import labels as L
-from ...engine import SwarmManager
-from ...health import DeploymentStatus, EndpointStatus, ServiceStatus
-from ...live import Health
-from ...models import Deployment, DesiredState
+from ...core import labels as L
+from ...adapters.engine import SwarmManager
+from ...core.health import DeploymentStatus, EndpointStatus, ServiceStatus
+from ...core.live import Health
+from ...core.models import Deployment, DesiredState
 from .spec import PINNED, ROLE_VOLUME, document, document_hash
 
 ENDED = ("complete", "shutdown", "failed", "rejected", "orphaned", "remove")

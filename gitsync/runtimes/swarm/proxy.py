@@ -18,9 +18,9 @@ import hashlib
 import json
 from typing import Any
 
-from ... import labels as L
-from ...models import DesiredState, Service
-from ...proxyconf import CONFIG_PATH, DEFAULTS, backend_name
+from ...core import labels as L
+from ...core.models import DesiredState, Service
+from ...core.proxyconf import CONFIG_PATH, DEFAULTS, backend_name
 
 HEAD = """\
 # written by gitsync: do not edit, the next apply replaces it

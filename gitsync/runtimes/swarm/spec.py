@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ... import labels as L
-from ...errors import Problem
-from ...models import Deployment, DesiredState, NetworkMode, RestartPolicy, Sealed, UpdateOrder
+from ...core import labels as L
+from ...core.errors import Problem
+from ...core.models import Deployment, DesiredState, NetworkMode, RestartPolicy, Sealed, UpdateOrder
 
 MIN_MONITOR = 5.0  # seconds Swarm watches a new task for failure when minReadySeconds says less
 PINNED = "io.gitsync.pinned-node"  # on a service whose host-local volume holds it to one node: that node's id

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ...alerts import Alerts
-from ...backoff import Backoff
-from ...config import Config
-from ...engine import EventStream, follow_events
-from ...settings import Tunables
-from ...triggers import Cause, Debouncer, SyncQueue, Trigger
+from ...core.config import Config
+from ...adapters.engine import EventStream, follow_events
+from ...core.settings import Tunables
+from ...core.triggers import Cause, Trigger
+
+if TYPE_CHECKING:  # handed in by the agent, which sits above the runtimes
+    from ...agent.alerts import Alerts
+    from ...agent.backoff import Backoff
+    from ...agent.queue import Debouncer, SyncQueue
 
 log = logging.getLogger("gitsync.agent")
 RECHECK = (2.0, 30.0)  # first and longest pause before looking again at a degraded swarm

@@ -1,0 +1,1 @@
+"""The agent's HTTP face: the API, webhooks, metrics and the dashboard."""
