@@ -405,10 +405,7 @@ class SwarmRuntime(Runtime):
             if progress is not None and not said:
                 progress(Waiting(CLUSTER, name, "tasks running on the new spec" + (f" (Swarm: {state})" if state else ""), deadline - now))
                 said = True
-            if stop is not None:
-                stop.wait(POLL)
-            else:
-                time.sleep(POLL)
+            _pause(stop)
 
     def _await_job(self, manager: SwarmManager, target: _Target, before: str, deadline: float,
                    progress: Progress | None, stop: threading.Event | None) -> tuple[bool, str, bool]:
@@ -435,10 +432,7 @@ class SwarmRuntime(Runtime):
             if progress is not None and not said:
                 progress(Waiting(CLUSTER, name, "the job's tasks to run to completion", deadline - now))
                 said = True
-            if stop is not None:
-                stop.wait(POLL)
-            else:
-                time.sleep(POLL)
+            _pause(stop)
 
     def services(self, desired: DesiredState, observed: SwarmObservation) -> Mapping[str, ServiceStatus]:
         return assess_services(desired, observed, self.agent)
@@ -472,10 +466,15 @@ class SwarmRuntime(Runtime):
             settled = all(s.health == Health.HEALTHY for n, s in status.items() if n not in skip)
             if settled or not observed.reachable or time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                 return status, observed
-            if stop is not None:
-                stop.wait(POLL)
-            else:
-                time.sleep(POLL)
+            _pause(stop)
+
+
+def _pause(stop: threading.Event | None) -> None:
+    """One poll's wait; an agent that stops wakes it."""
+    if stop is not None:
+        stop.wait(POLL)
+    else:
+        time.sleep(POLL)
 
 
 @dataclass(frozen=True)
