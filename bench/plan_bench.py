@@ -24,10 +24,10 @@ from bench import record
 
 ONE_RUN = r"""
 import json, resource, sys, time
-from gitsync import config as config_mod
-from gitsync.live import HostObservation
-from gitsync.manifest import load_files
-from gitsync.plan import make_plan
+from gitsync.core import config as config_mod
+from gitsync.core.live import HostObservation
+from gitsync.core.manifest import load_files
+from gitsync.runtimes.containers.plan import make_plan
 n = int(sys.argv[1])
 text = "".join(
     f"---\napiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {{name: d{i}, labels: {{app: d{i}}}}}\n"

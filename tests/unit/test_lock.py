@@ -15,7 +15,7 @@ import pytest
 from gitsync.agent.lock import AgentLock, Busy
 from tests.conftest import cli
 
-HOLD = "import sys, time; from gitsync.lock import AgentLock; AgentLock(sys.argv[1]).acquire(sys.argv[2]); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from gitsync.agent.lock import AgentLock; AgentLock(sys.argv[1]).acquire(sys.argv[2]); print('held', flush=True); time.sleep(60)"
 
 
 def holder_process(state: Path, command: str) -> subprocess.Popen[str]:
