@@ -34,6 +34,7 @@ from urllib3.connection import HTTPConnection
 
 from ..core.config import HostSettings
 from ..core.errors import GitsyncError, HostError, Reason
+from ..core.live import ContainerInfo
 from ..core.settings import DEFAULT, Tunables
 
 
@@ -257,12 +258,11 @@ class Engine:
             result = api._result(api._get(api._url("/volumes"), timeout=timeout), True)
         return list(result.get("Volumes") or [])
 
-    def inspect(self, ref: str) -> dict[str, Any] | None:
+    def inspect(self, ref: str) -> ContainerInfo | None:
         """A container by id or name; None when there is none."""
         try:
             with _translated(self.host):
-                info: dict[str, Any] = self._api.inspect_container(ref)
-                return info
+                return ContainerInfo.of(self._api.inspect_container(ref))
         except NotFound:
             return None
 
@@ -532,7 +532,7 @@ class Engine:
         info = self.inspect(container)
         if info is None:
             raise NotFound(self.host, f"no container {container}")
-        if network in ((info.get("NetworkSettings") or {}).get("Networks") or {}):
+        if network in info.networks:
             return False
         with _translated(self.host):
             self._api.connect_container_to_network(container, network, aliases=list(aliases) or None)
@@ -540,9 +540,8 @@ class Engine:
 
     def address_on(self, container: str, network: str) -> str | None:
         """The container's IP address on a network it is on."""
-        info = self.inspect(container) or {}
-        net = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(network) or {}
-        return net.get("IPAddress") or None
+        info = self.inspect(container)
+        return (info.networks.get(network) or None) if info is not None else None
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -77,6 +77,45 @@ class LiveContainer:
 
 
 @dataclass(frozen=True)
+class ContainerInfo:
+    """One container as the engine inspects it right before a change, in gitsync's words (the
+    engine's own dictionary stays in the adapter)."""
+
+    id: str
+    name: str  # without Docker's leading slash
+    labels: Mapping[str, str]
+    running: bool
+    restarting: bool
+    status: str  # created | running | exited | dead | ...
+    exit_code: int | None
+    restart_count: int
+    health: str | None  # healthy | unhealthy | starting; None without a healthcheck
+    health_output: str  # what the newest healthcheck said, on one line, at most 120 characters
+    networks: Mapping[str, str] = field(default_factory=dict)  # network -> its address there
+
+    @property
+    def owner(self) -> str | None:
+        """The gitsync agent that manages it, if any."""
+        return self.labels.get(L.MANAGED_BY)
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> ContainerInfo:
+        state = raw.get("State") or {}
+        health = state.get("Health") or {}
+        log = health.get("Log") or []
+        nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+        code = state.get("ExitCode")
+        return cls(
+            str(raw.get("Id", "")), str(raw.get("Name") or "").lstrip("/"), dict((raw.get("Config") or {}).get("Labels") or {}),
+            bool(state.get("Running")), bool(state.get("Restarting")), str(state.get("Status") or ""),
+            int(code) if code is not None else None, int(raw.get("RestartCount") or 0),
+            str(health["Status"]) if health.get("Status") else None,
+            " ".join(str(log[-1].get("Output", "")).split())[:120] if log else "",
+            {str(n): str((v or {}).get("IPAddress") or "") for n, v in nets.items()},
+        )
+
+
+@dataclass(frozen=True)
 class LiveVolume:
     name: str
     driver: str

@@ -217,9 +217,8 @@ class Proxies:
         info = engine.inspect(container)
         if info is None:
             return
-        labels = info.get("Config", {}).get("Labels") or {}
-        if labels.get(L.MANAGED_BY) != self.agent or labels.get(L.ROLE) != L.ROLE_PROXY:
-            raise HostError(engine.host, f"container {info.get('Name', container).lstrip('/')} is not {self.agent}'s proxy; left alone")
+        if info.owner != self.agent or info.labels.get(L.ROLE) != L.ROLE_PROXY:
+            raise HostError(engine.host, f"container {info.name or container} is not {self.agent}'s proxy; left alone")
         engine.stop(container, 10.0)
         engine.remove(container)
 
@@ -260,12 +259,11 @@ class Proxies:
         """Wait until the new proxy runs; one that exits (its configuration refused) fails with its words."""
         deadline = time.monotonic() + STARTED
         while True:
-            info = engine.inspect(container) or {}
-            state = info.get("State") or {}
-            if not state.get("Running") or state.get("Restarting"):
-                if state.get("Status") in ("exited", "dead") or state.get("Restarting"):
+            info = engine.inspect(container)
+            if info is None or not info.running or info.restarting:
+                if info is not None and (info.status in ("exited", "dead") or info.restarting):
                     said = " ".join(engine.logs(container, 5).split())[-400:]
-                    raise ConfigRefused(f"the proxy exited with code {state.get('ExitCode')}: {said}")
+                    raise ConfigRefused(f"the proxy exited with code {info.exit_code}: {said}")
             elif time.monotonic() - (deadline - STARTED) >= 0.5:
                 return  # up for half a second: it took its configuration
             if time.monotonic() >= deadline:

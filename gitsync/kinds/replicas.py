@@ -21,6 +21,7 @@ from ..core.actions import Action, ActionKind, ActionResult
 from .run import Run, failure
 from ..adapters.engine import Conflict, ContainerSpec, NotFound, explain
 from ..core.errors import ApplyError, HostError, Reason
+from ..core.live import ContainerInfo
 from ..adapters.hosts import Hosts
 from ..core.config import PolicySettings
 from ..core.container import docker_options
@@ -126,14 +127,13 @@ class HostApplier:
         self._lock = threading.Lock()
 
     # -- building blocks -------------------------------------------------
-    def owned(self, container: str) -> dict[str, Any] | None:
+    def owned(self, container: str) -> ContainerInfo | None:
         """Inspect right before a change: gone -> None; not ours -> refuse."""
         info = self.engine.inspect(container)
         if info is None:
             return None
-        owner = (info.get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY)
-        if owner != self.agent:
-            raise HostError(self.host, f"container {info.get('Name', container).lstrip('/')} is not managed by {self.agent}; left alone")
+        if info.owner != self.agent:
+            raise HostError(self.host, f"container {info.name or container} is not managed by {self.agent}; left alone")
         return info
 
     def _once(self, done: set[str], key: str, make: Any) -> None:
@@ -180,10 +180,10 @@ class HostApplier:
         self.engine.start(container_id)
         return container_id
 
-    def _holder(self, name: str, info: dict[str, Any] | None = None) -> str:
+    def _holder(self, name: str, info: ContainerInfo | None = None) -> str:
         """Who has a container name: another gitsync agent's container, or one gitsync does not manage."""
         info = info if info is not None else self.engine.inspect(name)
-        owner = ((info or {}).get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY)
+        owner = info.owner if info is not None else None
         return f"a container of gitsync agent {owner}" if owner and owner != self.agent else "a container gitsync does not manage"
 
     def _no_planted_links(self, d: Deployment) -> None:
@@ -215,7 +215,7 @@ class HostApplier:
         if self.retire is not None:
             self.retire(container, grace)
         try:
-            self.say(str(info.get("Name") or container).lstrip("/"), f"stopping: SIGTERM, then SIGKILL after {grace:g}s", grace)
+            self.say(info.name or container, f"stopping: SIGTERM, then SIGKILL after {grace:g}s", grace)
             self.engine.stop(container, grace)
             self.engine.remove(container)
         except NotFound:
@@ -223,8 +223,8 @@ class HostApplier:
 
     def remove_stale_temp(self, temp: str) -> None:
         info = self.engine.inspect(temp)
-        if info is not None and (info.get("Config", {}).get("Labels") or {}).get(L.MANAGED_BY) == self.agent:
-            self.engine.remove(info["Id"])
+        if info is not None and info.owner == self.agent:
+            self.engine.remove(info.id)
 
     def gate(self, container_id: str, d: Deployment, replica: int) -> None:
         """Wait until the new replica counts: healthy (with a healthcheck), or running minReadySeconds."""
@@ -242,25 +242,22 @@ class HostApplier:
             # and a second more: Docker reports uptime in whole seconds, which is what the Services read
             time.sleep(d.min_ready_seconds + 1.0)
         for info, waited in self._inspections(container_id, d, replica, start, "ready"):
-            state = info.get("State", {})
-            restarts = int(info.get("RestartCount") or 0)
-            if not state.get("Running") or state.get("Restarting") or restarts:
+            restarts = info.restart_count
+            if not info.running or info.restarting or restarts:
                 again = f" (restarted {restarts} times)" if restarts else ""
-                raise GateFailed(f"{d.name}: replica {replica} exited with code {state.get('ExitCode')}{again} after {waited:.0f}s on {self.host}")
+                raise GateFailed(f"{d.name}: replica {replica} exited with code {info.exit_code}{again} after {waited:.0f}s on {self.host}")
             if d.healthcheck is None:
                 return
-            health = state.get("Health") or {}
-            status = health.get("Status")
+            status = info.health
             if status == "healthy":
                 return
-            log = health.get("Log") or []
-            last = " ".join(str(log[-1].get("Output", "")).split())[:120] if log else "no healthcheck result yet"
+            last = info.health_output or "no healthcheck result yet"
             if status == "unhealthy":
                 raise GateFailed(f"{d.name}: replica {replica} unhealthy after {waited:.0f}s: {last}")
             if time.monotonic() >= deadline:
                 raise GateFailed(f"{d.name}: replica {replica} not healthy after {waited:.0f}s: {last}")
 
-    def _inspections(self, container_id: str, d: Deployment, replica: int, start: float, until: str) -> Iterator[tuple[dict[str, Any], float]]:
+    def _inspections(self, container_id: str, d: Deployment, replica: int, start: float, until: str) -> Iterator[tuple[ContainerInfo, float]]:
         """The new replica as inspected every 0.2 s (with the seconds waited), until the caller is content."""
         while True:
             info = self.engine.inspect(container_id)
@@ -274,9 +271,8 @@ class HostApplier:
         """A job's replica counts once it exited with code 0 (Docker's on-failure restarts included)."""
         self.say(subject, "waiting until the job is done (exit code 0)", deadline - start)
         for info, waited in self._inspections(container_id, d, replica, start, "done"):
-            state = info.get("State", {})
-            if not state.get("Running") and not state.get("Restarting") and state.get("Status") == "exited":
-                code = state.get("ExitCode")
+            if not info.running and not info.restarting and info.status == "exited":
+                code = info.exit_code
                 if code == 0:
                     return
                 raise GateFailed(f"{d.name}: job replica {replica} exited with code {code} after {waited:.0f}s on {self.host}")
@@ -299,7 +295,7 @@ class HostApplier:
             if gate:
                 self.gate(new_id, d, replica)
             return None
-        old_labels = info.get("Config", {}).get("Labels") or {}
+        old_labels = info.labels
         try:
             spec = json.loads(old_labels.get(L.SPEC, "")) if old_labels.get(L.SPEC) else None
         except ValueError:
@@ -363,14 +359,14 @@ class HostApplier:
         if info is None:  # gone meanwhile
             self.create(d, replica, name)
             return "created"
-        lbl = info.get("Config", {}).get("Labels") or {}
-        if lbl.get(L.MANAGED_BY) != self.agent:
+        lbl = info.labels
+        if info.owner != self.agent:
             raise HostError(self.host, f"the name {name} is taken by {self._holder(name, info)}; rename or remove it")
         if lbl.get(L.DEPLOYMENT) == d.name and lbl.get(L.REPLICA) == str(replica) and lbl.get(L.SPEC_HASH) == L.spec_hash(d):
-            if not info.get("State", {}).get("Running"):
-                self.engine.start(info["Id"])
+            if not info.running:
+                self.engine.start(info.id)
             return "already present"
-        self.stop_remove(info["Id"], d.stop_grace_period)
+        self.stop_remove(info.id, d.stop_grace_period)
         self.create(d, replica, name)
         return "created (replaced a stale container of the same name)"
 
@@ -461,7 +457,7 @@ class Replicas:
                 applier = self.applier(a.host)
                 name = L.container_name(self.run.agent, d.name, a.replica)
                 current = applier.engine.inspect(name)
-                applier.replace(current["Id"] if current else name, old, a.replica, revision=prev.revision if prev else None, gate=False)
+                applier.replace(current.id if current else name, old, a.replica, revision=prev.revision if prev else None, gate=False)
                 rollbacks.append(f"{d.name}: replica {a.replica} on {a.host} rolled back to {old.image}")
             except Exception as exc:
                 rollbacks.append(f"{d.name}: replica {a.replica} on {a.host}: rollback failed: {explain(exc)}")

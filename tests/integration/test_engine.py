@@ -67,7 +67,8 @@ def test_a_proxy_on_a_network_serves_a_name_after_a_checked_reload(fleet: Fleet)
         engine.put_file(proxy, "/tmp/bad.cfg", new.replace("balance leastconn", "balance nonsense").encode())
         code, out = engine.run(proxy, ["haproxy", "-c", "-f", "/tmp/bad.cfg"])
         assert code != 0 and "[ALERT]" in out and "/tmp/bad.cfg" in out  # refused, in HAProxy's words
-        assert (engine.inspect(proxy) or {}).get("State", {}).get("Running")
+        info = engine.inspect(proxy)
+        assert info is not None and info.running
         with pytest.raises(EngineError):
             engine.put_file("no-such-container", "/tmp/x", b"x")
     finally:

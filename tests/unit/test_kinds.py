@@ -136,3 +136,21 @@ def test_a_service_that_selects_no_deployment_is_a_warning_in_the_plan_not_an_er
     buf = io.StringIO()
     render_plan(plan, "rev", {}, buf)
     assert "warning: Service api: selector app=api matches no deployment" in buf.getvalue()
+
+
+def test_the_engines_inspection_reaches_the_kinds_in_gitsyncs_words() -> None:
+    from gitsync.core.live import ContainerInfo
+
+    raw = {  # the parts of `docker inspect` gitsync reads, as Engine 20.10 writes them
+        "Id": "c0ffee", "Name": "/t-web-0", "RestartCount": 2,
+        "Config": {"Labels": {"io.gitsync.managed-by": "t", "io.gitsync.role": "proxy"}},
+        "State": {"Status": "running", "Running": True, "Restarting": False, "ExitCode": 0,
+                  "Health": {"Status": "unhealthy", "Log": [{"Output": "wget: can't\n  connect\n"}, {"Output": "wget: server returned error\n"}]}},
+        "NetworkSettings": {"Networks": {"gitsync-t": {"IPAddress": "10.0.9.2"}, "bridge": {"IPAddress": ""}}},
+    }
+    info = ContainerInfo.of(raw)
+    assert (info.id, info.name, info.owner, info.running, info.restarting, info.status) == ("c0ffee", "t-web-0", "t", True, False, "running")
+    assert (info.exit_code, info.restart_count, info.health, info.health_output) == (0, 2, "unhealthy", "wget: server returned error")
+    assert info.networks == {"gitsync-t": "10.0.9.2", "bridge": ""}
+    bare = ContainerInfo.of({"Id": "x", "State": {"Status": "created"}})
+    assert (bare.owner, bare.health, bare.exit_code, bare.health_output, bare.name) == (None, None, None, "", "")
