@@ -64,12 +64,12 @@ class RetryPolicy:
                     self._said.pop(key, None)
                 elif r.skipped:
                     continue
-                elif r.transient:
+                elif not r.transient and spec:
+                    self._stalled[(r.action.object_kind, r.action.deployment, str(r.action.kind))] = (spec, r.message)
+                else:  # passing, or about an object gone from Git (no commit will change it): a delay
                     self._said[key] = words(r)
                     if not self._delays.known(key):
                         self._delays.allow(key, now)  # counts this try: the next waits `base`
-                elif spec:
-                    self._stalled[(r.action.object_kind, r.action.deployment, str(r.action.kind))] = (spec, r.message)
             if desired is not None:  # a commit that changed an object forgets what its old spec did
                 for (kind, name, change), (spec, _) in list(self._stalled.items()):
                     if fingerprint(desired, kind, name) != spec:

@@ -98,3 +98,12 @@ def test_git_failures_say_what_happened_and_whether_waiting_helps(stderr: str, s
 
     err = _classify(stderr, SourceSettings(url="https://git.example/ops.git", branch="main"))
     assert says in err.message and err.transient is transient and err.reason == Reason.FETCH_FAILED
+
+
+def test_a_refused_removal_of_an_object_gone_from_git_waits_a_delay_not_for_a_commit() -> None:
+    policy, empty = RetryPolicy(1.0, 60.0), load_files({})
+    remove = Action(ActionKind.REMOVE, "h1", "old", 0, "not in Git any more", "c9", "t-old-0")
+    policy.remember(_failed(remove, EngineError("h1", "invalid request", reached=True, transient=False)), empty, 100.0, lambda r: "refused")
+    hold = policy.hold(remove, empty, 100.5)
+    assert hold is not None and hold.seconds == pytest.approx(0.5)  # no commit brings it back into Git: never a hot loop either
+    assert policy.hold(remove, empty, 101.1) is None
