@@ -16,6 +16,7 @@ Used by the test suite (``tests/integration/conftest.py``) and the benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BRIDGE = "gsbr0"
@@ -323,6 +325,70 @@ def kill(engine: Engine) -> None:
     pid = _pid_alive(engine.pidfile)
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def egress() -> Iterator[None]:
+    """The engines reach the package registries, through NAT on this machine, for a build that
+    installs packages; closed again after (the test bed is otherwise cut off from the outside)."""
+    rules = [
+        ("-tnat", "POSTROUTING", "-s", f"{SUBNET}.0/24", "!", "-o", BRIDGE, "-j", "MASQUERADE"),
+        ("-tfilter", "FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "ACCEPT"),
+        ("-tfilter", "FORWARD", "-o", BRIDGE, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"),
+    ]
+    forward = Path("/proc/sys/net/ipv4/ip_forward")
+    before = forward.read_text().strip()
+    forward.write_text("1")
+    for rule in rules:
+        _run("iptables", rule[0], "-I", *rule[1:])
+    try:
+        yield
+    finally:
+        for rule in rules:
+            _run("iptables", rule[0], "-D", *rule[1:], check=False)
+        forward.write_text(before)
+
+
+BOOKWORM = "gitsync-test/bookworm:1"
+
+
+def bookworm_image(engine: Engine) -> str:
+    """A Debian 12 base image on one engine (no registry serves debian:bookworm-slim here): the
+    fresh-Debian tests' debootstrapped minbase, with this machine's CA bundle named to pip (the
+    package registries are reached through a proxy that CA vouches for)."""
+    from tests import freshdebian
+
+    env = {**os.environ, "DOCKER_HOST": engine.unix_url}
+    if subprocess.run(["docker", "image", "inspect", BOOKWORM], env=env, capture_output=True).returncode == 0:
+        return BOOKWORM
+    freshdebian.check_prerequisites()
+    tarball = freshdebian.base_tarball()
+    raw = BOOKWORM.replace(":1", ":minbase")
+    subprocess.run(["docker", "import", str(tarball), raw], env=env, check=True, capture_output=True, timeout=600)
+    ctx = Path(DATA) / "bookworm-context"
+    shutil.rmtree(ctx, ignore_errors=True)
+    ctx.mkdir(parents=True)
+    shutil.copy(freshdebian.CA, ctx / "ca.pem")
+    (ctx / "Dockerfile").write_text(f"FROM {raw}\nCOPY ca.pem {freshdebian.MACHINE_CA}\nENV PIP_CERT={freshdebian.MACHINE_CA}\n")
+    subprocess.run(["docker", "build", "-q", "-t", BOOKWORM, str(ctx)], env=env, check=True, capture_output=True, timeout=300)
+    shutil.rmtree(ctx, ignore_errors=True)
+    return BOOKWORM
+
+
+def die(engine: Engine) -> None:
+    """The host dying: every container's processes and the engine at once (``kill`` alone leaves the
+    containers running as orphans, which a dead host's would not)."""
+    import docker
+
+    client = docker.APIClient(base_url=engine.unix_url, version="auto", timeout=10)
+    try:
+        pids = [client.inspect_container(c["Id"])["State"]["Pid"] for c in client.containers()]
+    finally:
+        client.close()
+    kill(engine)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def image_context(tag_note: str = "") -> bytes:

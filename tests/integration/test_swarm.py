@@ -21,13 +21,14 @@ import pytest
 import requests
 
 from bench import swarm as swarm_bed
-from tests import testbed
-from tests.conftest import GitRepo, cli, git
+from tests import freshdebian, testbed
+from tests.conftest import IN_CI, GitRepo, cli, free_port, git
 from tests.fakeforge import FakeForge
 from tests.integration.test_agent import AgentProc, statuses, wait_for
 from tests.integration.test_previews import on_branch, plan_statuses, pull_request_body
 from tests.integration.conftest import Fleet, http_call
 from tests.integration.test_images import _push_tags
+from tests.integration.test_fresh_debian import readme_block
 from tests.integration.test_hostile import assert_never_shown, everything_shown
 from tests.sopsfile import TEST_IDENTITY, secret_manifest
 from tests.integration.test_sync import LOOP
@@ -493,3 +494,132 @@ def test_a_compose_project_runs_on_the_swarm(swarm: dict[str, docker.APIClient],
         assert r.code == 2 and "job failed (task failed: task: non-zero exit (3)): run it again" in r.out, r.out
     finally:
         _clean(manager, fleet, swarm)
+
+
+def _readme_service_script(image: str, sock_source: str, group_of: str, build_context: Path) -> str:
+    """The README's commands for the agent on the Swarm, as written but for where this test bed
+    differs: the registry, the base image (no registry serves debian:bookworm-slim here), and each
+    node's socket (the test bed's engines share one file system, so each has its own path)."""
+    lines = readme_block("**The agent on the Swarm it manages.**")
+    script = "\n".join(lines).replace("\\\n", " ")
+    for written, here in (
+        ("registry.example.com/gitsync:1", image),
+        ("docker build -t", f"docker build -q --build-arg BASE={testbed.BOOKWORM} -t"),
+        (f" -t {image} . &&", f" -t {image} {build_context} &&"),
+        ("source=/var/run/docker.sock,", f"source={sock_source},"),
+        ("stat -c %g /var/run/docker.sock", f"stat -c %g {group_of}"),
+    ):
+        assert written in script, f"the README's commands no longer say {written!r}:\n{script}"
+        script = script.replace(written, here)
+    return script
+
+
+def test_the_agent_runs_on_the_swarm_it_manages_as_the_readme_shows_and_moves_with_its_node(
+    swarm: dict[str, docker.APIClient], fleet: Fleet, tmp_path: Path,
+) -> None:
+    """Issue 23, item 9: the project's Dockerfile built and run as the README's Swarm service; its
+    node's engine killed, Swarm starts it on another manager, where it carries on from Git."""
+    try:
+        testbed.bookworm_image(fleet.engines[0])
+    except freshdebian.Unavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI must build the agent's image: {exc}")
+        pytest.skip(str(exc))
+    by_addr = {e.addr: e for e in fleet.engines}
+    manager = swarm["h1"]
+    for n in manager.nodes():  # three managers: one's death leaves a quorum
+        if n["Spec"]["Role"] != "manager":
+            manager.update_node(n["ID"], n["Version"]["Index"], dict(n["Spec"], Role="manager"))
+    managers_up = lambda api: all(n.get("ManagerStatus", {}).get("Reachability") == "reachable" for n in api.nodes())  # noqa: E731
+    wait_for(lambda: managers_up(manager), 60)
+    node_of = {n["ID"]: by_addr[n["Status"]["Addr"]] for n in manager.nodes()}
+    socks = testbed.ROOT / "nodes"
+    socks.mkdir(exist_ok=True)
+    for node_id, engine in node_of.items():
+        (socks / f"{node_id}.sock").unlink(missing_ok=True)
+        (socks / f"{node_id}.sock").symlink_to(engine.sock)
+
+    repo = f"{testbed.REGISTRY}/gitsync-test/swarm-{uuid.uuid4().hex[:8]}"
+    _push_tags(repo, ("1",), fleet.engines[0].unix_url)
+    up = GitRepo(tmp_path / "served" / "deploy")
+
+    def workers(n: int) -> str:
+        return ("apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
+                f"  image: '{repo}:1'\n  replicas: {n}\n  command: {json.dumps(LOOP)}\n")
+
+    up.write("apps/worker.yaml", workers(2))
+    up.commit("two workers")
+    port = free_port()
+    daemon = subprocess.Popen(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={up.path.parent}", f"--listen={testbed.BRIDGE_ADDR}",
+                               f"--port={port}", str(up.path.parent)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "gitsync.yaml").write_text(
+        f"name: {fleet.agent}\nruntime: swarm\nsource: {{url: 'git://{testbed.BRIDGE_ADDR}:{port}/deploy', branch: main, interval: 3s}}\n"
+        "hosts:\n  - {name: local, url: 'unix:///var/run/docker.sock'}\n"
+        "server: {listen: '0.0.0.0:9100'}\nstate_dir: /var/lib/gitsync\n"
+    )
+    image = f"{testbed.REGISTRY}/gitsync-test/agent:1"
+    script = _readme_service_script(image, f"{socks}/{{{{.Node.ID}}}}.sock", fleet.engines[0].sock, ROOT)
+    env = {**os.environ, "DOCKER_HOST": fleet.engines[0].unix_url, "GITSYNC_WEBHOOK_SECRET": "swarm-agent-hook-7c1e"}
+    killed: testbed.Engine | None = None
+    try:
+        with testbed.egress():  # the build installs Debian's python3 and git, and gitsync's packages from PyPI
+            r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+        def agent_on() -> testbed.Engine | None:
+            live = next(a for e, a in swarm.items() if e != (killed.name if killed else None))
+            tasks = live.tasks(filters={"service": "gitsync", "desired-state": "running"})
+            return next((node_of[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"), None)
+
+        def synced(engine: testbed.Engine, replicas: int) -> bool:
+            with contextlib.suppress(requests.RequestException, KeyError, TypeError):
+                st = requests.get(f"http://{engine.addr}:9100/api/status", timeout=3).json()
+                worker = st["deployments"]["worker"]
+                return worker["health"] == "Healthy" and worker["desired"] == worker["healthy"] == replicas
+            return False
+
+        t0 = time.monotonic()
+        first = wait_for(agent_on, 180, every=1)
+        wait_for(lambda: synced(first, 2), 120, every=1)
+        print(f"built and started in {time.monotonic() - t0:.0f} s on {first.name}")
+
+        # its node dies: Swarm starts the agent on another manager, and it goes on applying Git
+        killed = first
+        testbed.die(first)
+        t0 = time.monotonic()
+        second = wait_for(lambda: (e := agent_on()) is not None and e != first and e, 120, every=1)
+        up.write("apps/worker.yaml", workers(3))
+        up.commit("three workers")
+        print(f"moved to {second.name} in {time.monotonic() - t0:.0f} s")
+        wait_for(lambda: synced(second, 3), 120, every=1)
+        print(f"synced there in {time.monotonic() - t0:.0f} s")
+        live = swarm[second.name]
+        assert live.inspect_service(f"{fleet.agent}-worker")["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        if killed is not None:
+            testbed.start(killed)
+        live = swarm["h1"]
+        wait_for(lambda: all(n["Status"]["State"] == "ready" for n in live.nodes()) and managers_up(live), 90, every=1)
+        for s in live.services(filters={"name": "gitsync"}):
+            live.remove_service(s["ID"])
+        # the agent gone first: until then it would put back what the clean-up removes
+        agents = {"label": "com.docker.swarm.service.name=gitsync"}
+        wait_for(lambda: not any(api.containers(filters=agents) for api in swarm.values()), 60, every=1)
+        _clean(live, fleet, swarm)
+        for c in live.configs(filters={"name": "gitsync.yaml"}):
+            with contextlib.suppress(docker.errors.APIError):
+                live.remove_config(c["ID"])
+        for n in live.nodes():
+            if node_of[n["ID"]] is not fleet.engines[0] and n["Spec"]["Role"] == "manager":
+                live.update_node(n["ID"], n["Version"]["Index"], dict(n["Spec"], Role="worker"))
+        for api in swarm.values():
+            for c in api.containers(all=True, filters=agents):
+                with contextlib.suppress(docker.errors.APIError):
+                    api.remove_container(c["Id"], force=True)
+            with contextlib.suppress(docker.errors.APIError):
+                api.remove_volume("gitsync-state", force=True)
+        shutil.rmtree(socks, ignore_errors=True)
