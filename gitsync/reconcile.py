@@ -25,7 +25,7 @@ from .adapters.hosts import Hosts
 from .core.live import Health
 from .compose import is_compose_file
 from .core.manifest import load_files
-from .core.models import DesiredState
+from .core.models import Deployment, DesiredState
 from .runtimes import Observation
 from .adapters.source import SIGNATURE, Snapshot, Source
 from .core.triggers import Cause, Trigger, is_heal, text
@@ -121,7 +121,7 @@ class _Sync:
     @property
     def hopeless(self) -> set[str]:
         """Deployments that cannot converge in this sync: their apply failed, they cannot be placed, or they were held back."""
-        out = {r.action.deployment for r in self.applied.failed if r.action.object_kind == "Deployment"} if self.applied else set()
+        out = {r.action.deployment for r in self.applied.failed if r.action.object_kind == Deployment.KIND} if self.applied else set()
         out |= {p.deployment for p in self.plan.problems} if self.plan else set()
         return out | {h.split(":", 1)[0] for h in self.held}
 
@@ -387,7 +387,7 @@ class Syncer:
     def _assess(self, s: _Sync) -> None:
         assert s.plan is not None and s.desired is not None and s.applied is not None and s.observed is not None
         desired, applied = s.desired, s.applied
-        touched = {r.action.deployment for r in applied.results if r.ok and r.action.object_kind == "Deployment"}
+        touched = {r.action.deployment for r in applied.results if r.ok and r.action.object_kind == Deployment.KIND}
         waiting = {d.name for d in desired.deployments} - touched  # untouched: assess once, do not wait
         current = s.observed if not applied.results else None  # nothing changed: the observation still holds
         status, observed = (

@@ -27,7 +27,7 @@ from ..core.health import DeploymentStatus, ServiceStatus
 from .history import History
 from ..runtimes.containers.watch import HostWatch
 from .metrics import Metrics
-from ..core.models import DesiredState
+from ..core.models import Deployment, DesiredState
 from ..core.plantext import progress_line
 from ..core.actions import ActionKind, ActionResult, Plan, Waiting
 from ..reconcile import Outcome, SyncResult, Syncer, failure_text
@@ -268,7 +268,7 @@ class Agent:
                 if hold.seconds is not None:
                     retry_in = hold.seconds if retry_in is None else min(retry_in, hold.seconds)
                 continue
-            if a.object_kind != "Deployment":
+            if a.object_kind != Deployment.KIND:
                 keep.append(a)
                 continue
             if a.kind == ActionKind.START and a.replica is not None:

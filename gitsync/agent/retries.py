@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from ..core import labels as L
 from ..core.actions import Action, ActionResult, ApplyResult
 from .backoff import Backoff
-from ..core.models import DesiredState
+from ..core.models import Deployment, DesiredState
 
 
 def fingerprint(desired: DesiredState | None, kind: str, name: str) -> str:
     """The desired object of that kind and name, as a short hash ("" once it has left Git)."""
     if desired is None:
         return ""
-    if kind == "Deployment":
+    if kind == Deployment.KIND:
         d = desired.deployment(name)
         return L.spec_hash(d) if d is not None else ""
     obj = next((o for o in desired.of(kind) if o.name == name), None)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from ..core import yamlsrc
 from ..core.errors import Problem
+from ..core.models import Deployment
 from ..core.repofiles import RepoFiles, Unreadable, inside
 from . import schema
 from .interpolate import interpolate_tree, parse_env_file
@@ -159,7 +160,7 @@ def load_project(
     if included.problems:
         out.stage, out.problems = included.stage, included.problems
         return out
-    project = Project(file, name, root, files, scope, profiles, override, included=frozenset(d.name for d in included.docs if d.kind == "Deployment"))
+    project = Project(file, name, root, files, scope, profiles, override, included=frozenset(d.name for d in included.docs if d.kind == Deployment.KIND))
     project.map()
     out.project = name
     out.docs = included.docs + [replace(d, file=file) for d in project.docs]

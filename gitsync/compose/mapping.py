@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import yamlsrc
-from ..core.models import Sealed
+from ..core.models import Deployment, Sealed, Service, Volume
 from ..core.repofiles import LINK, MISSING, RepoFiles, Unreadable, inside
 from .interpolate import parse_env_file
 from .override import where
@@ -164,7 +164,7 @@ class Project:
             if name in active and isinstance(svc, dict):
                 ServiceMapper(self, str(name), svc, line_of(services, name), services, active).map()
         for doc in self.docs:  # depends_on ... service_completed_successfully: that service is a job (runOnce)
-            if doc.kind == "Deployment" and doc.name in self.jobs:
+            if doc.kind == Deployment.KIND and doc.name in self.jobs:
                 doc.spec["runOnce"], doc.spec.lines["runOnce"] = True, self.jobs[doc.name]
 
     def _networks(self) -> None:
@@ -224,7 +224,7 @@ class Project:
                     spec["external"], lines["external"] = True, at
             else:
                 self.refuse(at, f"volumes.{key}.{opt}")
-        self.docs.append(Doc("Volume", self.volume_name(key), line, node(line, spec, lines)))
+        self.docs.append(Doc(Volume.KIND, self.volume_name(key), line, node(line, spec, lines)))
 
 
 class ServiceMapper:
@@ -516,7 +516,7 @@ class ServiceMapper:
         slug = re.sub(r"[^a-zA-Z0-9_.-]+", "-", target.strip("/")) or "root"
         name = f"{self.p.name}_{self.name}_{slug}"[:200]
         if all(d.name != name for d in self.p.docs):
-            self.p.docs.append(Doc("Volume", name, line, node(line, {"perReplica": True})))
+            self.p.docs.append(Doc(Volume.KIND, name, line, node(line, {"perReplica": True})))
         self.volumes.append((line, {"name": name, "mountPath": target, "readOnly": ro or None}))
 
     def _from_repository(self, line: int, path: str, source: str, target: Any, ro: bool) -> None:
@@ -857,7 +857,7 @@ class ServiceMapper:
         update = self.spec.setdefault("update", node(self.line))
         update.setdefault("order", "stop-first")  # compose recreates a container stop-first
         labels = {**self.labels, PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}
-        p.docs.append(Doc("Deployment", self.name, self.line, node(self.line, self.spec, self.lines), labels, self.label_lines))
+        p.docs.append(Doc(Deployment.KIND, self.name, self.line, node(self.line, self.spec, self.lines), labels, self.label_lines))
         renumber = {number(k): number(v) for k, v in (x.get("servicePorts") or {}).items()}
         targets: dict[int, tuple[int | None, int, str | None]] = {}
         for target, published, line, ip in self.service_ports:
@@ -872,7 +872,7 @@ class ServiceMapper:
             return
         sports = [node(line, {"port": renumber.get(t, t), "targetPort": t, "hostPort": pub, "hostIP": ip}) for t, (pub, line, ip) in targets.items()]
         spec = node(self.line, {"selector": node(self.line, {PROJECT_LABEL: p.name, SERVICE_LABEL: self.name}), "ports": nlist(self.line, sports, [line for _, line, _ in targets.values()])})
-        p.docs.append(Doc("Service", self.name, self.line, spec))
+        p.docs.append(Doc(Service.KIND, self.name, self.line, spec))
 
 
 def _merge(base: Any, over: Any) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 from .config import HostSettings, PolicySettings, ServicesSettings
 from .errors import Reason
 from .live import HostObservation
+from .models import Deployment
 
 
 class ActionKind(enum.StrEnum):
@@ -45,7 +46,7 @@ class Action:
     container_id: str | None = None  # the live container acted on (replace, start, remove)
     container_name: str | None = None
     phase: int = 0
-    object_kind: str = "Deployment"
+    object_kind: str = Deployment.KIND
 
     @property
     def subject(self) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from . import yamlsrc
 from .config import PolicySettings
 from .errors import ManifestError, Problem
 from .fields import LABEL_KEY_RE, Ctx, Obj, read_str, read_str_map, shown
-from .models import DesiredState, Origin
+from .models import Deployment, DesiredState, Origin, Secret, Volume
 from ..kinds.secret import bind as bind_secrets
 from .policy import check as policy_check
 from .secrets import SecretReader, is_encrypted
@@ -170,7 +170,7 @@ def load_files(
             problems.append(Problem(path, None, data.why))
     if _too_much(objects, problems):
         raise ManifestError(problems)  # nothing more is built from so much: no plan is made of it
-    objects["Deployment"] = bind_secrets(objects["Deployment"], objects["Secret"], secrets, problems, unopened)
+    objects[Deployment.KIND] = bind_secrets(objects[Deployment.KIND], objects[Secret.KIND], secrets, problems, unopened)
     for kind in kinds.ordered():
         _check_unique(kind.name, objects[kind.name], problems)
         kind.check(objects[kind.name], problems, objects)
@@ -185,7 +185,7 @@ def load_files(
 
 
 def _secret_names(docs: Any) -> set[str]:
-    return {str(d["metadata"].get("name")) for d in docs if isinstance(d, dict) and d.get("kind") == "Secret" and isinstance(d.get("metadata"), dict)}
+    return {str(d["metadata"].get("name")) for d in docs if isinstance(d, dict) and d.get("kind") == Secret.KIND and isinstance(d.get("metadata"), dict)}
 
 
 @dataclass
@@ -208,7 +208,7 @@ def _compose_documents(
     if loaded.problems:
         return []
     for doc in loaded.docs:
-        where = f"volumes.{doc.name}" if doc.kind == "Volume" else f"services.{doc.name}"
+        where = f"volumes.{doc.name}" if doc.kind == Volume.KIND else f"services.{doc.name}"
         ctx = _ComposeCtx(doc.file or path, problems, files, secrets, prefix=f"{where}.")
         kind = kinds.REGISTRY[doc.kind]
         if not kind.valid_name(doc.name):
@@ -234,7 +234,7 @@ def _too_much(objects: Mapping[str, list[Any]], problems: list[Problem]) -> bool
                                 f"{len(every)} objects (deployments, services, volumes); one agent plans at most {MAX_OBJECTS}: split the fleet over agents"))
         return True
     total = 0
-    for d in objects.get("Deployment", ()):
+    for d in objects.get(Deployment.KIND, ()):
         total += d.replicas
         if total > MAX_TOTAL_REPLICAS:
             problems.append(Problem(d.origin.file if d.origin else "?", d.options.lines.get("spec.replicas") or (d.origin.line if d.origin else None),

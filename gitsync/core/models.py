@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NewType
+from typing import Any, ClassVar, NewType
 
 HostName = NewType("HostName", str)
 DeploymentName = NewType("DeploymentName", str)
@@ -91,6 +91,8 @@ class AccessMode(enum.StrEnum):
 @dataclass(frozen=True)
 class Volume:
     """A declared volume. Undeclared names a deployment mounts are implicit: host-local, ReadWriteOnce."""
+
+    KIND: ClassVar[str] = "Volume"  # its documents' kind
 
     name: str
     driver: str = "local"
@@ -206,6 +208,8 @@ class SecretRef:
 class Secret:
     """Values that reach only the replicas that use them (decrypted from SOPS, or plain if allowed)."""
 
+    KIND: ClassVar[str] = "Secret"  # its documents' kind
+
     name: str
     values: Mapping[str, Sealed] = field(default_factory=dict, repr=False)
     encrypted: bool = True
@@ -244,6 +248,8 @@ JOB_TIMEOUT = 600.0  # how long a job's replica may run before its change counts
 
 @dataclass(frozen=True)
 class Deployment:
+    KIND: ClassVar[str] = "Deployment"  # its documents' kind
+
     name: str
     image: str
     replicas: int = 1
@@ -297,6 +303,8 @@ class ServicePort:
 class Service:
     """A stable name over the replicas of the deployments whose labels match `selector`."""
 
+    KIND: ClassVar[str] = "Service"  # its documents' kind
+
     name: str
     selector: tuple[tuple[str, str], ...]
     ports: tuple[ServicePort, ...] = ()
@@ -326,15 +334,15 @@ class DesiredState:
 
     @property
     def deployments(self) -> tuple[Deployment, ...]:
-        return self.of("Deployment")
+        return self.of(Deployment.KIND)
 
     @property
     def services(self) -> tuple[Service, ...]:
-        return self.of("Service")
+        return self.of(Service.KIND)
 
     @property
     def volumes(self) -> tuple[Volume, ...]:
-        return self.of("Volume")
+        return self.of(Volume.KIND)
 
     # Indexes, built once per desired state (it never changes): a plan asks them per replica.
     @cached_property
@@ -354,11 +362,11 @@ class DesiredState:
         if not svc.selector:
             return {}
         names = frozenset.intersection(*(self._by_label.get(pair, frozenset()) for pair in svc.selector))
-        return {n: self._by_name[("Deployment", n)] for n in sorted(names)}
+        return {n: self._by_name[(Deployment.KIND, n)] for n in sorted(names)}
 
     def volume(self, name: str) -> Volume:
         """The declared volume, or the implicit one a deployment mounts by that name."""
-        return self._by_name.get(("Volume", name)) or Volume(name)
+        return self._by_name.get((Volume.KIND, name)) or Volume(name)
 
     def data_volumes(self, d: Deployment, replica: int) -> list[tuple[str, Volume]]:
         """The volumes (Docker name, declaration) holding this replica's data on its host: mounted
@@ -375,7 +383,7 @@ class DesiredState:
         return next((m.name for m in d.volumes if not m.read_only and self.volume(m.name).access_mode == AccessMode.READ_WRITE_ONCE), None)
 
     def deployment(self, name: str) -> Deployment | None:
-        got: Deployment | None = self._by_name.get(("Deployment", name))
+        got: Deployment | None = self._by_name.get((Deployment.KIND, name))
         return got
 
     def levels(self) -> list[list[str]]:

@@ -11,6 +11,7 @@ from typing import TextIO
 
 from .actions import ActionKind, ActionResult, Plan, Waiting
 from .config import HostSettings
+from .models import Deployment, Service
 from .units import format_duration
 
 
@@ -30,7 +31,7 @@ def render_plan(plan: Plan, revision: str, hosts_labels: dict[str, str], out: Te
         print(f"host {host}{tag}:", file=out)
         for a in actions:
             name = a.container_name or "?"
-            what = f"Service {a.deployment}: " if a.object_kind == "Service" and a.kind == ActionKind.RELOAD and a.deployment != "proxy" else ""
+            what = f"Service {a.deployment}: " if a.object_kind == Service.KIND and a.kind == ActionKind.RELOAD and a.deployment != "proxy" else ""
             print(f"  {a.kind.symbol} {name:<32} {a.kind:<8} {what}{a.reason}", file=out)
     if plan.noops:
         print("up to date:", file=out)
@@ -88,7 +89,7 @@ def summary(plan: Plan) -> str:
     c = plan.counts()
     changed: dict[str, set[str]] = defaultdict(set)
     for a in plan.actions:
-        if a.object_kind == "Deployment" and (a.kind == ActionKind.REPLACE or (a.kind == ActionKind.UPDATE and a.reason.startswith("changed: "))):
+        if a.object_kind == Deployment.KIND and (a.kind == ActionKind.REPLACE or (a.kind == ActionKind.UPDATE and a.reason.startswith("changed: "))):
             fields = a.reason.removeprefix("changed: ").split(" (")[0]
             changed[a.deployment].update(f.split(" ")[0] for f in fields.split(", ") if f)
     parts = []

@@ -10,7 +10,7 @@ from .config import PolicySettings
 from .container import DOCKER_DEFAULT_CAPABILITIES
 from .errors import Problem
 from .fields import path_problem
-from .models import Deployment, DesiredState, NetworkMode
+from .models import Deployment, DesiredState, NetworkMode, Volume
 
 TIGHTENING_SECURITY_OPTIONS = ("no-new-privileges", "no-new-privileges:true", "no-new-privileges=true")
 
@@ -100,7 +100,7 @@ def _refusals(d: Deployment, p: PolicySettings) -> Iterator[tuple[str, str]]:
 
 def check(desired: DesiredState, policy: PolicySettings) -> list[Problem]:
     problems = []
-    for v in desired.of("Volume"):
+    for v in desired.of(Volume.KIND):
         if v.external:
             continue  # its live driver and options are judged where it is found (the Volume kind's plan)
         for key, why in volume_refusals(v.driver, dict(v.driver_opts), policy):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapters import sops
-from .models import Sealed
+from .models import Sealed, Secret
 from .redact import Masking, Redactor
 
 SEEN = Masking()  # every decrypted value of this process, masked wherever gitsync writes text
@@ -81,7 +81,7 @@ class SecretReader:
 
 
 def _is_secret(doc: Any) -> bool:
-    return isinstance(doc, dict) and doc.get("kind") == "Secret"
+    return isinstance(doc, dict) and doc.get("kind") == Secret.KIND
 
 
 def _name(doc: Any) -> str:

@@ -18,7 +18,7 @@ from .run import Run
 from ..core.errors import Problem
 from ..core.fields import NAME_RE, Ctx, Obj
 from ..core.live import HostObservation
-from ..core.models import DesiredState, Origin
+from ..core.models import Deployment, DesiredState, Origin
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def names() -> list[str]:
 from . import deployment, secret, service, volume  # noqa: E402,F401  (the built-in kinds register themselves)
 
 
-def assess(desired: DesiredState, observed: Mapping[str, HostObservation], kind: str = "Deployment") -> dict[str, Any]:
+def assess(desired: DesiredState, observed: Mapping[str, HostObservation], kind: str = Deployment.KIND) -> dict[str, Any]:
     """How each object of one kind stands on the hosts (names repeat across kinds: a Deployment and
     a Service are both called web), by name."""
     return REGISTRY[kind].health(desired, observed)

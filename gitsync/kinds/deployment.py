@@ -60,7 +60,7 @@ from ..core.fields import (
 )
 from ..core.health import DeploymentStatus
 from ..core.live import Health, HostObservation, LiveContainer
-from ..core.models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, UpdateOrder, UpdatePolicy, VolumeMount
+from ..core.models import BindMount, Deployment, DesiredState, Healthcheck, NetworkMode, Placement, Port, RestartPolicy, Service, UpdateOrder, UpdatePolicy, VolumeMount
 from . import Header, Kind, register
 from ..core.container import parse_options
 from .files import mount_paths, read_files
@@ -632,7 +632,7 @@ def _assess_job(d: Deployment, observed: Mapping[str, HostObservation]) -> Deplo
 
 
 class DeploymentKind(Kind):
-    name = "Deployment"
+    name = Deployment.KIND
     order = 20
 
     def parse(self, ctx: Ctx, head: Header) -> Deployment | None:
@@ -653,7 +653,7 @@ class DeploymentKind(Kind):
     def finish(self, run: Run) -> None:
         """Files volumes no replica mounts any more (their files changed in Git, or the deployment went)
         and the agent's own networks no container is on go, on the hosts this run changed."""
-        for host in sorted({a.host for a in run.plan.actions if a.host and a.object_kind in (self.name, "Service")}):  # (a proxy replaced leaves networks too)
+        for host in sorted({a.host for a in run.plan.actions if a.host and a.object_kind in (self.name, Service.KIND)}):  # (a proxy replaced leaves networks too)
             try:
                 engine = run.hosts.engine(host)
                 for name in engine.prune_files(run.agent, 30):
@@ -682,7 +682,7 @@ def apply_deployments(run: Run, actions: list[Action]) -> None:
         needed = sorted({dep for later in levels[i + 1 :] for n in later for dep in (desired.deployment(n).depends_on or ()) if dep in names})  # type: ignore[union-attr]
         if needed:
             touched = {a.deployment for a in actions}
-            broken = {n: "its change failed above" for n in needed if ("Deployment", n) in run.failed}  # waiting would not mend it
+            broken = {n: "its change failed above" for n in needed if (Deployment.KIND, n) in run.failed}  # waiting would not mend it
             waited = [n for n in needed if n not in broken]
             deadline = time.monotonic() + max([0.0, *(desired.deployment(n).gate_timeout() for n in waited)])  # type: ignore[union-attr]
             ready_or_not = _wait_ready(run, waited, deadline) if waited and touched & (names | {n for lv in levels[i + 1 :] for n in lv}) else {}
@@ -690,12 +690,12 @@ def apply_deployments(run: Run, actions: list[Action]) -> None:
             if not not_ready:
                 run.level_ready()
             for n, why in not_ready.items():
-                run.failed.add(("Deployment", n))
+                run.failed.add((Deployment.KIND, n))
                 for later in levels[i + 1 :]:
                     for dep_name in later:
                         dep = desired.deployment(dep_name)
                         if dep is not None and n in dep.depends_on:
-                            run.failed.add(("Deployment", dep_name))
+                            run.failed.add((Deployment.KIND, dep_name))
                             for a in actions:
                                 if a.deployment == dep_name and a.phase != PHASE_SURPLUS:
                                     run.skip(a, f"waiting for {n}, which is not ready ({why})")

@@ -18,6 +18,7 @@ from ..core.actions import Action, ActionKind, ActionResult
 from .run import Run, failure
 from ..adapters.engine import ContainerSpec, Engine, explain
 from ..core.errors import ApplyError, HostError
+from ..core.models import Service
 from ..core.live import HostObservation, LiveContainer
 from ..core.proxyconf import CONFIG_PATH
 from .endpoints import config_for, endpoint_name, in_slot, members, proxy_document, proxy_labels, slots, starting
@@ -124,7 +125,7 @@ class Proxies:
                 continue
             proxy = observed[host].proxy(0)
             a = Action(ActionKind.RELOAD, host, "proxy", None, "endpoints after the changes above", proxy.id if proxy else None,
-                       L.proxy_name(self.agent), object_kind="Service")
+                       L.proxy_name(self.agent), object_kind=Service.KIND)
             self.run.record(failure(a, res) if isinstance(res, BaseException) else ActionResult(a, True, "reloaded"))
 
     # -- actions ---------------------------------------------------------

@@ -410,7 +410,7 @@ class Replicas:
                 for a in pending:
                     run.skip(a, "the agent is stopping")
                 return
-            if ("Deployment", d.name) in run.failed:
+            if (Deployment.KIND, d.name) in run.failed:
                 for a in pending:
                     run.skip(a, "an earlier change of this deployment failed")
                 return

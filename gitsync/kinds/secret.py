@@ -35,7 +35,7 @@ def reader_of(ctx: Ctx) -> SecretReader:
 
 
 class SecretKind(Kind):
-    name = "Secret"
+    name = Secret.KIND
     order = 5
     top_keys = ("stringData", "data", "type")  # no spec: a Secret is its values, as in Kubernetes
 

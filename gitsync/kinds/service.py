@@ -24,7 +24,7 @@ from .proxies import Proxies
 
 
 class ServiceKind(Kind):
-    name = "Service"
+    name = Service.KIND
     order = 15  # the proxies before the replicas: a replica may reach another Service as it starts
 
     def parse(self, ctx: Ctx, head: Header) -> Service | None:
@@ -64,8 +64,8 @@ class ServiceKind(Kind):
         return Service(head.name, selector, tuple(ports), host_selector, head.origin)
 
     def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
-        deployments: Sequence[Deployment] = loaded.get("Deployment", ())
-        index = DesiredState({"Deployment": tuple(deployments)})  # selection by label index: linear in Services
+        deployments: Sequence[Deployment] = loaded.get(Deployment.KIND, ())
+        index = DesiredState({Deployment.KIND: tuple(deployments)})  # selection by label index: linear in Services
         tcp_host_ports: dict[int, list[Deployment]] = {}
         for d in deployments:
             for c in d.ports:
@@ -198,12 +198,12 @@ def _plan_proxy(desired: DesiredState, view: PlanView, out: KindPlan, h: HostSet
     proxy_name, obj = L.proxy_name(view.agent, slot), proxy_object(slot)
     live = sorted((c for c in obs.proxies if c.slot == slot), key=lambda c: (not c.running, -c.created, c.id))
     for extra in live[1:]:
-        out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, "a second proxy of this slot on this host", extra.id, extra.name, PHASE_SURPLUS, "Service"))
+        out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, "a second proxy of this slot on this host", extra.id, extra.name, PHASE_SURPLUS, Service.KIND))
     proxy = live[0] if live else None
     if not services:
         if proxy is not None:
             why = "no Service is left: the proxy goes" if not desired.services else "no Service needs this proxy any more (its Services' ports are free on another)"
-            out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, why, proxy.id, proxy.name, PHASE_SURPLUS, "Service"))
+            out.actions.append(Action(ActionKind.REMOVE, h.name, obj, None, why, proxy.id, proxy.name, PHASE_SURPLUS, Service.KIND))
         return
     doc = proxy_document(view.services.proxy_image, network, services, h, desired, slot)
     fresh_proxy = proxy is None or proxy.spec_hash != document_hash(doc)
@@ -213,11 +213,11 @@ def _plan_proxy(desired: DesiredState, view: PlanView, out: KindPlan, h: HostSet
         why = f"the Services' proxy ({view.services.proxy_image}) for {', '.join(names)}" + (f"; publishes {published}" if published else "")
         if slot:
             why += f" (a proxy of its own: another one serves their port{'s' if len(names) > 1 else ''} already)"
-        out.actions.append(Action(ActionKind.CREATE, h.name, obj, None, why, None, proxy_name, PHASE_CREATE, "Service"))
+        out.actions.append(Action(ActionKind.CREATE, h.name, obj, None, why, None, proxy_name, PHASE_CREATE, Service.KIND))
     elif fresh_proxy:
-        out.actions.append(Action(ActionKind.REPLACE, h.name, obj, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, "Service"))
+        out.actions.append(Action(ActionKind.REPLACE, h.name, obj, None, _proxy_change(proxy.spec_document(), doc), proxy.id, proxy.name, PHASE_REPLACE, Service.KIND))
     elif not proxy.running:
-        out.actions.append(Action(ActionKind.START, h.name, obj, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, "Service"))
+        out.actions.append(Action(ActionKind.START, h.name, obj, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, Service.KIND))
     eps, _ = endpoints(h.name, desired, view.observed, settings, network)
     text = render(services, eps, hard_stop(desired))
     have = servers(obs.proxy_config(slot) or "") if not fresh_proxy else {}
@@ -236,12 +236,12 @@ def _plan_proxy(desired: DesiredState, view: PlanView, out: KindPlan, h: HostSet
             continue  # the new proxy starts with them
         if changes:
             reloads += 1
-            out.actions.append(Action(ActionKind.RELOAD, h.name, svc.name, None, "endpoints " + ", ".join(changes), proxy.id if proxy else None, proxy_name, PHASE_REPLACE, "Service"))
+            out.actions.append(Action(ActionKind.RELOAD, h.name, svc.name, None, "endpoints " + ", ".join(changes), proxy.id if proxy else None, proxy_name, PHASE_REPLACE, Service.KIND))
     if not fresh_proxy and proxy is not None and not reloads:
         if unjoined:
-            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, f"{', '.join(unjoined)} join(s) the network {network}", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, f"{', '.join(unjoined)} join(s) the network {network}", proxy.id, proxy_name, PHASE_REPLACE, Service.KIND))
         elif obs.proxy_config(slot) != text:
-            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, "configuration changed" if obs.proxy_config(slot) else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, "Service"))
+            out.actions.append(Action(ActionKind.RELOAD, h.name, obj, None, "configuration changed" if obs.proxy_config(slot) else "configuration unknown", proxy.id, proxy_name, PHASE_REPLACE, Service.KIND))
 
 
 def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
@@ -261,7 +261,7 @@ def plan_proxies(desired: DesiredState, view: PlanView, out: KindPlan) -> None:
         for slot in sorted({c.slot for c in obs.proxies} | wanted):
             _plan_proxy(desired, view, out, h, obs, slot, in_slot(services, slot), settings, network)
     for svc in services:
-        if not any(a.deployment == svc.name and a.object_kind == "Service" for a in out.actions):
+        if not any(a.deployment == svc.name and a.object_kind == Service.KIND for a in out.actions):
             n = sum(1 for c, d in members(svc, desired, view.observed) if ready(c, d))
             out.noops.append(f"Service {svc.name}: {n} endpoint(s) ready")
 

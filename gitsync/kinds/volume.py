@@ -15,7 +15,7 @@ from ..core.actions import KindPlan, PlacementProblem, PlanView
 from ..core.live import HostObservation, LiveVolume
 from ..core.errors import Problem
 from ..core.fields import VOLUME_NAME_RE, Ctx, read_bool, read_enum, read_str, read_str_map, shown
-from ..core.models import AccessMode, DesiredState, Volume
+from ..core.models import AccessMode, Deployment, DesiredState, Volume
 from ..core.policy import volume_refusals
 from . import Header, Kind, register
 
@@ -23,7 +23,7 @@ OPTION_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class VolumeKind(Kind):
-    name = "Volume"
+    name = Volume.KIND
     order = 10
     name_re = VOLUME_NAME_RE  # Docker's rule for volume names (compose's are <project>_<name>)
     name_rule = "letters, digits, '_', '.' and '-', starting with a letter or digit"
@@ -50,7 +50,7 @@ class VolumeKind(Kind):
 
     def check(self, objects: Sequence[Any], problems: list[Problem], loaded: Mapping[str, Sequence[Any]]) -> None:
         declared = {v.name: v for v in objects}
-        for d in loaded.get("Deployment", ()):
+        for d in loaded.get(Deployment.KIND, ()):
             for m in d.volumes:
                 v = declared.get(m.name) or Volume(m.name)
                 file, first = (d.origin.file, d.origin.line) if d.origin else ("?", None)

@@ -17,7 +17,7 @@ from ...core.health import DeploymentStatus, ServiceStatus
 from ...adapters.hosts import Hosts
 from ...kinds import assess
 from ...core.live import Health, HostObservation
-from ...core.models import DesiredState
+from ...core.models import DesiredState, Service
 from .plan import make_plan
 from .. import Runtime
 
@@ -66,7 +66,7 @@ class ContainersRuntime(Runtime):
                 time.sleep(poll)
 
     def services(self, desired: DesiredState, observed: Observed) -> Mapping[str, ServiceStatus]:
-        return assess(desired, observed, "Service") if desired.services else {}
+        return assess(desired, observed, Service.KIND) if desired.services else {}
 
     def hosts_view(self, observed: Observed) -> dict[str, dict[str, Any]]:
         out = {}

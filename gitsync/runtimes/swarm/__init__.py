@@ -144,10 +144,10 @@ class SwarmRuntime(Runtime):
             if live is None and name in observed.foreign:
                 taken(name, svc.name)
             elif live is None:
-                actions.append(Action(ActionKind.CREATE, CLUSTER, svc.name, None, f"Service proxy ({ports})", container_name=name, object_kind="Service"))
+                actions.append(Action(ActionKind.CREATE, CLUSTER, svc.name, None, f"Service proxy ({ports})", container_name=name, object_kind=Service.KIND))
             elif live.spec_hash != want["Labels"][L.SPEC_HASH]:
                 actions.append(Action(ActionKind.UPDATE, CLUSTER, svc.name, None, f"Service proxy: {_proxy_change(live, want)}", live.id, name,
-                                      object_kind="Service"))
+                                      object_kind=Service.KIND))
             else:
                 noops.append(f"Service {svc.name}: {ports}")
         wanted = {d.name for d in desired.deployments}
@@ -158,7 +158,7 @@ class SwarmRuntime(Runtime):
         for live in observed.proxies:
             if live.deployment not in served:
                 actions.append(Action(ActionKind.REMOVE, CLUSTER, live.deployment, None, "Service not in Git any more", live.id, live.name, phase=1,
-                                      object_kind="Service"))
+                                      object_kind=Service.KIND))
         return Plan(tuple(actions), tuple(noops), tuple(problems), hosts=(CLUSTER,), cluster=True)
 
     def _proxy_spec(self, svc: Service, desired: DesiredState, config: tuple[str, str], revision: str) -> dict[str, Any]:
@@ -193,12 +193,12 @@ class SwarmRuntime(Runtime):
         failed: set[str] = set()
         # the Services' proxies first: they find their tasks as they come (DNS), and a deployment that
         # reaches another by its Service's name (a dependency) needs the proxy to become healthy
-        levels = [[a for (kind, _), a in sorted(changes.items()) if kind == "Service"]]
-        levels += [[changes[("Deployment", n)] for n in level if ("Deployment", n) in changes] for level in desired.levels()]
+        levels = [[a for (kind, _), a in sorted(changes.items()) if kind == Service.KIND]]
+        levels += [[changes[(Deployment.KIND, n)] for n in level if (Deployment.KIND, n) in changes] for level in desired.levels()]
         for mine in levels:
             submitted: list[tuple[Action, _Target, str, float]] = []
             for a in mine:
-                d = desired.deployment(a.deployment) if a.object_kind == "Deployment" else None
+                d = desired.deployment(a.deployment) if a.object_kind == Deployment.KIND else None
                 broken = sorted(set(d.depends_on) & failed) if d is not None else []
                 if stop is not None and stop.is_set():
                     record(ActionResult(a, False, "skipped: the agent is stopping", skipped=True))
@@ -222,7 +222,7 @@ class SwarmRuntime(Runtime):
                     out.rollbacks.append(f"{a.deployment}: Swarm rolled the service back to its previous spec")
                 record(ActionResult(a, ok, message, time.monotonic() - t0, reason=None if ok else Reason.APPLY_FAILED,
                                     transient=not rolled))  # rolled back: the same spec waits for a commit
-        for a in sorted((a for a in plan.actions if a.kind == ActionKind.REMOVE), key=lambda a: a.object_kind != "Service"):
+        for a in sorted((a for a in plan.actions if a.kind == ActionKind.REMOVE), key=lambda a: a.object_kind != Service.KIND):
             t0 = time.monotonic()
             try:
                 manager.remove_service(a.container_id or a.container_name or "")
@@ -236,7 +236,7 @@ class SwarmRuntime(Runtime):
                 placed: tuple[dict[str, str], dict[str, str]], found: SwarmObservation) -> _Target:
         """What one action submits and waits for: the spec, the hash its tasks carry, how many must run.
         `found`: the swarm as this apply found it."""
-        if a.object_kind == "Service":
+        if a.object_kind == Service.KIND:
             svc = next(s for s in desired.services if s.name == a.deployment)
             text = config_text(self.agent, svc, desired)
             cname = config_name(self.agent, svc, text)
