@@ -238,6 +238,8 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
     up = GitRepo(tmp_path / "up" / "deploy")
     # the workers hold a secret (a file and a variable): never shown on any channel of the agent
     uses = "  secrets: [{name: api, key: token, path: /run/secrets/token}]\n  env: {TOKEN: {secretKeyRef: {name: api, key: token}}}\n"
+    # and a volume each, on a driver every node reaches (declared shared): one per task slot
+    uses += "  volumes: [{name: scratch, mountPath: /scratch}]\n---\napiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: scratch}\nspec: {perReplica: true, shared: true}\n"
     up.write("apps/web.yaml", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"
              f"  image: '{repo}:1'\n  replicas: 3\n  command: {json.dumps(LOOP)}\n" + uses)
     up.write("secrets/api.yaml", secret_manifest("api", {"token": SECRET}))
@@ -279,6 +281,11 @@ def test_the_agent_on_a_swarm_corrects_drift_in_seconds_and_reports_a_lost_node_
         api = swarm[{n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[task["NodeID"]]]
         ex = api.exec_create(task["Status"]["ContainerStatus"]["ContainerID"], ["cat", "/run/secrets/token"])
         assert api.exec_start(ex["Id"]).decode() == SECRET  # delivered as a Swarm secret, decrypted by the agent
+        slots = {t["Slot"]: t for t in _running(manager, name)}
+        for slot, t in slots.items():
+            (m,) = [m for m in swarm[{n["ID"]: n["Spec"]["Labels"]["name"] for n in manager.nodes()}[t["NodeID"]]].inspect_container(
+                t["Status"]["ContainerStatus"]["ContainerID"])["Mounts"] if m["Destination"] == "/scratch"]
+            assert m["Name"] == f"gitsync-{fleet.agent}-scratch-{slot}", m
 
         # a pull request is planned against the Swarm, on its commit, and never applied
         pr = on_branch(up, "more", "apiVersion: gitsync.io/v1\nkind: Deployment\nmetadata: {name: worker}\nspec:\n"

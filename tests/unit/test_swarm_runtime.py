@@ -67,9 +67,21 @@ def test_what_swarm_cannot_run_is_refused_with_file_and_line() -> None:
     desired = load_files({"apps/web.yaml": text.encode(), "apps/data.yaml": b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\nspec: {perReplica: true}\n"})
     said = [str(p) for p in check(CFG, desired)]
     assert "apps/web.yaml:16: spec.domainname: Swarm services have no domain name (runtime: swarm)" in said
-    assert ("apps/web.yaml:17: spec.volumes: data: a volume per replica cannot be held to one node per replica on Swarm "
-            "(use a shared driver, or one replica) (runtime: swarm)") in said, said
+    assert ("apps/web.yaml:17: spec.volumes: data: Swarm cannot hold each replica to the node that has its data (declare the Volume "
+            "shared, on a driver every node reaches, or use one replica) (runtime: swarm)") in said, said
     assert check(config_mod.parse("name: t\n"), desired) == []  # the containers runtime runs them
+
+
+def test_a_volume_per_replica_on_a_shared_driver_is_one_volume_per_task_slot() -> None:
+    text = WEB + "  volumes: [{name: data, mountPath: /data}]\n"
+    vol = b"apiVersion: gitsync.io/v1\nkind: Volume\nmetadata: {name: data}\nspec: {perReplica: true, shared: true}\n"
+    desired = load_files({"apps/web.yaml": text.encode(), "apps/data.yaml": vol})
+    assert check(CFG, desired) == []
+    d = desired.deployment("web")
+    assert d is not None
+    (mount,) = service_spec("t", d, "", desired=desired)["TaskTemplate"]["ContainerSpec"]["Mounts"]
+    assert mount["Source"] == "gitsync-t-data-{{.Task.Slot}}" and mount["Target"] == "/data"  # Swarm fills in the slot on the node
+    assert mount["VolumeOptions"]["Labels"] == {"io.gitsync.managed-by": "t", "io.gitsync.volume": "data"}
 
 
 def test_the_plan_speaks_in_services() -> None:

@@ -95,6 +95,8 @@ def volume_name(agent: str, name: str) -> str:
 def _volume_mount(agent: str, name: str, target: str, read_only: bool, desired: DesiredState | None) -> dict[str, Any]:
     v = desired.volume(name) if desired is not None else None
     source = name if v is not None and v.external else volume_name(agent, name)
+    if v is not None and v.per_replica:  # Swarm names it per task slot (1, 2, ...) on whichever node the slot runs
+        source += "-{{.Task.Slot}}"
     opts: dict[str, Any] = {"Labels": {L.MANAGED_BY: agent, L.VOLUME: name}}
     if v is not None and not v.external:
         opts["DriverConfig"] = {"Name": v.driver, "Options": dict(v.driver_opts)}
@@ -318,8 +320,9 @@ def check(desired: DesiredState) -> list[Problem]:
             refuse("networkMode", "Swarm services run on the Swarm's networks only")
         for m in d.volumes:
             vol = desired.volume(m.name)
-            if vol.per_replica:
-                refuse("volumes", f"{m.name}: a volume per replica cannot be held to one node per replica on Swarm (use a shared driver, or one replica)")
+            if vol.per_replica and not vol.shared:
+                refuse("volumes", f"{m.name}: Swarm cannot hold each replica to the node that has its data (declare the Volume shared, on a driver "
+                                  "every node reaches, or use one replica)")
             elif vol.external and vol.driver == "local" and not vol.shared:
                 refuse("volumes", f"{m.name}: Swarm cannot tell which node holds an external local volume (a task elsewhere would start on an empty one)")
         if any(p.host_ip for p in d.ports):
