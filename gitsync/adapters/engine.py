@@ -786,11 +786,6 @@ class SwarmManager:
         except EngineError:  # still in use by a task shutting down: the next apply removes it
             return False
 
-    def overlay_networks(self, label: str) -> dict[str, str]:
-        """Swarm-scoped networks with `label`: name -> id."""
-        with _translated(self.host):
-            return {n["Name"]: n["Id"] for n in self._api.networks(filters={"label": label, "scope": "swarm"})}
-
     def network_exists(self, name: str) -> bool:
         with _translated(self.host):
             return any(n.get("Name") == name for n in self._api.networks(names=[name]))

@@ -34,7 +34,6 @@ ENC_RE = re.compile(r"^ENC\[AES256_GCM,data:(?P<data>[^,]*),iv:(?P<iv>[^,]+),tag
 # sops >= 3.7 starts the MAC of a file with mac_only_encrypted with these bytes (sha256("sops")).
 MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
 DEFAULT_KEY_FILE = "~/.config/sops/age/keys.txt"  # where sops looks when neither variable is set
-FORMATS = ("yaml", "json", "dotenv", "ini", "binary")
 
 
 class SopsError(Exception):

@@ -25,10 +25,6 @@ class Health(enum.StrEnum):
     def rank(self) -> int:
         return list(Health).index(self)
 
-    @staticmethod
-    def worst(values: list[Health]) -> Health:
-        return max(values, key=lambda h: h.rank) if values else Health.HEALTHY
-
 
 @dataclass(frozen=True)
 class LiveContainer:
@@ -44,7 +40,6 @@ class LiveContainer:
     created: int
     image: str
     spec: str = ""  # the normalised spec it was created from (JSON), for saying what changed
-    successor_of: str | None = None
     role: str = ""  # "" for a replica, "proxy" for the Services' proxy
     networks: tuple[tuple[str, str], ...] = ()  # (network, address on it)
     published: tuple[tuple[int, str, int, str], ...] = ()  # (container port, protocol, host port, host address)
@@ -234,7 +229,6 @@ def from_list_entry(host: str, entry: dict[str, Any]) -> LiveContainer:
         created=int(entry.get("Created", 0)),
         image=entry.get("Image", ""),
         spec=labels.get(L.SPEC, ""),
-        successor_of=labels.get(L.SUCCESSOR),
         role=labels.get(L.ROLE, ""),
         uptime=_uptime(entry.get("Status", "")),
         exit_code=_exit_code(entry.get("Status", "")),

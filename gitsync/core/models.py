@@ -6,10 +6,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar, NewType
+from typing import Any, ClassVar
 
-HostName = NewType("HostName", str)
-DeploymentName = NewType("DeploymentName", str)
 
 
 class UpdateOrder(enum.StrEnum):
@@ -311,10 +309,6 @@ class Service:
     host_selector: tuple[tuple[str, str], ...] = ()  # the hosts that publish hostPorts; () = every host
     origin: Origin | None = field(default=None, compare=False)
 
-    def selects(self, d: Deployment) -> bool:
-        labels = dict(d.labels)
-        return bool(self.selector) and all(labels.get(k) == v for k, v in self.selector)
-
 
 def selectors_overlap(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
     """Whether some host could match both label selectors: unless they want different values for one key."""
@@ -406,6 +400,3 @@ class DesiredState:
         for n in sorted(names):
             out[level[n]].append(n)
         return out
-
-    def dependents(self, name: str) -> list[str]:
-        return sorted(d.name for d in self.deployments if name in d.depends_on)

@@ -42,7 +42,6 @@ class HostWatch:
         self.backoff = backoff
         self.tracker = HostTracker(config, lambda: self.syncer.hosts)
         self.install(syncer)
-        self.events_seen = 0
         # Containers whose newest lifecycle event is `die`. The Engine logs `die` before it has cleaned
         # the container up and updated the state its list endpoint reads (Docker 20.10: daemon/monitor.go),
         # so for a moment a dead replica is still listed as running; a sync that saw that must look again.
@@ -209,8 +208,6 @@ class HostWatch:
         if action == "kill" and attrs.get("signal") in ("12", "SIGUSR2"):
             return  # a proxy's hitless reload, sent by gitsync itself
         if action in ("die", "destroy", "stop", "oom", "kill", "start", "pause") or action.startswith("health_status"):
-            with self._events_lock:
-                self.events_seen += 1
             self.debouncer.poke(f"{host}/{attrs.get(L.DEPLOYMENT, '?')}")
 
     def _follow_hosts(self) -> None:

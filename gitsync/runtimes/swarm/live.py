@@ -56,8 +56,6 @@ class LiveService:
     spec_hash: str
     spec: Mapping[str, Any] = field(repr=False)  # as the Engine API returns it
     update_state: str = ""
-    update_message: str = ""
-    update_started: str = ""
     tasks: tuple[LiveTask, ...] = ()
     iteration: int = 0  # a job's current run (Swarm's JobIteration)
 
@@ -126,8 +124,7 @@ def _service(s: Mapping[str, Any], tasks: Sequence[LiveTask]) -> LiveService:
     return LiveService(
         str(s.get("ID", "")), str(spec.get("Name", "")), int((s.get("Version") or {}).get("Index") or 0),
         str(labels.get(L.SERVICE) if labels.get(L.ROLE) == L.ROLE_PROXY else labels.get(L.DEPLOYMENT, "")),
-        str(labels.get(L.SPEC_HASH, "")), spec, str(upd.get("State") or ""), str(upd.get("Message") or ""), str(upd.get("StartedAt") or ""),
-        tuple(tasks), int(((s.get("JobStatus") or {}).get("JobIteration") or {}).get("Index") or 0),
+        str(labels.get(L.SPEC_HASH, "")), spec, str(upd.get("State") or ""), tuple(tasks), int(((s.get("JobStatus") or {}).get("JobIteration") or {}).get("Index") or 0),
     )
 
 

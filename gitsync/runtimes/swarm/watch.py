@@ -35,7 +35,6 @@ class SwarmWatch:
         self.queue = queue
         self.debouncer = debouncer
         self.alerts = alerts
-        self.events_seen = 0
         self._stream: EventStream | None = None
         self._lock = threading.Lock()
         self._down: set[str] = set()  # nodes said to be down
@@ -97,7 +96,6 @@ class SwarmWatch:
         attrs = (ev.get("Actor") or {}).get("Attributes") or {}
         name = str(attrs.get("name") or "")
         if kind == "service" and name.startswith(f"{self.config.name}-"):
-            self.events_seen += 1
             self.debouncer.poke(f"swarm/{name}")  # ours, changed by gitsync or by someone: the sync tells which
         elif kind == "node" and action == "update" and "state.new" in attrs:
             new = str(attrs["state.new"])
