@@ -590,7 +590,10 @@ def test_the_agent_runs_on_the_swarm_it_manages_as_the_readme_shows_and_moves_wi
 
         def agent_on() -> testbed.Engine | None:
             live = next(a for e, a in swarm.items() if e != (killed.name if killed else None))
-            tasks = live.tasks(filters={"service": "gitsync", "desired-state": "running"})
+            try:
+                tasks = live.tasks(filters={"service": "gitsync", "desired-state": "running"})
+            except docker.errors.APIError:  # the managers electing a leader after a death: ask again
+                return None
             return next((node_of[t["NodeID"]] for t in tasks if t["Status"]["State"] == "running"), None)
 
         def synced(engine: testbed.Engine, replicas: int) -> bool:
@@ -614,15 +617,20 @@ def test_the_agent_runs_on_the_swarm_it_manages_as_the_readme_shows_and_moves_wi
         print(f"moved to {second.name} in {time.monotonic() - t0:.0f} s")
         wait_for(lambda: synced(second, 3), 120, every=1)
         print(f"synced there in {time.monotonic() - t0:.0f} s")
-        live = swarm[second.name]
-        assert live.inspect_service(f"{fleet.agent}-worker")["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
+        assert swarm[second.name].inspect_service(f"{fleet.agent}-worker")["Spec"]["Mode"]["Replicated"]["Replicas"] == 3
     finally:
         daemon.terminate()
         daemon.wait()
         if killed is not None:
             testbed.start(killed)
         live = swarm["h1"]
-        wait_for(lambda: all(n["Status"]["State"] == "ready" for n in live.nodes()) and managers_up(live), 90, every=1)
+
+        def rejoined() -> bool:
+            with contextlib.suppress(docker.errors.APIError):
+                return all(n["Status"]["State"] == "ready" for n in live.nodes()) and managers_up(live)
+            return False
+
+        wait_for(rejoined, 90, every=1)
         for s in live.services(filters={"name": "gitsync"}):
             live.remove_service(s["ID"])
         # the agent gone first: until then it would put back what the clean-up removes
