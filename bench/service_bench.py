@@ -202,7 +202,7 @@ def run(args: argparse.Namespace, engines: list[testbed.Engine]) -> int:
 
         try:
             wipe(apis, label)
-            first = syncer.sync(trigger="bench", timeout=120)
+            first = syncer.sync(timeout=120)
             assert str(first.outcome) == "success", first.message
             compose_up("gitsync-test/busybox:1")
             time.sleep(1)
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace, engines: list[testbed.Engine]) -> int:
             def roll() -> None:
                 (repo / "web.yaml").write_text(web("gitsync-test/busybox:2"))
                 git(repo, "commit", "-qam", "v2")
-                r = syncer.sync(trigger="bench", timeout=120)
+                r = syncer.sync(timeout=120)
                 assert str(r.outcome) == "success", r.message
 
             report["rolling_update_gitsync"] = during(h1, 8080, args.workers, roll)
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace, engines: list[testbed.Engine]) -> int:
 
             victim = next(c for c in apis["h2"].containers(filters={"label": [label, "io.gitsync.deployment=web"]}))
             report["replica_killed"] = window(h1, 8080, args.workers, lambda: apis["h2"].kill(victim["Id"]), 4.0)
-            syncer.sync(trigger="bench", timeout=120)  # it comes back
+            syncer.sync(timeout=120)  # it comes back
             h3 = engines[2]
             try:
                 report["host_network_cut"] = window(h1, 8080, args.workers, lambda: testbed.set_link(h3, False), 6.0)

@@ -158,7 +158,7 @@ def main() -> int:
         compose = compose_run(apis, args.per_host, tmp) if not args.noop_only else None
         syncer = Syncer(cfg)
         t = time.perf_counter()
-        result = syncer.sync(trigger="bench", timeout=600)
+        result = syncer.sync(timeout=600)
         cold = time.perf_counter() - t
         assert result.outcome == "success", result.message
         running = sum(len(api.containers(filters={"label": f"io.gitsync.managed-by={AGENT}"})) for api in apis.values())
@@ -176,7 +176,7 @@ def main() -> int:
             assert seen.plan.in_sync
 
         def apply_once() -> None:
-            r = syncer.sync(trigger="bench")
+            r = syncer.sync()
             assert r.outcome == "success" and r.applied is not None and not r.applied.results
 
         for fn in (list_floor, plan_once, apply_once):

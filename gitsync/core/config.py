@@ -117,6 +117,7 @@ class ServicesSettings:
     """The Services' data plane: one proxy container per host."""
 
     proxy_image: str = DEFAULT_PROXY_IMAGE
+    proxy_threads: int = 1  # HAProxy's threads: one keeps the tail short where the proxy shares a few cores with replicas
 
 
 @dataclass(frozen=True)
@@ -519,7 +520,10 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         require_token_to_read=r.boolean(srv_node, "require_token_to_read", "server.require_token_to_read", False),
     )
     svc_node = top.get("services")
-    r.mapping(svc_node, "services", ("proxyImage",), root, "services")
+    r.mapping(svc_node, "services", ("proxyImage", "proxyThreads"), root, "services")
+    threads = svc_node.get("proxyThreads", 1) if isinstance(svc_node, dict) else 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 64:
+        raise r.fail(svc_node, "proxyThreads", "services.proxyThreads", "must be a number of threads from 1 to 64")
     proxy_image = r.string(svc_node, "proxyImage", "services.proxyImage", DEFAULT_PROXY_IMAGE) or DEFAULT_PROXY_IMAGE
     if not IMAGE_RE.match(proxy_image) or len(proxy_image) > 512:
         raise r.fail(svc_node, "proxyImage", "services.proxyImage", f"{proxy_image!r} is not an image reference (e.g. {DEFAULT_PROXY_IMAGE})")
@@ -531,7 +535,7 @@ def parse(text: str, file: str = "gitsync.yaml", base: Path | None = None) -> Co
         raise r.fail(root, "runtime", "runtime", "swarm needs the Swarm's managers under hosts: (the first that answers is used)")
     return Config(
         name=name, source=source, hosts=tuple(hosts), status=tuple(statuses), server=server,
-        services=ServicesSettings(proxy_image), policy=_policy(r, root, top.get("policy")),
+        services=ServicesSettings(proxy_image, threads), policy=_policy(r, root, top.get("policy")),
         compose=_compose(r, root, top.get("compose")), previews=_previews(r, root, top.get("previews")),
         secrets=_secrets(r, root, top.get("secrets"), file), notify=_notify(r, root, top.get("notify")),
         images=_images(r, root, top.get("images"), base), update=_update(r, root, top.get("update"), base), runtime=runtime,

@@ -29,6 +29,7 @@ _HEAD = """\
 # written by gitsync: do not edit, the next sync replaces it
 global
     master-worker
+    nbthread {threads}
     log stdout format raw local0 notice
     hard-stop-after {hard_stop}s
 
@@ -55,10 +56,11 @@ def backend_name(service: str, port: int) -> str:
     return f"svc-{_ident(service)}-{port}"
 
 
-def render(services: Sequence[Service], endpoints: Mapping[tuple[str, int], Sequence[Endpoint]], hard_stop: int = 600) -> str:
+def render(services: Sequence[Service], endpoints: Mapping[tuple[str, int], Sequence[Endpoint]], hard_stop: int = 600, threads: int = 1) -> str:
     """The whole configuration. `endpoints` by (service, port); `hard_stop` bounds how long a reloaded
-    worker may keep finishing its connections."""
-    out = [_HEAD.format(hard_stop=hard_stop)]
+    worker may keep finishing its connections; `threads`: HAProxy's (by default one per core it may
+    use: on a host of few cores, shared with the replicas, that doubled the p99 under load)."""
+    out = [_HEAD.format(hard_stop=hard_stop, threads=threads)]
     for svc in sorted(services, key=lambda s: s.name):
         for p in sorted(svc.ports, key=lambda p: p.port):
             name = backend_name(svc.name, p.port)

@@ -121,11 +121,11 @@ def hard_stop(desired: DesiredState) -> int:
 
 def config_for(
     host: str, desired: DesiredState, observed: Mapping[str, HostObservation],
-    settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (), slot: int = 0,
+    settings: Mapping[str, HostSettings], network: str, draining: Collection[str] = (), slot: int = 0, threads: int = 1,
 ) -> tuple[str, list[str]]:
     """The configuration of the slot's proxy on `host`: its Services' ports and endpoints."""
     eps, notes = endpoints(host, desired, observed, settings, network, draining)
-    return render(in_slot(desired.services, slot), eps, hard_stop(desired)), notes
+    return render(in_slot(desired.services, slot), eps, hard_stop(desired), threads), notes
 
 
 def proxy_document(image: str, network: str, services: Sequence[Service], host: HostSettings, desired: DesiredState | None = None,

@@ -69,7 +69,7 @@ class Proxies:
     # -- configuration ---------------------------------------------------
     def config(self, host: str, observed: Mapping[str, HostObservation], slot: int = 0) -> str:
         d = self.run.desired
-        text, _ = config_for(host, d, observed, self.settings, self.network, self.draining, slot)
+        text, _ = config_for(host, d, observed, self.settings, self.network, self.draining, slot, self.run.services.proxy_threads)
         return text
 
     def reconfigure(self, observed: Mapping[str, HostObservation], only: set[str] | None = None) -> dict[str, str | BaseException]:

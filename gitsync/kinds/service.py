@@ -219,7 +219,7 @@ def _plan_proxy(desired: DesiredState, view: PlanView, out: KindPlan, h: HostSet
     elif not proxy.running:
         out.actions.append(Action(ActionKind.START, h.name, obj, None, f"the proxy is {proxy.state}", proxy.id, proxy.name, PHASE_START, Service.KIND))
     eps, _ = endpoints(h.name, desired, view.observed, settings, network)
-    text = render(services, eps, hard_stop(desired))
+    text = render(services, eps, hard_stop(desired), view.services.proxy_threads)
     have = servers(obs.proxy_config(slot) or "") if not fresh_proxy else {}
     unjoined = sorted({c.name for s in services for c, dep in members(s, desired, {h.name: obs}) if not dep.options.networks and c.address_on(network) is None})
     reloads = 0

@@ -85,6 +85,8 @@ def test_a_hosts_address_and_the_services_proxy_image() -> None:
     assert [h.reach for h in cfg.hosts] == ["10.0.0.5", None, "192.168.1.9", "edge.example.com"]
     assert cfg.services.proxy_image == "haproxy:3.0.5"
     assert parse("services: {proxyImage: 'registry.local/haproxy:2.6'}\n", "g.yaml").services.proxy_image == "registry.local/haproxy:2.6"
+    assert cfg.services.proxy_threads == 1 and parse("services: {proxyThreads: 4}\n", "g.yaml").services.proxy_threads == 4
+    assert error("services: {proxyThreads: 0}\n").startswith("gitsync.yaml:1: services.proxyThreads: must be a number of threads from 1 to 64")
     assert error("services: {proxyImage: 'Not An Image'}\n").startswith("gitsync.yaml:1: services.proxyImage: 'Not An Image' is not an image reference")
     assert error("services: {proxy: x}\n").startswith("gitsync.yaml:1: services.proxy: unknown key")
     assert "hosts[0].address: 'a b' has characters that are not allowed here" in error("hosts:\n  - {name: a, url: 'unix:///x', address: 'a b'}\n")

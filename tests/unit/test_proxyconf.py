@@ -33,6 +33,8 @@ def test_the_configuration_serves_each_port_over_its_endpoints_and_is_stable() -
     assert "frontend svc-api_v2-81\n    bind :81\n" in text
     assert "server api-0.h3 [fd00::3]:9000" in text
     assert "backend svc-db-5432\n    balance leastconn\n" in text and "svc-db-5432\n    balance leastconn\n    server" not in text
+    # one thread unless configured: HAProxy's default (one per core) doubled the tail on a host of two cores
+    assert "\n    nbthread 1\n" in text and "\n    nbthread 4\n" in render(SERVICES, ENDPOINTS, threads=4)
 
 
 def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
@@ -42,7 +44,7 @@ def test_haproxy_accepts_the_configuration(tmp_path: Path) -> None:
             pytest.fail("haproxy not found: scripts/test installs it (apt-get install haproxy)")
         pytest.skip("haproxy not found: apt-get install haproxy, or run ./scripts/test")
     cfg = tmp_path / "haproxy.cfg"
-    cfg.write_text(render(SERVICES, ENDPOINTS))
+    cfg.write_text(render(SERVICES, ENDPOINTS, threads=2))
     r = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     cfg.write_text(render(SERVICES, ENDPOINTS).replace("balance leastconn", "balance nonsense", 1))
