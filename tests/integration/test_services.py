@@ -126,7 +126,8 @@ def test_a_service_answers_by_name_on_every_host_and_on_every_edge_hosts_port(fl
     running = engine.read_file(proxy, CONFIG_PATH)
     with pytest.raises(ConfigRefused, match="HAProxy refused") as refused:
         put_config(engine, proxy, running.decode().replace("balance leastconn", "balance no-such-algorithm"))
-    assert "haproxy.cfg:22" in str(refused.value) and "balance only supports" in str(refused.value)  # HAProxy's own words
+    line = running.decode().splitlines().index("    balance leastconn") + 1
+    assert f"haproxy.cfg:{line}" in str(refused.value) and "balance only supports" in str(refused.value)  # HAProxy's own words, located
     assert engine.read_file(proxy, CONFIG_PATH) == running
     with Load(addr(fleet, "h3"), 8080, workers=1) as load:
         time.sleep(0.3)
